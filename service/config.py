@@ -1,0 +1,93 @@
+"""Settings: defaults, then an optional YAML file, then environment variables.
+
+Every field can be set with an environment variable ``MODEL_SERVICE_<FIELD>``
+(upper case), or in the YAML file named by ``MODEL_SERVICE_CONFIG``. The
+environment wins over the file so that one host can override a shared file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ENV_PREFIX = "MODEL_SERVICE_"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    # Where the versioned model store lives.
+    store: Path = Path("model_store")
+    # Model names to serve; empty means every model in the store.
+    models: tuple[str, ...] = ()
+    # The alias a request without "@version" is served from.
+    default_alias: str = "production"
+    # Instances accepted in one prediction request.
+    max_instances: int = 10_000
+    # Largest request body in bytes; Nginx's client_max_body_size matches it.
+    max_body_bytes: int = 16 * 1024 * 1024
+    # How often each worker looks at the store for alias changes (seconds).
+    reload_interval: float = 0.5
+    # Refuse (instead of warn about) a model pickled by another scikit-learn version.
+    refuse_version_mismatch: bool = False
+    # sha256 hex digests of the admin keys; no key configured means no admin access.
+    admin_key_hashes: tuple[str, ...] = ()
+    # Write raw feature values into logs (off: inputs can be personal data).
+    log_features: bool = False
+
+    @classmethod
+    def load(
+        cls, overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+    ) -> Settings:
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        config_file = environ.get(ENV_PREFIX + "CONFIG")
+        if config_file:
+            with open(config_file, encoding="utf-8") as handle:
+                values.update(yaml.safe_load(handle) or {})
+        for field in dataclasses.fields(cls):
+            raw = environ.get(ENV_PREFIX + field.name.upper())
+            if raw is not None:
+                values[field.name] = raw
+        values.update(overrides or {})
+        return cls.from_mapping(values)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> Settings:
+        known = {field.name: field for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ValueError(f"unknown setting(s): {', '.join(unknown)}")
+        converted = {name: _convert(known[name], value) for name, value in values.items()}
+        return cls(**converted)
+
+
+def _convert(field: dataclasses.Field, value: Any) -> Any:
+    default = field.default
+    try:
+        if isinstance(default, bool):
+            return _to_bool(value)
+        if isinstance(default, tuple):
+            if isinstance(value, str):
+                return tuple(part.strip() for part in value.split(",") if part.strip())
+            return tuple(str(item) for item in value)
+        if isinstance(default, Path):
+            return Path(value)
+        return type(default)(value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"setting {field.name}: cannot use {value!r}: {exc}") from None
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError("expected a boolean (true/false)")

@@ -1,0 +1,123 @@
+"""One error hierarchy for the whole service.
+
+Each error carries the HTTP status it maps to, a stable machine-readable code
+and a message for people. The core (store, runtime, training) raises these
+without knowing about HTTP frameworks; the web layer renders them in one place.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Any
+
+
+class ServiceError(Exception):
+    status: HTTPStatus = HTTPStatus.INTERNAL_SERVER_ERROR
+    code: str = "internal_error"
+
+    def __init__(self, message: str, details: Any = None, *, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.details = details
+        if code is not None:
+            self.code = code
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.details is not None:
+            body["details"] = self.details
+        return body
+
+
+# --- client mistakes -------------------------------------------------------
+
+
+class BadRequest(ServiceError):
+    status = HTTPStatus.BAD_REQUEST
+    code = "bad_request"
+
+
+class InvalidJSON(BadRequest):
+    code = "invalid_json"
+
+
+class InvalidInput(ServiceError):
+    """The body parsed, but its instances do not fit the model's input schema."""
+
+    status = HTTPStatus.UNPROCESSABLE_ENTITY
+    code = "invalid_input"
+
+
+class TooManyInstances(InvalidInput):
+    status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+    code = "too_many_instances"
+
+
+class UnsupportedMediaType(ServiceError):
+    status = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
+    code = "unsupported_media_type"
+
+
+class NotFound(ServiceError):
+    status = HTTPStatus.NOT_FOUND
+    code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class VersionNotFound(NotFound):
+    code = "version_not_found"
+
+
+class AliasNotFound(NotFound):
+    code = "alias_not_found"
+
+
+class Unauthorized(ServiceError):
+    status = HTTPStatus.UNAUTHORIZED
+    code = "unauthorized"
+
+
+class Forbidden(ServiceError):
+    status = HTTPStatus.FORBIDDEN
+    code = "forbidden"
+
+
+class Conflict(ServiceError):
+    status = HTTPStatus.CONFLICT
+    code = "conflict"
+
+
+# --- the store and the runtime ----------------------------------------------
+
+
+class StoreError(ServiceError):
+    """The store is missing, unreadable or would be left inconsistent."""
+
+    status = HTTPStatus.INTERNAL_SERVER_ERROR
+    code = "store_error"
+
+
+class InvalidMetadata(StoreError):
+    status = HTTPStatus.UNPROCESSABLE_ENTITY
+    code = "invalid_metadata"
+
+
+class IntegrityError(StoreError):
+    """An artifact does not match the checksum its metadata records."""
+
+    code = "integrity_error"
+
+
+class ModelLoadError(StoreError):
+    """A model could not be loaded, or failed one of the checks made at load."""
+
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+    code = "model_load_error"
+
+
+class ModelNotReady(ServiceError):
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+    code = "model_not_ready"

@@ -1,0 +1,1 @@
+"""Loaded models and how they predict. Knows nothing of HTTP."""

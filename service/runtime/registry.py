@@ -1,0 +1,231 @@
+"""The in-process cache of loaded models, kept in step with the store.
+
+Each process holds the versions its aliases point at. A watcher thread polls
+the store (one stat per model per interval) and, when an alias moves, loads
+the new version *before* switching the alias, so requests never wait for a
+load and never see a half-loaded model. Requests for an explicit version that
+is not loaded yet load it on demand, which blocks only that request.
+
+Under Gunicorn with ``preload_app`` the master calls :meth:`refresh` once so
+workers inherit the models copy-on-write; the watcher thread is started lazily
+in each worker (threads do not survive ``fork``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+from service.config import Settings
+from service.errors import ModelLoadError, ModelNotFound, ServiceError, StoreError
+from service.runtime import model as model_runtime
+from service.runtime.model import LoadedModel
+from service.store import ModelRef, ModelStore
+
+log = logging.getLogger(__name__)
+
+# A version that no alias points at is dropped when unused for this long.
+IDLE_VERSION_SECONDS = 600.0
+
+
+class ModelRegistry:
+    def __init__(self, store: ModelStore, settings: Settings):
+        self.store = store
+        self.settings = settings
+        self._models: dict[tuple[str, int], LoadedModel] = {}
+        self._last_used: dict[tuple[str, int], float] = {}
+        # name -> {alias: version}; only ever points at versions in self._models.
+        self._aliases: dict[str, dict[str, int]] = {}
+        self._signatures: dict[str, Any] = {}
+        self._failures: dict[tuple[str, int], str] = {}
+        self._load_lock = threading.Lock()
+        self._refresh_lock = threading.Lock()
+        self._watcher_pid: int | None = None
+        self._stop = threading.Event()
+        self.last_refresh: float | None = None
+
+    # -- serving ---------------------------------------------------------------
+
+    def get(self, ref: ModelRef) -> LoadedModel:
+        """The loaded model a reference points at. Raises 404-type errors for unknown refs."""
+        self._ensure_watcher()
+        name = ref.name
+        if not self._is_served(name):
+            raise ModelNotFound(f"no model named {name!r} is served", details={"model": name})
+        if ref.version is None:
+            alias = ref.alias or self.settings.default_alias
+            version = self._aliases.get(name, {}).get(alias)
+            if version is None:
+                # An alias this process has not seen yet (or one that failed to load):
+                # the store is the truth.
+                version = self.store.resolve(ref, self.settings.default_alias)
+        else:
+            version = ref.version
+        key = (name, version)
+        loaded = self._models.get(key)
+        if loaded is None:
+            loaded = self._load(name, self.store.resolve(ModelRef(name, version=version)))
+        self._last_used[key] = time.monotonic()
+        return loaded
+
+    def served_names(self) -> list[str]:
+        if self.settings.models:
+            return [n for n in self.settings.models if self.store.has_model(n)]
+        if not self.store.exists():
+            return []
+        return self.store.names()
+
+    def loaded(self) -> list[LoadedModel]:
+        return list(self._models.values())
+
+    def aliases(self, name: str) -> dict[str, int]:
+        return dict(self._aliases.get(name, {}))
+
+    def failures(self) -> dict[str, str]:
+        return {f"{n}@{v}": message for (n, v), message in self._failures.items()}
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Ready when every served model's default alias is loaded in this process."""
+        self._ensure_watcher()
+        models: dict[str, Any] = {}
+        ready = self.last_refresh is not None
+        alias = self.settings.default_alias
+        for name in self.served_names():
+            version = self._aliases.get(name, {}).get(alias)
+            wanted = self._store_aliases(name).get(alias)
+            entry: dict[str, Any] = {"alias": alias, "version": version, "ready": True}
+            if wanted is not None and version != wanted:
+                entry["ready"] = False
+                entry["wanted"] = wanted
+                failure = self._failures.get((name, wanted))
+                if failure:
+                    entry["error"] = failure
+            models[name] = entry
+            ready = ready and entry["ready"]
+        return ready, models
+
+    # -- keeping in step with the store ----------------------------------------
+
+    def refresh(self, force: bool = False) -> None:
+        """Load every aliased version whose alias changed since the last look, then switch."""
+        with self._refresh_lock:
+            names = self.served_names()
+            for name in names:
+                signature = self.store.aliases_signature(name)
+                if not force and name in self._signatures and self._signatures[name] == signature:
+                    continue
+                try:
+                    self._sync_model(name)
+                except ServiceError as exc:
+                    log.error("%s: cannot read its aliases: %s", name, exc.message)
+                    continue
+                self._signatures[name] = signature
+            for name in set(self._aliases) - set(names):
+                del self._aliases[name]
+            self._drop_idle_versions()
+            self.last_refresh = time.monotonic()
+
+    def reload(self) -> None:
+        """Forget load failures and look at every model again."""
+        self._failures.clear()
+        self.refresh(force=True)
+
+    def _sync_model(self, name: str) -> None:
+        wanted = self.store.aliases(name)
+        current = dict(self._aliases.get(name, {}))
+        switched = {}
+        for alias, version in wanted.items():
+            version = int(version)
+            if (name, version) not in self._models and (name, version) in self._failures:
+                continue
+            try:
+                self._load(name, version)
+            except ServiceError:
+                continue  # logged and recorded by _load; keep serving what we had
+            switched[alias] = version
+        for alias in list(current):
+            if alias not in wanted:
+                del current[alias]
+        current.update(switched)
+        # One assignment: request threads see the old mapping or the new, never a mix.
+        self._aliases[name] = current
+        for alias, version in switched.items():
+            log.info("%s: alias %s serves version %d", name, alias, version)
+
+    def _load(self, name: str, version: int) -> LoadedModel:
+        key = (name, version)
+        with self._load_lock:
+            loaded = self._models.get(key)
+            if loaded is not None:
+                return loaded
+            started = time.perf_counter()
+            try:
+                loaded = model_runtime.load(
+                    self.store,
+                    name,
+                    version,
+                    refuse_version_mismatch=self.settings.refuse_version_mismatch,
+                )
+            except ServiceError as exc:
+                self._failures[key] = exc.message
+                log.error("cannot load %s@%d: %s", name, version, exc.message)
+                raise
+            except Exception as exc:
+                self._failures[key] = f"{type(exc).__name__}: {exc}"
+                log.exception("cannot load %s@%d", name, version)
+                raise ModelLoadError(f"cannot load {name}@{version}: {exc}") from exc
+            self._failures.pop(key, None)
+            self._models[key] = loaded
+            self._last_used[key] = time.monotonic()
+            log.info("loaded %s@%d in %.3fs", name, version, time.perf_counter() - started)
+            return loaded
+
+    def _drop_idle_versions(self) -> None:
+        in_use = {(n, v) for n, aliases in self._aliases.items() for v in aliases.values()}
+        horizon = time.monotonic() - IDLE_VERSION_SECONDS
+        for key in list(self._models):
+            if key not in in_use and self._last_used.get(key, 0) < horizon:
+                del self._models[key]
+                self._last_used.pop(key, None)
+
+    def _store_aliases(self, name: str) -> dict[str, int]:
+        try:
+            return self.store.aliases(name)
+        except (StoreError, ModelNotFound):
+            return {}
+
+    def _is_served(self, name: str) -> bool:
+        if self.settings.models and name not in self.settings.models:
+            return False
+        return name in self._aliases or self.store.has_model(name)
+
+    # -- the watcher thread ----------------------------------------------------
+
+    def _ensure_watcher(self) -> None:
+        pid = os.getpid()
+        if self._watcher_pid == pid:
+            return
+        with self._refresh_lock:
+            if self._watcher_pid == pid:
+                return
+            self._watcher_pid = pid
+            self._stop = threading.Event()
+            thread = threading.Thread(
+                target=self._watch, args=(self._stop,), name="model-store-watcher", daemon=True
+            )
+            thread.start()
+
+    def _watch(self, stop: threading.Event) -> None:
+        interval = max(0.05, float(self.settings.reload_interval))
+        while not stop.wait(interval):
+            try:
+                self.refresh()
+            except Exception:
+                log.exception("refreshing from the model store failed; will try again")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._watcher_pid = None

@@ -1,0 +1,254 @@
+"""Input validation from metadata: turn request instances into the model's input.
+
+The common case (every value a number, every instance complete) is checked in
+one pass over the values and converted by numpy in one call. Only when that
+fails does a slower pass walk the instances to say exactly which instance and
+which feature is wrong, so good requests never pay for error reporting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from service.errors import InvalidInput
+
+MAX_REPORTED_PROBLEMS = 20
+_NUMBER_TYPES = frozenset({int, float})
+_NUMBER_OR_NONE_TYPES = frozenset({int, float, type(None)})
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureSpec:
+    name: str
+    dtype: str  # float64 | int64 | category
+    missing: str = "reject"  # reject | allow
+    categories: tuple[Any, ...] = ()
+    unknown_category: str = "reject"  # reject | allow
+
+    @classmethod
+    def from_metadata(cls, entry: dict[str, Any]) -> FeatureSpec:
+        return cls(
+            name=entry["name"],
+            dtype=entry["dtype"],
+            missing=entry.get("missing", "reject"),
+            categories=tuple(entry.get("categories", ())),
+            unknown_category=entry.get("unknown_category", "reject"),
+        )
+
+    @property
+    def is_numeric(self) -> bool:
+        return self.dtype != "category"
+
+
+class InputSchema:
+    """The features a model takes, in order, and how to check values for them."""
+
+    def __init__(self, features: Sequence[FeatureSpec]):
+        self.features = tuple(features)
+        self.names = tuple(f.name for f in self.features)
+        self.name_set = frozenset(self.names)
+        self.width = len(self.features)
+        self.all_numeric = all(f.is_numeric for f in self.features)
+        self._missing_allowed = np.array([f.missing == "allow" for f in self.features])
+        self._any_missing_allowed = bool(self._missing_allowed.any())
+        self._int_columns = [i for i, f in enumerate(self.features) if f.dtype == "int64"]
+        self._category_sets = {
+            i: frozenset(f.categories) for i, f in enumerate(self.features) if not f.is_numeric
+        }
+
+    @classmethod
+    def from_metadata(cls, metadata: dict[str, Any]) -> InputSchema:
+        return cls([FeatureSpec.from_metadata(f) for f in metadata["input"]["features"]])
+
+    # -- public --------------------------------------------------------------
+
+    def rows(self, instances: list[Any]) -> list[list[Any]]:
+        """Instances as lists in feature order, from objects keyed by name or from lists."""
+        first = instances[0]
+        if isinstance(first, dict):
+            names = self.names
+            try:
+                rows = [[instance[n] for n in names] for instance in instances]
+            except (KeyError, TypeError):
+                self._raise(self._structure_problems(instances))
+            if any(len(instance) != self.width for instance in instances):
+                self._raise(self._structure_problems(instances))
+            return rows
+        if isinstance(first, list):
+            width = self.width
+            for instance in instances:
+                if type(instance) is not list or len(instance) != width:
+                    self._raise(self._structure_problems(instances))
+            return instances
+        self._raise(self._structure_problems(instances))
+        raise AssertionError("unreachable")
+
+    def to_array(self, rows: list[list[Any]]) -> np.ndarray | list[np.ndarray]:
+        """Validated model input: a float64 matrix when every feature is numeric,
+        otherwise one array per column (numbers as float64, categories as objects)."""
+        if self.all_numeric:
+            return self._numeric_matrix(rows)
+        return self._columns(rows)
+
+    # -- numeric fast path ---------------------------------------------------
+
+    def _numeric_matrix(self, rows: list[list[Any]]) -> np.ndarray:
+        kinds = {type(value) for row in rows for value in row}
+        if kinds <= _NUMBER_TYPES or (self._any_missing_allowed and kinds <= _NUMBER_OR_NONE_TYPES):
+            try:
+                matrix = np.array(rows, dtype=np.float64)
+            except OverflowError:
+                self._raise(self._value_problems(rows))
+            finite = np.isfinite(matrix)
+            values_ok = finite.all() or self._only_allowed_missing(matrix, finite)
+            if values_ok and (not self._int_columns or self._integral(matrix)):
+                return matrix
+        self._raise(self._value_problems(rows))
+        raise AssertionError("unreachable")
+
+    def _only_allowed_missing(self, matrix: np.ndarray, finite: np.ndarray) -> bool:
+        if not self._any_missing_allowed:
+            return False
+        bad = ~finite
+        # NaN stands for a missing value only where missing values are allowed; inf never.
+        return not (bad & ~self._missing_allowed).any() and not np.isinf(matrix).any()
+
+    def _integral(self, matrix: np.ndarray) -> bool:
+        block = matrix[:, self._int_columns]
+        block = block[np.isfinite(block)]
+        return bool((block == np.floor(block)).all())
+
+    # -- mixed numbers and categories ----------------------------------------
+
+    def _columns(self, rows: list[list[Any]]) -> list[np.ndarray]:
+        problems = self._value_problems(rows)
+        if problems:
+            self._raise(problems)
+        columns = []
+        for index, feature in enumerate(self.features):
+            values = [row[index] for row in rows]
+            if feature.is_numeric:
+                columns.append(np.array(values, dtype=np.float64))
+            else:
+                columns.append(np.array(values, dtype=object))
+        return columns
+
+    # -- error reporting (slow path: only for bad requests) -------------------
+
+    def _structure_problems(self, instances: list[Any]) -> list[dict[str, Any]]:
+        problems: list[dict[str, Any]] = []
+        expected_kind = dict if isinstance(instances[0], dict) else list
+        for i, instance in enumerate(instances):
+            if isinstance(instance, dict):
+                if expected_kind is not dict:
+                    problems.append(_problem(i, None, "mixes objects and lists in one request"))
+                    continue
+                missing = [n for n in self.names if n not in instance]
+                unknown = [k for k in instance if k not in self.name_set]
+                if missing:
+                    problems.append(
+                        _problem(i, None, f"missing features {missing}", missing=missing)
+                    )
+                if unknown:
+                    hints = {k: difflib.get_close_matches(str(k), self.names, n=1) for k in unknown}
+                    suggestions = {k: v[0] for k, v in hints.items() if v}
+                    text = f"unknown features {unknown}"
+                    if suggestions:
+                        text += "; did you mean " + ", ".join(
+                            f"{v!r} for {k!r}" for k, v in suggestions.items()
+                        )
+                    problems.append(_problem(i, None, text, unknown=unknown))
+            elif isinstance(instance, list):
+                if expected_kind is not list:
+                    problems.append(_problem(i, None, "mixes objects and lists in one request"))
+                elif len(instance) != self.width:
+                    problems.append(
+                        _problem(
+                            i, None, f"has {len(instance)} values, the model takes {self.width}"
+                        )
+                    )
+            else:
+                problems.append(
+                    _problem(
+                        i,
+                        None,
+                        f"is {_json_kind(instance)}; each instance is an object keyed by feature "
+                        "name or a list of values in feature order",
+                    )
+                )
+            if len(problems) >= MAX_REPORTED_PROBLEMS:
+                break
+        return problems
+
+    def _value_problems(self, rows: list[list[Any]]) -> list[dict[str, Any]]:
+        problems: list[dict[str, Any]] = []
+        for i, row in enumerate(rows):
+            for j, feature in enumerate(self.features):
+                problem = self._check_value(feature, j, row[j])
+                if problem:
+                    problems.append(_problem(i, feature.name, problem))
+                    if len(problems) >= MAX_REPORTED_PROBLEMS:
+                        return problems
+        return problems
+
+    def _check_value(self, feature: FeatureSpec, index: int, value: Any) -> str | None:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            if feature.missing == "allow":
+                return None
+            what = "null" if value is None else "NaN"
+            return f"is {what}, but this feature does not allow missing values"
+        if feature.is_numeric:
+            if type(value) not in _NUMBER_TYPES:
+                return f"expected a number, got {_json_kind(value)}"
+            try:
+                number = float(value)
+            except OverflowError:
+                return "number is out of range"
+            if math.isinf(number):
+                return "is Infinity; only finite numbers are allowed"
+            if feature.dtype == "int64" and not number.is_integer():
+                return "expected an integer"
+            return None
+        allowed = self._category_sets[index]
+        if type(value) not in (str, int) or isinstance(value, bool):
+            return f"expected a category (string), got {_json_kind(value)}"
+        if value not in allowed and feature.unknown_category == "reject":
+            shown = sorted(map(str, allowed))[:20]
+            return f"category not seen in training; allowed: {shown}"
+        return None
+
+    def _raise(self, problems: list[dict[str, Any]]) -> None:
+        first = problems[0] if problems else _problem(0, None, "is not valid")
+        where = f"instance {first['instance']}"
+        if first.get("feature") is not None:
+            where += f", feature {first['feature']!r}"
+        more = f" ({len(problems) - 1} more problems in details)" if len(problems) > 1 else ""
+        raise InvalidInput(f"{where}: {first['problem']}{more}", details=problems)
+
+
+def _problem(instance: int, feature: str | None, problem: str, **extra: Any) -> dict[str, Any]:
+    entry: dict[str, Any] = {"instance": instance, "feature": feature, "problem": problem}
+    entry.update(extra)
+    return entry
+
+
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__

@@ -1,0 +1,113 @@
+"""Names, versions, aliases and the paths they map to inside the store.
+
+Every path the store touches is built here from validated parts, and checked
+to stay inside the store root, so no request can steer a read elsewhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+from service.errors import BadRequest, IntegrityError, InvalidMetadata
+
+NAME_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
+ALIAS_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+VERSION_PATTERN = re.compile(r"^[1-9][0-9]{0,8}$")
+
+METADATA_FILE = "metadata.yaml"
+ALIASES_FILE = "aliases.yaml"
+LOCK_FILE = ".lock"
+COUNTER_FILE = ".last_version"
+TEMP_PREFIX = ".tmp-"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelRef:
+    """``name``, ``name@3`` or ``name@production``: a version or an alias, not both."""
+
+    name: str
+    version: int | None = None
+    alias: str | None = None
+
+    def __str__(self) -> str:
+        if self.version is not None:
+            return f"{self.name}@{self.version}"
+        if self.alias is not None:
+            return f"{self.name}@{self.alias}"
+        return self.name
+
+
+def check_name(name: str) -> str:
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise BadRequest(
+            f"invalid model name {name!r}: use lowercase letters, digits and '-' (at most 64)",
+            code="invalid_model_name",
+        )
+    return name
+
+
+def check_alias(alias: str) -> str:
+    if not isinstance(alias, str) or not ALIAS_PATTERN.match(alias):
+        raise BadRequest(
+            f"invalid alias {alias!r}: use a lowercase letter then letters, digits, '_' or '-'",
+            code="invalid_alias",
+        )
+    return alias
+
+
+def check_version(version: int | str) -> int:
+    text = str(version)
+    if isinstance(version, bool) or not VERSION_PATTERN.match(text):
+        raise BadRequest(
+            f"invalid version {version!r}: versions are positive integers",
+            code="invalid_version",
+        )
+    return int(text)
+
+
+def parse_ref(text: str) -> ModelRef:
+    """Parse ``name[@version|@alias]``."""
+    name, sep, selector = text.partition("@")
+    check_name(name)
+    if not sep:
+        return ModelRef(name)
+    if selector.isdigit():
+        return ModelRef(name, version=check_version(selector))
+    return ModelRef(name, alias=check_alias(selector))
+
+
+def is_version_dir(path: Path) -> bool:
+    return VERSION_PATTERN.match(path.name) is not None and path.is_dir()
+
+
+class StoreLayout:
+    """Where each file of the store lives."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root).resolve()
+
+    def model_dir(self, name: str) -> Path:
+        return self._inside(self.root / check_name(name))
+
+    def version_dir(self, name: str, version: int) -> Path:
+        return self._inside(self.model_dir(name) / str(check_version(version)))
+
+    def metadata_file(self, name: str, version: int) -> Path:
+        return self.version_dir(name, version) / METADATA_FILE
+
+    def aliases_file(self, name: str) -> Path:
+        return self.model_dir(name) / ALIASES_FILE
+
+    def artifact_file(self, name: str, version: int, file_name: str) -> Path:
+        if not file_name or "/" in file_name or "\\" in file_name or file_name.startswith("."):
+            raise InvalidMetadata(f"artifact file name {file_name!r} must be a plain file name")
+        return self._inside(self.version_dir(name, version) / file_name)
+
+    def _inside(self, path: Path) -> Path:
+        resolved = path.resolve()
+        if resolved != self.root and not resolved.is_relative_to(self.root):
+            # Only a symlink planted in the store can get here: names are validated.
+            raise IntegrityError(f"path {path} resolves outside the model store {self.root}")
+        return resolved

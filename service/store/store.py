@@ -1,0 +1,427 @@
+"""ModelStore: list, resolve, load (sha256-verified), publish (atomic), promote, roll back.
+
+Writers take a per-model file lock; readers take none, because every change
+becomes visible through one rename: a new version directory appears whole,
+and aliases.yaml is replaced, never edited in place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import logging
+import os
+import pickle
+import platform
+import shutil
+import uuid
+import warnings
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy
+import sklearn
+import yaml
+from sklearn.exceptions import InconsistentVersionWarning
+
+from service.errors import (
+    AliasNotFound,
+    Conflict,
+    IntegrityError,
+    ModelLoadError,
+    ModelNotFound,
+    StoreError,
+    VersionNotFound,
+)
+from service.store import metadata as metadata_io
+from service.store.layout import (
+    COUNTER_FILE,
+    LOCK_FILE,
+    METADATA_FILE,
+    TEMP_PREFIX,
+    ModelRef,
+    StoreLayout,
+    check_alias,
+    check_name,
+    check_version,
+    is_version_dir,
+)
+
+log = logging.getLogger(__name__)
+
+ARTIFACT_FILE = "model.pkl"
+ALIAS_HISTORY_LIMIT = 200
+
+
+@dataclasses.dataclass
+class StoredArtifact:
+    """An unpickled estimator, the metadata it came with, and what is odd about it."""
+
+    metadata: dict[str, Any]
+    estimator: Any
+    warnings: list[str]
+
+
+def environment() -> dict[str, str]:
+    return {
+        "python": platform.python_version(),
+        "scikit-learn": sklearn.__version__,
+        "numpy": numpy.__version__,
+    }
+
+
+def sha256_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+class ModelStore:
+    def __init__(self, root: str | os.PathLike[str]):
+        self.layout = StoreLayout(Path(root))
+        self.root = self.layout.root
+
+    # -- reading ---------------------------------------------------------------
+
+    def exists(self) -> bool:
+        return self.root.is_dir()
+
+    def names(self) -> list[str]:
+        if not self.root.is_dir():
+            raise StoreError(f"the model store {self.root} does not exist")
+        return sorted(
+            entry.name
+            for entry in self.root.iterdir()
+            if entry.is_dir() and not entry.name.startswith(".") and _is_name(entry.name)
+        )
+
+    def has_model(self, name: str) -> bool:
+        return self.layout.model_dir(name).is_dir()
+
+    def versions(self, name: str) -> list[int]:
+        model_dir = self._existing_model_dir(name)
+        return sorted(int(p.name) for p in model_dir.iterdir() if is_version_dir(p))
+
+    def alias_state(self, name: str) -> dict[str, Any]:
+        """aliases.yaml as a mapping: aliases, the stack of previous targets, history."""
+        path = self.layout.aliases_file(name)
+        try:
+            with open(path, encoding="utf-8") as handle:
+                state = yaml.safe_load(handle) or {}
+        except FileNotFoundError:
+            self._existing_model_dir(name)
+            state = {}
+        except yaml.YAMLError as exc:
+            raise StoreError(f"{path}: not valid YAML: {exc}") from None
+        state.setdefault("aliases", {})
+        state.setdefault("previous", {})
+        state.setdefault("history", [])
+        return state
+
+    def aliases(self, name: str) -> dict[str, int]:
+        return dict(self.alias_state(name)["aliases"])
+
+    def aliases_signature(self, name: str) -> tuple[int, int, int] | None:
+        """Changes whenever aliases.yaml is replaced: cheap enough to poll."""
+        try:
+            st = os.stat(self.layout.aliases_file(name))
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def resolve(self, ref: ModelRef, default_alias: str = "production") -> int:
+        """The version number a reference points at."""
+        if ref.version is not None:
+            if ref.version not in self.versions(ref.name):
+                raise VersionNotFound(
+                    f"model {ref.name!r} has no version {ref.version}",
+                    details={"model": ref.name, "versions": self.versions(ref.name)},
+                )
+            return ref.version
+        alias = ref.alias or default_alias
+        aliases = self.aliases(ref.name)
+        if alias not in aliases:
+            raise AliasNotFound(
+                f"model {ref.name!r} has no alias {alias!r}",
+                details={"model": ref.name, "aliases": sorted(aliases)},
+            )
+        return int(aliases[alias])
+
+    def metadata(self, name: str, version: int) -> dict[str, Any]:
+        path = self.layout.metadata_file(name, version)
+        if not path.is_file():
+            self._existing_model_dir(name)
+            raise VersionNotFound(f"model {name!r} has no version {version}")
+        return metadata_io.read(path)
+
+    def load_artifact(
+        self, name: str, version: int, *, refuse_version_mismatch: bool = False
+    ) -> StoredArtifact:
+        """Read, verify and unpickle one version. The sha256 is checked before unpickling."""
+        return self._load_from_dir(
+            self.layout.version_dir(name, version),
+            name=name,
+            version=version,
+            refuse_version_mismatch=refuse_version_mismatch,
+        )
+
+    def _load_from_dir(
+        self, directory: Path, *, name: str, version: int, refuse_version_mismatch: bool
+    ) -> StoredArtifact:
+        where = f"{name}@{version}"
+        meta_path = directory / METADATA_FILE
+        if not meta_path.is_file():
+            raise VersionNotFound(f"model {name!r} has no version {version}")
+        meta = metadata_io.validate(metadata_io.read(meta_path))
+        if meta["name"] != name or meta["version"] != version:
+            raise IntegrityError(
+                f"{where}: metadata says {meta['name']}@{meta['version']}; refusing to load"
+            )
+        artifact = meta["artifact"]
+        path = self.layout._inside(directory / artifact["file"])
+        if path.parent != directory.resolve():
+            raise IntegrityError(f"{where}: artifact {artifact['file']!r} is outside its version")
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ModelLoadError(f"{where}: cannot read {path.name}: {exc.strerror}") from None
+        digest = sha256_of(data)
+        if digest != artifact["sha256"] or len(data) != artifact["size"]:
+            raise IntegrityError(
+                f"{where}: {path.name} has sha256 {digest} ({len(data)} bytes) but the metadata "
+                f"records {artifact['sha256']} ({artifact['size']} bytes); refusing to unpickle it"
+            )
+        problems = self._version_problems(meta)
+        if problems and refuse_version_mismatch:
+            raise ModelLoadError(f"{where}: " + "; ".join(problems), code="version_mismatch")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", InconsistentVersionWarning)
+            try:
+                estimator = pickle.loads(data)
+            except Exception as exc:
+                raise ModelLoadError(f"{where}: cannot unpickle {path.name}: {exc}") from exc
+        for warning in caught:
+            if issubclass(warning.category, InconsistentVersionWarning):
+                message = str(warning.message).splitlines()[0]
+                if refuse_version_mismatch:
+                    raise ModelLoadError(f"{where}: {message}", code="version_mismatch")
+                if message not in problems:
+                    problems.append(message)
+        for problem in problems:
+            log.warning("%s: %s", where, problem)
+        return StoredArtifact(metadata=meta, estimator=estimator, warnings=problems)
+
+    @staticmethod
+    def _version_problems(meta: dict[str, Any]) -> list[str]:
+        recorded = meta["environment"].get("scikit-learn")
+        if recorded and recorded != sklearn.__version__:
+            return [
+                f"pickled with scikit-learn {recorded}, running {sklearn.__version__}: "
+                "predictions may differ (retrain, or pin the recorded version)"
+            ]
+        return []
+
+    # -- writing ---------------------------------------------------------------
+
+    def publish(
+        self,
+        name: str,
+        artifact_bytes: bytes,
+        metadata: dict[str, Any],
+        *,
+        aliases: tuple[str, ...] = (),
+        verify: Callable[[StoredArtifact], None] | None = None,
+    ) -> int:
+        """Add a new version atomically and return its number.
+
+        The version is written under a temporary name, loaded back and verified
+        (``verify`` gets the loaded artifact), and only then renamed into place;
+        any failure removes the temporary directory and leaves the store as it was.
+        """
+        check_name(name)
+        for alias in aliases:
+            check_alias(alias)
+        metadata_io.validate(metadata, partial=True)
+        self.root.mkdir(parents=True, exist_ok=True)
+        model_dir = self.layout.model_dir(name)
+        model_dir.mkdir(exist_ok=True)
+        with self._locked(name):
+            version = self._next_version(name)
+            # Identity first, so a person reading the file sees what it is at once.
+            meta = {
+                "schema_version": metadata.get("schema_version", metadata_io.SCHEMA_VERSION),
+                "name": name,
+                "version": version,
+                "created_at": metadata.get("created_at") or now_iso(),
+                **{k: v for k, v in metadata.items() if k not in {"name", "version", "created_at"}},
+            }
+            meta["environment"] = meta.get("environment") or environment()
+            meta["artifact"] = {
+                "file": ARTIFACT_FILE,
+                "format": "pickle",
+                "sha256": sha256_of(artifact_bytes),
+                "size": len(artifact_bytes),
+            }
+            metadata_io.validate(meta)
+            temp_dir = model_dir / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
+            temp_dir.mkdir()
+            try:
+                _write_synced(temp_dir / ARTIFACT_FILE, artifact_bytes)
+                _write_synced(temp_dir / METADATA_FILE, metadata_io.dump(meta).encode())
+                loaded = self._load_from_dir(
+                    temp_dir, name=name, version=version, refuse_version_mismatch=True
+                )
+                if verify is not None:
+                    verify(loaded)
+                self._write_counter(name, version)
+                os.rename(temp_dir, self.layout.version_dir(name, version))
+                _fsync_dir(model_dir)
+            except BaseException:
+                shutil.rmtree(temp_dir, ignore_errors=True)
+                raise
+            for alias in aliases:
+                self._set_alias_locked(name, alias, version, action="publish", reason="published")
+        log.info("published %s@%d", name, version)
+        return version
+
+    def promote(
+        self, name: str, version: int, alias: str = "production", reason: str = ""
+    ) -> int | None:
+        """Point ``alias`` at ``version``; return the version it pointed at before."""
+        check_alias(alias)
+        version = check_version(version)
+        with self._locked(name):
+            if version not in self.versions(name):
+                raise VersionNotFound(f"model {name!r} has no version {version}")
+            return self._set_alias_locked(name, alias, version, action="promote", reason=reason)
+
+    def rollback(self, name: str, alias: str = "production", reason: str = "") -> tuple[int, int]:
+        """Return ``alias`` to the version it had before its last promote: (from, to)."""
+        check_alias(alias)
+        with self._locked(name):
+            state = self.alias_state(name)
+            current = state["aliases"].get(alias)
+            stack = list(state["previous"].get(alias) or [])
+            if current is None:
+                raise AliasNotFound(f"model {name!r} has no alias {alias!r}")
+            if not stack:
+                raise Conflict(
+                    f"model {name!r}: alias {alias!r} has no earlier version to roll back to"
+                )
+            target = int(stack.pop())
+            state["aliases"][alias] = target
+            state["previous"][alias] = stack
+            self._append_history(state, alias, current, target, "rollback", reason)
+            self._write_alias_state(name, state)
+        log.info("rolled back %s %s: %s -> %s", name, alias, current, target)
+        return int(current), target
+
+    def remove_alias(self, name: str, alias: str) -> None:
+        with self._locked(name):
+            state = self.alias_state(name)
+            if alias not in state["aliases"]:
+                raise AliasNotFound(f"model {name!r} has no alias {alias!r}")
+            previous = state["aliases"].pop(alias)
+            self._append_history(state, alias, previous, None, "remove", "")
+            self._write_alias_state(name, state)
+
+    # -- internals -------------------------------------------------------------
+
+    def _set_alias_locked(
+        self, name: str, alias: str, version: int, *, action: str, reason: str
+    ) -> int | None:
+        state = self.alias_state(name)
+        previous = state["aliases"].get(alias)
+        if previous == version:
+            return previous
+        if previous is not None:
+            state["previous"].setdefault(alias, []).append(int(previous))
+        state["aliases"][alias] = int(version)
+        self._append_history(state, alias, previous, version, action, reason)
+        self._write_alias_state(name, state)
+        log.info("%s: alias %s -> %d (was %s)", name, alias, version, previous)
+        return previous
+
+    @staticmethod
+    def _append_history(
+        state: dict[str, Any],
+        alias: str,
+        before: int | None,
+        after: int | None,
+        action: str,
+        reason: str,
+    ) -> None:
+        entry = {"at": now_iso(), "alias": alias, "from": before, "to": after, "action": action}
+        if reason:
+            entry["reason"] = reason
+        state["history"] = [*state["history"], entry][-ALIAS_HISTORY_LIMIT:]
+
+    def _write_alias_state(self, name: str, state: dict[str, Any]) -> None:
+        text = yaml.safe_dump(
+            {
+                "aliases": state["aliases"],
+                "previous": state["previous"],
+                "history": state["history"],
+            },
+            sort_keys=False,
+        )
+        metadata_io.write_atomic(self.layout.aliases_file(name), text)
+
+    def _next_version(self, name: str) -> int:
+        existing = [int(p.name) for p in self.layout.model_dir(name).iterdir() if is_version_dir(p)]
+        counter_path = self.layout.model_dir(name) / COUNTER_FILE
+        try:
+            counted = int(counter_path.read_text().strip() or 0)
+        except FileNotFoundError:
+            counted = 0
+        except ValueError:
+            raise StoreError(f"{counter_path}: not a version number") from None
+        return max([counted, *existing]) + 1
+
+    def _write_counter(self, name: str, version: int) -> None:
+        metadata_io.write_atomic(self.layout.model_dir(name) / COUNTER_FILE, f"{version}\n")
+
+    def _existing_model_dir(self, name: str) -> Path:
+        model_dir = self.layout.model_dir(name)
+        if not model_dir.is_dir():
+            raise ModelNotFound(f"no model named {name!r} in the store", details={"model": name})
+        return model_dir
+
+    @contextlib.contextmanager
+    def _locked(self, name: str) -> Iterator[None]:
+        model_dir = self._existing_model_dir(name)
+        with open(model_dir / LOCK_FILE, "a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _is_name(text: str) -> bool:
+    try:
+        check_name(text)
+    except Exception:
+        return False
+    return True
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,1 @@
+"""Training, evaluation and the description of a model in its metadata."""
