@@ -217,6 +217,9 @@ class ModelRegistry:
                 target=self._watch, args=(self._stop,), name="model-store-watcher", daemon=True
             )
             thread.start()
+        # A worker forked long after the master loaded the models (max_requests recycling)
+        # must not serve an alias that moved since: catch up once before the first answer.
+        self.refresh()
 
     def _watch(self, stop: threading.Event) -> None:
         interval = max(0.05, float(self.settings.reload_interval))

@@ -228,7 +228,10 @@ class InputSchema:
         where = f"instance {first['instance']}"
         if first.get("feature") is not None:
             where += f", feature {first['feature']!r}"
-        more = f" ({len(problems) - 1} more problems in details)" if len(problems) > 1 else ""
+        extra = len(problems) - 1
+        more = (
+            f" ({extra} more {'problem' if extra == 1 else 'problems'} in details)" if extra else ""
+        )
         raise InvalidInput(f"{where}: {first['problem']}{more}", details=problems)
 
 

@@ -1,0 +1,88 @@
+"""Gunicorn settings for model-service, one documented setting at a time.
+
+Run: gunicorn -c deploy/gunicorn.conf.py service.wsgi:app
+Environment knobs (set by `modelctl serve`, systemd units or by hand):
+  MODEL_SERVICE_BIND      address to listen on (default 127.0.0.1:8000)
+  MODEL_SERVICE_WORKERS   worker processes (default: one per CPU core)
+  MODEL_SERVICE_PIDFILE   where the master writes its pid
+  MODEL_SERVICE_*         the service's own settings (see service/config.py)
+"""
+
+import gc
+import os
+
+# --- Server socket -----------------------------------------------------------
+# Loopback only by default: Nginx is the public face and the one that buffers.
+bind = os.environ.get("MODEL_SERVICE_BIND", "127.0.0.1:8000")
+# Connections waiting for a free worker; Nginx retries elsewhere when it overflows.
+backlog = 2048
+
+# --- Worker processes --------------------------------------------------------
+# Predictions are CPU-bound, so one process per core is the useful maximum;
+# more only adds context switches and memory.
+workers = int(os.environ.get("MODEL_SERVICE_WORKERS") or os.cpu_count() or 1)
+# Sync workers: one request at a time per process, no GIL contention. Safe
+# because Nginx buffers whole requests and responses (proxy_buffering on), so
+# a slow client never holds a worker.
+worker_class = "sync"
+# Load the app, and with it every aliased model, once in the master before
+# forking: workers share the models' memory copy-on-write instead of each
+# unpickling its own copy.
+preload_app = True
+# Loading large models at start-up can take a while; a worker stuck in one
+# request for longer than this is killed and replaced.
+timeout = 60
+# On shutdown or HUP, in-flight requests get this long to finish.
+graceful_timeout = 30
+# Ignored by sync workers; kept for gthread experiments.
+keepalive = 5
+# Recycle workers now and then so slow leaks (in any native library) stay
+# bounded; jitter keeps them from all restarting at once.
+max_requests = 20000
+max_requests_jitter = 2000
+
+# --- Native thread pools -----------------------------------------------------
+# BLAS/OpenMP pools default to one thread per core *per process*: with N
+# workers that is N x cores threads fighting over the cores. Give each worker
+# its share. Set before the app (and numpy) is imported by preload_app.
+threads_per_worker = max(1, (os.cpu_count() or 1) // workers)
+for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(variable, str(threads_per_worker))
+
+# --- Logging -----------------------------------------------------------------
+accesslog = os.environ.get("MODEL_SERVICE_ACCESS_LOG", "-")
+errorlog = os.environ.get("MODEL_SERVICE_ERROR_LOG", "-")
+loglevel = os.environ.get("MODEL_SERVICE_LOG_LEVEL", "info")
+# Remote address, request line, status, bytes, latency in ms, the request id
+# (echoed by the app as a response header) and the worker pid.
+access_log_format = '%(h)s "%(r)s" %(s)s %(B)s %(M)sms rid=%({x-request-id}o)s pid=%(p)s'
+
+# --- Process naming and pid --------------------------------------------------
+proc_name = "model-service"
+pidfile = os.environ.get("MODEL_SERVICE_PIDFILE") or None
+
+
+# --- Hooks: small, logging through server.log --------------------------------
+def when_ready(server):
+    # The master has loaded the app (preload_app). Move everything allocated so
+    # far out of the garbage collector's reach, so collections in the workers
+    # do not write to (and so un-share) the pages holding the models.
+    gc.collect()
+    gc.freeze()
+    server.log.info("model-service ready: %d workers on %s", server.num_workers, bind)
+
+
+def post_fork(server, worker):
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=threads_per_worker)
+    server.log.info("worker %s started (%d native threads)", worker.pid, threads_per_worker)
+
+
+def worker_abort(worker):
+    worker.log.warning("worker %s aborted (timeout): a request ran longer than %ss",
+                       worker.pid, timeout)
+
+
+def child_exit(server, worker):
+    server.log.info("worker %s exited", worker.pid)

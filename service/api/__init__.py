@@ -1,0 +1,24 @@
+"""The HTTP layer: thin blueprints that parse, call the runtime, and encode."""
+
+from __future__ import annotations
+
+import orjson
+from flask import Response, current_app
+
+STATUS_OK = 200
+
+
+def state():
+    """The ServiceState of the running app."""
+    from service.app import EXTENSION
+
+    return current_app.extensions[EXTENSION]
+
+
+def json_response(body, status: int = STATUS_OK, headers=None) -> Response:
+    return Response(
+        orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS),
+        status=status,
+        mimetype="application/json",
+        headers=headers,
+    )

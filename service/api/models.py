@@ -1,0 +1,97 @@
+"""What is served: GET /v1/models, /v1/models/<name>, /v1/models/<name>/versions/<v>."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint
+
+from service.api import json_response, state
+from service.errors import ModelNotFound
+from service.store.layout import check_name, check_version
+
+bp = Blueprint("models", __name__)
+
+
+@bp.get("/v1/models")
+def list_models():
+    service = state()
+    return json_response({"models": [_summary(name) for name in service.registry.served_names()]})
+
+
+@bp.get("/v1/models/<name>")
+def show_model(name: str):
+    service = state()
+    _check_served(name)
+    summary = _summary(name)
+    summary["versions"] = [
+        _version_summary(name, v, service.store.metadata(name, v))
+        for v in service.store.versions(name)
+    ]
+    summary["alias_history"] = service.store.alias_state(name)["history"][-20:]
+    default = summary["aliases"].get(service.settings.default_alias)
+    summary["metadata"] = service.store.metadata(name, default) if default else None
+    return json_response(summary)
+
+
+@bp.get("/v1/models/<name>/versions/<version>")
+def show_version(name: str, version: str):
+    service = state()
+    _check_served(name)
+    number = check_version(version)
+    metadata = service.store.metadata(name, number)
+    body = _version_summary(name, number, metadata)
+    body["metadata"] = metadata
+    return json_response(body)
+
+
+def _check_served(name: str) -> None:
+    check_name(name)
+    if name not in state().registry.served_names():
+        raise ModelNotFound(f"no model named {name!r} is served", details={"model": name})
+
+
+def _summary(name: str) -> dict[str, Any]:
+    service = state()
+    aliases = service.store.aliases(name)
+    default_alias = service.settings.default_alias
+    served = service.registry.aliases(name).get(default_alias)
+    loaded = {m.version: m for m in service.registry.loaded() if m.name == name}
+    default_model = loaded.get(served) if served is not None else None
+    failures = {
+        key: message
+        for key, message in service.registry.failures().items()
+        if key.startswith(f"{name}@")
+    }
+    return {
+        "name": name,
+        "default_alias": default_alias,
+        "serving_version": served,
+        "aliases": aliases,
+        "versions": service.store.versions(name),
+        "loaded_versions": sorted(loaded),
+        "task": default_model.task if default_model else None,
+        "features": list(default_model.schema.names) if default_model else None,
+        "classes": default_model.classes if default_model else None,
+        "warnings": {str(v): m.warnings for v, m in loaded.items() if m.warnings},
+        "load_errors": failures,
+    }
+
+
+def _version_summary(name: str, version: int, metadata: dict[str, Any]) -> dict[str, Any]:
+    scores = metadata.get("scores", {})
+    primary = scores.get("primary_metric")
+    test = scores.get("test", {})
+    loaded = {m.version: m for m in state().registry.loaded() if m.name == name}
+    return {
+        "name": name,
+        "version": version,
+        "created_at": metadata.get("created_at"),
+        "description": metadata.get("description"),
+        "algorithm": metadata.get("algorithm", {}).get("class"),
+        "primary_metric": primary,
+        "test_score": test.get("model", {}).get(primary),
+        "baseline_test_score": test.get("baseline", {}).get(primary),
+        "loaded": version in loaded,
+        "warnings": loaded[version].warnings if version in loaded else [],
+    }

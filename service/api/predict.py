@@ -1,0 +1,36 @@
+"""POST /v1/models/<name[@version|@alias]>/predict"""
+
+from __future__ import annotations
+
+from flask import Blueprint, request
+
+from service.api import json_response, request_ids, state
+from service.errors import UnsupportedMediaType
+from service.protocols import native
+from service.store import parse_ref
+
+bp = Blueprint("predict", __name__)
+
+JSON_MIMETYPES = frozenset({"application/json"})
+
+
+def require_json() -> None:
+    if request.mimetype not in JSON_MIMETYPES:
+        raise UnsupportedMediaType(
+            f"Content-Type must be application/json, got {request.mimetype or 'none'!r}",
+            details={"content_type": request.content_type},
+        )
+    charset = request.mimetype_params.get("charset", "utf-8").lower()
+    if charset not in {"utf-8", "utf8"}:
+        raise UnsupportedMediaType(f"charset must be utf-8, got {charset!r}")
+
+
+@bp.post("/v1/models/<model_ref>/predict")
+def predict(model_ref: str):
+    service = state()
+    model = service.registry.get(parse_ref(model_ref))
+    require_json()
+    payload = native.parse_json(request.get_data(cache=False))
+    instances = native.instances_from(payload, service.settings.max_instances)
+    prediction = model.predict(instances)
+    return json_response(native.encode_prediction(model, prediction, request_ids.current()))

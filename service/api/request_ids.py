@@ -1,0 +1,27 @@
+"""X-Request-ID: keep a sane incoming id (Nginx sets one), else make one; echo it back."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from flask import Flask, g, request
+
+HEADER = "X-Request-ID"
+_ACCEPTABLE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def current() -> str:
+    return g.get("request_id") or "-"
+
+
+def init_app(app: Flask) -> None:
+    @app.before_request
+    def assign_request_id() -> None:
+        incoming = request.headers.get(HEADER, "")
+        g.request_id = incoming if _ACCEPTABLE.match(incoming) else uuid.uuid4().hex
+
+    @app.after_request
+    def echo_request_id(response):
+        response.headers[HEADER] = current()
+        return response

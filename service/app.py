@@ -1,0 +1,43 @@
+"""Assemble the Flask application: settings, store, registry, blueprints, error handling."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask
+
+from service.api import admin, errors, health, models, predict, request_ids
+from service.config import Settings
+from service.runtime.registry import ModelRegistry
+from service.store import ModelStore
+
+EXTENSION = "model_service"
+
+
+@dataclasses.dataclass
+class ServiceState:
+    """What the blueprints share, reached through ``current_app.extensions``."""
+
+    settings: Settings
+    store: ModelStore
+    registry: ModelRegistry
+
+
+def build_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+    app = Flask("service")
+    settings = Settings.load(overrides=test_config)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    store = ModelStore(settings.store)
+    registry = ModelRegistry(store, settings)
+    # Load every aliased version now: under preload_app this happens once, in the
+    # Gunicorn master, and the workers share the loaded models copy-on-write.
+    registry.refresh()
+    app.extensions[EXTENSION] = ServiceState(settings, store, registry)
+
+    request_ids.init_app(app)
+    errors.init_app(app)
+    for blueprint in (health.bp, models.bp, predict.bp, admin.bp):
+        app.register_blueprint(blueprint)
+    return app

@@ -1,0 +1,325 @@
+"""Start and stop the local stack: Gunicorn workers behind an unprivileged Nginx.
+
+Used by ``modelctl serve`` / ``modelctl stop`` (and so ``make run`` / ``make stop``),
+by the integration tests and by the benchmarks. Everything it starts is
+recorded in pid files in the runtime directory, and only those pids are ever
+signalled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from service.config import Settings
+from service.errors import ServiceError
+
+DEPLOY_DIR = Path(__file__).resolve().parent.parent / "deploy"
+NGINX_TEMPLATE = DEPLOY_DIR / "nginx.conf"
+GUNICORN_CONFIG = DEPLOY_DIR / "gunicorn.conf.py"
+NGINX_INSTALL_HINT = "sudo apt-get install -y nginx"
+
+
+class StackError(ServiceError):
+    code = "stack_error"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def render_nginx_config(
+    template: str,
+    *,
+    listen: str,
+    upstreams: list[str],
+    runtime_dir: Path,
+    max_body_bytes: int,
+) -> str:
+    user_directive = ""
+    if os.geteuid() == 0:
+        # Started as root (CI, containers): keep the workers as this user so they
+        # can use the runtime dir; Nginx would otherwise switch them to "nobody".
+        import pwd
+
+        user_directive = f"user {pwd.getpwuid(os.geteuid()).pw_name};"
+    values = {
+        "user_directive": user_directive,
+        "runtime_dir": str(runtime_dir),
+        "listen": listen,
+        "upstream_servers": "\n        ".join(
+            f"server {address} max_fails=3 fail_timeout=5s;" for address in upstreams
+        ),
+        "max_body_bytes": str(max_body_bytes),
+    }
+    rendered = template
+    for key, value in values.items():
+        rendered = rendered.replace("{{" + key + "}}", value)
+    if "{{" in rendered:
+        leftover = rendered[rendered.index("{{") :].split("}}")[0] + "}}"
+        raise StackError(f"nginx template has an unknown placeholder {leftover}")
+    return rendered
+
+
+@dataclasses.dataclass
+class LocalStack:
+    """One Gunicorn master with its workers, and (when installed) Nginx in front."""
+
+    runtime_dir: Path
+    store: Path
+    port: int = 8080
+    workers: int | None = None
+    host: str = "127.0.0.1"
+    use_nginx: bool | None = None  # None: use it when installed
+    gunicorn_port: int | None = None
+    extra_env: dict[str, str] = dataclasses.field(default_factory=dict)
+    app: str = "service.wsgi:app"
+
+    def __post_init__(self) -> None:
+        self.runtime_dir = Path(self.runtime_dir).resolve()
+        self.store = Path(self.store).resolve()
+        if self.use_nginx is None:
+            self.use_nginx = nginx_binary() is not None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def gunicorn_url(self) -> str:
+        return f"http://127.0.0.1:{self._gunicorn_port()}"
+
+    def pidfile(self, what: str) -> Path:
+        return self.runtime_dir / f"{what}.pid"
+
+    # -- start -------------------------------------------------------------------
+
+    def start(self, *, ready_timeout: float = 60.0) -> None:
+        if self.running_pids():
+            raise StackError(f"a stack is already running from {self.runtime_dir}; stop it first")
+        self.runtime_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self._start_gunicorn()
+            if self.use_nginx:
+                self._start_nginx()
+            self.wait_ready(ready_timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _gunicorn_port(self) -> int:
+        if not self.use_nginx:
+            return self.port
+        if self.gunicorn_port is None:
+            self.gunicorn_port = free_port()
+        return self.gunicorn_port
+
+    def _start_gunicorn(self) -> None:
+        env = dict(os.environ)
+        env.update(self.extra_env)
+        env["MODEL_SERVICE_STORE"] = str(self.store)
+        env["MODEL_SERVICE_BIND"] = f"127.0.0.1:{self._gunicorn_port()}"
+        env["MODEL_SERVICE_PIDFILE"] = str(self.runtime_dir / "gunicorn-master.pid")
+        if self.workers:
+            env["MODEL_SERVICE_WORKERS"] = str(self.workers)
+        with open(self.runtime_dir / "gunicorn.log", "ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONFIG), self.app],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.pidfile("gunicorn").write_text(f"{process.pid}\n")
+
+    def _start_nginx(self) -> None:
+        binary = nginx_binary()
+        if binary is None:
+            raise StackError(f"nginx is not installed (install it with: {NGINX_INSTALL_HINT})")
+        for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+            (self.runtime_dir / "nginx-tmp" / sub).mkdir(parents=True, exist_ok=True)
+        settings = Settings.load(overrides={"store": self.store})
+        config = render_nginx_config(
+            NGINX_TEMPLATE.read_text(),
+            listen=f"{self.host}:{self.port}",
+            upstreams=[f"127.0.0.1:{self._gunicorn_port()}"],
+            runtime_dir=self.runtime_dir,
+            max_body_bytes=settings.max_body_bytes,
+        )
+        config_path = self.runtime_dir / "nginx.conf"
+        config_path.write_text(config)
+        error_log = str(self.runtime_dir / "nginx-error.log")
+        check = subprocess.run(
+            [
+                binary,
+                "-t",
+                "-q",
+                "-p",
+                str(self.runtime_dir),
+                "-c",
+                str(config_path),
+                "-e",
+                error_log,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        if check.returncode != 0:
+            raise StackError(f"nginx rejected {config_path}: {check.stderr.strip()}")
+        with open(self.runtime_dir / "nginx.log", "ab") as log:
+            process = subprocess.Popen(
+                [
+                    binary,
+                    "-p",
+                    str(self.runtime_dir),
+                    "-c",
+                    str(config_path),
+                    "-e",
+                    error_log,
+                    "-g",
+                    "daemon off;",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.pidfile("nginx").write_text(f"{process.pid}\n")
+
+    def wait_ready(self, timeout: float) -> None:
+        """Wait for Gunicorn's /readyz, then the same through Nginx."""
+        deadline = time.monotonic() + timeout
+        self._wait_url(self.gunicorn_url + "/readyz", deadline, timeout)
+        if self.use_nginx:
+            self._wait_url(self.url + "/readyz", deadline, timeout)
+
+    def _wait_url(self, url: str, deadline: float, timeout: float) -> None:
+        last_error = "no answer"
+        while time.monotonic() < deadline:
+            for what in ("gunicorn", "nginx"):
+                pid = self._pid(what)
+                if pid is not None and not _alive(pid):
+                    raise StackError(
+                        f"{what} exited during start-up; see {self.runtime_dir / (what + '.log')}"
+                        + self._log_tail(what)
+                    )
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except urllib.error.HTTPError as exc:
+                last_error = f"HTTP {exc.code}"
+            except OSError as exc:
+                last_error = str(exc)
+            time.sleep(0.1)
+        raise StackError(
+            f"{self.url}/readyz did not answer 200 within {timeout:.0f}s ({last_error})"
+        )
+
+    def _log_tail(self, what: str, lines: int = 15) -> str:
+        path = self.runtime_dir / f"{what}.log"
+        if not path.exists():
+            return ""
+        tail = path.read_text(errors="replace").splitlines()[-lines:]
+        return "\n" + "\n".join(tail)
+
+    # -- inspect and stop --------------------------------------------------------
+
+    def _pid(self, what: str) -> int | None:
+        try:
+            return int(self.pidfile(what).read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def running_pids(self) -> dict[str, int]:
+        pids = {}
+        for what in ("gunicorn", "nginx"):
+            pid = self._pid(what)
+            if pid is not None and _alive(pid) and _is_ours(pid, what):
+                pids[what] = pid
+        return pids
+
+    def worker_pids(self) -> list[int]:
+        master = self._pid("gunicorn")
+        if master is None:
+            return []
+        return _children(master)
+
+    def stop(self, timeout: float = 35.0) -> list[str]:
+        """Stop exactly what this stack started (by pid file); return what was stopped."""
+        stopped = []
+        # Nginx first, so no new request reaches Gunicorn while it drains.
+        for what, sig in (("nginx", signal.SIGQUIT), ("gunicorn", signal.SIGTERM)):
+            pid = self._pid(what)
+            if pid is not None and _alive(pid) and _is_ours(pid, what):
+                _terminate(pid, sig, timeout)
+                stopped.append(f"{what} (pid {pid})")
+            self.pidfile(what).unlink(missing_ok=True)
+        return stopped
+
+
+def nginx_binary() -> str | None:
+    return shutil.which("nginx") or next(
+        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None
+    )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child of ours counts as gone.
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/stat") as handle:
+        if handle.read().rsplit(")", 1)[1].split()[0] == "Z":
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+            return False
+    return True
+
+
+def _is_ours(pid: int, what: str) -> bool:
+    """Guard against a recycled pid: the process must still be the program we started."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return False
+    return what in cmdline or (what == "gunicorn" and "model-service" in cmdline)
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def _terminate(pid: int, sig: signal.Signals, timeout: float) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    while _alive(pid) and time.monotonic() < deadline + 5:
+        time.sleep(0.05)

@@ -1,0 +1,1 @@
+"""Request and response codecs: payloads in, instances out; predictions in, payloads out."""
