@@ -1,0 +1,302 @@
+"""modelctl: the command line of model-service.
+
+Every command takes --store (default: the MODEL_SERVICE_STORE setting, else
+./model_store) and exits non-zero with a one-line reason on failure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import sys
+from pathlib import Path
+
+import click
+import yaml
+
+from service.errors import ServiceError
+from service.store import ModelStore, parse_ref
+from service.store import metadata as metadata_io
+
+store_option = click.option(
+    "--store",
+    "store_path",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="MODEL_SERVICE_STORE",
+    default="model_store",
+    show_default=True,
+    help="The model store directory.",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """Train, publish, promote, roll back and serve scikit-learn models."""
+
+
+@cli.command("list")
+@store_option
+def list_models(store_path: Path) -> None:
+    """List models, their versions and aliases."""
+    store = ModelStore(store_path)
+    names = store.names()
+    if not names:
+        click.echo(f"no models in {store.root}")
+        return
+    for name in names:
+        aliases = store.aliases(name)
+        alias_text = ", ".join(f"{a}={v}" for a, v in sorted(aliases.items())) or "no aliases"
+        versions = ", ".join(str(v) for v in store.versions(name))
+        click.echo(f"{name}\tversions: {versions}\taliases: {alias_text}")
+
+
+@cli.command()
+@click.argument("ref")
+@store_option
+@click.option("--full", is_flag=True, help="Print the whole metadata.yaml.")
+def show(ref: str, store_path: Path, full: bool) -> None:
+    """Show one model version (NAME, NAME@VERSION or NAME@ALIAS)."""
+    store = ModelStore(store_path)
+    model_ref = parse_ref(ref)
+    version = store.resolve(model_ref)
+    meta = store.metadata(model_ref.name, version)
+    if full:
+        click.echo(metadata_io.dump(meta), nl=False)
+        return
+    scores = meta["scores"]
+    primary = scores["primary_metric"]
+    aliases = [a for a, v in store.aliases(model_ref.name).items() if v == version]
+    lines = [
+        f"{meta['name']}@{meta['version']}" + (f"  ({', '.join(aliases)})" if aliases else ""),
+        f"  {meta['description']}",
+        f"  created:   {meta['created_at']}",
+        f"  task:      {meta['task']} (target: {meta['target']})",
+        f"  algorithm: {meta['algorithm']['class']}",
+        f"  features:  {', '.join(f['name'] for f in meta['input']['features'])}",
+        f"  {primary}: test {scores['test']['model'].get(primary)} "
+        f"(baseline {scores['test']['baseline'].get(primary)}), "
+        f"validation {scores['validation']['model'].get(primary)} "
+        f"(baseline {scores['validation']['baseline'].get(primary)})",
+        f"  artifact:  {meta['artifact']['file']} sha256 {meta['artifact']['sha256']}",
+        f"  trained with scikit-learn {meta['environment']['scikit-learn']}",
+    ]
+    click.echo("\n".join(lines))
+
+
+@cli.command()
+@click.argument("name")
+@click.option(
+    "--model",
+    "model_path",
+    required=True,
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="The pickled, fitted estimator.",
+)
+@click.option(
+    "--metadata",
+    "metadata_path",
+    required=True,
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Its metadata.yaml (version, artifact and environment are filled in).",
+)
+@click.option("--alias", "aliases", multiple=True, help="Point these aliases at the new version.")
+@store_option
+def publish(
+    name: str, model_path: Path, metadata_path: Path, aliases: tuple[str, ...], store_path: Path
+) -> None:
+    """Publish a pickle and its metadata as a new version of NAME (atomically)."""
+    from service.runtime.model import LoadedModel
+
+    store = ModelStore(store_path)
+    meta = metadata_io.read(metadata_path)
+    if not isinstance(meta, dict):
+        raise click.ClickException(f"{metadata_path}: expected a YAML mapping")
+    version = store.publish(
+        name, model_path.read_bytes(), meta, aliases=aliases, verify=LoadedModel
+    )
+    click.echo(f"published {name}@{version}" + (f" ({', '.join(aliases)})" if aliases else ""))
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("version", type=int)
+@click.option("--alias", default="production", show_default=True)
+@click.option("--reason", default="", help="Recorded in the alias history.")
+@store_option
+def promote(name: str, version: int, alias: str, reason: str, store_path: Path) -> None:
+    """Point ALIAS of NAME at VERSION."""
+    previous = ModelStore(store_path).promote(name, version, alias, reason)
+    click.echo(f"{name}: {alias} -> {version} (was {previous})")
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--alias", default="production", show_default=True)
+@click.option("--reason", default="", help="Recorded in the alias history.")
+@store_option
+def rollback(name: str, alias: str, reason: str, store_path: Path) -> None:
+    """Return ALIAS of NAME to the version it had before the last promote."""
+    before, after = ModelStore(store_path).rollback(name, alias, reason)
+    click.echo(f"{name}: {alias} -> {after} (was {before})")
+
+
+@cli.command()
+@click.argument("ref")
+@click.option(
+    "--input",
+    "input_path",
+    required=True,
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+)
+@click.option(
+    "--output", "output_path", required=True, type=click.Path(dir_okay=False, path_type=Path)
+)
+@click.option(
+    "--skip-bad-rows",
+    is_flag=True,
+    help="Write bad rows to a reject file instead of stopping at the first.",
+)
+@click.option(
+    "--rejects",
+    "rejects_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Reject file (default: OUTPUT with .rejects.csv).",
+)
+@click.option("--chunk-rows", default=5000, show_default=True, type=click.IntRange(1))
+@store_option
+def predict(
+    ref: str,
+    input_path: Path,
+    output_path: Path,
+    skip_bad_rows: bool,
+    rejects_path: Path | None,
+    chunk_rows: int,
+    store_path: Path,
+) -> None:
+    """Batch prediction: rows of a CSV (with a header) to a CSV of predictions."""
+    from service.batch import predict_csv
+    from service.runtime import model as model_runtime
+
+    store = ModelStore(store_path)
+    model_ref = parse_ref(ref)
+    model = model_runtime.load(store, model_ref.name, store.resolve(model_ref))
+    result = predict_csv(
+        model,
+        input_path,
+        output_path,
+        chunk_rows=chunk_rows,
+        skip_bad_rows=skip_bad_rows,
+        rejects_path=rejects_path,
+        progress=sys.stderr.isatty(),
+    )
+    message = f"{result.predicted} of {result.rows} rows predicted by {model.name}@{model.version}"
+    if result.rejected:
+        target = rejects_path or output_path.with_name(output_path.stem + ".rejects.csv")
+        message += f"; {result.rejected} bad rows written to {target}"
+    click.echo(message)
+
+
+@cli.command("train-demo")
+@store_option
+@click.option("--if-empty", is_flag=True, help="Do nothing when the store holds any model.")
+def train_demo(store_path: Path, if_empty: bool) -> None:
+    """Train the demo models (iris, breast cancer, diabetes) into the store."""
+    from service.training.demo import train_demo_models
+
+    store = ModelStore(store_path)
+    if if_empty and store.exists() and store.names():
+        click.echo(f"{store.root} already holds models: {', '.join(store.names())}")
+        return
+    for name, version in train_demo_models(store, progress=sys.stderr.isatty()):
+        click.echo(f"published {name}@{version} (production)")
+
+
+@cli.command()
+@store_option
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--workers", type=click.IntRange(1), help="Gunicorn workers (default: CPU count).")
+@click.option(
+    "--runtime-dir",
+    default=".run",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Pid files, logs and the rendered nginx.conf.",
+)
+@click.option("--no-nginx", is_flag=True, help="Serve from Gunicorn directly.")
+def serve(
+    store_path: Path, port: int, workers: int | None, runtime_dir: Path, no_nginx: bool
+) -> None:
+    """Start Gunicorn behind Nginx on 127.0.0.1:PORT in the background."""
+    from service.localstack import NGINX_INSTALL_HINT, LocalStack, nginx_binary
+
+    use_nginx = not no_nginx
+    if use_nginx and nginx_binary() is None:
+        click.echo(
+            f"nginx is not installed, so Gunicorn serves directly on port {port} "
+            f"(install it with: {NGINX_INSTALL_HINT})"
+        )
+        use_nginx = False
+    stack = LocalStack(
+        runtime_dir=runtime_dir, store=store_path, port=port, workers=workers, use_nginx=use_nginx
+    )
+    stack.start()
+    front = "Nginx -> Gunicorn" if use_nginx else "Gunicorn"
+    click.echo(
+        f"model-service is up at {stack.url} ({front}, {len(stack.worker_pids())} workers; "
+        f"logs in {stack.runtime_dir})"
+    )
+
+
+@cli.command()
+@click.option(
+    "--runtime-dir",
+    default=".run",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+)
+def stop(runtime_dir: Path) -> None:
+    """Stop the processes `modelctl serve` started (by their pid files)."""
+    from service.localstack import LocalStack
+
+    stopped = LocalStack(runtime_dir=runtime_dir, store=Path(".")).stop()
+    click.echo("stopped " + ", ".join(stopped) if stopped else "nothing was running")
+
+
+@cli.command("hash-key")
+@click.option("--key", help="Hash this key instead of making a new one.")
+def hash_key(key: str | None) -> None:
+    """Make an admin key and print it with the sha256 the service stores."""
+    key = key or secrets.token_urlsafe(32)
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    click.echo(
+        f"key:    {key}\nsha256: {digest}\nserve with MODEL_SERVICE_ADMIN_KEY_HASHES={digest}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        result = cli.main(args=argv, prog_name="modelctl", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.Abort:
+        click.echo("modelctl: aborted", err=True)
+        return 1
+    except ServiceError as exc:
+        click.echo(f"modelctl: {exc.message}", err=True)
+        return 1
+    except (OSError, yaml.YAMLError) as exc:
+        click.echo(f"modelctl: {exc}", err=True)
+        return 1
+    return result if isinstance(result, int) else 0
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()
