@@ -1,0 +1,61 @@
+# model-service: the two commands are `make run` and `make test`.
+
+PORT ?= 8080
+WORKERS ?=
+STORE ?= model_store
+RUNTIME_DIR ?= .run
+PYTHON ?= python3
+
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+WORKERS_FLAG := $(if $(WORKERS),--workers $(WORKERS),)
+
+EXAMPLE_BODY := {"instances": [{"sepal_length_cm": 5.1, "sepal_width_cm": 3.5, "petal_length_cm": 1.4, "petal_width_cm": 0.2}]}
+
+.PHONY: install run stop test lint fmt bench loadtest clean
+
+# Versions in constraints.txt are the ones the test suite passes with.
+$(INSTALLED): setup.cfg pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+install: $(INSTALLED)
+
+run: $(INSTALLED)
+	$(BIN)/modelctl train-demo --if-empty --store $(STORE)
+	$(BIN)/modelctl serve --store $(STORE) --port $(PORT) --runtime-dir $(RUNTIME_DIR) $(WORKERS_FLAG)
+	@echo
+	@echo "Try it:"
+	@echo "  curl -s -X POST http://127.0.0.1:$(PORT)/v1/models/iris-classifier/predict \\"
+	@echo "       -H 'Content-Type: application/json' \\"
+	@echo "       -d '$(EXAMPLE_BODY)'"
+	@echo "Models: http://127.0.0.1:$(PORT)/v1/models    Stop: make stop"
+
+stop:
+	@if test -x $(BIN)/modelctl; then $(BIN)/modelctl stop --runtime-dir $(RUNTIME_DIR); \
+	else echo "nothing was running"; fi
+
+test: $(INSTALLED)
+	$(BIN)/pytest
+
+lint: $(INSTALLED)
+	$(BIN)/ruff check service tests loadtests
+	$(BIN)/ruff format --check service tests loadtests
+
+fmt: $(INSTALLED)
+	$(BIN)/ruff format service tests loadtests
+	$(BIN)/ruff check --fix service tests loadtests
+
+bench: $(INSTALLED)
+	$(BIN)/python loadtests/bench.py
+
+loadtest: $(INSTALLED)
+	$(BIN)/python loadtests/run_loadtest.py --store $(STORE)
+
+clean: stop
+	rm -rf $(VENV) $(RUNTIME_DIR) loadtests/reports build *.egg-info .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+	@echo "model_store/ is left as it is; remove its models by hand to retrain the demos"
