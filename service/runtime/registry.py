@@ -20,7 +20,7 @@ import time
 from typing import Any
 
 from service.config import Settings
-from service.errors import ModelLoadError, ModelNotFound, ServiceError, StoreError
+from service.errors import ModelLoadError, ModelNotFound, ModelNotReady, ServiceError, StoreError
 from service.runtime import model as model_runtime
 from service.runtime.model import LoadedModel
 from service.store import ModelRef, ModelStore
@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 # A version that no alias points at is dropped when unused for this long.
 IDLE_VERSION_SECONDS = 600.0
+# A version that failed to load is tried again after this long (or on reload).
+RETRY_FAILED_SECONDS = 30.0
 
 
 class ModelRegistry:
@@ -40,7 +42,9 @@ class ModelRegistry:
         # name -> {alias: version}; only ever points at versions in self._models.
         self._aliases: dict[str, dict[str, int]] = {}
         self._signatures: dict[str, Any] = {}
-        self._failures: dict[tuple[str, int], str] = {}
+        # name -> {alias: version} as the store had it at the last look.
+        self._wanted: dict[str, dict[str, int]] = {}
+        self._failures: dict[tuple[str, int], tuple[str, float]] = {}
         self._load_lock = threading.Lock()
         self._refresh_lock = threading.Lock()
         self._watcher_pid: int | None = None
@@ -67,7 +71,19 @@ class ModelRegistry:
         key = (name, version)
         loaded = self._models.get(key)
         if loaded is None:
-            loaded = self._load(name, self.store.resolve(ModelRef(name, version=version)))
+            if self._recently_failed(key):
+                raise ModelNotReady(
+                    f"{name}@{version} cannot be served: {self._failures[key][0]}",
+                    details={"model": name, "version": version},
+                )
+            version = self.store.resolve(ModelRef(name, version=version))
+            try:
+                loaded = self._load(name, version)
+            except ServiceError as exc:
+                raise ModelNotReady(
+                    f"{name}@{version} cannot be served: {exc.message}",
+                    details={"model": name, "version": version},
+                ) from exc
         self._last_used[key] = time.monotonic()
         return loaded
 
@@ -85,7 +101,7 @@ class ModelRegistry:
         return dict(self._aliases.get(name, {}))
 
     def failures(self) -> dict[str, str]:
-        return {f"{n}@{v}": message for (n, v), message in self._failures.items()}
+        return {f"{n}@{v}": message for (n, v), (message, _) in self._failures.items()}
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Ready when every served model's default alias is loaded in this process."""
@@ -102,7 +118,7 @@ class ModelRegistry:
                 entry["wanted"] = wanted
                 failure = self._failures.get((name, wanted))
                 if failure:
-                    entry["error"] = failure
+                    entry["error"] = failure[0]
             models[name] = entry
             ready = ready and entry["ready"]
         return ready, models
@@ -115,7 +131,8 @@ class ModelRegistry:
             names = self.served_names()
             for name in names:
                 signature = self.store.aliases_signature(name)
-                if not force and name in self._signatures and self._signatures[name] == signature:
+                unchanged = name in self._signatures and self._signatures[name] == signature
+                if unchanged and not force and not self._retry_due(name):
                     continue
                 try:
                     self._sync_model(name)
@@ -133,13 +150,21 @@ class ModelRegistry:
         self._failures.clear()
         self.refresh(force=True)
 
+    def _retry_due(self, name: str) -> bool:
+        """An alias still waits for a version whose failed load may be tried again."""
+        serving = self._aliases.get(name, {})
+        return any(
+            serving.get(alias) != version and not self._recently_failed((name, version))
+            for alias, version in self._wanted.get(name, {}).items()
+        )
+
     def _sync_model(self, name: str) -> None:
-        wanted = self.store.aliases(name)
+        wanted = {alias: int(version) for alias, version in self.store.aliases(name).items()}
+        self._wanted[name] = wanted
         current = dict(self._aliases.get(name, {}))
         switched = {}
         for alias, version in wanted.items():
-            version = int(version)
-            if (name, version) not in self._models and (name, version) in self._failures:
+            if self._recently_failed((name, version)):
                 continue
             try:
                 self._load(name, version)
@@ -170,11 +195,11 @@ class ModelRegistry:
                     refuse_version_mismatch=self.settings.refuse_version_mismatch,
                 )
             except ServiceError as exc:
-                self._failures[key] = exc.message
+                self._failures[key] = (exc.message, time.monotonic())
                 log.error("cannot load %s@%d: %s", name, version, exc.message)
                 raise
             except Exception as exc:
-                self._failures[key] = f"{type(exc).__name__}: {exc}"
+                self._failures[key] = (f"{type(exc).__name__}: {exc}", time.monotonic())
                 log.exception("cannot load %s@%d", name, version)
                 raise ModelLoadError(f"cannot load {name}@{version}: {exc}") from exc
             self._failures.pop(key, None)
@@ -182,6 +207,10 @@ class ModelRegistry:
             self._last_used[key] = time.monotonic()
             log.info("loaded %s@%d in %.3fs", name, version, time.perf_counter() - started)
             return loaded
+
+    def _recently_failed(self, key: tuple[str, int]) -> bool:
+        failure = self._failures.get(key)
+        return failure is not None and time.monotonic() - failure[1] < RETRY_FAILED_SECONDS
 
     def _drop_idle_versions(self) -> None:
         in_use = {(n, v) for n, aliases in self._aliases.items() for v in aliases.values()}

@@ -1,0 +1,45 @@
+"""Shared fixtures: a store with the demo models trained into a temporary directory
+(once per session, copied per test), and the Flask app → client chain over it."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from service import create_app
+from service.store import ModelStore
+from service.training.demo import train_demo_models
+
+
+@pytest.fixture(scope="session")
+def trained_store_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("trained-store") / "model_store"
+    train_demo_models(ModelStore(root), progress=False)
+    return root
+
+
+@pytest.fixture
+def store_dir(trained_store_dir, tmp_path) -> Path:
+    """A private copy of the trained demo store that a test may change."""
+    target = tmp_path / "model_store"
+    shutil.copytree(trained_store_dir, target)
+    return target
+
+
+@pytest.fixture
+def store(store_dir) -> ModelStore:
+    return ModelStore(store_dir)
+
+
+@pytest.fixture
+def app(store_dir):
+    app = create_app({"store": store_dir, "reload_interval": 0.1})
+    yield app
+    app.extensions["model_service"].registry.stop()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
