@@ -273,6 +273,10 @@ class LocalStack:
 
 
 def nginx_binary() -> str | None:
+    """The nginx to run: MODEL_SERVICE_NGINX_BIN when set ("" means none), else from PATH."""
+    configured = os.environ.get("MODEL_SERVICE_NGINX_BIN")
+    if configured is not None:
+        return configured if configured and os.access(configured, os.X_OK) else None
     return shutil.which("nginx") or next(
         (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None
     )

@@ -1,0 +1,52 @@
+"""The real stack: Gunicorn with deploy/gunicorn.conf.py behind Nginx with deploy/nginx.conf,
+on free loopback ports, stopped by pid when the tests are done."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+import requests
+
+from service.localstack import LocalStack, free_port, nginx_binary
+
+pytestmark = pytest.mark.integration
+
+
+def nginx_required() -> bool:
+    return bool(os.environ.get("MODEL_SERVICE_REQUIRE_NGINX") or os.environ.get("CI"))
+
+
+def require_nginx() -> None:
+    if nginx_binary() is None:
+        if nginx_required():
+            pytest.fail("nginx is not installed, and CI requires it (apt-get install -y nginx)")
+        pytest.skip("nginx is not installed (apt-get install -y nginx)")
+
+
+@pytest.fixture(scope="module")
+def stack(trained_store_dir, tmp_path_factory):
+    require_nginx()
+    base = tmp_path_factory.mktemp("stack")
+    store = base / "model_store"
+    shutil.copytree(trained_store_dir, store)
+    stack = LocalStack(
+        runtime_dir=base / "run",
+        store=store,
+        port=free_port(),
+        workers=2,
+        use_nginx=True,
+        extra_env={"MODEL_SERVICE_RELOAD_INTERVAL": "0.2"},
+    )
+    stack.start(ready_timeout=90)
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.fixture
+def http():
+    with requests.Session() as session:
+        yield session
