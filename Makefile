@@ -11,8 +11,6 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 WORKERS_FLAG := $(if $(WORKERS),--workers $(WORKERS),)
 
-EXAMPLE_BODY := {"instances": [{"sepal_length_cm": 5.1, "sepal_width_cm": 3.5, "petal_length_cm": 1.4, "petal_width_cm": 0.2}]}
-
 .PHONY: install run stop test lint fmt bench loadtest clean
 
 # Versions in constraints.txt are the ones the test suite passes with.
@@ -26,13 +24,8 @@ install: $(INSTALLED)
 
 run: $(INSTALLED)
 	$(BIN)/modelctl train-demo --if-empty --store $(STORE)
+	@# modelctl serve prints the URL and a curl example that works against this store.
 	$(BIN)/modelctl serve --store $(STORE) --port $(PORT) --runtime-dir $(RUNTIME_DIR) $(WORKERS_FLAG)
-	@echo
-	@echo "Try it:"
-	@echo "  curl -s -X POST http://127.0.0.1:$(PORT)/v1/models/iris-classifier/predict \\"
-	@echo "       -H 'Content-Type: application/json' \\"
-	@echo "       -d '$(EXAMPLE_BODY)'"
-	@echo "Models: http://127.0.0.1:$(PORT)/v1/models    Stop: make stop"
 
 stop:
 	@if test -x $(BIN)/modelctl; then $(BIN)/modelctl stop --runtime-dir $(RUNTIME_DIR); \

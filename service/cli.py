@@ -7,6 +7,8 @@ Every command takes --store (default: the MODEL_SERVICE_STORE setting, else
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import secrets
 import sys
 from pathlib import Path
@@ -242,8 +244,32 @@ def serve(
     stack.start()
     front = "Nginx -> Gunicorn" if use_nginx else "Gunicorn"
     click.echo(
-        f"model-service is up at {stack.url} ({front}, {len(stack.worker_pids())} workers; "
+        f"model-service is up at {stack.url} ({front}, {workers or os.cpu_count()} workers; "
         f"logs in {stack.runtime_dir})"
+    )
+    example = _curl_example(ModelStore(store_path), stack.url)
+    if example:
+        click.echo(f"\nTry it:\n{example}\n\nModels: {stack.url}/v1/models    Stop: make stop")
+
+
+def _curl_example(store: ModelStore, url: str) -> str | None:
+    """A request that works against this store: the first golden row of a served model."""
+    names = store.names()
+    if not names:
+        return None
+    name = "iris-classifier" if "iris-classifier" in names else names[0]
+    try:
+        meta = store.metadata(name, store.resolve(parse_ref(name)))
+    except ServiceError:
+        return None
+    features = meta["input"]["features"]
+    golden = meta.get("golden") or {"instances": [[f["stats"]["mean"] for f in features]]}
+    row = dict(zip((f["name"] for f in features), golden["instances"][0], strict=True))
+    body = json.dumps({"instances": [row]})
+    return (
+        f"  curl -s -X POST {url}/v1/models/{name}/predict \\\n"
+        "       -H 'Content-Type: application/json' \\\n"
+        f"       -d '{body}'"
     )
 
 

@@ -1,0 +1,37 @@
+"""The ceiling reference for `make bench`: a Flask app that does no model work.
+
+It is served exactly like model-service (same Gunicorn config, same Nginx),
+so its throughput and latency are what Nginx + Gunicorn + Flask cost on this
+machine; the benchmark reports each model's figures as a fraction of these.
+
+    LocalStack(app="loadtests.hello_app:app", ...)   # from the repository root
+"""
+
+from __future__ import annotations
+
+from flask import Flask, jsonify, request
+
+
+def create_app() -> Flask:
+    app = Flask("hello")
+
+    @app.post("/predict-hello")
+    def predict_hello():
+        # Parse the body like a real endpoint would, so JSON decoding is part of the ceiling.
+        payload = request.get_json()
+        instances = payload.get("instances", []) if isinstance(payload, dict) else []
+        return jsonify(message="hello", instances=len(instances))
+
+    # LocalStack waits for /readyz (through Gunicorn, then Nginx) before it reports ready.
+    @app.get("/readyz")
+    def readyz():
+        return jsonify(status="ready")
+
+    @app.get("/healthz")
+    def healthz():
+        return jsonify(status="ok")
+
+    return app
+
+
+app = create_app()

@@ -1,0 +1,378 @@
+"""InputSchema: request instances in, the model's input (or an InvalidInput naming the
+instance and the feature) out."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from service.errors import InvalidInput
+from service.runtime.schema import MAX_REPORTED_PROBLEMS, FeatureSpec, InputSchema
+
+# Two floats and an integer feature: every numeric rule in one small schema.
+NUMERIC = InputSchema(
+    [
+        FeatureSpec("sepal_length", "float64"),
+        FeatureSpec("sepal_width", "float64"),
+        FeatureSpec("petals", "int64"),
+    ]
+)
+
+# A category that rejects unknown values, a number that allows missing values, and a
+# category that allows both unknown and missing values.
+MIXED = InputSchema(
+    [
+        FeatureSpec("colour", "category", categories=("red", "green", "blue")),
+        FeatureSpec("size", "float64", missing="allow"),
+        FeatureSpec(
+            "shape",
+            "category",
+            missing="allow",
+            categories=("round", "square"),
+            unknown_category="allow",
+        ),
+    ]
+)
+
+SHAPE_HINT = "each instance is an object keyed by feature name or a list of values in feature order"
+FULL = {"sepal_length": 5.1, "sepal_width": 3.5, "petals": 2}
+
+
+def validate(schema: InputSchema, instances):
+    return schema.to_array(schema.rows(instances))
+
+
+def problem(instance, feature, text, **extra):
+    return {"instance": instance, "feature": feature, "problem": text, **extra}
+
+
+@pytest.mark.parametrize(
+    ("instances", "message", "details"),
+    [
+        pytest.param(
+            [[5.1, 3.5]],
+            "instance 0: has 2 values, the model takes 3",
+            [problem(0, None, "has 2 values, the model takes 3")],
+            id="too-few-values",
+        ),
+        pytest.param(
+            [[5.1, 3.5, 2], [5.1, 3.5, 2, 7.0]],
+            "instance 1: has 4 values, the model takes 3",
+            [problem(1, None, "has 4 values, the model takes 3")],
+            id="too-many-values-in-second-instance",
+        ),
+        pytest.param(
+            [{"sepal_length": 5.1}],
+            "instance 0: missing features ['sepal_width', 'petals']",
+            [
+                problem(
+                    0,
+                    None,
+                    "missing features ['sepal_width', 'petals']",
+                    missing=["sepal_width", "petals"],
+                )
+            ],
+            id="missing-names-listed",
+        ),
+        pytest.param(
+            [{"sepal_length": 5.1, "sepal_widht": 3.5, "petals": 2}],
+            "instance 0: missing features ['sepal_width'] (1 more problem in details)",
+            [
+                problem(0, None, "missing features ['sepal_width']", missing=["sepal_width"]),
+                problem(
+                    0,
+                    None,
+                    "unknown features ['sepal_widht']; did you mean 'sepal_width' for "
+                    "'sepal_widht'",
+                    unknown=["sepal_widht"],
+                ),
+            ],
+            id="misspelled-name-with-suggestion",
+        ),
+        pytest.param(
+            [{**FULL, "colour": "red"}],
+            "instance 0: unknown features ['colour']",
+            [problem(0, None, "unknown features ['colour']", unknown=["colour"])],
+            id="extra-unknown-name-without-suggestion",
+        ),
+        pytest.param(
+            [[5.1, "3.5", 2]],
+            "instance 0, feature 'sepal_width': expected a number, got a string",
+            [problem(0, "sepal_width", "expected a number, got a string")],
+            id="string-for-number",
+        ),
+        pytest.param(
+            [{**FULL, "sepal_length": True}],
+            "instance 0, feature 'sepal_length': expected a number, got a boolean",
+            [problem(0, "sepal_length", "expected a number, got a boolean")],
+            id="boolean-for-number",
+        ),
+        pytest.param(
+            [[5.1, 3.5, [2]]],
+            "instance 0, feature 'petals': expected a number, got a list",
+            [problem(0, "petals", "expected a number, got a list")],
+            id="list-for-number",
+        ),
+        pytest.param(
+            [[5.1, 3.5, 2], [None, 3.5, 2]],
+            "instance 1, feature 'sepal_length': is null, but this feature does not allow "
+            "missing values",
+            [problem(1, "sepal_length", "is null, but this feature does not allow missing values")],
+            id="null-not-allowed",
+        ),
+        pytest.param(
+            [[5.1, math.nan, 2]],
+            "instance 0, feature 'sepal_width': is NaN, but this feature does not allow "
+            "missing values",
+            [problem(0, "sepal_width", "is NaN, but this feature does not allow missing values")],
+            id="nan-not-allowed",
+        ),
+        pytest.param(
+            [[5.1, math.inf, 2]],
+            "instance 0, feature 'sepal_width': is Infinity; only finite numbers are allowed",
+            [problem(0, "sepal_width", "is Infinity; only finite numbers are allowed")],
+            id="infinity",
+        ),
+        pytest.param(
+            [[-math.inf, 3.5, 2]],
+            "instance 0, feature 'sepal_length': is Infinity; only finite numbers are allowed",
+            [problem(0, "sepal_length", "is Infinity; only finite numbers are allowed")],
+            id="minus-infinity",
+        ),
+        pytest.param(
+            [[10**400, 3.5, 2]],
+            "instance 0, feature 'sepal_length': number is out of range",
+            [problem(0, "sepal_length", "number is out of range")],
+            id="integer-too-large-for-float",
+        ),
+        pytest.param(
+            [[5.1, 3.5, 2.5]],
+            "instance 0, feature 'petals': expected an integer",
+            [problem(0, "petals", "expected an integer")],
+            id="non-integral-int64",
+        ),
+        pytest.param(
+            [[5.1, 3.5, 2], FULL],
+            "instance 1: mixes objects and lists in one request",
+            [problem(1, None, "mixes objects and lists in one request")],
+            id="list-then-object",
+        ),
+        pytest.param(
+            [FULL, [5.1, 3.5, 2]],
+            "instance 1: mixes objects and lists in one request",
+            [problem(1, None, "mixes objects and lists in one request")],
+            id="object-then-list",
+        ),
+        pytest.param(
+            [5.1],
+            f"instance 0: is a number; {SHAPE_HINT}",
+            [problem(0, None, f"is a number; {SHAPE_HINT}")],
+            id="instance-is-a-number",
+        ),
+        pytest.param(
+            [FULL, 7],
+            f"instance 1: is a number; {SHAPE_HINT}",
+            [problem(1, None, f"is a number; {SHAPE_HINT}")],
+            id="second-instance-is-a-number",
+        ),
+        pytest.param(
+            ["5.1,3.5,2"],
+            f"instance 0: is a string; {SHAPE_HINT}",
+            [problem(0, None, f"is a string; {SHAPE_HINT}")],
+            id="instance-is-a-string",
+        ),
+        pytest.param(
+            [None],
+            f"instance 0: is null; {SHAPE_HINT}",
+            [problem(0, None, f"is null; {SHAPE_HINT}")],
+            id="instance-is-null",
+        ),
+        pytest.param(
+            [[5.1, "wide", 2], [None, 3.5, 2]],
+            "instance 0, feature 'sepal_width': expected a number, got a string "
+            "(1 more problem in details)",
+            [
+                problem(0, "sepal_width", "expected a number, got a string"),
+                problem(1, "sepal_length", "is null, but this feature does not allow missing values"),
+            ],
+            id="every-problem-in-details",
+        ),
+    ],
+)
+def test_numeric_schema_rejects(instances, message, details):
+    with pytest.raises(InvalidInput) as caught:
+        validate(NUMERIC, instances)
+    assert caught.value.code == "invalid_input"
+    assert caught.value.status == 422
+    assert caught.value.message == message
+    assert caught.value.details == details
+
+
+def test_problems_reported_are_capped():
+    instances = [[5.1, 3.5, "two"]] * (MAX_REPORTED_PROBLEMS + 5)
+    with pytest.raises(InvalidInput) as caught:
+        validate(NUMERIC, instances)
+    details = caught.value.details
+    assert len(details) == MAX_REPORTED_PROBLEMS
+    assert [d["instance"] for d in details] == list(range(MAX_REPORTED_PROBLEMS))
+    assert caught.value.message.endswith(
+        f"({MAX_REPORTED_PROBLEMS - 1} more problems in details)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("instances", "message", "instance", "feature"),
+    [
+        pytest.param(
+            [["purple", 1.0, "round"]],
+            "instance 0, feature 'colour': category not seen in training; "
+            "allowed: ['blue', 'green', 'red']",
+            0,
+            "colour",
+            id="unknown-category-rejected-with-allowed-list",
+        ),
+        pytest.param(
+            [["red", 1.0, "round"], [1, 1.0, "round"]],
+            "instance 1, feature 'colour': category not seen in training; "
+            "allowed: ['blue', 'green', 'red']",
+            1,
+            "colour",
+            id="number-is-not-one-of-the-string-categories",
+        ),
+        pytest.param(
+            [[True, 1.0, "round"]],
+            "instance 0, feature 'colour': expected a category (string), got a boolean",
+            0,
+            "colour",
+            id="boolean-for-category",
+        ),
+        pytest.param(
+            [[2.5, 1.0, "round"]],
+            "instance 0, feature 'colour': expected a category (string), got a number",
+            0,
+            "colour",
+            id="float-for-category",
+        ),
+        pytest.param(
+            [[None, 1.0, "round"]],
+            "instance 0, feature 'colour': is null, but this feature does not allow "
+            "missing values",
+            0,
+            "colour",
+            id="missing-category-not-allowed",
+        ),
+        pytest.param(
+            [["red", "big", "round"]],
+            "instance 0, feature 'size': expected a number, got a string",
+            0,
+            "size",
+            id="string-for-number-next-to-categories",
+        ),
+        pytest.param(
+            [["red", math.inf, "round"]],
+            "instance 0, feature 'size': is Infinity; only finite numbers are allowed",
+            0,
+            "size",
+            id="infinity-even-where-missing-allowed",
+        ),
+    ],
+)
+def test_categorical_schema_rejects(instances, message, instance, feature):
+    with pytest.raises(InvalidInput) as caught:
+        validate(MIXED, instances)
+    assert caught.value.message == message
+    assert caught.value.details == [problem(instance, feature, message.split(": ", 1)[1])]
+
+
+def test_categories_become_object_columns_and_unknown_allowed_passes():
+    columns = validate(MIXED, [["red", 1.5, "round"], ["blue", 2.0, "hexagon"]])
+    assert isinstance(columns, list) and len(columns) == 3
+    colour, size, shape = columns
+    assert colour.dtype == object and colour.tolist() == ["red", "blue"]
+    assert size.dtype == np.float64 and size.tolist() == [1.5, 2.0]
+    # "hexagon" is not a training category, but the feature says unknown_category: allow.
+    assert shape.dtype == object and shape.tolist() == ["round", "hexagon"]
+
+
+def test_missing_allowed_features_accept_null():
+    colour, size, shape = validate(MIXED, [["green", None, None]])
+    assert colour.tolist() == ["green"]
+    assert np.isnan(size[0])
+    assert shape.tolist() == [None]
+
+
+def test_objects_keyed_by_name_are_put_in_feature_order_with_categories():
+    colour, size, shape = validate(MIXED, [{"shape": "square", "size": 3, "colour": "green"}])
+    assert (colour.tolist(), size.tolist(), shape.tolist()) == (["green"], [3.0], ["square"])
+
+
+def test_missing_allowed_gives_nan_in_the_matrix():
+    schema = InputSchema(
+        [FeatureSpec("a", "float64", missing="allow"), FeatureSpec("b", "int64", missing="allow")]
+    )
+    matrix = validate(schema, [[None, 1], [2.5, None], [math.nan, 3]])
+    assert matrix.dtype == np.float64
+    np.testing.assert_array_equal(
+        matrix, np.array([[np.nan, 1.0], [2.5, np.nan], [np.nan, 3.0]]), strict=True
+    )
+
+
+def test_missing_allowed_in_one_column_only():
+    schema = InputSchema(
+        [FeatureSpec("a", "float64", missing="allow"), FeatureSpec("b", "float64")]
+    )
+    assert np.isnan(validate(schema, [[None, 1.0]])[0, 0])
+    with pytest.raises(InvalidInput) as caught:
+        validate(schema, [[1.0, None]])
+    assert caught.value.message == (
+        "instance 0, feature 'b': is null, but this feature does not allow missing values"
+    )
+
+
+def test_valid_numeric_lists_give_an_equal_float64_matrix():
+    instances = [[5.1, 3.5, 2], [4.9, 3, 0], [-1e300, 0.0, 12]]
+    matrix = validate(NUMERIC, instances)
+    assert isinstance(matrix, np.ndarray)
+    assert matrix.dtype == np.float64
+    assert matrix.shape == (3, 3)
+    assert matrix.tolist() == [[5.1, 3.5, 2.0], [4.9, 3.0, 0.0], [-1e300, 0.0, 12.0]]
+
+
+def test_int64_feature_accepts_integral_floats():
+    assert validate(NUMERIC, [[5.1, 3.5, 2.0]]).tolist() == [[5.1, 3.5, 2.0]]
+
+
+def test_objects_keyed_by_name_are_reordered_into_feature_order():
+    instances = [
+        {"petals": 2, "sepal_width": 3.5, "sepal_length": 5.1},
+        {"sepal_width": 3.0, "sepal_length": 4.9, "petals": 0},
+    ]
+    assert NUMERIC.rows(instances) == [[5.1, 3.5, 2], [4.9, 3.0, 0]]
+    assert validate(NUMERIC, instances).tolist() == [[5.1, 3.5, 2.0], [4.9, 3.0, 0.0]]
+
+
+def test_schema_from_metadata_keeps_feature_order_and_policies():
+    schema = InputSchema.from_metadata(
+        {
+            "input": {
+                "features": [
+                    {"name": "b", "dtype": "float64", "missing": "allow"},
+                    {
+                        "name": "a",
+                        "dtype": "category",
+                        "missing": "reject",
+                        "categories": ["x", "y"],
+                        "unknown_category": "allow",
+                    },
+                ]
+            }
+        }
+    )
+    assert schema.names == ("b", "a")
+    assert schema.features[0] == FeatureSpec("b", "float64", missing="allow")
+    assert schema.features[1] == FeatureSpec(
+        "a", "category", categories=("x", "y"), unknown_category="allow"
+    )
+    assert not schema.all_numeric
