@@ -36,8 +36,6 @@ class Settings:
     refuse_version_mismatch: bool = False
     # sha256 hex digests of the admin keys; no key configured means no admin access.
     admin_key_hashes: tuple[str, ...] = ()
-    # Write raw feature values into logs (off: inputs can be personal data).
-    log_features: bool = False
 
     @classmethod
     def load(
