@@ -46,8 +46,22 @@ def predict_csv(
     input_path, output_path = Path(input_path), Path(output_path)
     if rejects_path is None:
         rejects_path = output_path.with_name(output_path.stem + ".rejects.csv")
-    result = BatchResult()
     temp_output = output_path.with_name(f".{output_path.name}.partial")
+    try:
+        result = _predict_to(
+            model, input_path, temp_output, chunk_rows, skip_bad_rows, rejects_path, progress
+        )
+    except BaseException:
+        temp_output.unlink(missing_ok=True)
+        raise
+    os.replace(temp_output, output_path)
+    return result
+
+
+def _predict_to(
+    model, input_path, temp_output, chunk_rows, skip_bad_rows, rejects_path, progress
+) -> BatchResult:
+    result = BatchResult()
     with (
         open(input_path, newline="", encoding="utf-8") as source,
         tqdm(
@@ -102,7 +116,6 @@ def predict_csv(
             finally:
                 if rejects_file is not None:
                     rejects_file.close()
-    os.replace(temp_output, output_path)
     return result
 
 

@@ -61,7 +61,16 @@ class Settings:
         if unknown:
             raise ValueError(f"unknown setting(s): {', '.join(unknown)}")
         converted = {name: _convert(known[name], value) for name, value in values.items()}
-        return cls(**converted)
+        settings = cls(**converted)
+        settings._check_ranges()
+        return settings
+
+    def _check_ranges(self) -> None:
+        for name in ("max_instances", "max_body_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"setting {name}: must be at least 1")
+        if self.reload_interval <= 0:
+            raise ValueError("setting reload_interval: must be more than 0 seconds")
 
 
 def _convert(field: dataclasses.Field, value: Any) -> Any:
@@ -75,9 +84,21 @@ def _convert(field: dataclasses.Field, value: Any) -> Any:
             return tuple(str(item) for item in value)
         if isinstance(default, Path):
             return Path(value)
-        return type(default)(value)
+        if isinstance(default, int):
+            return _to_int(value)
+        if isinstance(default, float):
+            return float(value)
+        return str(value)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"setting {field.name}: cannot use {value!r}: {exc}") from None
+
+
+def _to_int(value: Any) -> int:
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError("expected a whole number")
+    if isinstance(value, str) and not value.strip().lstrip("-").isdigit():
+        raise ValueError("expected a whole number")
+    return int(value)
 
 
 def _to_bool(value: Any) -> bool:

@@ -52,12 +52,14 @@ class LoadedModel:
 
     # -- prediction ------------------------------------------------------------
 
-    def predict(self, instances: list[Any], *, with_proba: bool = True) -> Prediction:
-        """Validate instances (objects or lists) and predict. Raises InvalidInput."""
+    def predict(self, instances: list[Any] | np.ndarray, *, with_proba: bool = True) -> Prediction:
+        """Validate instances (objects, lists or a 2-D array) and predict. Raises InvalidInput."""
         model_input = self.prepare(instances)
         return self.predict_prepared(model_input, with_proba=with_proba)
 
-    def prepare(self, instances: list[Any]) -> np.ndarray | pd.DataFrame:
+    def prepare(self, instances: list[Any] | np.ndarray) -> np.ndarray | pd.DataFrame:
+        if isinstance(instances, np.ndarray):
+            instances = instances.tolist()  # validated like any other rows
         values = self.schema.to_array(self.schema.rows(instances))
         if isinstance(values, np.ndarray) and self._feature_names is None:
             return values

@@ -136,7 +136,11 @@ class InputSchema:
             if feature.is_numeric:
                 columns.append(np.array(values, dtype=np.float64))
             else:
-                columns.append(np.array(values, dtype=object))
+                # One marker for a missing category, whether the client sent null or NaN:
+                # scikit-learn's imputers and encoders recognise NaN, not None.
+                column = np.array(values, dtype=object)
+                column[[v is None or v != v for v in values]] = np.nan
+                columns.append(column)
         return columns
 
     # -- error reporting (slow path: only for bad requests) -------------------

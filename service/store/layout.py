@@ -12,9 +12,10 @@ from pathlib import Path
 
 from service.errors import BadRequest, IntegrityError, InvalidMetadata
 
-NAME_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
-ALIAS_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
-VERSION_PATTERN = re.compile(r"^[1-9][0-9]{0,8}$")
+# Used with fullmatch: "$" alone would also accept a trailing newline.
+NAME_PATTERN = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?")
+ALIAS_PATTERN = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+VERSION_PATTERN = re.compile(r"[1-9][0-9]{0,8}")
 
 METADATA_FILE = "metadata.yaml"
 ALIASES_FILE = "aliases.yaml"
@@ -40,7 +41,7 @@ class ModelRef:
 
 
 def check_name(name: str) -> str:
-    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         raise BadRequest(
             f"invalid model name {name!r}: use lowercase letters, digits and '-' (at most 64)",
             code="invalid_model_name",
@@ -49,7 +50,7 @@ def check_name(name: str) -> str:
 
 
 def check_alias(alias: str) -> str:
-    if not isinstance(alias, str) or not ALIAS_PATTERN.match(alias):
+    if not isinstance(alias, str) or not ALIAS_PATTERN.fullmatch(alias):
         raise BadRequest(
             f"invalid alias {alias!r}: use a lowercase letter then letters, digits, '_' or '-'",
             code="invalid_alias",
@@ -59,7 +60,7 @@ def check_alias(alias: str) -> str:
 
 def check_version(version: int | str) -> int:
     text = str(version)
-    if isinstance(version, bool) or not VERSION_PATTERN.match(text):
+    if isinstance(version, bool) or not VERSION_PATTERN.fullmatch(text):
         raise BadRequest(
             f"invalid version {version!r}: versions are positive integers",
             code="invalid_version",
@@ -79,7 +80,7 @@ def parse_ref(text: str) -> ModelRef:
 
 
 def is_version_dir(path: Path) -> bool:
-    return VERSION_PATTERN.match(path.name) is not None and path.is_dir()
+    return VERSION_PATTERN.fullmatch(path.name) is not None and path.is_dir()
 
 
 class StoreLayout:

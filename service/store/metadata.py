@@ -85,7 +85,7 @@ METADATA_SCHEMA: dict[str, Any] = {
     ],
     "properties": {
         "schema_version": {"const": SCHEMA_VERSION},
-        "name": {"type": "string", "pattern": "^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$"},
+        "name": {"type": "string", "pattern": "^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?\\Z"},
         "version": {"type": "integer", "minimum": 1},
         "created_at": {"type": "string"},
         "description": {"type": "string"},
@@ -103,7 +103,7 @@ METADATA_SCHEMA: dict[str, Any] = {
             "required": ["source", "rows"],
             "properties": {
                 "source": {"type": "string"},
-                "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}\\Z"},
                 "rows": {"type": "object"},
                 "split": {"type": "object"},
             },
@@ -140,9 +140,9 @@ METADATA_SCHEMA: dict[str, Any] = {
             "type": "object",
             "required": ["file", "format", "sha256", "size"],
             "properties": {
-                "file": {"type": "string", "pattern": "^[A-Za-z0-9_][A-Za-z0-9_.-]*$"},
+                "file": {"type": "string", "pattern": "^[A-Za-z0-9_][A-Za-z0-9_.-]*\\Z"},
                 "format": {"const": "pickle"},
-                "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}\\Z"},
                 "size": {"type": "integer", "minimum": 1},
             },
         },

@@ -164,6 +164,7 @@ class ModelStore:
         self, name: str, version: int, *, refuse_version_mismatch: bool = False
     ) -> StoredArtifact:
         """Read, verify and unpickle one version. The sha256 is checked before unpickling."""
+        self._existing_model_dir(name)
         return self._load_from_dir(
             self.layout.version_dir(name, version),
             name=name,
@@ -250,7 +251,24 @@ class ModelStore:
         metadata_io.validate(metadata, partial=True)
         self.root.mkdir(parents=True, exist_ok=True)
         model_dir = self.layout.model_dir(name)
+        new_model = not model_dir.exists()
         model_dir.mkdir(exist_ok=True)
+        try:
+            return self._publish_locked(name, artifact_bytes, metadata, aliases, verify)
+        except BaseException:
+            if new_model:
+                self._remove_if_empty(model_dir)
+            raise
+
+    def _publish_locked(
+        self,
+        name: str,
+        artifact_bytes: bytes,
+        metadata: dict[str, Any],
+        aliases: tuple[str, ...],
+        verify: Callable[[StoredArtifact], None] | None,
+    ) -> int:
+        model_dir = self.layout.model_dir(name)
         with self._locked(name):
             version = self._next_version(name)
             # Identity first, so a person reading the file sees what it is at once.
@@ -386,6 +404,13 @@ class ModelStore:
 
     def _write_counter(self, name: str, version: int) -> None:
         metadata_io.write_atomic(self.layout.model_dir(name) / COUNTER_FILE, f"{version}\n")
+
+    def _remove_if_empty(self, model_dir: Path) -> None:
+        """Undo the directory a failed first publish created (unless another writer used it)."""
+        with self._locked(model_dir.name):
+            leftovers = [p for p in model_dir.iterdir() if p.name != LOCK_FILE]
+            if not leftovers:
+                shutil.rmtree(model_dir, ignore_errors=True)
 
     def _existing_model_dir(self, name: str) -> Path:
         model_dir = self.layout.model_dir(name)
