@@ -51,11 +51,9 @@ def init_app(app: Flask) -> None:
             message = f"no route {request.path}"
         elif exc.code == 405:
             message = f"method {request.method} is not allowed on {request.path}"
-        response = json_response(error_body(code, message), status=exc.code or 500)
-        for header in ("Allow",):
-            if header in exc.get_response().headers:
-                response.headers[header] = exc.get_response().headers[header]
-        return response
+        # Keep the headers Werkzeug set for this error (Allow on a 405, for one).
+        headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"}
+        return json_response(error_body(code, message), status=exc.code or 500, headers=headers)
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):
