@@ -46,7 +46,7 @@ bench: $(INSTALLED)
 	$(BIN)/python loadtests/bench.py
 
 loadtest: $(INSTALLED)
-	$(BIN)/python loadtests/run_loadtest.py --store $(STORE)
+	$(BIN)/python loadtests/run_loadtest.py --store $(STORE) --port $(PORT)
 
 clean: stop
 	rm -rf $(VENV) $(RUNTIME_DIR) loadtests/reports build *.egg-info .pytest_cache .ruff_cache

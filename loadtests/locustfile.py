@@ -33,6 +33,9 @@ import math
 import random
 from typing import Any
 
+# locust before requests: importing locust lets gevent patch the standard library,
+# which has to happen before requests (through urllib3) imports ssl.
+import locust  # noqa: F401
 import requests
 from locust import FastHttpUser, events, task
 from locust.exception import StopTest
