@@ -162,37 +162,13 @@ class LocalStack:
         config_path = self.runtime_dir / "nginx.conf"
         config_path.write_text(config)
         error_log = str(self.runtime_dir / "nginx-error.log")
-        check = subprocess.run(
-            [
-                binary,
-                "-t",
-                "-q",
-                "-p",
-                str(self.runtime_dir),
-                "-c",
-                str(config_path),
-                "-e",
-                error_log,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        nginx = [binary, "-p", str(self.runtime_dir), "-c", str(config_path), "-e", error_log]
+        check = subprocess.run([*nginx, "-t", "-q"], capture_output=True, text=True, timeout=30)
         if check.returncode != 0:
             raise StackError(f"nginx rejected {config_path}: {check.stderr.strip()}")
         with open(self.runtime_dir / "nginx.log", "ab") as log:
             process = subprocess.Popen(
-                [
-                    binary,
-                    "-p",
-                    str(self.runtime_dir),
-                    "-c",
-                    str(config_path),
-                    "-e",
-                    error_log,
-                    "-g",
-                    "daemon off;",
-                ],
+                [*nginx, "-g", "daemon off;"],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
