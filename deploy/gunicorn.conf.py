@@ -57,9 +57,12 @@ loglevel = os.environ.get("MODEL_SERVICE_LOG_LEVEL", "info")
 # (echoed by the app as a response header) and the worker pid.
 access_log_format = '%(h)s "%(r)s" %(s)s %(B)s %(M)sms rid=%({x-request-id}o)s pid=%(p)s'
 
-# --- Process naming and pid --------------------------------------------------
+# --- Process naming, pid and control ----------------------------------------
 proc_name = "model-service"
 pidfile = os.environ.get("MODEL_SERVICE_PIDFILE") or None
+# Gunicorn 24+ opens a control socket at one fixed path per user; several
+# instances on a host would fight over it, and nothing here uses it.
+control_socket_disable = True
 
 
 # --- Hooks: small, logging through server.log --------------------------------
@@ -80,8 +83,9 @@ def post_fork(server, worker):
 
 
 def worker_abort(worker):
-    worker.log.warning("worker %s aborted (timeout): a request ran longer than %ss",
-                       worker.pid, timeout)
+    worker.log.warning(
+        "worker %s aborted (timeout): a request ran longer than %ss", worker.pid, timeout
+    )
 
 
 def child_exit(server, worker):

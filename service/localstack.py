@@ -242,7 +242,9 @@ class LocalStack:
         for what, sig in (("nginx", signal.SIGQUIT), ("gunicorn", signal.SIGTERM)):
             pid = self._pid(what)
             if pid is not None and _alive(pid) and _is_ours(pid, what):
-                _terminate(pid, sig, timeout)
+                # A Gunicorn worker forked a moment before the master's SIGTERM can miss
+                # it (its own handlers are not installed yet): say it again to stragglers.
+                _terminate(pid, sig, timeout, repeat_to_children=what == "gunicorn")
                 stopped.append(f"{what} (pid {pid})")
             self.pidfile(what).unlink(missing_ok=True)
         return stopped
@@ -291,13 +293,22 @@ def _children(pid: int) -> list[int]:
     return [int(p) for p in text.split()]
 
 
-def _terminate(pid: int, sig: signal.Signals, timeout: float) -> None:
+def _terminate(
+    pid: int, sig: signal.Signals, timeout: float, *, repeat_to_children: bool = False
+) -> None:
+    children = _children(pid)
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
     deadline = time.monotonic() + timeout
+    next_repeat = time.monotonic() + 2.0
     while time.monotonic() < deadline:
         if not _alive(pid):
             return
+        if repeat_to_children and time.monotonic() >= next_repeat:
+            for child in children:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child, sig)
+            next_repeat = time.monotonic() + 2.0
         time.sleep(0.05)
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)

@@ -89,8 +89,10 @@ def _worker_pid_from_log(stack, request_id: str) -> int | None:
 
 
 def test_nginx_answers_json_when_gunicorn_is_gone(own_stack):
-    gunicorn = own_stack.running_pids()["gunicorn"]
-    os.kill(gunicorn, signal.SIGTERM)
+    # A crash, not a shutdown: the master and its workers die at once.
+    gunicorn = [own_stack.running_pids()["gunicorn"], *own_stack.worker_pids()]
+    for pid in gunicorn:
+        os.kill(pid, signal.SIGKILL)
     wait_for(lambda: not own_stack.running_pids().get("gunicorn"))
     response = requests.post(
         f"{own_stack.url}/v1/models/{IRIS}/predict",
