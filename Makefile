@@ -35,12 +35,12 @@ test: $(INSTALLED)
 	$(BIN)/pytest
 
 lint: $(INSTALLED)
-	$(BIN)/ruff check service tests loadtests
-	$(BIN)/ruff format --check service tests loadtests
+	$(BIN)/ruff check service tests loadtests deploy
+	$(BIN)/ruff format --check service tests loadtests deploy
 
 fmt: $(INSTALLED)
-	$(BIN)/ruff format service tests loadtests
-	$(BIN)/ruff check --fix service tests loadtests
+	$(BIN)/ruff format service tests loadtests deploy
+	$(BIN)/ruff check --fix service tests loadtests deploy
 
 bench: $(INSTALLED)
 	$(BIN)/python loadtests/bench.py

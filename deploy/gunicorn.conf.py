@@ -60,7 +60,7 @@ access_log_format = '%(h)s "%(r)s" %(s)s %(B)s %(M)sms rid=%({x-request-id}o)s p
 # --- Process naming, pid and control ----------------------------------------
 proc_name = "model-service"
 pidfile = os.environ.get("MODEL_SERVICE_PIDFILE") or None
-# Gunicorn 24+ opens a control socket at one fixed path per user; several
+# Recent Gunicorn versions open a control socket at one fixed path per user; several
 # instances on a host would fight over it, and nothing here uses it.
 control_socket_disable = True
 
