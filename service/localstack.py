@@ -177,9 +177,15 @@ class LocalStack:
         self.pidfile("nginx").write_text(f"{process.pid}\n")
 
     def wait_ready(self, timeout: float) -> None:
-        """Wait for Gunicorn's /readyz, then the same through Nginx."""
+        """Wait for every worker to be forked, Gunicorn's /readyz, then the same via Nginx."""
         deadline = time.monotonic() + timeout
         self._wait_url(self.gunicorn_url + "/readyz", deadline, timeout)
+        # One worker answering is not all of them: callers count on the whole pool.
+        expected = self.workers or os.cpu_count() or 1
+        while len(self.worker_pids()) < expected:
+            if time.monotonic() > deadline:
+                raise StackError(f"only {len(self.worker_pids())} of {expected} workers started")
+            time.sleep(0.05)
         if self.use_nginx:
             self._wait_url(self.url + "/readyz", deadline, timeout)
 
