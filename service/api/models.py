@@ -8,6 +8,7 @@ from flask import Blueprint
 
 from service.api import json_response, state
 from service.errors import ModelNotFound
+from service.runtime.model import LoadedModel
 from service.store.layout import check_name, check_version
 
 bp = Blueprint("models", __name__)
@@ -24,13 +25,12 @@ def show_model(name: str):
     service = state()
     _check_served(name)
     summary = _summary(name)
-    summary["versions"] = [
-        _version_summary(name, v, service.store.metadata(name, v))
-        for v in service.store.versions(name)
-    ]
+    loaded = _loaded(name)
+    metadata = {v: service.store.metadata(name, v) for v in summary["versions"]}
+    summary["versions"] = [_version_summary(name, v, m, loaded) for v, m in metadata.items()]
     summary["alias_history"] = service.store.alias_state(name)["history"][-20:]
     default = summary["aliases"].get(service.settings.default_alias)
-    summary["metadata"] = service.store.metadata(name, default) if default else None
+    summary["metadata"] = metadata.get(default)
     return json_response(summary)
 
 
@@ -40,7 +40,7 @@ def show_version(name: str, version: str):
     _check_served(name)
     number = check_version(version)
     metadata = service.store.metadata(name, number)
-    body = _version_summary(name, number, metadata)
+    body = _version_summary(name, number, metadata, _loaded(name))
     body["metadata"] = metadata
     return json_response(body)
 
@@ -56,7 +56,7 @@ def _summary(name: str) -> dict[str, Any]:
     aliases = service.store.aliases(name)
     default_alias = service.settings.default_alias
     served = service.registry.aliases(name).get(default_alias)
-    loaded = {m.version: m for m in service.registry.loaded() if m.name == name}
+    loaded = _loaded(name)
     default_model = loaded.get(served) if served is not None else None
     failures = {
         key: message
@@ -78,11 +78,17 @@ def _summary(name: str) -> dict[str, Any]:
     }
 
 
-def _version_summary(name: str, version: int, metadata: dict[str, Any]) -> dict[str, Any]:
+def _loaded(name: str) -> dict[int, LoadedModel]:
+    """The versions of NAME loaded in this worker."""
+    return {m.version: m for m in state().registry.loaded() if m.name == name}
+
+
+def _version_summary(
+    name: str, version: int, metadata: dict[str, Any], loaded: dict[int, LoadedModel]
+) -> dict[str, Any]:
     scores = metadata.get("scores", {})
     primary = scores.get("primary_metric")
     test = scores.get("test", {})
-    loaded = {m.version: m for m in state().registry.loaded() if m.name == name}
     return {
         "name": name,
         "version": version,

@@ -1,7 +1,7 @@
 """The native JSON protocol: ``{"instances": [...]}`` in, predictions out.
 
 Pure functions over bytes and Python objects, so every check runs before the
-model is touched and the same parsing serves the web layer and the CLI.
+model is touched and no web framework is needed to test or reuse them.
 """
 
 from __future__ import annotations

@@ -107,14 +107,15 @@ def train_demo_models(store: ModelStore, *, progress: bool = True) -> list[tuple
     for demo in tqdm(DEMO_MODELS, desc="training demo models", unit="model", disable=not progress):
         artifact, metadata = build(demo)
         version = store.publish(
-            demo.name, artifact, metadata, aliases=("production",), verify=_verify_loads
+            # LoadedModel raises if the schema, classes or golden example disagree.
+            demo.name,
+            artifact,
+            metadata,
+            aliases=("production",),
+            verify=LoadedModel,
         )
         published.append((demo.name, version))
     return published
-
-
-def _verify_loads(artifact) -> None:
-    LoadedModel(artifact)  # raises if the schema, classes or golden example disagree
 
 
 def build(demo: DemoModel) -> tuple[bytes, dict[str, Any]]:
