@@ -47,7 +47,8 @@ from threadpoolctl import threadpool_limits
 from service.localstack import LocalStack, StackError, free_port
 from service.runtime.model import LoadedModel, load
 from service.store import ModelStore
-from service.training.demo import DEMO_MODELS, feature_name, train_demo_models
+from service.training.demo import demo_specs, train_demo_models
+from service.training.trainer import prepare
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOOPBACK = "127.0.0.1"
@@ -458,14 +459,14 @@ def demo_payloads(store: ModelStore) -> list[DemoPayload]:
     """BATCH_ROWS real rows per demo model, drawn (with replacement) from its dataset."""
     rng = np.random.default_rng(SEED)
     payloads = []
-    for demo in DEMO_MODELS:
+    for demo in demo_specs():
         version = store.aliases(demo.name)["production"]
         dtypes = {
             f["name"]: f["dtype"] for f in store.metadata(demo.name, version)["input"]["features"]
         }
-        bunch = demo.loader()
-        names = [feature_name(raw) for raw in bunch.feature_names]
-        data = np.asarray(bunch.data, dtype=np.float64)
+        plan, _ = prepare(demo)
+        names = list(plan.X.columns)
+        data = plan.X.to_numpy(dtype=np.float64)
         picks = rng.integers(0, len(data), size=BATCH_ROWS)
         instances = [
             {

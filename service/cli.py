@@ -86,6 +86,77 @@ def show(ref: str, store_path: Path, full: bool) -> None:
 
 
 @cli.command()
+@click.argument(
+    "spec_path", metavar="SPEC", type=click.Path(dir_okay=False, exists=True, path_type=Path)
+)
+@store_option
+@click.option(
+    "--force",
+    "force_reason",
+    metavar="REASON",
+    help="Publish even if the model does not beat the baseline; REASON goes into the metadata.",
+)
+@click.option("--dry-run", is_flag=True, help="Train and evaluate, but publish nothing.")
+def train(spec_path: Path, store_path: Path, force_reason: str | None, dry_run: bool) -> None:
+    """Train, evaluate and publish a model from a training spec (YAML)."""
+    from service.training import spec as specs
+    from service.training.trainer import STAGING
+    from service.training.trainer import train as run_training
+
+    spec = specs.load(spec_path)
+    result = run_training(
+        spec,
+        ModelStore(store_path),
+        force_reason=force_reason,
+        progress=sys.stderr.isatty(),
+        publish=not dry_run,
+    )
+    for warning in result.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    click.echo(_training_summary(result.metadata))
+    if result.version is None:
+        click.echo("dry run: nothing published")
+    else:
+        click.echo(f"published {result.name}@{result.version} ({STAGING})")
+        click.echo(
+            f"next: modelctl card {result.name}@{result.version} --output card.html; "
+            f"modelctl promote {result.name} {result.version}"
+        )
+
+
+def _training_summary(meta: dict) -> str:
+    scores = meta["scores"]
+    gate = scores["gate"]
+    primary = scores["primary_metric"]
+    rows = meta["data"]["rows"]
+    algorithm = meta["algorithm"]
+    estimator = algorithm["steps"][-1]["class"] if algorithm.get("steps") else algorithm["class"]
+    if scores.get("method") == "cross_validation":
+        split = f"{meta['data']['split']['folds']}-fold cross-validation on {rows['train']}"
+    else:
+        split = f"train {rows['train']}, validation {rows['validation']}"
+    lines = [
+        f"{meta['name']}: {estimator} on {rows['total']} rows ({split}, test {rows['test']}; "
+        f"{rows['dropped_missing_target']} without a target dropped)",
+        f"  validation {primary}: {_short(gate['model'])} vs baseline {_short(gate['baseline'])}"
+        + (" (passed)" if gate["passed"] else f" (FORCED: {gate['reason']})"),
+        f"  test {primary}: {_short(scores['test']['model'].get(primary))} vs baseline "
+        f"{_short(scores['test']['baseline'].get(primary))}",
+    ]
+    search = meta["training"].get("search")
+    if search:
+        lines.append(
+            f"  search: best of {search['candidates']} candidates: {search['best_params']}"
+        )
+    lines.append(f"  trained in {meta['training']['duration_seconds']:.1f} s")
+    return "\n".join(lines)
+
+
+def _short(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4g}"
+
+
+@cli.command()
 @click.argument("name")
 @click.option(
     "--model",
@@ -124,11 +195,23 @@ def publish(
 @click.argument("version", type=int)
 @click.option("--alias", default="production", show_default=True)
 @click.option("--reason", default="", help="Recorded in the alias history.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Promote even if VERSION scores worse on its test set than the alias's current "
+    "version, or cannot be compared with it (recorded in the alias history).",
+)
 @store_option
-def promote(name: str, version: int, alias: str, reason: str, store_path: Path) -> None:
-    """Point ALIAS of NAME at VERSION."""
-    previous = ModelStore(store_path).promote(name, version, alias, reason)
+def promote(
+    name: str, version: int, alias: str, reason: str, force: bool, store_path: Path
+) -> None:
+    """Point ALIAS of NAME at VERSION, unless it scores worse than the current one."""
+    store = ModelStore(store_path)
+    overridden = store.check_promotion(name, version, alias) if force else None
+    previous = store.promote(name, version, alias, reason, force=force)
     click.echo(f"{name}: {alias} -> {version} (was {previous})")
+    if overridden is not None:
+        click.echo(f"forced past the promotion gate: {overridden.reason}")
 
 
 @cli.command()
@@ -140,6 +223,99 @@ def rollback(name: str, alias: str, reason: str, store_path: Path) -> None:
     """Return ALIAS of NAME to the version it had before the last promote."""
     before, after = ModelStore(store_path).rollback(name, alias, reason)
     click.echo(f"{name}: {alias} -> {after} (was {before})")
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("a")
+@click.argument("b")
+@store_option
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
+def compare(name: str, a: str, b: str, store_path: Path, as_json: bool) -> None:
+    """Compare versions A and B of NAME (each a version number or an alias): scores side
+    by side, and what differs in algorithm, data, input features and environment."""
+    from service.training.compare import compare as compare_metadata
+
+    store = ModelStore(store_path)
+    metas = [store.metadata(name, store.resolve(parse_ref(f"{name}@{ref}"))) for ref in (a, b)]
+    result = compare_metadata(*metas)
+    aliases = store.aliases(name)
+    for side in ("a", "b"):
+        version = result[side]["version"]
+        result[side]["aliases"] = sorted(x for x, v in aliases.items() if v == version)
+    click.echo(json.dumps(result, indent=2) if as_json else _comparison_text(result))
+
+
+def _comparison_text(result: dict) -> str:
+    lines = []
+    for side in ("a", "b"):
+        who = result[side]
+        tags = f" ({', '.join(who['aliases'])})" if who["aliases"] else ""
+        lines.append(f"{side.upper()}: {who['name']}@{who['version']}{tags}, {who['created_at']}")
+    for split, table in result["scores"].items():
+        rows = [[split, "A", "B", "delta", "better"]]
+        for row in table["rows"]:
+            name = ("* " if row["primary"] else "  ") + row["metric"]
+            better = (row["better"] or "").upper()
+            rows.append([name, *_numbers(row), better])
+        rows += [[f"  baseline {row['metric']}", *_numbers(row), ""] for row in table["baseline"]]
+        widths = [max(len(row[i]) for row in rows) for i in range(4)]
+        lines.append("")
+        for row in rows:
+            cells = [row[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(row[1:4], widths[1:]))]
+            lines.append("  ".join([*cells, row[4]]).rstrip())
+    lines.append("(* primary metric; better: the side that scores better, = when equal)")
+    for title, key in [
+        ("algorithm", "algorithm"),
+        ("data", "data"),
+        ("input features", "features"),
+        ("environment", "environment"),
+    ]:
+        changes = [_change_text(change) for change in result[key]]
+        width = max((len(label) for label, _ in changes), default=0)
+        lines.append(f"\n{title}: " + ("" if changes else "same"))
+        lines += [f"  {label.ljust(width)}  {text}".rstrip() for label, text in changes]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _numbers(row: dict) -> list[str]:
+    return [_number(row["a"]), _number(row["b"]), _number(row["delta"], sign=True)]
+
+
+def _number(value: float | None, sign: bool = False) -> str:
+    """Compact: at most 4 decimals, trailing zeros dropped; '-' for a missing value."""
+    if value is None:
+        return "-"
+    if value != 0 and abs(value) < 1e-3:
+        text = f"{value:.4g}"
+    else:
+        text = f"{value:.4f}".rstrip("0").rstrip(".")
+    text = "0" if text in ("-0", "") else text
+    return f"+{text}" if sign and value > 0 else text
+
+
+def _change_text(change: dict) -> tuple[str, str]:
+    """(what changed, how) for one difference of compare's lists."""
+
+    def show(value) -> str:
+        return value if isinstance(value, str) else json.dumps(value)
+
+    kind, label = change["change"], change.get("path") or change.get("feature")
+    if kind == "reordered":
+        return "feature order", f"{', '.join(change['a'])} -> {', '.join(change['b'])}"
+    if "feature" in change and kind in ("added", "removed"):
+        side = "B" if kind == "added" else "A"
+        return label, f"{kind} ({change['dtype']}; only in {side})"
+    if "feature" in change:
+        label = f"{label}.{change['field']}"
+        if change["field"] == "categories" and (change["added"] or change["removed"]):
+            new, gone = (", ".join(map(str, change[k])) for k in ("added", "removed"))
+            return label, " ".join(t for t in (new and f"+[{new}]", gone and f"-[{gone}]") if t)
+    if kind == "added":
+        return label, f"{show(change['b'])} (only in B)"
+    if kind == "removed":
+        return label, f"{show(change['a'])} (only in A)"
+    return label, f"{show(change['a'])} -> {show(change['b'])}"
 
 
 @cli.command()

@@ -90,6 +90,24 @@ class Conflict(ServiceError):
     code = "conflict"
 
 
+class PromotionRefused(Conflict):
+    """The promotion gate refused: the version scores worse than the alias's current one,
+    or the two cannot be compared. ``reason`` is the gate's verdict; ``message`` adds how
+    to override it, which differs between the command line and the HTTP API."""
+
+    code = "promotion_refused"
+
+    def __init__(
+        self,
+        reason: str,
+        details: Any = None,
+        *,
+        override: str = "promote with --force to override",
+    ):
+        super().__init__(f"{reason}; {override}", details)
+        self.reason = reason
+
+
 # --- the store and the runtime ----------------------------------------------
 
 
@@ -121,3 +139,33 @@ class ModelLoadError(StoreError):
 class ModelNotReady(ServiceError):
     status = HTTPStatus.SERVICE_UNAVAILABLE
     code = "model_not_ready"
+
+
+# --- training -----------------------------------------------------------------
+
+
+class TrainingError(ServiceError):
+    """A training run cannot go on: the spec, the data or the result is not acceptable."""
+
+    status = HTTPStatus.UNPROCESSABLE_ENTITY
+    code = "training_error"
+
+    def __init__(self, message: str, details: Any = None, *, field: str | None = None):
+        super().__init__(message, details)
+        self.field = field
+
+
+class InvalidSpec(TrainingError):
+    """The training spec has a mistake; ``field`` names where."""
+
+    code = "invalid_spec"
+
+
+class InvalidData(TrainingError):
+    code = "invalid_data"
+
+
+class BaselineNotBeaten(TrainingError):
+    """The candidate does not beat the baseline by the spec's margin: not published."""
+
+    code = "baseline_not_beaten"

@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 
 from service.localstack import LocalStack, free_port
-from service.training.demo import DEMO_MODELS
+from service.training.demo import demo_specs
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BENCH = REPO_ROOT / "loadtests" / "bench.py"
 LOCUSTFILE = REPO_ROOT / "loadtests" / "locustfile.py"
-DEMO_MODEL_NAMES = {demo.name for demo in DEMO_MODELS}
+DEMO_MODEL_NAMES = {spec.name for spec in demo_specs()}
 HELLO_TARGET = "hello (ceiling)"
 BENCH_TIMEOUT_S = 240
 LOCUST_TIMEOUT_S = 120

@@ -10,7 +10,6 @@ import pytest
 import yaml
 from sklearn import metrics
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import train_test_split
 
 from service.config import Settings
 from service.errors import (
@@ -23,7 +22,8 @@ from service.errors import (
 from service.runtime import model as model_runtime
 from service.runtime.registry import ModelRegistry
 from service.store import ModelRef
-from service.training.demo import DEMO_MODELS, SEED, SPLIT
+from service.training.demo import demo_specs
+from service.training.trainer import prepare
 
 IRIS = "iris-classifier"
 CANCER = "breast-cancer-classifier"
@@ -45,20 +45,14 @@ def republish(store, name=IRIS, **kwargs) -> int:
     return store.publish(name, (directory / "model.pkl").read_bytes(), meta, **kwargs)
 
 
+DEMO_MODELS = demo_specs()
+DEMO = {spec.name: spec for spec in DEMO_MODELS}
+
+
 def held_out_rows(demo):
     """The held-out test rows of a demo model, split exactly as training split them."""
-    bunch = demo.loader()
-    X = np.asarray(bunch.data, dtype=np.float64)
-    classification = demo.task == "classification"
-    y = np.asarray(bunch.target_names)[bunch.target] if classification else bunch.target
-    _, X_test, _, y_test = train_test_split(
-        X,
-        y,
-        test_size=SPLIT["test"],
-        random_state=SEED,
-        stratify=y if classification else None,
-    )
-    return X_test, y_test
+    _, split = prepare(demo)
+    return split.X_test.to_numpy(dtype=np.float64), split.y_test.to_numpy()
 
 
 # -- LoadedModel -------------------------------------------------------------------------
@@ -101,7 +95,7 @@ def test_served_predictions_reproduce_the_recorded_test_score(store, demo):
 
 def test_objects_keyed_by_name_predict_like_lists(store):
     loaded = model_runtime.load(store, IRIS, 1)
-    X_test, _ = held_out_rows(DEMO_MODELS[0])
+    X_test, _ = held_out_rows(DEMO[IRIS])
     names = list(loaded.schema.names)
     objects = [dict(reversed(list(zip(names, row, strict=True)))) for row in X_test.tolist()]
     assert loaded.predict(objects) == loaded.predict(X_test.tolist())
@@ -109,7 +103,7 @@ def test_objects_keyed_by_name_predict_like_lists(store):
 
 def test_with_proba_false_skips_probabilities(store):
     loaded = model_runtime.load(store, CANCER, 1)
-    X_test, _ = held_out_rows(DEMO_MODELS[1])
+    X_test, _ = held_out_rows(DEMO[CANCER])
     got = loaded.predict(X_test[:3].tolist(), with_proba=False)
     assert got.probabilities is None
     assert got.predictions == loaded.estimator.predict(X_test[:3]).tolist()

@@ -30,6 +30,9 @@ class FeatureSpec:
     missing: str = "reject"  # reject | allow
     categories: tuple[Any, ...] = ()
     unknown_category: str = "reject"  # reject | allow
+    # What a missing category becomes before the model sees it (a category of its own,
+    # recorded at training); None: NaN, for pipelines that impute categories themselves.
+    fill_value: str | None = None
 
     @classmethod
     def from_metadata(cls, entry: dict[str, Any]) -> FeatureSpec:
@@ -39,7 +42,13 @@ class FeatureSpec:
             missing=entry.get("missing", "reject"),
             categories=tuple(entry.get("categories", ())),
             unknown_category=entry.get("unknown_category", "reject"),
+            fill_value=entry.get("fill_value"),
         )
+
+    @property
+    def text_categories(self) -> bool:
+        """Categories recorded as strings: a client's 2 means the category '2'."""
+        return bool(self.categories) and all(isinstance(c, str) for c in self.categories)
 
     @property
     def is_numeric(self) -> bool:
@@ -136,11 +145,7 @@ class InputSchema:
             if feature.is_numeric:
                 columns.append(np.array(values, dtype=np.float64))
             else:
-                # One marker for a missing category, whether the client sent null or NaN:
-                # scikit-learn's imputers and encoders recognise NaN, not None.
-                column = np.array(values, dtype=object)
-                column[[v is None or v != v for v in values]] = np.nan
-                columns.append(column)
+                columns.append(_category_column(feature, values))
         return columns
 
     # -- error reporting (slow path: only for bad requests) -------------------
@@ -222,7 +227,13 @@ class InputSchema:
         allowed = self._category_sets[index]
         if type(value) not in (str, int) or isinstance(value, bool):
             return f"expected a category (string), got {_json_kind(value)}"
-        if value not in allowed and feature.unknown_category == "reject":
+        if type(value) is int and feature.text_categories:
+            value = str(value)
+        if (
+            value not in allowed
+            and value != feature.fill_value
+            and feature.unknown_category == "reject"
+        ):
             shown = sorted(map(str, allowed))[:20]
             return f"category not seen in training; allowed: {shown}"
         return None
@@ -237,6 +248,17 @@ class InputSchema:
             f" ({extra} more {'problem' if extra == 1 else 'problems'} in details)" if extra else ""
         )
         raise InvalidInput(f"{where}: {first['problem']}{more}", details=problems)
+
+
+def _category_column(feature: FeatureSpec, values: list[Any]) -> np.ndarray:
+    column = np.array(values, dtype=object)
+    if feature.text_categories:
+        column = np.array([str(v) if type(v) is int else v for v in values], dtype=object)
+    # One marker for a missing category, whether the client sent null or NaN: the training
+    # fill value when there is one, else NaN (scikit-learn's imputers know NaN, not None).
+    missing = [v is None or v != v for v in values]
+    column[missing] = np.nan if feature.fill_value is None else feature.fill_value
+    return column
 
 
 def _problem(instance: int, feature: str | None, problem: str, **extra: Any) -> dict[str, Any]:

@@ -35,6 +35,10 @@ FEATURE_SCHEMA: dict[str, Any] = {
         "missing": {"enum": ["reject", "allow"]},
         "categories": {"type": "array", "items": {"type": ["string", "integer"]}},
         "unknown_category": {"enum": ["reject", "allow"]},
+        "handle_unknown": {"enum": ["error", "ignore", "infrequent_if_exist"]},
+        "fill_value": {"type": "string"},
+        "infrequent_categories": {"type": "array", "items": {"type": "string"}},
+        "imputation": {"type": "string"},
         "description": {"type": "string"},
         "stats": {
             "type": "object",

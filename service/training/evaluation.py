@@ -7,27 +7,87 @@ from typing import Any
 import numpy as np
 from sklearn import metrics
 from sklearn.dummy import DummyClassifier, DummyRegressor
+from sklearn.model_selection import cross_validate
 
-BASELINES = {
-    "classification": (DummyClassifier, {"strategy": "most_frequent"}),
-    "regression": (DummyRegressor, {"strategy": "mean"}),
+from service.store.promotion import higher_is_better
+
+# The metrics a spec may name as primary, per task, with scikit-learn's scorer for each
+# (used by hyperparameter search and cross-validation; "neg_" scorers are negated errors).
+SCORERS = {
+    "classification": {
+        "accuracy": "accuracy",
+        "balanced_accuracy": "balanced_accuracy",
+        "precision_macro": "precision_macro",
+        "recall_macro": "recall_macro",
+        "f1_macro": "f1_macro",
+        "roc_auc": "roc_auc",
+        "roc_auc_ovr": "roc_auc_ovr",
+        "log_loss": "neg_log_loss",
+    },
+    "regression": {
+        "r2": "r2",
+        "mae": "neg_mean_absolute_error",
+        "mse": "neg_mean_squared_error",
+        "rmse": "neg_root_mean_squared_error",
+        "mape": "neg_mean_absolute_percentage_error",
+    },
 }
+PROBABILITY_METRICS = frozenset({"roc_auc", "roc_auc_ovr", "log_loss"})
+
+BASELINE_STRATEGIES = {
+    "classification": ("most_frequent", "prior", "stratified", "uniform"),
+    "regression": ("mean", "median"),
+}
+DEFAULT_BASELINE = {"classification": "most_frequent", "regression": "mean"}
+
+CURVE_POINTS = 101
+RESIDUAL_POINTS = 500
 
 
-def make_baseline(task: str):
-    cls, params = BASELINES[task]
-    return cls(**params)
+def make_baseline(task: str, strategy: str | None = None, seed: int = 0):
+    strategy = strategy or DEFAULT_BASELINE[task]
+    if task == "classification":
+        return DummyClassifier(strategy=strategy, random_state=seed)
+    return DummyRegressor(strategy=strategy)
 
 
-def describe_baseline(task: str) -> dict[str, Any]:
-    cls, params = BASELINES[task]
-    return {"class": f"{cls.__module__}.{cls.__name__}", "params": dict(params)}
+def describe_baseline(task: str, strategy: str | None = None, seed: int = 0) -> dict[str, Any]:
+    baseline = make_baseline(task, strategy, seed)
+    cls = type(baseline)
+    return {"class": f"{cls.__module__}.{cls.__name__}", "params": baseline.get_params()}
+
+
+def scorer_name(task: str, metric: str) -> str:
+    return SCORERS[task][metric]
 
 
 def score(task: str, estimator, X, y) -> dict[str, Any]:
     if task == "classification":
         return classification_scores(estimator, X, y)
     return regression_scores(estimator, X, y)
+
+
+def cross_validated_scores(task: str, estimator, X, y, cv) -> dict[str, Any]:
+    """Mean and spread of each scalar metric over the folds of ``cv``."""
+    labels = np.unique(y) if task == "classification" else None
+    names = dict(SCORERS[task])
+    if task == "classification":
+        names.pop("roc_auc" if len(labels) > 2 else "roc_auc_ovr")
+        if not hasattr(estimator, "predict_proba"):
+            for name in PROBABILITY_METRICS:
+                names.pop(name, None)
+    result = cross_validate(estimator, X, y, cv=cv, scoring=names, error_score="raise")
+    scores: dict[str, Any] = {}
+    spread: dict[str, float] = {}
+    for name, scorer in names.items():
+        values = result[f"test_{name}"]
+        if scorer.startswith("neg_"):
+            values = -values
+        scores[name] = _plain(float(np.mean(values)))
+        spread[name] = _plain(float(np.std(values)))
+    scores["std"] = spread
+    scores["folds"] = len(result["fit_time"])
+    return scores
 
 
 def classification_scores(estimator, X, y) -> dict[str, Any]:
@@ -55,20 +115,28 @@ def classification_scores(estimator, X, y) -> dict[str, Any]:
     else:
         scores["false_positive_rate_macro"] = float(np.mean(fpr))
         scores["false_negative_rate_macro"] = float(np.mean(fnr))
-    if hasattr(estimator, "predict_proba"):
-        probabilities = estimator.predict_proba(X)
-        try:
-            if len(labels) == 2:
-                scores["roc_auc"] = metrics.roc_auc_score(y, probabilities[:, 1])
-            else:
-                scores["roc_auc_ovr"] = metrics.roc_auc_score(
-                    y, probabilities, multi_class="ovr", labels=labels
-                )
-        except ValueError:
-            pass  # one class only in y: ROC-AUC is undefined
+    probabilities = _probabilities(estimator, X)
+    if probabilities is not None and len(np.unique(y)) > 1:
+        if len(labels) == 2:
+            scores["roc_auc"] = metrics.roc_auc_score(y, probabilities[:, 1])
+        else:
+            scores["roc_auc_ovr"] = metrics.roc_auc_score(
+                y, probabilities, multi_class="ovr", labels=labels
+            )
+        scores["log_loss"] = metrics.log_loss(y, probabilities, labels=labels)
     scores = {k: _plain(v) for k, v in scores.items()}
+    precision, recall, f1, support = metrics.precision_recall_fscore_support(
+        y, predicted, labels=labels, zero_division=0
+    )
     scores["per_class"] = {
-        _plain(label): {"false_positive_rate": fpr[i], "false_negative_rate": fnr[i]}
+        _plain(label): {
+            "precision": _plain(precision[i]),
+            "recall": _plain(recall[i]),
+            "f1": _plain(f1[i]),
+            "support": int(support[i]),
+            "false_positive_rate": fpr[i],
+            "false_negative_rate": fnr[i],
+        }
         for i, label in enumerate(labels)
     }
     scores["confusion_matrix"] = {
@@ -81,12 +149,88 @@ def classification_scores(estimator, X, y) -> dict[str, Any]:
 def regression_scores(estimator, X, y) -> dict[str, Any]:
     predicted = estimator.predict(X)
     mse = metrics.mean_squared_error(y, predicted)
-    return {
+    scores = {
         "mae": _plain(metrics.mean_absolute_error(y, predicted)),
         "mse": _plain(mse),
         "rmse": _plain(np.sqrt(mse)),
         "r2": _plain(metrics.r2_score(y, predicted)),
     }
+    # MAPE divides by the actual value: undefined when a target is zero.
+    if np.all(np.abs(np.asarray(y, dtype=np.float64)) > np.finfo(np.float64).eps):
+        scores["mape"] = _plain(metrics.mean_absolute_percentage_error(y, predicted))
+    return scores
+
+
+def curves(estimator, X, y) -> dict[str, Any] | None:
+    """ROC and precision-recall curves on these rows: one for the positive class of a
+    binary classifier, one per class (against the rest) for more classes."""
+    probabilities = _probabilities(estimator, X)
+    if probabilities is None:
+        return None
+    labels = list(estimator.classes_)
+    y = np.asarray(y)
+    wanted = [1] if len(labels) == 2 else range(len(labels))
+    roc, precision_recall = [], []
+    for i in wanted:
+        positive = y == labels[i]
+        if positive.all() or not positive.any():
+            continue  # a curve needs both outcomes among the rows
+        fpr, tpr, _ = metrics.roc_curve(positive, probabilities[:, i])
+        precision, recall, _ = metrics.precision_recall_curve(positive, probabilities[:, i])
+        roc.append(
+            {
+                "label": _plain(labels[i]),
+                "auc": _plain(metrics.auc(fpr, tpr)),
+                "fpr": _thin(fpr),
+                "tpr": _thin(tpr),
+            }
+        )
+        precision_recall.append(
+            {
+                "label": _plain(labels[i]),
+                "average_precision": _plain(
+                    metrics.average_precision_score(positive, probabilities[:, i])
+                ),
+                "precision": _thin(precision),
+                "recall": _thin(recall),
+            }
+        )
+    return {"roc": roc, "precision_recall": precision_recall}
+
+
+def residual_points(estimator, X, y, seed: int = 0) -> dict[str, list[float]]:
+    """Actual and predicted values of (at most RESIDUAL_POINTS) rows, for plots."""
+    y = np.asarray(y, dtype=np.float64)
+    predicted = np.asarray(estimator.predict(X), dtype=np.float64)
+    if len(y) > RESIDUAL_POINTS:
+        keep = np.sort(np.random.default_rng(seed).choice(len(y), RESIDUAL_POINTS, replace=False))
+        y, predicted = y[keep], predicted[keep]
+    return {
+        "actual": [round(float(v), 6) for v in y],
+        "predicted": [round(float(v), 6) for v in predicted],
+    }
+
+
+def improvement(metric: str, model_score: float, baseline_score: float) -> float:
+    """How much better the model is than the baseline on ``metric`` (negative: worse)."""
+    difference = model_score - baseline_score
+    return difference if higher_is_better(metric) else -difference
+
+
+def _probabilities(estimator, X) -> np.ndarray | None:
+    if not hasattr(estimator, "predict_proba"):
+        return None
+    try:
+        return estimator.predict_proba(X)
+    except AttributeError:  # e.g. SVC(probability=False) advertises but refuses
+        return None
+
+
+def _thin(values: np.ndarray) -> list[float]:
+    """At most CURVE_POINTS points of a curve, first and last kept."""
+    if len(values) > CURVE_POINTS:
+        values = values[np.linspace(0, len(values) - 1, CURVE_POINTS).round().astype(int)]
+    return [round(float(v), 4) for v in values]
 
 
 def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> list[float]:

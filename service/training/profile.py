@@ -31,3 +31,16 @@ def numeric_feature(
             },
         },
     }
+
+
+def categorical_feature(name: str, values: np.ndarray, *, missing_values: int) -> dict[str, Any]:
+    """Statistics of a categorical column (after missing values were filled in): the share
+    of each category, for drift, and how often the value was missing."""
+    categories, counts = np.unique(np.asarray(values, dtype=str), return_counts=True)
+    total = max(int(counts.sum()), 1)
+    return {
+        "missing_rate": round(missing_values / total, 6),
+        "category_shares": {
+            str(c): round(int(n) / total, 6) for c, n in zip(categories, counts, strict=True)
+        },
+    }

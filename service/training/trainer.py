@@ -1,0 +1,454 @@
+"""One training run: spec and data in, a published, documented, baseline-checked version out.
+
+Read and check the data; split train / validation / test once with the seed; fit on
+train (searching hyperparameters if the spec asks); score validation for the candidate
+and a Dummy baseline; refuse a candidate that does not beat the baseline by the margin;
+refit on train+validation; score the test set once; publish with complete metadata and
+point ``staging`` at the new version.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import pickle
+import time
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.base import clone
+from sklearn.compose import ColumnTransformer
+from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
+from sklearn.preprocessing import OneHotEncoder
+from tqdm import tqdm
+
+from service.errors import BaselineNotBeaten
+from service.runtime.model import LoadedModel
+from service.store import ModelStore
+from service.store.promotion import higher_is_better
+from service.training import data as data_io
+from service.training import evaluation
+from service.training import pipeline as pipelines
+from service.training import plan as planning
+from service.training.describe import estimator_description
+from service.training.profile import categorical_feature, numeric_feature
+from service.training.spec import TrainingSpec
+
+log = logging.getLogger(__name__)
+
+STAGING = "staging"
+GOLDEN_ROWS = 5
+
+
+@dataclasses.dataclass
+class TrainingResult:
+    name: str
+    version: int | None
+    metadata: dict[str, Any]
+    gate: dict[str, Any]
+    warnings: list[str]
+
+
+@dataclasses.dataclass
+class Split:
+    X_train: pd.DataFrame
+    y_train: pd.Series
+    X_validation: pd.DataFrame | None
+    y_validation: pd.Series | None
+    X_rest: pd.DataFrame  # train + validation: what the final model learns from
+    y_rest: pd.Series
+    X_test: pd.DataFrame
+    y_test: pd.Series
+
+
+def train(
+    spec: TrainingSpec,
+    store: ModelStore,
+    *,
+    force_reason: str | None = None,
+    aliases: tuple[str, ...] = (STAGING,),
+    progress: bool = False,
+    publish: bool = True,
+) -> TrainingResult:
+    """Run the spec; publish unless ``publish`` is false. ``force_reason`` publishes a
+    candidate that does not beat the baseline, recording why."""
+    started = time.perf_counter()
+    stages = ["read data", "check spec", "split", "fit", "validate", "refit", "test", "publish"]
+    bar = tqdm(total=len(stages), desc=spec.name, unit="step", disable=not progress, leave=False)
+
+    def stage(index: int, text: str = "") -> None:
+        bar.n = index
+        bar.set_postfix_str(text or stages[index], refresh=True)
+
+    try:
+        stage(0)
+        dataset = data_io.read(spec)
+        stage(1)
+        plan = planning.make(spec, dataset.frame)
+        unfitted = pipelines.build(spec, plan)
+        candidate = pipelines.with_search(spec, unfitted)
+        stage(2)
+        split = split_rows(spec, plan)
+        stage(3, _fit_text(candidate))
+        fit_started = time.perf_counter()
+        candidate.fit(pipelines.model_input(unfitted, split.X_train), split.y_train)
+        fit_seconds = time.perf_counter() - fit_started
+        best = candidate.best_estimator_ if spec.search else candidate
+        stage(4)
+        validation = _validate(spec, best, split)
+        gate = _gate(spec, validation, force_reason)
+        if not gate["passed"] and not gate["forced"]:
+            raise BaselineNotBeaten(gate["message"], details=gate)
+        stage(5)
+        final = clone(best).fit(pipelines.model_input(unfitted, split.X_rest), split.y_rest)
+        final_baseline = _baseline(spec).fit(split.X_rest, split.y_rest)
+        stage(6)
+        test_input = pipelines.model_input(unfitted, split.X_test)
+        test = {
+            "model": evaluation.score(spec.task, final, test_input, split.y_test),
+            "baseline": evaluation.score(spec.task, final_baseline, split.X_test, split.y_test),
+        }
+        if spec.classification:
+            curves = evaluation.curves(final, test_input, split.y_test)
+            if curves is not None:
+                test["curves"] = curves
+        else:
+            test["points"] = evaluation.residual_points(
+                final, test_input, split.y_test, spec.evaluation.seed
+            )
+        metadata = _metadata(
+            spec,
+            dataset,
+            plan,
+            split,
+            final,
+            unfitted,
+            validation=validation,
+            test=test,
+            gate=gate,
+            search=_search_summary(spec, candidate),
+            fit_seconds=fit_seconds,
+            duration=time.perf_counter() - started,
+        )
+        version = None
+        if publish:
+            stage(7)
+            artifact = pickle.dumps(final, protocol=pickle.HIGHEST_PROTOCOL)
+            # LoadedModel replays the golden rows through the serving path: if the
+            # training and serving preparation of inputs ever disagree, nothing is published.
+            version = store.publish(
+                spec.name, artifact, metadata, aliases=aliases, verify=LoadedModel
+            )
+            metadata = store.metadata(spec.name, version)
+        bar.n = len(stages)
+        bar.refresh()
+    finally:
+        bar.close()
+    return TrainingResult(spec.name, version, metadata, gate, plan.warnings)
+
+
+def prepare(spec: TrainingSpec) -> tuple[planning.Plan, Split]:
+    """The checked rows of a spec and their split, exactly as a training run makes them."""
+    plan = planning.make(spec, data_io.read(spec).frame)
+    return plan, split_rows(spec, plan)
+
+
+def split_rows(spec: TrainingSpec, plan: planning.Plan) -> Split:
+    evaluation_spec = spec.evaluation
+    stratify = spec.classification and evaluation_spec.stratify
+    X_rest, X_test, y_rest, y_test = train_test_split(
+        plan.X,
+        plan.y,
+        test_size=evaluation_spec.test_size,
+        random_state=evaluation_spec.seed,
+        stratify=plan.y if stratify else None,
+    )
+    if evaluation_spec.method == "cross_validation":
+        return Split(X_rest, y_rest, None, None, X_rest, y_rest, X_test, y_test)
+    X_train, X_val, y_train, y_val = train_test_split(
+        X_rest,
+        y_rest,
+        test_size=evaluation_spec.validation_size / (1 - evaluation_spec.test_size),
+        random_state=evaluation_spec.seed,
+        stratify=y_rest if stratify else None,
+    )
+    return Split(X_train, y_train, X_val, y_val, X_rest, y_rest, X_test, y_test)
+
+
+def _baseline(spec: TrainingSpec):
+    return evaluation.make_baseline(spec.task, spec.evaluation.baseline, spec.evaluation.seed)
+
+
+def _validate(spec: TrainingSpec, best, split: Split) -> dict[str, Any]:
+    """Validation scores of the candidate and the baseline, on the same rows."""
+    if spec.evaluation.method == "cross_validation":
+        folds = _folds(spec)
+        model_input = pipelines.model_input(best, split.X_rest)
+        return {
+            "model": evaluation.cross_validated_scores(
+                spec.task, clone(best), model_input, split.y_rest, folds
+            ),
+            "baseline": evaluation.cross_validated_scores(
+                spec.task, _baseline(spec), split.X_rest, split.y_rest, folds
+            ),
+        }
+    baseline = _baseline(spec).fit(split.X_train, split.y_train)
+    return {
+        "model": evaluation.score(
+            spec.task, best, pipelines.model_input(best, split.X_validation), split.y_validation
+        ),
+        "baseline": evaluation.score(spec.task, baseline, split.X_validation, split.y_validation),
+    }
+
+
+def _folds(spec: TrainingSpec):
+    seed, folds = spec.evaluation.seed, spec.evaluation.folds
+    if spec.classification and spec.evaluation.stratify:
+        return StratifiedKFold(folds, shuffle=True, random_state=seed)
+    return KFold(folds, shuffle=True, random_state=seed)
+
+
+def _gate(
+    spec: TrainingSpec, validation: dict[str, Any], force_reason: str | None
+) -> dict[str, Any]:
+    metric, margin = spec.evaluation.primary_metric, spec.evaluation.margin
+    model_score = validation["model"].get(metric)
+    baseline_score = validation["baseline"].get(metric)
+    if model_score is None or baseline_score is None:
+        passed, gained = False, None
+        message = (
+            f"{spec.name}: no validation {metric} to compare with the baseline "
+            "(does the estimator give probabilities?)"
+        )
+    else:
+        gained = evaluation.improvement(metric, model_score, baseline_score)
+        passed = gained > margin
+        relation = "beats" if passed else "does not beat"
+        message = (
+            f"{spec.name}: validation {metric} {model_score:.4g} {relation} the baseline's "
+            f"{baseline_score:.4g} by more than the margin {margin:g}"
+        )
+        if not passed:
+            message += "; not published (use --force REASON to publish anyway)"
+    return {
+        "metric": metric,
+        "higher_is_better": higher_is_better(metric),
+        "model": model_score,
+        "baseline": baseline_score,
+        "improvement": None if gained is None else round(gained, 6),
+        "margin": margin,
+        "passed": passed,
+        "forced": not passed and force_reason is not None,
+        "reason": force_reason if not passed else None,
+        "message": message,
+    }
+
+
+def _search_summary(spec: TrainingSpec, candidate) -> dict[str, Any] | None:
+    if spec.search is None:
+        return None
+    best_score = float(candidate.best_score_)
+    if evaluation.scorer_name(spec.task, spec.evaluation.primary_metric).startswith("neg_"):
+        best_score = -best_score
+    return {
+        "kind": spec.search.kind,
+        "folds": spec.search.folds,
+        "candidates": len(candidate.cv_results_["params"]),
+        "scoring": spec.evaluation.primary_metric,
+        "best_score": round(best_score, 6),
+        "best_params": {
+            key.removeprefix(f"{pipelines.MODEL_STEP}__"): _plain(value)
+            for key, value in candidate.best_params_.items()
+        },
+    }
+
+
+def _fit_text(candidate) -> str:
+    if hasattr(candidate, "param_grid") or hasattr(candidate, "param_distributions"):
+        return f"search ({type(candidate).__name__}, {candidate.cv.get_n_splits()} folds)"
+    return "fit"
+
+
+def _metadata(
+    spec: TrainingSpec,
+    dataset: data_io.Dataset,
+    plan: planning.Plan,
+    split: Split,
+    final,
+    unfitted,
+    *,
+    validation: dict[str, Any],
+    test: dict[str, Any],
+    gate: dict[str, Any],
+    search: dict[str, Any] | None,
+    fit_seconds: float,
+    duration: float,
+) -> dict[str, Any]:
+    evaluation_spec = spec.evaluation
+    holdout = evaluation_spec.method == "holdout"
+    stratified = spec.classification and evaluation_spec.stratify
+    rows = {
+        "total": plan.rows_total,
+        "dropped_missing_target": plan.dropped_missing_target,
+        "train": len(split.X_train),
+        "validation": len(split.X_validation) if holdout else 0,
+        "test": len(split.X_test),
+    }
+    if holdout:
+        split_text = {
+            "method": "stratified holdout" if stratified else "random holdout",
+            "fractions": {
+                "train": round(1 - evaluation_spec.test_size - evaluation_spec.validation_size, 6),
+                "validation": evaluation_spec.validation_size,
+                "test": evaluation_spec.test_size,
+            },
+        }
+    else:
+        split_text = {
+            "method": ("stratified " if stratified else "")
+            + f"{evaluation_spec.folds}-fold cross-validation, then a held-out test set",
+            "folds": evaluation_spec.folds,
+            "fractions": {
+                "cross_validated": 1 - evaluation_spec.test_size,
+                "test": evaluation_spec.test_size,
+            },
+        }
+    description = spec.description or (
+        f"{spec.task.capitalize()} of {spec.target} from {dataset.source}."
+    )
+    metadata: dict[str, Any] = {
+        "schema_version": 1,
+        "name": spec.name,
+        "description": description,
+        "tags": list(spec.tags),
+        "task": spec.task,
+        "target": spec.target,
+        "algorithm": estimator_description(final),
+        "data": {
+            "source": dataset.source,
+            "sha256": dataset.sha256,
+            "files": dataset.files,
+            "rows": rows,
+            "split": {**split_text, "seed": evaluation_spec.seed, "final_fit": "train+validation"},
+        },
+        "input": {"features": _features(plan, split, final)},
+        "scores": {
+            "primary_metric": evaluation_spec.primary_metric,
+            "method": evaluation_spec.method,
+            "baseline": evaluation.describe_baseline(
+                spec.task, evaluation_spec.baseline, evaluation_spec.seed
+            ),
+            "gate": gate,
+            "validation": validation,
+            "test": test,
+        },
+        "golden": _golden(plan, split, final, unfitted, spec.task),
+        "training": {
+            "spec": spec.source_text,
+            "spec_file": spec.spec_file.name if spec.spec_file else None,
+            "duration_seconds": round(duration, 3),
+            "fit_seconds": round(fit_seconds, 3),
+            "warnings": list(plan.warnings),
+            "dropped_columns": plan.dropped_columns,
+            "search": search,
+            "forced": {"reason": gate["reason"]} if gate["forced"] else None,
+        },
+    }
+    if spec.classification:
+        metadata["classes"] = [_plain(c) for c in final.classes_]
+    return metadata
+
+
+def _features(plan: planning.Plan, split: Split, final) -> list[dict[str, Any]]:
+    """The input schema, with statistics of the rows the final model learned from."""
+    infrequent = _infrequent_categories(final)
+    missing = plan.missing.loc[split.X_rest.index]
+    entries = []
+    for feature in plan.features:
+        values = split.X_rest[feature.name].to_numpy()
+        if feature.kind == "numeric":
+            entry = numeric_feature(
+                feature.name, values, dtype=feature.dtype, missing=feature.missing
+            )
+            entry["imputation"] = (
+                feature.impute
+                if feature.impute != "constant"
+                else f"constant {feature.fill_value:g}"
+            )
+            entries.append(entry)
+            continue
+        present = pd.Series(values).dropna().astype(str)
+        entry = {
+            "name": feature.name,
+            "dtype": "category",
+            "missing": feature.missing,
+            "categories": sorted(present.unique().tolist()),
+            "unknown_category": "reject" if feature.handle_unknown == "error" else "allow",
+            "handle_unknown": feature.handle_unknown,
+        }
+        if feature.impute != "none":
+            entry["fill_value"] = feature.fill_value
+            entry["imputation"] = feature.impute
+        if infrequent.get(feature.name):
+            entry["infrequent_categories"] = infrequent[feature.name]
+        entry["stats"] = categorical_feature(
+            feature.name, present.to_numpy(), missing_values=int(missing[feature.name].sum())
+        )
+        entries.append(entry)
+    return entries
+
+
+def _infrequent_categories(final) -> dict[str, list[str]]:
+    preprocess = final.steps[0][1]
+    if not isinstance(preprocess, ColumnTransformer):
+        return {}
+    found: dict[str, list[str]] = {}
+    for _, transformer, columns in preprocess.transformers_:
+        if not isinstance(transformer, OneHotEncoder):
+            continue
+        try:
+            per_column = transformer.infrequent_categories_
+        except AttributeError:  # no min_frequency / max_categories: nothing is infrequent
+            continue
+        for column, rare in zip(columns, per_column, strict=True):
+            if rare is not None and len(rare):
+                found[column] = [str(c) for c in rare]
+    return found
+
+
+def _golden(plan: planning.Plan, split: Split, final, unfitted, task: str) -> dict[str, Any]:
+    """A few test rows and the outputs they give now, replayed whenever the model loads."""
+    rows = split.X_test.iloc[:GOLDEN_ROWS]
+    model_input = pipelines.model_input(unfitted, rows)
+    instances = [
+        [_json_value(value, feature) for value, feature in zip(row, plan.features, strict=True)]
+        for row in rows.itertuples(index=False)
+    ]
+    golden: dict[str, Any] = {
+        "instances": instances,
+        "predictions": [_plain(v) for v in final.predict(model_input)],
+        "probabilities": None,
+        "tolerance": {"rtol": 1e-6, "atol": 1e-9},
+    }
+    if task == "classification" and hasattr(final, "predict_proba"):
+        golden["probabilities"] = np.asarray(final.predict_proba(model_input)).tolist()
+    return golden
+
+
+def _json_value(value: Any, feature: planning.FeaturePlan) -> Any:
+    if feature.kind == "categorical":
+        return None if value is None or value != value else str(value)
+    number = float(value)
+    if math.isnan(number):
+        return None
+    return int(number) if feature.dtype == "int64" else number
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
