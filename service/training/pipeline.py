@@ -103,7 +103,10 @@ def build(spec: TrainingSpec, plan: Plan) -> Pipeline:
                 max_categories=example.max_categories,
                 sparse_output=False,
             )
-        transformers.append((f"{key[0]}_{index}", transformer, columns))
+        # One group per kind is named after it; several are numbered.
+        siblings = sum(1 for other in groups if other[0] == key[0])
+        name = key[0] if siblings == 1 else f"{key[0]}_{index}"
+        transformers.append((name, transformer, columns))
     preprocess = ColumnTransformer(transformers, remainder="drop")
     return Pipeline([("preprocess", preprocess), (MODEL_STEP, estimator)])
 
