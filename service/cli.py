@@ -262,8 +262,8 @@ def _comparison_text(result: dict) -> str:
         widths = [max(len(row[i]) for row in rows) for i in range(4)]
         lines.append("")
         for row in rows:
-            cells = [row[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(row[1:4], widths[1:]))]
-            lines.append("  ".join([*cells, row[4]]).rstrip())
+            numbers = (c.rjust(w) for c, w in zip(row[1:4], widths[1:], strict=True))
+            lines.append("  ".join([row[0].ljust(widths[0]), *numbers, row[4]]).rstrip())
     lines.append("(* primary metric; better: the side that scores better, = when equal)")
     for title, key in [
         ("algorithm", "algorithm"),

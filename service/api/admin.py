@@ -12,7 +12,7 @@ import hmac
 from flask import Blueprint, request
 
 from service.api import json_response, state
-from service.errors import BadRequest, Forbidden, Unauthorized
+from service.errors import BadRequest, Forbidden, PromotionRefused, Unauthorized
 from service.protocols.native import parse_json
 from service.store.layout import check_alias, check_name, check_version
 
@@ -52,12 +52,29 @@ def promote(name: str):
     service = state()
     body = _body()
     if "version" not in body:
-        raise BadRequest('send {"version": N} (and optionally "alias" and "reason")')
+        raise BadRequest('send {"version": N} (and optionally "alias", "reason" and "force")')
     version = check_version(body["version"])
     alias = check_alias(body.get("alias", service.settings.default_alias))
-    previous = service.store.promote(check_name(name), version, alias, str(body.get("reason", "")))
+    force = body.get("force", False)
+    if not isinstance(force, bool):
+        raise BadRequest('"force" must be true or false', details={"field": "force"})
+    name = check_name(name)
+    # With force, what the gate would have said is reported back (and kept in the history).
+    overridden = service.store.check_promotion(name, version, alias) if force else None
+    try:
+        previous = service.store.promote(
+            name, version, alias, str(body.get("reason", "")), force=force
+        )
+    except PromotionRefused as exc:
+        raise PromotionRefused(
+            exc.reason, exc.details, override='send "force": true to override'
+        ) from None
     service.registry.refresh()
-    return json_response({"model": name, "alias": alias, "version": version, "previous": previous})
+    answer = {"model": name, "alias": alias, "version": version, "previous": previous}
+    if force:
+        answer["forced"] = overridden is not None
+        answer["gate"] = overridden.reason if overridden else None
+    return json_response(answer)
 
 
 @bp.post("/models/<name>/rollback")

@@ -34,6 +34,7 @@ from service.errors import (
     IntegrityError,
     ModelLoadError,
     ModelNotFound,
+    PromotionRefused,
     StoreError,
     VersionNotFound,
 )
@@ -50,6 +51,7 @@ from service.store.layout import (
     check_version,
     is_version_dir,
 )
+from service.store.promotion import GateRefusal, check_promotion
 
 log = logging.getLogger(__name__)
 
@@ -309,15 +311,47 @@ class ModelStore:
         return version
 
     def promote(
-        self, name: str, version: int, alias: str = "production", reason: str = ""
+        self,
+        name: str,
+        version: int,
+        alias: str = "production",
+        reason: str = "",
+        *,
+        force: bool = False,
     ) -> int | None:
-        """Point ``alias`` at ``version``; return the version it pointed at before."""
+        """Point ``alias`` at ``version``; return the version it pointed at before.
+
+        The promotion gate refuses a version that scores worse on its test set, by its
+        primary metric, than the version the alias points at now, or that cannot be
+        compared with it (PromotionRefused). ``force`` promotes anyway, and the history
+        records that the gate was overridden and what it said.
+        """
         check_alias(alias)
         version = check_version(version)
         with self._locked(name):
             if version not in self.versions(name):
                 raise VersionNotFound(f"model {name!r} has no version {version}")
-            return self._set_alias_locked(name, alias, version, action="promote", reason=reason)
+            refusal = self._promotion_gate(name, version, alias)
+            forced = None
+            if refusal is not None:
+                if not force:
+                    raise PromotionRefused(refusal.reason, refusal.details)
+                forced = {"forced": True, "gate": refusal.reason}
+                log.info("%s: promotion forced past the gate: %s", name, refusal.reason)
+            return self._set_alias_locked(
+                name, alias, version, action="promote", reason=reason, extra=forced
+            )
+
+    def check_promotion(
+        self, name: str, version: int, alias: str = "production"
+    ) -> GateRefusal | None:
+        """What the promotion gate says now about pointing ``alias`` at ``version``:
+        None when it would allow it. Changes nothing."""
+        check_alias(alias)
+        version = check_version(version)
+        if version not in self.versions(name):
+            raise VersionNotFound(f"model {name!r} has no version {version}")
+        return self._promotion_gate(name, version, alias)
 
     def rollback(self, name: str, alias: str = "production", reason: str = "") -> tuple[int, int]:
         """Return ``alias`` to the version it had before its last promote: (from, to)."""
@@ -351,8 +385,25 @@ class ModelStore:
 
     # -- internals -------------------------------------------------------------
 
+    def _promotion_gate(self, name: str, version: int, alias: str) -> GateRefusal | None:
+        current = self.alias_state(name)["aliases"].get(alias)
+        if current is None or int(current) == version:
+            return None
+        try:
+            current_meta = self.metadata(name, int(current))
+        except VersionNotFound:
+            current_meta = {"name": name, "version": int(current)}
+        return check_promotion(self.metadata(name, version), current_meta, alias)
+
     def _set_alias_locked(
-        self, name: str, alias: str, version: int, *, action: str, reason: str
+        self,
+        name: str,
+        alias: str,
+        version: int,
+        *,
+        action: str,
+        reason: str,
+        extra: dict[str, Any] | None = None,
     ) -> int | None:
         state = self.alias_state(name)
         previous = state["aliases"].get(alias)
@@ -361,7 +412,7 @@ class ModelStore:
         if previous is not None:
             state["previous"].setdefault(alias, []).append(int(previous))
         state["aliases"][alias] = int(version)
-        self._append_history(state, alias, previous, version, action, reason)
+        self._append_history(state, alias, previous, version, action, reason, extra)
         self._write_alias_state(name, state)
         log.info("%s: alias %s -> %d (was %s)", name, alias, version, previous)
         return previous
@@ -374,10 +425,12 @@ class ModelStore:
         after: int | None,
         action: str,
         reason: str,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         entry = {"at": now_iso(), "alias": alias, "from": before, "to": after, "action": action}
         if reason:
             entry["reason"] = reason
+        entry.update(extra or {})
         state["history"] = [*state["history"], entry][-ALIAS_HISTORY_LIMIT:]
 
     def _write_alias_state(self, name: str, state: dict[str, Any]) -> None:

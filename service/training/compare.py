@@ -53,7 +53,8 @@ def primary_metrics(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
 
 
 def metrics_of(meta: dict[str, Any], split: str, side: str = "model") -> dict[str, float]:
-    """The scalar metrics of one split (per-class tables, confusion matrices and curves left out)."""
+    """The scalar metrics of one split: per-class tables, confusion matrices and curves
+    are left out."""
     scores = ((meta.get("scores") or {}).get(split) or {}).get(side) or {}
     return {
         metric: value
