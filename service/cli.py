@@ -374,6 +374,29 @@ def predict(
     click.echo(message)
 
 
+@cli.command()
+@click.argument("ref")
+@click.option(
+    "--output",
+    "output_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to write the HTML page.",
+)
+@store_option
+def card(ref: str, output_path: Path, store_path: Path) -> None:
+    """Write the model card of NAME, NAME@VERSION or NAME@ALIAS: one self-contained HTML page."""
+    from service.card import render_card
+
+    store = ModelStore(store_path)
+    model_ref = parse_ref(ref)
+    version = store.resolve(model_ref)
+    meta = store.metadata(model_ref.name, version)
+    html = render_card(meta, aliases=store.aliases(model_ref.name))
+    metadata_io.write_atomic(output_path, html)
+    click.echo(f"wrote {output_path} ({model_ref.name}@{version})")
+
+
 @cli.command("train-demo")
 @store_option
 @click.option("--if-empty", is_flag=True, help="Do nothing when the store holds any model.")

@@ -1,17 +1,29 @@
-"""What is served: GET /v1/models, /v1/models/<name>, /v1/models/<name>/versions/<v>."""
+"""What is served: GET /v1/models, /v1/models/<name>, /v1/models/<name>/versions/<v>,
+and the model card of a version as HTML: /v1/models/<name>/versions/<v>/card."""
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from typing import Any
 
-from flask import Blueprint
+from flask import Blueprint, Response, current_app
 
 from service.api import json_response, state
 from service.errors import ModelNotFound
 from service.runtime.model import LoadedModel
+from service.store import parse_ref
 from service.store.layout import check_name, check_version
 
 bp = Blueprint("models", __name__)
+
+CARD_CACHE_EXTENSION = "model_service.cards"
+CARD_CACHE_SIZE = 16
+# The card loads nothing: this policy lets its inline CSS and SVG through and nothing else.
+CARD_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
+    "X-Content-Type-Options": "nosniff",
+}
 
 
 @bp.get("/v1/models")
@@ -43,6 +55,65 @@ def show_version(name: str, version: str):
     body = _version_summary(name, number, metadata, _loaded(name))
     body["metadata"] = metadata
     return json_response(body)
+
+
+@bp.get("/v1/models/<name>/versions/<int:version>/card")
+def version_card(name: str, version: int):
+    check_name(name)
+    return _card_response(name, check_version(version))
+
+
+@bp.get("/v1/models/<model_ref>/card")
+def model_card(model_ref: str):
+    """The card of NAME's default alias, or of NAME@VERSION / NAME@ALIAS."""
+    service = state()
+    ref = parse_ref(model_ref)
+    return _card_response(ref.name, service.store.resolve(ref, service.settings.default_alias))
+
+
+def _card_response(name: str, version: int) -> Response:
+    """The card as HTML, rendered once per version and set of aliases pointing at it."""
+    store = state().store
+    aliases = store.aliases(name)  # ModelNotFound (404) for an unknown model
+    key = (name, version, tuple(sorted(a for a, v in aliases.items() if v == version)))
+    cache: CardCache = current_app.extensions.setdefault(
+        CARD_CACHE_EXTENSION, CardCache(CARD_CACHE_SIZE)
+    )
+    html = cache.get(key)
+    if html is None:
+        from service import card  # matplotlib only in workers that serve a card
+
+        metadata = store.metadata(name, version)  # VersionNotFound (404)
+        html = card.render_card(metadata, aliases=aliases)
+        cache.put(key, html)
+    return Response(html, mimetype="text/html", headers=CARD_HEADERS)
+
+
+class CardCache:
+    """A small LRU of rendered cards. A published version never changes, so a card is
+    named exactly by (name, version, the aliases pointing at it)."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._entries: OrderedDict[tuple, str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple) -> str | None:
+        with self._lock:
+            html = self._entries.get(key)
+            if html is not None:
+                self._entries.move_to_end(key)
+            return html
+
+    def put(self, key: tuple, html: str) -> None:
+        with self._lock:
+            self._entries[key] = html
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 def _check_served(name: str) -> None:
