@@ -67,8 +67,10 @@ def score(task: str, estimator, X, y) -> dict[str, Any]:
     return regression_scores(estimator, X, y)
 
 
-def cross_validated_scores(task: str, estimator, X, y, cv) -> dict[str, Any]:
-    """Mean and spread of each scalar metric over the folds of ``cv``."""
+def cross_validated_scores(
+    task: str, estimator, X, y, cv
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Mean and standard deviation of each scalar metric over the folds of ``cv``."""
     labels = np.unique(y) if task == "classification" else None
     names = dict(SCORERS[task])
     if task == "classification":
@@ -85,9 +87,7 @@ def cross_validated_scores(task: str, estimator, X, y, cv) -> dict[str, Any]:
             values = -values
         scores[name] = _plain(float(np.mean(values)))
         spread[name] = _plain(float(np.std(values)))
-    scores["std"] = spread
-    scores["folds"] = len(result["fit_time"])
-    return scores
+    return scores, spread
 
 
 def classification_scores(estimator, X, y) -> dict[str, Any]:

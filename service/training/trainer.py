@@ -186,13 +186,18 @@ def _validate(spec: TrainingSpec, best, split: Split) -> dict[str, Any]:
     if spec.evaluation.method == "cross_validation":
         folds = _folds(spec)
         model_input = pipelines.model_input(best, split.X_rest)
+        model, model_std = evaluation.cross_validated_scores(
+            spec.task, clone(best), model_input, split.y_rest, folds
+        )
+        baseline, baseline_std = evaluation.cross_validated_scores(
+            spec.task, _baseline(spec), split.X_rest, split.y_rest, folds
+        )
+        # Means over the folds; their spread next to them, outside the metric tables.
         return {
-            "model": evaluation.cross_validated_scores(
-                spec.task, clone(best), model_input, split.y_rest, folds
-            ),
-            "baseline": evaluation.cross_validated_scores(
-                spec.task, _baseline(spec), split.X_rest, split.y_rest, folds
-            ),
+            "model": model,
+            "baseline": baseline,
+            "folds": folds.get_n_splits(),
+            "std": {"model": model_std, "baseline": baseline_std},
         }
     baseline = _baseline(spec).fit(split.X_train, split.y_train)
     return {
