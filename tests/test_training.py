@@ -571,3 +571,43 @@ def test_numbers_sent_for_a_text_category_mean_that_category(tmp_path):
     assert "8" in cylinders["categories"]
     row = {"Origin": "USA", "Displacement": 350.0, "Horsepower": 165, "Weight_in_lbs": 3693}
     assert loaded.predict([{**row, "Cylinders": 8}]) == loaded.predict([{**row, "Cylinders": "8"}])
+
+
+def test_a_randomized_search_draws_from_distributions(tmp_path):
+    spec = changed(
+        CARS,
+        **{
+            "estimator.search": {
+                "kind": "randomized",
+                "params": {"alpha": {"distribution": "loguniform", "low": 0.01, "high": 100}},
+                "n_iter": 4,
+                "folds": 3,
+            }
+        },
+    )
+    result = train(
+        specs.load(write_spec(tmp_path, spec, data=CARS_CSV)),
+        ModelStore(tmp_path / "s"),
+        publish=False,
+    )
+    search = result.metadata["training"]["search"]
+    assert search["kind"] == "randomized" and search["candidates"] == 4
+    assert 0.01 <= search["best_params"]["alpha"] <= 100
+    assert search["best_score"] > 0  # RMSE, reported as a positive error
+
+
+def test_parquet_data(tmp_path):
+    """Parquet is read where pyarrow is installed; elsewhere the spec says what is missing."""
+    folder = tmp_path / "spec"
+    folder.mkdir()
+    spec = changed(PENGUINS, **{"data.path": "penguins.parquet"})
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        (folder / "penguins.parquet").write_bytes(b"PAR1")
+        with pytest.raises(InvalidSpec, match="reading Parquet needs pyarrow"):
+            train(specs.load(write_spec(folder, spec)), ModelStore(tmp_path / "s"))
+        return
+    pd.read_csv(PENGUINS_CSV).to_parquet(folder / "penguins.parquet")
+    result = train(specs.load(write_spec(folder, spec)), ModelStore(tmp_path / "s"), publish=False)
+    assert result.metadata["data"]["rows"]["total"] == 344
