@@ -8,6 +8,8 @@ carries the request id, never the traceback or the request payload.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from typing import Any
 
 from flask import Flask, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
@@ -24,18 +26,46 @@ def error_body(code: str, message: str, details=None) -> dict:
     return {"error": error}
 
 
+# A protocol that has its own error shape (Open Inference Protocol: {"error": "..."};
+# MLflow: {"error_code": ..., "message": ...}) registers a formatter for its blueprint,
+# and for its path prefix so that unknown routes under it answer in the same shape.
+ErrorFormatter = Callable[[str, str, Any], dict]
+_BLUEPRINT_FORMATS: dict[str, ErrorFormatter] = {}
+_PATH_FORMATS: list[tuple[str, ErrorFormatter]] = []
+
+
+def register_format(
+    formatter: ErrorFormatter, *, blueprint: str, path_prefixes: tuple[str, ...] = ()
+) -> None:
+    _BLUEPRINT_FORMATS[blueprint] = formatter
+    for prefix in path_prefixes:
+        if (prefix, formatter) not in _PATH_FORMATS:
+            _PATH_FORMATS.append((prefix, formatter))
+
+
+def _render(code: str, message: str, details=None) -> dict:
+    formatter = _BLUEPRINT_FORMATS.get(request.blueprint or "")
+    if formatter is None:
+        path = request.path
+        formatter = next(
+            (f for prefix, f in _PATH_FORMATS if path == prefix or path.startswith(prefix + "/")),
+            error_body,
+        )
+    return formatter(code, message, details)
+
+
 def init_app(app: Flask) -> None:
     @app.errorhandler(ServiceError)
     def service_error(exc: ServiceError):
         if exc.status >= 500:
             app.logger.error("request %s: %s: %s", request_ids.current(), exc.code, exc.message)
-        return json_response(error_body(exc.code, exc.message, exc.details), status=exc.status)
+        return json_response(_render(exc.code, exc.message, exc.details), status=exc.status)
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(exc: RequestEntityTooLarge):
         limit = app.config.get("MAX_CONTENT_LENGTH")
         return json_response(
-            error_body(
+            _render(
                 "body_too_large",
                 f"the request body is larger than the limit of {limit} bytes",
                 {"max_body_bytes": limit},
@@ -53,13 +83,13 @@ def init_app(app: Flask) -> None:
             message = f"method {request.method} is not allowed on {request.path}"
         # Keep the headers Werkzeug set for this error (Allow on a 405, for one).
         headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"}
-        return json_response(error_body(code, message), status=exc.code or 500, headers=headers)
+        return json_response(_render(code, message), status=exc.code or 500, headers=headers)
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):
         app.logger.exception("request %s: unexpected error", request_ids.current())
         return json_response(
-            error_body(
+            _render(
                 "internal_error",
                 "the server failed to handle this request; quote the request id when reporting it",
             ),
