@@ -1,0 +1,156 @@
+"""The Open Inference Protocol v2 over HTTP (KServe, Triton and MLServer clients).
+
+GET  /v2                                              server metadata
+GET  /v2/health/live, /v2/health/ready                200, or 503 when a served model is not loaded
+GET  /v2/models/<name>[/versions/<v>]                 model metadata
+GET  /v2/models/<name>[/versions/<v>]/ready           200, or 503 when it cannot serve
+POST /v2/models/<name>[/versions/<v>]/infer           JSON, or JSON + binary tensor data
+
+Without a version the default alias serves, as on the native API; a version is a
+number or an alias. Errors answer ``{"error": "<message>"}`` with the status the
+native API would use. The codec lives in ``service.protocols.v2``.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+from flask import Blueprint, Response, current_app, request
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from service.api import errors, json_response, state
+from service.errors import BadRequest, ModelNotReady, UnsupportedMediaType
+from service.protocols import v2
+from service.runtime.model import LoadedModel
+from service.store import ModelRef
+from service.store.layout import check_alias, check_name, check_version
+
+bp = Blueprint("v2", __name__, url_prefix="/v2")
+
+errors.register_format(
+    lambda code, message, details: {"error": message}, blueprint="v2", path_prefixes=("/v2",)
+)
+
+# tritonclient sends its requests without a Content-Type; JSON bodies and the binary
+# tensor data extension (application/octet-stream) are the two formats.
+BODY_MIMETYPES = frozenset({"", "application/json", "application/octet-stream"})
+STATUS_NOT_READY = 503
+
+
+@bp.get("")
+def server_metadata():
+    return json_response(v2.server_metadata())
+
+
+@bp.get("/health/live")
+def live():
+    return json_response({"live": True})
+
+
+@bp.get("/health/ready")
+def ready():
+    is_ready, _ = state().registry.readiness()
+    return json_response({"ready": is_ready}, status=200 if is_ready else STATUS_NOT_READY)
+
+
+@bp.get("/models/<name>")
+@bp.get("/models/<name>/versions/<version>")
+def model_metadata(name: str, version: str | None = None):
+    model = _model(name, version)
+    return json_response(v2.model_metadata(model, state().store.versions(model.name)))
+
+
+@bp.get("/models/<name>/ready")
+@bp.get("/models/<name>/versions/<version>/ready")
+def model_ready(name: str, version: str | None = None):
+    try:
+        _model(name, version)
+    except ModelNotReady:
+        return json_response({"name": name, "ready": False}, status=STATUS_NOT_READY)
+    return json_response({"name": name, "ready": True})
+
+
+@bp.post("/models/<name>/infer")
+@bp.post("/models/<name>/versions/<version>/infer")
+def infer(name: str, version: str | None = None):
+    body = _body()
+    header_length = _header_length()
+    model = _model(name, version)
+    inference = v2.parse_infer_request(body, header_length)
+    names = v2.requested_output_names(model, inference.output_names())
+    rows = v2.decode_inputs(model, inference.inputs, max_instances=state().settings.max_instances)
+    prediction = model.predict(rows, with_proba=v2.OUTPUT_PROBA in names)
+    payload, json_length = v2.encode_infer_response(
+        model,
+        v2.output_tensors(model, prediction, names),
+        binary=inference.binary_names(names),
+        request_id=inference.id,
+    )
+    if json_length is None:
+        return Response(payload, mimetype="application/json")
+    return Response(
+        payload,
+        mimetype="application/octet-stream",
+        headers={v2.HEADER_LENGTH: str(json_length)},
+    )
+
+
+def _model(name: str, version: str | None) -> LoadedModel:
+    check_name(name)
+    if version is None:
+        ref = ModelRef(name)
+    elif version.isdigit():
+        ref = ModelRef(name, version=check_version(version))
+    else:
+        ref = ModelRef(name, alias=check_alias(version))
+    return state().registry.get(ref)
+
+
+def _body() -> bytes:
+    if request.mimetype not in BODY_MIMETYPES:
+        raise UnsupportedMediaType(
+            "Content-Type must be application/json (or application/octet-stream with "
+            f"binary tensor data), got {request.mimetype!r}",
+            details={"content_type": request.content_type},
+        )
+    charset = request.mimetype_params.get("charset", "utf-8").lower()
+    if charset not in {"utf-8", "utf8"}:
+        raise UnsupportedMediaType(f"charset must be utf-8, got {charset!r}")
+    data = request.get_data(cache=False)
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding in ("", "identity"):
+        return data
+    if encoding not in ("gzip", "deflate"):
+        raise UnsupportedMediaType(
+            f"Content-Encoding {encoding!r} is not supported; send gzip, deflate or identity"
+        )
+    return _decompress(data, encoding)
+
+
+def _decompress(data: bytes, encoding: str) -> bytes:
+    """A compressed body (tritonclient's request_compression_algorithm), held to the
+    same size limit as an uncompressed one."""
+    limit = current_app.config.get("MAX_CONTENT_LENGTH") or state().settings.max_body_bytes
+    # gzip: a gzip wrapper; "deflate" in HTTP means the zlib format.
+    decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS)
+    try:
+        body = decompressor.decompress(data, limit + 1)
+    except zlib.error as exc:
+        raise BadRequest(f"the body is not valid {encoding} data: {exc}") from None
+    if len(body) > limit:
+        raise RequestEntityTooLarge()
+    if not decompressor.eof:
+        raise BadRequest(f"the {encoding} body is truncated")
+    return body
+
+
+def _header_length() -> int | None:
+    value = request.headers.get(v2.HEADER_LENGTH)
+    if value is None:
+        return None
+    if not value.strip().isdigit():
+        raise BadRequest(
+            f"{v2.HEADER_LENGTH} must be the length of the JSON header in bytes, got {value!r}",
+            code="invalid_header_length",
+        )
+    return int(value)

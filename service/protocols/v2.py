@@ -1,0 +1,741 @@
+"""The Open Inference Protocol v2 (KServe, Triton, MLServer) as a codec over the runtime.
+
+Framework-free and shared by the HTTP blueprint and the gRPC server. A request's
+tensors become plain rows in feature order and go through ``LoadedModel.predict``,
+so every value is validated by the same ``InputSchema`` as the native API (NaN,
+missing values and unknown categories follow the same rules and get the same 422);
+what is checked here is the tensors' structure: names, datatypes and shapes, with
+a 400 that names the tensor.
+
+Inputs come in one of two forms:
+
+- one tensor per feature, named exactly as the feature, of shape ``[N]`` or
+  ``[N, 1]``: a numeric datatype for a numeric feature, ``BYTES`` (or an integer
+  datatype) for a categorical one. Model metadata lists this form.
+- one ``[N, F]`` tensor of any name holding every feature in metadata order:
+  a numeric datatype, or ``BYTES`` when the model has categorical features (its
+  numeric features are then parsed from text).
+
+Outputs: ``predict`` (shape ``[N]``; ``BYTES`` for string labels, ``INT64`` for
+integer labels, ``FP64`` for regression) and, for classifiers with probabilities,
+``predict_proba`` (``FP64``, shape ``[N, n_classes]``, columns in the order of the
+model's classes).
+
+The JSON body and Triton's binary tensor data extension (tensor bytes after the
+JSON header, little-endian, row-major; ``BYTES`` elements as a 4-byte
+little-endian length then the bytes) are parsed and written here too, so the
+same wire format can be checked without a web framework.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import struct
+from typing import Any
+
+import numpy as np
+import orjson
+
+import service
+from service.errors import BadRequest, TooManyInstances
+from service.protocols.native import parse_json
+from service.runtime.model import LoadedModel, Prediction
+
+SERVER_NAME = "model-service"
+PLATFORM = "sklearn"
+EXTENSIONS = ["binary_tensor_data"]
+
+OUTPUT_PREDICT = "predict"
+OUTPUT_PROBA = "predict_proba"
+
+# Parameters of Triton's binary tensor data extension.
+BINARY_DATA_SIZE = "binary_data_size"
+BINARY_DATA = "binary_data"
+BINARY_DATA_OUTPUT = "binary_data_output"
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+# Wire datatypes and their little-endian numpy dtypes (BYTES: an object array of bytes).
+_DTYPES: dict[str, np.dtype] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype("<u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("<i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+    "BYTES": np.dtype(object),
+}
+DATATYPES = tuple(_DTYPES)
+INTEGER_DATATYPES = frozenset(d for d in DATATYPES if d.startswith(("INT", "UINT")))
+FLOAT_DATATYPES = frozenset({"FP16", "FP32", "FP64"})
+NUMERIC_DATATYPES = INTEGER_DATATYPES | FLOAT_DATATYPES
+_FEATURE_DATATYPES = {"float64": "FP64", "int64": "INT64", "category": "BYTES"}
+_LENGTH = struct.Struct("<I")
+_REQUEST_KEYS = frozenset({"id", "parameters", "inputs", "outputs"})
+# Sent by some clients (Triton's own examples put model_name in the body); the path decides.
+_IGNORED_REQUEST_KEYS = frozenset({"model_name", "model_version"})
+
+
+@dataclasses.dataclass
+class Tensor:
+    name: str
+    datatype: str  # "BOOL", "UINT8".."UINT64", "INT8".."INT64", "FP16", "FP32", "FP64", "BYTES"
+    shape: list[int]
+    data: np.ndarray  # already reshaped to `shape`; BYTES as an object array of bytes
+
+
+@dataclasses.dataclass
+class RequestedOutput:
+    name: str
+    binary: bool | None = None  # None: the request-level binary_data_output decides
+
+
+@dataclasses.dataclass
+class InferenceRequest:
+    inputs: list[Tensor]
+    outputs: list[RequestedOutput] | None = None  # None: every output of the model
+    id: str | None = None
+    binary_output: bool = False
+
+    def output_names(self) -> list[str] | None:
+        return [o.name for o in self.outputs] if self.outputs else None
+
+    def binary_names(self, names: list[str]) -> set[str]:
+        """Which of the outputs to return as binary data."""
+        chosen = {o.name: o.binary for o in self.outputs or ()}
+        return {
+            n for n in names if (chosen.get(n) if chosen.get(n) is not None else self.binary_output)
+        }
+
+
+# -- datatypes ------------------------------------------------------------------
+
+
+def numpy_dtype(datatype: str) -> np.dtype:
+    """The numpy dtype of a wire datatype (little-endian; BYTES: object). Raises BadRequest."""
+    try:
+        return _DTYPES[datatype]
+    except (KeyError, TypeError):
+        raise BadRequest(
+            f"unsupported datatype {datatype!r}; supported: {list(DATATYPES)}",
+            code="unsupported_datatype",
+        ) from None
+
+
+def v2_datatype(array: np.ndarray) -> str:
+    """The wire datatype of a numpy array. Raises ValueError for dtypes with none."""
+    dtype = array.dtype
+    if dtype.kind == "b":
+        return "BOOL"
+    if dtype.kind in "iu" and dtype.itemsize in (1, 2, 4, 8):
+        return f"{'UINT' if dtype.kind == 'u' else 'INT'}{dtype.itemsize * 8}"
+    if dtype.kind == "f" and dtype.itemsize in (2, 4, 8):
+        return f"FP{dtype.itemsize * 8}"
+    if dtype.kind in "OSU":
+        return "BYTES"
+    raise ValueError(f"no Open Inference Protocol datatype for numpy dtype {dtype}")
+
+
+# -- metadata -------------------------------------------------------------------
+
+
+def server_metadata() -> dict[str, Any]:
+    return {"name": SERVER_NAME, "version": service.__version__, "extensions": list(EXTENSIONS)}
+
+
+def model_metadata(model: LoadedModel, versions: list[int]) -> dict[str, Any]:
+    """Model metadata: one input tensor per feature, ``[-1, 1]`` each (a single
+    ``[-1, F]`` tensor with every feature in this order is accepted too), and the
+    outputs; ``predict_proba``'s parameters give the class of each column."""
+    inputs = []
+    for feature in model.schema.features:
+        entry: dict[str, Any] = {
+            "name": feature.name,
+            "datatype": _FEATURE_DATATYPES.get(feature.dtype, "FP64"),
+            "shape": [-1, 1],
+        }
+        if not feature.is_numeric and feature.categories:
+            entry["parameters"] = {"categories": [_plain(c) for c in feature.categories]}
+        inputs.append(entry)
+    outputs: list[dict[str, Any]] = [
+        {"name": OUTPUT_PREDICT, "datatype": _predict_datatype(model), "shape": [-1]}
+    ]
+    if model.has_proba:
+        outputs.append(
+            {
+                "name": OUTPUT_PROBA,
+                "datatype": "FP64",
+                "shape": [-1, len(model.classes or ())],
+                "parameters": {"classes": [_plain(c) for c in model.classes or ()]},
+            }
+        )
+    return {
+        "name": model.name,
+        "versions": [str(v) for v in versions],
+        "platform": PLATFORM,
+        "inputs": inputs,
+        "outputs": outputs,
+    }
+
+
+def output_names(model: LoadedModel) -> list[str]:
+    return [OUTPUT_PREDICT, OUTPUT_PROBA] if model.has_proba else [OUTPUT_PREDICT]
+
+
+def _predict_datatype(model: LoadedModel) -> str:
+    if model.task != "classification" or not model.classes:
+        return "FP64"
+    classes = model.classes
+    if all(isinstance(c, str) for c in classes):
+        return "BYTES"
+    if all(isinstance(c, (bool, np.bool_)) for c in classes):
+        return "BOOL"
+    if all(isinstance(c, (int, np.integer)) and not isinstance(c, bool) for c in classes):
+        return "INT64"
+    return "FP64"
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+# -- inputs -------------------------------------------------------------------
+
+
+def decode_inputs(
+    model: LoadedModel, tensors: list[Tensor], *, max_instances: int | None = None
+) -> list[list[Any]]:
+    """Rows in feature order for ``model.predict(rows)``, from one tensor per feature
+    or one ``[N, F]`` tensor. Structural problems raise BadRequest naming the tensor;
+    values are left for the model's InputSchema. More than ``max_instances`` rows
+    raise TooManyInstances."""
+    if not tensors:
+        raise BadRequest(
+            "the request has no inputs; send one tensor per feature "
+            f"{list(model.schema.names)} or one [N, {model.schema.width}] tensor",
+            code="no_inputs",
+        )
+    names = [t.name for t in tensors]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise BadRequest(f"input tensors {repeated} appear more than once", code="invalid_inputs")
+    schema = model.schema
+    if len(tensors) == 1 and tensors[0].name not in schema.name_set:
+        rows = _matrix_rows(model, tensors[0], max_instances)
+    else:
+        rows = _feature_rows(model, tensors, max_instances)
+    return rows
+
+
+def _feature_rows(
+    model: LoadedModel, tensors: list[Tensor], max_instances: int | None
+) -> list[list[Any]]:
+    schema = model.schema
+    by_name = {t.name: t for t in tensors}
+    unknown = [t.name for t in tensors if t.name not in schema.name_set]
+    if unknown:
+        hints = {n: difflib.get_close_matches(n, schema.names, n=1) for n in unknown}
+        suggestions = "".join(
+            f"; did you mean {hint[0]!r} for {name!r}" for name, hint in hints.items() if hint
+        )
+        raise BadRequest(
+            f"unknown input tensors {unknown}{suggestions}; send one tensor per feature "
+            f"{list(schema.names)} or a single [N, {schema.width}] tensor",
+            code="invalid_inputs",
+        )
+    missing = [n for n in schema.names if n not in by_name]
+    if missing:
+        raise BadRequest(f"missing input tensors for features {missing}", code="invalid_inputs")
+    sizes: dict[str, int] = {}
+    for tensor in tensors:
+        shape = list(tensor.data.shape)
+        if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
+            raise BadRequest(
+                f"input tensor {tensor.name!r} has shape {shape}; "
+                "a feature tensor is [N] or [N, 1]",
+                code="invalid_shape",
+            )
+        sizes[tensor.name] = shape[0]
+    if len(set(sizes.values())) > 1:
+        raise BadRequest(
+            f"input tensors hold different numbers of rows: {sizes}", code="invalid_shape"
+        )
+    _check_rows(next(iter(sizes.values())), max_instances)
+    columns = []
+    for feature in schema.features:
+        tensor = by_name[feature.name]
+        allowed = NUMERIC_DATATYPES if feature.is_numeric else INTEGER_DATATYPES | {"BYTES"}
+        if tensor.datatype not in allowed:
+            kind = f"numeric ({feature.dtype})" if feature.is_numeric else "categorical"
+            expected = _FEATURE_DATATYPES.get(feature.dtype, "FP64")
+            raise BadRequest(
+                f"input tensor {tensor.name!r} is {tensor.datatype}, but feature "
+                f"{feature.name!r} is {kind}; send {expected}",
+                code="invalid_datatype",
+            )
+        values = tensor.data.reshape(-1)
+        if tensor.datatype == "BYTES":
+            columns.append([_text(tensor.name, v) for v in values])
+        else:
+            columns.append(values.tolist())
+    return [list(row) for row in zip(*columns, strict=True)]
+
+
+def _matrix_rows(model: LoadedModel, tensor: Tensor, max_instances: int | None) -> list[list[Any]]:
+    schema = model.schema
+    shape = list(tensor.data.shape)
+    if len(shape) != 2 or shape[1] != schema.width:
+        raise BadRequest(
+            f"input tensor {tensor.name!r} has shape {shape}; a single input tensor must be "
+            f"[N, {schema.width}] with the features {list(schema.names)} in this order "
+            "(or send one tensor per feature, named as the features)",
+            code="invalid_shape",
+        )
+    _check_rows(shape[0], max_instances)
+    if tensor.datatype == "BYTES":
+        if schema.all_numeric:
+            raise BadRequest(
+                f"input tensor {tensor.name!r} is BYTES, but every feature of this model "
+                "is numeric; send FP64 (or another numeric datatype)",
+                code="invalid_datatype",
+            )
+        numeric = [f.is_numeric for f in schema.features]
+        return [
+            [
+                _number(tensor.name, v) if is_number else _text(tensor.name, v)
+                for v, is_number in zip(row, numeric, strict=True)
+            ]
+            for row in tensor.data
+        ]
+    if tensor.datatype not in NUMERIC_DATATYPES:
+        raise BadRequest(
+            f"input tensor {tensor.name!r} is {tensor.datatype}; features take numeric "
+            "datatypes (FP64, INT64, ...)" + ("" if schema.all_numeric else " or BYTES"),
+            code="invalid_datatype",
+        )
+    return tensor.data.tolist()
+
+
+def _check_rows(rows: int, max_instances: int | None) -> None:
+    if rows == 0:
+        raise BadRequest("the input tensors hold no rows; send at least one", code="no_instances")
+    if max_instances is not None and rows > max_instances:
+        raise TooManyInstances(
+            f"{rows} rows in one request; at most {max_instances} are allowed",
+            details={"instances": rows, "max_instances": max_instances},
+        )
+
+
+def _text(tensor: str, value: Any) -> Any:
+    """A BYTES element as the string the schema checks (utf-8); other values unchanged."""
+    if isinstance(value, (bytes, bytearray, np.bytes_)):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRequest(
+                f"input tensor {tensor!r} holds bytes that are not valid UTF-8",
+                code="invalid_data",
+            ) from None
+    return value
+
+
+def _number(tensor: str, value: Any) -> Any:
+    """A BYTES element for a numeric feature: the number it spells, else the text
+    (which the schema then refuses, naming the row and the feature)."""
+    value = _text(tensor, value)
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return value
+        if number.is_integer() and not math.isinf(number) and value.strip().lstrip("+-").isdigit():
+            return int(value)
+        return number
+    return value
+
+
+# -- outputs ------------------------------------------------------------------
+
+
+def requested_output_names(model: LoadedModel, names: list[str] | None) -> list[str]:
+    """The outputs to compute, in the order asked; None or [] means every output."""
+    available = output_names(model)
+    if not names:
+        return available
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        raise BadRequest(
+            f"unknown outputs {unknown}; model {model.name!r} has outputs {available}",
+            code="invalid_outputs",
+        )
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise BadRequest(f"outputs {repeated} are requested more than once", code="invalid_outputs")
+    return list(names)
+
+
+def output_tensors(model: LoadedModel, prediction: Prediction, names: list[str]) -> list[Tensor]:
+    tensors = []
+    for name in names:
+        if name == OUTPUT_PREDICT:
+            datatype = _predict_datatype(model)
+            values = prediction.predictions
+            if datatype == "BYTES":
+                data = np.empty(len(values), dtype=object)
+                data[:] = [str(v).encode("utf-8") for v in values]
+            else:
+                data = np.asarray(values, dtype=_DTYPES[datatype])
+            tensors.append(Tensor(name, datatype, [len(values)], data))
+        elif name == OUTPUT_PROBA:
+            if prediction.probabilities is None:
+                raise ValueError(f"{model.name}: the prediction carries no probabilities")
+            data = np.asarray(prediction.probabilities, dtype=np.float64)
+            tensors.append(Tensor(name, "FP64", list(data.shape), data))
+        else:
+            raise ValueError(f"{model.name}: no output named {name!r}")
+    return tensors
+
+
+# -- tensors to and from the wire --------------------------------------------
+
+
+def tensor_from_json(name: str, datatype: str, shape: list[int], data: Any) -> Tensor:
+    """A tensor from JSON ``data`` (flat or nested, row-major)."""
+    dtype = _tensor_dtype(name, datatype)
+    count = _element_count(name, shape)
+    flat = _flatten(data) if isinstance(data, list) else [data]
+    if len(flat) != count:
+        raise BadRequest(
+            f"input tensor {name!r} has shape {shape}, which holds {count} elements, "
+            f"but its data has {len(flat)}",
+            code="invalid_shape",
+        )
+    kinds = {type(v) for v in flat}
+    if datatype == "BYTES":
+        allowed: set[type] = {str, type(None)}
+        expected = "strings"
+    elif datatype == "BOOL":
+        allowed, expected = {bool}, "true or false"
+    elif datatype in FLOAT_DATATYPES:
+        # null stands for a missing value, as in the native API (NaN to the schema)
+        allowed, expected = {int, float, type(None)}, "numbers"
+    else:
+        allowed, expected = {int}, "integers"
+    if not kinds <= allowed:
+        wrong = sorted(k.__name__ for k in kinds - allowed)
+        raise BadRequest(
+            f"input tensor {name!r} is {datatype}, so its data must hold {expected}, "
+            f"not {_kind_names(wrong)}",
+            code="invalid_data",
+        )
+    if datatype == "BYTES":
+        array = np.empty(count, dtype=object)
+        array[:] = [v.encode("utf-8") if isinstance(v, str) else v for v in flat]
+    else:
+        try:
+            array = np.array(
+                [math.nan if v is None else v for v in flat] if type(None) in kinds else flat,
+                dtype=dtype,
+            )
+        except (OverflowError, ValueError, TypeError):
+            raise BadRequest(
+                f"input tensor {name!r} holds values out of the range of {datatype}",
+                code="invalid_data",
+            ) from None
+    return Tensor(name, datatype, list(shape), array.reshape(shape))
+
+
+def tensor_from_bytes(name: str, datatype: str, shape: list[int], raw: bytes) -> Tensor:
+    """A tensor from raw bytes: little-endian, row-major; BYTES elements as a
+    4-byte little-endian length then the bytes."""
+    dtype = _tensor_dtype(name, datatype)
+    count = _element_count(name, shape)
+    if datatype == "BYTES":
+        array = np.empty(count, dtype=object)
+        array[:] = _split_bytes(name, raw, count)
+    else:
+        if len(raw) != count * dtype.itemsize:
+            raise BadRequest(
+                f"input tensor {name!r} has shape {shape} of {datatype}, which takes "
+                f"{count * dtype.itemsize} bytes, but {len(raw)} bytes were sent",
+                code="invalid_shape",
+            )
+        array = np.frombuffer(raw, dtype=dtype)
+    return Tensor(name, datatype, list(shape), array.reshape(shape))
+
+
+def tensor_to_bytes(tensor: Tensor) -> bytes:
+    if tensor.datatype == "BYTES":
+        parts = []
+        for value in tensor.data.reshape(-1):
+            item = value if isinstance(value, bytes) else str(value).encode("utf-8")
+            parts.append(_LENGTH.pack(len(item)))
+            parts.append(item)
+        return b"".join(parts)
+    return np.ascontiguousarray(tensor.data, dtype=_DTYPES[tensor.datatype]).tobytes()
+
+
+def tensor_to_json(tensor: Tensor) -> list[Any]:
+    flat = tensor.data.reshape(-1)
+    if tensor.datatype == "BYTES":
+        return [v.decode("utf-8") if isinstance(v, bytes) else v for v in flat]
+    return flat.tolist()
+
+
+def _tensor_dtype(name: str, datatype: Any) -> np.dtype:
+    try:
+        return numpy_dtype(datatype)
+    except BadRequest as exc:
+        raise BadRequest(f"input tensor {name!r}: {exc.message}", code=exc.code) from None
+
+
+def _element_count(name: str, shape: Any) -> int:
+    if (
+        not isinstance(shape, list)
+        or not shape
+        or not all(type(d) is int and d >= 0 for d in shape)
+    ):
+        raise BadRequest(
+            f"input tensor {name!r} has shape {shape!r}; a shape is a list of "
+            "non-negative integers",
+            code="invalid_shape",
+        )
+    return math.prod(shape)
+
+
+def _flatten(data: list[Any]) -> list[Any]:
+    if not any(isinstance(v, list) for v in data):
+        return data
+    flat: list[Any] = []
+    stack = [iter(data)]
+    while stack:
+        for value in stack[-1]:
+            if isinstance(value, list):
+                stack.append(iter(value))
+                break
+            flat.append(value)
+        else:
+            stack.pop()
+    return flat
+
+
+def _split_bytes(name: str, raw: bytes, count: int) -> list[bytes]:
+    items, offset, size = [], 0, len(raw)
+    view = memoryview(raw)
+    while offset < size:
+        if offset + 4 > size:
+            break
+        (length,) = _LENGTH.unpack_from(raw, offset)
+        offset += 4
+        if offset + length > size:
+            raise BadRequest(
+                f"input tensor {name!r}: an element claims {length} bytes past the end of "
+                "its binary data",
+                code="invalid_data",
+            )
+        items.append(bytes(view[offset : offset + length]))
+        offset += length
+    if offset != size or len(items) != count:
+        raise BadRequest(
+            f"input tensor {name!r}: its binary data holds {len(items)} length-prefixed "
+            f"elements, but its shape holds {count}",
+            code="invalid_shape",
+        )
+    return items
+
+
+def _kind_names(names: list[str]) -> str:
+    words = {
+        "str": "strings",
+        "int": "integers",
+        "float": "numbers with a fraction",
+        "bool": "booleans",
+        "NoneType": "nulls",
+        "dict": "objects",
+    }
+    return ", ".join(words.get(n, n) for n in names)
+
+
+# -- the HTTP/REST body ------------------------------------------------------
+
+
+def parse_infer_request(body: bytes, header_length: int | None = None) -> InferenceRequest:
+    """An inference request from its HTTP body: JSON, or (``header_length`` given) a
+    JSON header of that many bytes followed by the inputs' binary data in order."""
+    if header_length is None:
+        header, binary = body, b""
+    else:
+        if header_length < 0 or header_length > len(body):
+            raise BadRequest(
+                f"{HEADER_LENGTH} is {header_length}, but the body has {len(body)} bytes",
+                code="invalid_header_length",
+            )
+        header, binary = body[:header_length], body[header_length:]
+    payload = parse_json(header)
+    if not isinstance(payload, dict):
+        raise BadRequest(
+            'the body must be a JSON object like {"inputs": [...]}', code="invalid_payload"
+        )
+    unexpected = sorted(set(payload) - _REQUEST_KEYS - _IGNORED_REQUEST_KEYS)
+    if unexpected:
+        raise BadRequest(
+            f"unexpected keys {unexpected[:20]}; an inference request has "
+            '"id", "parameters", "inputs" and "outputs"',
+            code="unexpected_keys",
+        )
+    request_id = payload.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise BadRequest('"id" must be a string', code="invalid_payload")
+    parameters = _parameters(payload.get("parameters"), "the request")
+    binary_output = parameters.get(BINARY_DATA_OUTPUT, False)
+    if not isinstance(binary_output, bool):
+        raise BadRequest(f'"{BINARY_DATA_OUTPUT}" must be true or false', code="invalid_payload")
+    inputs_json = payload.get("inputs")
+    if not isinstance(inputs_json, list) or not inputs_json:
+        raise BadRequest('"inputs" must be a non-empty list of tensors', code="no_inputs")
+    inputs, offset = [], 0
+    for index, entry in enumerate(inputs_json):
+        tensor, used = _input_tensor(index, entry, binary, offset, header_length is not None)
+        inputs.append(tensor)
+        offset += used
+    if offset != len(binary):
+        raise BadRequest(
+            f"the body has {len(binary) - offset} bytes after the JSON header that no input "
+            f"claims with {BINARY_DATA_SIZE}",
+            code="invalid_binary_data",
+        )
+    return InferenceRequest(
+        inputs=inputs,
+        outputs=_requested_outputs(payload.get("outputs")),
+        id=request_id,
+        binary_output=binary_output,
+    )
+
+
+def _parameters(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise BadRequest(f'"parameters" of {where} must be an object', code="invalid_payload")
+    if "shared_memory_region" in value:
+        raise BadRequest(
+            f"{where} names a shared memory region; this server does not support the "
+            "shared memory extension",
+            code="unsupported_extension",
+        )
+    return value
+
+
+def _input_tensor(
+    index: int, entry: Any, binary: bytes, offset: int, has_header: bool
+) -> tuple[Tensor, int]:
+    if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+        raise BadRequest(
+            f'input {index} must be an object with "name", "shape", "datatype" and "data"',
+            code="invalid_inputs",
+        )
+    name = entry["name"]
+    for key in ("shape", "datatype"):
+        if key not in entry:
+            raise BadRequest(f'input tensor {name!r} has no "{key}"', code="invalid_inputs")
+    parameters = _parameters(entry.get("parameters"), f"input tensor {name!r}")
+    size = parameters.get(BINARY_DATA_SIZE)
+    if size is None:
+        if "data" not in entry:
+            raise BadRequest(
+                f'input tensor {name!r} has neither "data" nor a {BINARY_DATA_SIZE} parameter',
+                code="invalid_inputs",
+            )
+        return tensor_from_json(name, entry["datatype"], entry["shape"], entry["data"]), 0
+    if "data" in entry:
+        raise BadRequest(
+            f'input tensor {name!r} has both "data" and {BINARY_DATA_SIZE}; send one',
+            code="invalid_inputs",
+        )
+    if type(size) is not int or size < 0:
+        raise BadRequest(
+            f"input tensor {name!r}: {BINARY_DATA_SIZE} must be a non-negative integer",
+            code="invalid_binary_data",
+        )
+    if not has_header:
+        raise BadRequest(
+            f"input tensor {name!r} has {BINARY_DATA_SIZE}, but the request has no "
+            f"{HEADER_LENGTH} header to say where the JSON ends",
+            code="invalid_binary_data",
+        )
+    if offset + size > len(binary):
+        raise BadRequest(
+            f"input tensor {name!r} claims {size} bytes of binary data, but only "
+            f"{len(binary) - offset} are left in the body",
+            code="invalid_binary_data",
+        )
+    raw = binary[offset : offset + size]
+    return tensor_from_bytes(name, entry["datatype"], entry["shape"], raw), size
+
+
+def _requested_outputs(value: Any) -> list[RequestedOutput] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise BadRequest('"outputs" must be a list', code="invalid_outputs")
+    outputs = []
+    for index, entry in enumerate(value):
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            raise BadRequest(
+                f'output {index} must be an object with a "name"', code="invalid_outputs"
+            )
+        parameters = _parameters(entry.get("parameters"), f"output {entry['name']!r}")
+        if parameters.get("classification"):
+            raise BadRequest(
+                f"output {entry['name']!r} asks for the classification extension, which this "
+                f"server does not support; request {OUTPUT_PROBA!r} for class probabilities",
+                code="unsupported_extension",
+            )
+        binary = parameters.get(BINARY_DATA)
+        if binary is not None and not isinstance(binary, bool):
+            raise BadRequest(
+                f'output {entry["name"]!r}: "{BINARY_DATA}" must be true or false',
+                code="invalid_outputs",
+            )
+        outputs.append(RequestedOutput(entry["name"], binary))
+    return outputs
+
+
+def encode_infer_response(
+    model: LoadedModel,
+    tensors: list[Tensor],
+    *,
+    binary: set[str] = frozenset(),  # type: ignore[assignment]
+    request_id: str | None = None,
+) -> tuple[bytes, int | None]:
+    """The response body, and the length of its JSON header when outputs in
+    ``binary`` follow it as raw bytes (None: the body is all JSON)."""
+    outputs, chunks = [], []
+    for tensor in tensors:
+        entry: dict[str, Any] = {
+            "name": tensor.name,
+            "datatype": tensor.datatype,
+            "shape": list(tensor.shape),
+        }
+        if tensor.name in binary:
+            raw = tensor_to_bytes(tensor)
+            entry["parameters"] = {BINARY_DATA_SIZE: len(raw)}
+            chunks.append(raw)
+        else:
+            entry["data"] = tensor_to_json(tensor)
+        outputs.append(entry)
+    body: dict[str, Any] = {"model_name": model.name, "model_version": str(model.version)}
+    if request_id is not None:
+        body["id"] = request_id
+    body["outputs"] = outputs
+    header = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not chunks:
+        return header, None
+    return header + b"".join(chunks), len(header)
