@@ -36,6 +36,9 @@ class Settings:
     refuse_version_mismatch: bool = False
     # sha256 hex digests of the admin keys; no key configured means no admin access.
     admin_key_hashes: tuple[str, ...] = ()
+    # The model MLflow's POST /invocations serves (name[@version|@alias]); empty: the only
+    # served model, when exactly one is served.
+    default_model: str = ""
 
     @classmethod
     def load(
@@ -71,6 +74,15 @@ class Settings:
                 raise ValueError(f"setting {name}: must be at least 1")
         if self.reload_interval <= 0:
             raise ValueError("setting reload_interval: must be more than 0 seconds")
+        if self.default_model:
+            # Here, not at the top: service.store's package imports scikit-learn.
+            from service.errors import ServiceError
+            from service.store.layout import parse_ref
+
+            try:
+                parse_ref(self.default_model)
+            except ServiceError as exc:
+                raise ValueError(f"setting default_model: {exc.message}") from None
 
 
 def _convert(field: dataclasses.Field, value: Any) -> Any:
