@@ -5,13 +5,15 @@ WORKERS ?=
 STORE ?= model_store
 RUNTIME_DIR ?= .run
 PYTHON ?= python3
+GRPC_PORT ?= 8081
 
 VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 WORKERS_FLAG := $(if $(WORKERS),--workers $(WORKERS),)
+PROTO_DIR := service/protocols/grpc
 
-.PHONY: install run stop test lint fmt bench loadtest clean
+.PHONY: install run stop test lint fmt protos bench loadtest clean
 
 # Versions in constraints.txt are the ones the test suite passes with.
 $(INSTALLED): setup.cfg pyproject.toml constraints.txt
@@ -25,7 +27,8 @@ install: $(INSTALLED)
 run: $(INSTALLED)
 	$(BIN)/modelctl train-demo --if-empty --store $(STORE)
 	@# modelctl serve prints the URL and a curl example that works against this store.
-	$(BIN)/modelctl serve --store $(STORE) --port $(PORT) --runtime-dir $(RUNTIME_DIR) $(WORKERS_FLAG)
+	$(BIN)/modelctl serve --store $(STORE) --port $(PORT) --runtime-dir $(RUNTIME_DIR) \
+		--grpc-port $(GRPC_PORT) $(WORKERS_FLAG)
 
 stop:
 	@if test -x $(BIN)/modelctl; then $(BIN)/modelctl stop --runtime-dir $(RUNTIME_DIR); \
@@ -41,6 +44,17 @@ lint: $(INSTALLED)
 fmt: $(INSTALLED)
 	$(BIN)/ruff format service tests loadtests deploy
 	$(BIN)/ruff check --fix service tests loadtests deploy
+
+# The generated modules are committed (no compiler at install time); they need the
+# protobuf and grpcio runtimes at least as new as the grpcio-tools that wrote them.
+# Their messages go in a descriptor pool of their own, as tritonclient registers the
+# same names in the default one; the stub imports its messages package-relative.
+protos: $(INSTALLED)
+	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. \
+		$(PROTO_DIR)/open_inference.proto
+	sed -i 's/_descriptor_pool\.Default()\.AddSerializedFile(/_descriptor_pool.DescriptorPool().AddSerializedFile(/' \
+		$(PROTO_DIR)/open_inference_pb2.py
+	sed -i 's/^from service\.protocols\.grpc import /from . import /' $(PROTO_DIR)/open_inference_pb2_grpc.py
 
 bench: $(INSTALLED)
 	$(BIN)/python loadtests/bench.py

@@ -424,10 +424,22 @@ def train_demo(store_path: Path, if_empty: bool) -> None:
     help="Pid files, logs and the rendered nginx.conf.",
 )
 @click.option("--no-nginx", is_flag=True, help="Serve from Gunicorn directly.")
+@click.option(
+    "--grpc-port",
+    default=8081,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="The Open Inference Protocol's gRPC server on 127.0.0.1; 0: none.",
+)
 def serve(
-    store_path: Path, port: int, workers: int | None, runtime_dir: Path, no_nginx: bool
+    store_path: Path,
+    port: int,
+    workers: int | None,
+    runtime_dir: Path,
+    no_nginx: bool,
+    grpc_port: int,
 ) -> None:
-    """Start Gunicorn behind Nginx on 127.0.0.1:PORT in the background."""
+    """Start Gunicorn behind Nginx on 127.0.0.1:PORT (and gRPC) in the background."""
     from service.localstack import NGINX_INSTALL_HINT, LocalStack, nginx_binary
 
     use_nginx = not no_nginx
@@ -438,7 +450,12 @@ def serve(
         )
         use_nginx = False
     stack = LocalStack(
-        runtime_dir=runtime_dir, store=store_path, port=port, workers=workers, use_nginx=use_nginx
+        runtime_dir=runtime_dir,
+        store=store_path,
+        port=port,
+        workers=workers,
+        use_nginx=use_nginx,
+        grpc_port=grpc_port or None,
     )
     stack.start()
     front = "Nginx -> Gunicorn" if use_nginx else "Gunicorn"
@@ -446,6 +463,8 @@ def serve(
         f"model-service is up at {stack.url} ({front}, {workers or os.cpu_count()} workers; "
         f"logs in {stack.runtime_dir})"
     )
+    if stack.grpc_address:
+        click.echo(f"gRPC (Open Inference Protocol) at {stack.grpc_address}")
     example = _curl_example(ModelStore(store_path), stack.url)
     if example:
         click.echo(f"\nTry it:\n{example}\n\nModels: {stack.url}/v1/models    Stop: make stop")

@@ -1,4 +1,5 @@
-"""Start and stop the local stack: Gunicorn workers behind an unprivileged Nginx.
+"""Start and stop the local stack: Gunicorn workers behind an unprivileged Nginx, and
+the Open Inference Protocol's gRPC server next to them when asked for.
 
 Used by ``modelctl serve`` / ``modelctl stop`` (and so ``make run`` / ``make stop``),
 by the integration tests and by the benchmarks. Everything it starts is
@@ -75,7 +76,8 @@ def render_nginx_config(
 
 @dataclasses.dataclass
 class LocalStack:
-    """One Gunicorn master with its workers, and (when installed) Nginx in front."""
+    """One Gunicorn master with its workers, (when installed) Nginx in front, and
+    (with ``grpc_port``) the gRPC server."""
 
     runtime_dir: Path
     store: Path
@@ -86,6 +88,7 @@ class LocalStack:
     gunicorn_port: int | None = None
     extra_env: dict[str, str] = dataclasses.field(default_factory=dict)
     app: str = "service.wsgi:app"
+    grpc_port: int | None = None  # None: no gRPC server
 
     def __post_init__(self) -> None:
         self.runtime_dir = Path(self.runtime_dir).resolve()
@@ -96,6 +99,10 @@ class LocalStack:
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def grpc_address(self) -> str | None:
+        return None if self.grpc_port is None else f"{self.host}:{self.grpc_port}"
 
     @property
     def gunicorn_url(self) -> str:
@@ -114,6 +121,8 @@ class LocalStack:
             self._start_gunicorn()
             if self.use_nginx:
                 self._start_nginx()
+            if self.grpc_port is not None:
+                self._start_grpc()
             self.wait_ready(ready_timeout)
         except BaseException:
             self.stop()
@@ -126,10 +135,14 @@ class LocalStack:
             self.gunicorn_port = free_port()
         return self.gunicorn_port
 
-    def _start_gunicorn(self) -> None:
+    def _env(self) -> dict[str, str]:
         env = dict(os.environ)
         env.update(self.extra_env)
         env["MODEL_SERVICE_STORE"] = str(self.store)
+        return env
+
+    def _start_gunicorn(self) -> None:
+        env = self._env()
         env["MODEL_SERVICE_BIND"] = f"127.0.0.1:{self._gunicorn_port()}"
         env["MODEL_SERVICE_PIDFILE"] = str(self.runtime_dir / "gunicorn-master.pid")
         if self.workers:
@@ -176,8 +189,21 @@ class LocalStack:
             )
         self.pidfile("nginx").write_text(f"{process.pid}\n")
 
+    def _start_grpc(self) -> None:
+        with open(self.runtime_dir / "grpc.log", "ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "service.grpc_server", "--bind", str(self.grpc_address)],
+                env=self._env(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.pidfile("grpc").write_text(f"{process.pid}\n")
+
     def wait_ready(self, timeout: float) -> None:
-        """Wait for every worker to be forked, Gunicorn's /readyz, then the same via Nginx."""
+        """Wait for every worker to be forked, Gunicorn's /readyz, then the same via Nginx,
+        then the gRPC server's ServerReady."""
         deadline = time.monotonic() + timeout
         self._wait_url(self.gunicorn_url + "/readyz", deadline, timeout)
         # One worker answering is not all of them: callers count on the whole pool.
@@ -188,17 +214,13 @@ class LocalStack:
             time.sleep(0.05)
         if self.use_nginx:
             self._wait_url(self.url + "/readyz", deadline, timeout)
+        if self.grpc_port is not None:
+            self._wait_grpc(deadline, timeout)
 
     def _wait_url(self, url: str, deadline: float, timeout: float) -> None:
         last_error = "no answer"
         while time.monotonic() < deadline:
-            for what in ("gunicorn", "nginx"):
-                pid = self._pid(what)
-                if pid is not None and not _alive(pid):
-                    raise StackError(
-                        f"{what} exited during start-up; see {self.runtime_dir / (what + '.log')}"
-                        + self._log_tail(what)
-                    )
+            self._check_started()
             try:
                 with urllib.request.urlopen(url, timeout=2) as response:
                     if response.status == 200:
@@ -211,6 +233,43 @@ class LocalStack:
         raise StackError(
             f"{self.url}/readyz did not answer 200 within {timeout:.0f}s ({last_error})"
         )
+
+    def _wait_grpc(self, deadline: float, timeout: float) -> None:
+        import grpc  # only stacks with a gRPC server need it
+
+        from service.protocols.grpc import open_inference_pb2, open_inference_pb2_grpc
+
+        # Asked on loopback (or the one address it listens on), never through a proxy.
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        target = f"{host}:{self.grpc_port}"
+        last_error = "no answer"
+        while time.monotonic() < deadline:
+            self._check_started()
+            # A fresh channel each time: a refused connect must not leave us in its backoff.
+            with grpc.insecure_channel(target, options=[("grpc.enable_http_proxy", 0)]) as channel:
+                stub = open_inference_pb2_grpc.GRPCInferenceServiceStub(channel)
+                try:
+                    answer = stub.ServerReady(open_inference_pb2.ServerReadyRequest(), timeout=2)
+                except grpc.RpcError as exc:
+                    last_error = f"{exc.code().name}: {exc.details()}"
+                else:
+                    if answer.ready:
+                        return
+                    last_error = "ServerReady answered false"
+            time.sleep(0.1)
+        raise StackError(
+            f"the gRPC server on {target} was not ready within {timeout:.0f}s ({last_error})"
+        )
+
+    def _check_started(self) -> None:
+        """Fail fast when a process this stack started has exited."""
+        for what in ("gunicorn", "nginx", "grpc"):
+            pid = self._pid(what)
+            if pid is not None and not _alive(pid):
+                raise StackError(
+                    f"{what} exited during start-up; see {self.runtime_dir / (what + '.log')}"
+                    + self._log_tail(what)
+                )
 
     def _log_tail(self, what: str, lines: int = 15) -> str:
         path = self.runtime_dir / f"{what}.log"
@@ -229,7 +288,7 @@ class LocalStack:
 
     def running_pids(self) -> dict[str, int]:
         pids = {}
-        for what in ("gunicorn", "nginx"):
+        for what in ("gunicorn", "nginx", "grpc"):
             pid = self._pid(what)
             if pid is not None and _alive(pid) and _is_ours(pid, what):
                 pids[what] = pid
@@ -245,7 +304,11 @@ class LocalStack:
         """Stop exactly what this stack started (by pid file); return what was stopped."""
         stopped = []
         # Nginx first, so no new request reaches Gunicorn while it drains.
-        for what, sig in (("nginx", signal.SIGQUIT), ("gunicorn", signal.SIGTERM)):
+        for what, sig in (
+            ("nginx", signal.SIGQUIT),
+            ("grpc", signal.SIGTERM),
+            ("gunicorn", signal.SIGTERM),
+        ):
             pid = self._pid(what)
             if pid is not None and _alive(pid) and _is_ours(pid, what):
                 # A Gunicorn worker forked a moment before the master's SIGTERM can miss
