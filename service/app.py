@@ -8,7 +8,7 @@ from typing import Any
 
 from flask import Flask
 
-from service.api import admin, errors, health, mlflow, models, predict, request_ids, v2
+from service.api import admin, docs, errors, health, mlflow, models, predict, request_ids, v2
 from service.config import Settings
 from service.runtime.registry import ModelRegistry
 from service.store import ModelStore
@@ -38,6 +38,6 @@ def build_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     request_ids.init_app(app)
     errors.init_app(app)
-    for blueprint in (health.bp, models.bp, predict.bp, admin.bp, mlflow.bp, v2.bp):
+    for blueprint in (health.bp, models.bp, predict.bp, admin.bp, mlflow.bp, docs.bp, v2.bp):
         app.register_blueprint(blueprint)
     return app

@@ -1,0 +1,1513 @@
+"""The OpenAPI 3.1 document of the HTTP API, and its HTML rendering.
+
+``build_document(served, version=...)`` describes every route of the service:
+the fixed routes (native, model reading, admin, Open Inference Protocol v2,
+MLflow scoring, health, docs) with their request, response and error shapes,
+plus, for each served model, component schemas of one instance (an object keyed
+by feature name, and a list in feature order) and of its prediction, and a
+concrete ``/v1/models/<name>/predict`` path whose body references them, so a
+client generator gets typed inputs.
+
+``render_html(document, served, base_url=...)`` renders the same document as a
+self-contained page (``templates/docs.html``, autoescaped, inline CSS only).
+
+Nothing here imports Flask: ``served`` is a list of loaded models (anything with
+a ``metadata`` attribute) or of metadata dicts, one per model name.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import re
+import shlex
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import jinja2
+from markupsafe import Markup, escape
+
+from service.store import layout
+from service.store.metadata import FEATURE_SCHEMA, METADATA_SCHEMA
+
+OPENAPI_VERSION = "3.1.0"
+SCHEMA_REF = "#/components/schemas/"
+
+TAGS = [
+    {"name": "native", "description": "Predictions in the service's own JSON format."},
+    {"name": "models", "description": "What is served: models, versions, metadata, model cards."},
+    {"name": "admin", "description": "Promote, roll back, reload; needs the admin key."},
+    {"name": "v2", "description": "Open Inference Protocol v2 (KServe / Triton clients)."},
+    {"name": "mlflow", "description": "MLflow scoring-server formats."},
+    {"name": "health", "description": "Liveness and readiness for Nginx and orchestration."},
+    {"name": "docs", "description": "This document, as JSON and as HTML."},
+]
+
+NAME_PATTERN = f"^{layout.NAME_PATTERN.pattern}$"
+VERSION_OR_ALIAS = f"(?:{layout.VERSION_PATTERN.pattern}|{layout.ALIAS_PATTERN.pattern})"
+REF_PATTERN = f"^{layout.NAME_PATTERN.pattern}(?:@{VERSION_OR_ALIAS})?$"
+REQUEST_ID_HEADER = "X-Request-ID"
+BINARY_HEADER = "Inference-Header-Content-Length"
+
+_RULE_VARIABLE = re.compile(r"<(?:[^<>:]+:)?([^<>:]+)>")
+
+
+def path_template(rule: str) -> str:
+    """A Werkzeug rule as an OpenAPI path: ``/a/<int:version>`` -> ``/a/{version}``."""
+    return _RULE_VARIABLE.sub(r"{\1}", rule)
+
+
+def model_metadata(model: Any) -> dict[str, Any]:
+    """The metadata of a loaded model, or the dict itself."""
+    metadata = getattr(model, "metadata", model)
+    if not isinstance(metadata, Mapping):
+        raise TypeError(f"expected a loaded model or its metadata, got {type(model).__name__}")
+    return dict(metadata)
+
+
+def _has_proba(model: Any, metadata: Mapping[str, Any]) -> bool:
+    return bool(getattr(model, "has_proba", metadata.get("task") == "classification"))
+
+
+# --- small builders ------------------------------------------------------------
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": SCHEMA_REF + name}
+
+
+def _json(schema: dict[str, Any], example: Any = None) -> dict[str, Any]:
+    media: dict[str, Any] = {"schema": schema}
+    if example is not None:
+        media["example"] = example
+    return {"application/json": media}
+
+
+def _response(description: str, content: dict[str, Any] | None = None) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": description,
+        "headers": {REQUEST_ID_HEADER: {"$ref": "#/components/headers/RequestId"}},
+    }
+    if content is not None:
+        response["content"] = content
+    return response
+
+
+def _error(description: str, schema: str = "Error") -> dict[str, Any]:
+    return _response(description, _json(_ref(schema)))
+
+
+def _path_param(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "description": description,
+        "schema": schema,
+    }
+
+
+P_NAME = _path_param("name", "A model name.", {"type": "string", "pattern": NAME_PATTERN})
+P_MODEL_REF = _path_param(
+    "model_ref",
+    "A model name, optionally with `@<version>` or `@<alias>` (e.g. `iris-classifier@2`, "
+    "`iris-classifier@staging`). The name alone means the default alias (`production`).",
+    {"type": "string", "pattern": REF_PATTERN},
+)
+P_VERSION = _path_param("version", "A version number.", {"type": "integer", "minimum": 1})
+P_V2_VERSION = _path_param(
+    "version",
+    "A version number or an alias (e.g. `2`, `staging`).",
+    {"type": "string", "pattern": f"^{VERSION_OR_ALIAS}$"},
+)
+P_REQUEST_ID = {
+    "name": REQUEST_ID_HEADER,
+    "in": "header",
+    "required": False,
+    "description": "Your own request id (1 to 128 of `A-Za-z0-9._:-`); kept and echoed back.",
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"},
+}
+
+
+def _op(
+    tag: str,
+    operation_id: str,
+    summary: str,
+    responses: dict[str, Any],
+    *,
+    description: str | None = None,
+    parameters: Iterable[dict[str, Any]] = (),
+    body: dict[str, Any] | None = None,
+    security: list[dict[str, list[str]]] | None = None,
+) -> dict[str, Any]:
+    operation: dict[str, Any] = {"tags": [tag], "operationId": operation_id, "summary": summary}
+    if description:
+        operation["description"] = description
+    operation["parameters"] = [*parameters, P_REQUEST_ID]
+    if body is not None:
+        operation["requestBody"] = body
+    operation["responses"] = responses
+    if security is not None:
+        operation["security"] = security
+    return operation
+
+
+def _strip_schema_keys(schema: Any) -> Any:
+    """A JSON Schema as an OpenAPI schema: no ``$schema``, ECMA-262 regex anchors."""
+    if isinstance(schema, dict):
+        out = {}
+        for key, value in schema.items():
+            if key == "$schema":
+                continue
+            if key == "pattern" and isinstance(value, str):
+                value = value.replace("\\Z", "$")
+            out[key] = _strip_schema_keys(value)
+        return out
+    if isinstance(schema, list):
+        return [_strip_schema_keys(v) for v in schema]
+    return schema
+
+
+# --- fixed component schemas ----------------------------------------------------
+
+
+def _metadata_schemas() -> dict[str, Any]:
+    feature = _strip_schema_keys(copy.deepcopy(FEATURE_SCHEMA))
+    feature["title"] = "One input feature of a model (metadata.yaml input.features[])"
+    metadata = _strip_schema_keys(copy.deepcopy(METADATA_SCHEMA))
+    metadata["properties"]["input"]["properties"]["features"]["items"] = _ref("Feature")
+    return {"Feature": feature, "Metadata": metadata}
+
+
+_SCALAR = {"type": ["number", "string", "boolean", "null"]}
+_CLASS_LABEL = {"type": ["string", "integer", "boolean"]}
+
+
+def _fixed_schemas() -> dict[str, Any]:
+    nullable_int = {"type": ["integer", "null"]}
+    schemas: dict[str, Any] = {
+        "Error": {
+            "type": "object",
+            "required": ["error"],
+            "properties": {
+                "error": {
+                    "type": "object",
+                    "required": ["code", "message", "request_id"],
+                    "properties": {
+                        "code": {"type": "string", "description": "Stable, machine-readable."},
+                        "message": {"type": "string", "description": "For people."},
+                        "details": {
+                            "description": "What exactly was wrong; for `invalid_input`, "
+                            "a list of problems naming the instance and feature.",
+                        },
+                        "request_id": {"type": "string"},
+                    },
+                }
+            },
+        },
+        "InputProblem": {
+            "type": "object",
+            "required": ["instance", "feature", "problem"],
+            "properties": {
+                "instance": {"type": "integer", "minimum": 0},
+                "feature": {"type": ["string", "null"]},
+                "problem": {"type": "string"},
+            },
+        },
+        "V2Error": {
+            "type": "object",
+            "required": ["error"],
+            "properties": {"error": {"type": "string"}},
+        },
+        "MlflowError": {
+            "type": "object",
+            "required": ["error_code", "message"],
+            "properties": {
+                "error_code": {
+                    "type": "string",
+                    "description": "e.g. BAD_REQUEST, INVALID_PARAMETER_VALUE, "
+                    "RESOURCE_DOES_NOT_EXIST, INTERNAL_ERROR",
+                },
+                "message": {"type": "string"},
+            },
+        },
+        "Instance": {
+            "type": "object",
+            "description": "One instance keyed by feature name; see the per-model schemas.",
+            "additionalProperties": _SCALAR,
+        },
+        "Row": {
+            "type": "array",
+            "description": "One instance as values in the model's feature order.",
+            "items": _SCALAR,
+        },
+        "PredictRequest": {
+            "type": "object",
+            "required": ["instances"],
+            "additionalProperties": False,
+            "properties": {
+                "instances": {
+                    "minItems": 1,
+                    "oneOf": [
+                        {"type": "array", "items": _ref("Instance")},
+                        {"type": "array", "items": _ref("Row")},
+                    ],
+                }
+            },
+        },
+        "PredictResponse": {
+            "type": "object",
+            "required": ["model", "version", "predictions", "request_id"],
+            "properties": {
+                "model": {"type": "string"},
+                "version": {"type": "integer"},
+                "predictions": {
+                    "type": "array",
+                    "items": {"type": ["number", "string", "boolean"]},
+                },
+                "probabilities": {
+                    "type": "array",
+                    "description": "Classifiers with predict_proba: one list per instance, "
+                    "in the order of `classes`.",
+                    "items": {"type": "array", "items": {"type": "number"}},
+                },
+                "classes": {"type": "array", "items": _CLASS_LABEL},
+                "request_id": {"type": "string"},
+            },
+        },
+        "ModelSummary": {
+            "type": "object",
+            "required": ["name", "default_alias", "aliases", "versions"],
+            "properties": {
+                "name": {"type": "string"},
+                "default_alias": {"type": "string"},
+                "serving_version": nullable_int,
+                "aliases": {"type": "object", "additionalProperties": {"type": "integer"}},
+                "versions": {"type": "array", "items": {"type": "integer"}},
+                "loaded_versions": {"type": "array", "items": {"type": "integer"}},
+                "task": {"enum": ["classification", "regression", None]},
+                "features": {"type": ["array", "null"], "items": {"type": "string"}},
+                "classes": {"type": ["array", "null"], "items": _CLASS_LABEL},
+                "warnings": {
+                    "type": "object",
+                    "additionalProperties": {"type": "array", "items": {"type": "string"}},
+                },
+                "load_errors": {"type": "object", "additionalProperties": {"type": "string"}},
+            },
+        },
+        "VersionSummary": {
+            "type": "object",
+            "required": ["name", "version", "loaded"],
+            "properties": {
+                "name": {"type": "string"},
+                "version": {"type": "integer"},
+                "created_at": {"type": ["string", "null"]},
+                "description": {"type": ["string", "null"]},
+                "algorithm": {"type": ["string", "null"]},
+                "primary_metric": {"type": ["string", "null"]},
+                "test_score": {"type": ["number", "null"]},
+                "baseline_test_score": {"type": ["number", "null"]},
+                "loaded": {"type": "boolean"},
+                "warnings": {"type": "array", "items": {"type": "string"}},
+            },
+        },
+        "ModelList": {
+            "type": "object",
+            "required": ["models"],
+            "properties": {"models": {"type": "array", "items": _ref("ModelSummary")}},
+        },
+        "VersionDetail": {
+            "allOf": [
+                _ref("VersionSummary"),
+                {
+                    "type": "object",
+                    "required": ["metadata"],
+                    "properties": {"metadata": _ref("Metadata")},
+                },
+            ]
+        },
+        "Health": {
+            "type": "object",
+            "required": ["status"],
+            "properties": {"status": {"const": "ok"}},
+        },
+        "Readiness": {
+            "type": "object",
+            "required": ["status", "models"],
+            "properties": {
+                "status": {"enum": ["ready", "not ready"]},
+                "models": {"type": "object", "additionalProperties": _ref("ModelReadiness")},
+            },
+        },
+        "ModelReadiness": {
+            "type": "object",
+            "required": ["alias", "version", "ready"],
+            "properties": {
+                "alias": {"type": "string"},
+                "version": nullable_int,
+                "ready": {"type": "boolean"},
+                "wanted": {"type": "integer"},
+                "error": {"type": "string"},
+            },
+        },
+        "PromoteRequest": {
+            "type": "object",
+            "required": ["version"],
+            "properties": {
+                "version": {"type": "integer", "minimum": 1},
+                "alias": {"type": "string", "default": "production"},
+                "reason": {"type": "string"},
+                "force": {
+                    "type": "boolean",
+                    "default": False,
+                    "description": "Promote even when the promotion gate refuses.",
+                },
+            },
+        },
+        "RollbackRequest": {
+            "type": "object",
+            "properties": {
+                "alias": {"type": "string", "default": "production"},
+                "reason": {"type": "string"},
+            },
+        },
+        "AliasChange": {
+            "type": "object",
+            "required": ["model", "alias", "version", "previous"],
+            "properties": {
+                "model": {"type": "string"},
+                "alias": {"type": "string"},
+                "version": {"type": "integer"},
+                "previous": nullable_int,
+                "forced": {"type": "boolean", "description": "With force: the gate refused."},
+                "gate": {"type": ["string", "null"], "description": "With force: its verdict."},
+            },
+        },
+        "ReloadResult": {
+            "type": "object",
+            "required": ["ready", "models"],
+            "properties": {
+                "ready": {"type": "boolean"},
+                "models": {"type": "object", "additionalProperties": _ref("ModelReadiness")},
+            },
+        },
+        "OpenAPIDocument": {
+            "type": "object",
+            "description": "This document (OpenAPI 3.1).",
+            "required": ["openapi", "info", "paths"],
+        },
+    }
+    # The detail of one model: the summary, with each version summarised instead of numbered.
+    detail = copy.deepcopy(schemas["ModelSummary"])
+    detail["properties"].update(
+        versions={"type": "array", "items": _ref("VersionSummary")},
+        alias_history={"type": "array", "items": {"type": "object"}},
+        metadata={
+            "description": "The metadata of the default alias's version, or null.",
+            "oneOf": [_ref("Metadata"), {"type": "null"}],
+        },
+    )
+    detail["required"] = [*detail["required"], "alias_history", "metadata"]
+    schemas["ModelDetail"] = detail
+    schemas.update(_metadata_schemas())
+    schemas.update(_v2_schemas())
+    schemas.update(_mlflow_schemas())
+    return schemas
+
+
+V2_DATATYPES = [
+    "BOOL",
+    "UINT8",
+    "UINT16",
+    "UINT32",
+    "UINT64",
+    "INT8",
+    "INT16",
+    "INT32",
+    "INT64",
+    "FP16",
+    "FP32",
+    "FP64",
+    "BYTES",
+]
+
+
+def _v2_schemas() -> dict[str, Any]:
+    parameters = {"type": "object", "additionalProperties": True}
+    shape = {"type": "array", "items": {"type": "integer", "minimum": -1}}
+    tensor_data = {
+        "description": "The tensor's values, flat in row-major order or nested by shape.",
+        "type": "array",
+    }
+    return {
+        "V2Parameters": parameters,
+        "V2ServerMetadata": {
+            "type": "object",
+            "required": ["name", "version", "extensions"],
+            "properties": {
+                "name": {"type": "string"},
+                "version": {"type": "string"},
+                "extensions": {"type": "array", "items": {"type": "string"}},
+            },
+        },
+        "V2Live": {
+            "type": "object",
+            "required": ["live"],
+            "properties": {"live": {"type": "boolean"}},
+        },
+        "V2Ready": {
+            "type": "object",
+            "required": ["ready"],
+            "properties": {"ready": {"type": "boolean"}},
+        },
+        "V2ModelReady": {
+            "type": "object",
+            "required": ["name", "ready"],
+            "properties": {
+                "name": {"type": "string"},
+                "version": {"type": "string"},
+                "ready": {"type": "boolean"},
+            },
+        },
+        "V2MetadataTensor": {
+            "type": "object",
+            "required": ["name", "datatype", "shape"],
+            "properties": {
+                "name": {"type": "string"},
+                "datatype": {"enum": V2_DATATYPES},
+                "shape": shape,
+                "parameters": _ref("V2Parameters"),
+            },
+        },
+        "V2ModelMetadata": {
+            "type": "object",
+            "required": ["name", "platform", "inputs", "outputs"],
+            "properties": {
+                "name": {"type": "string"},
+                "versions": {"type": "array", "items": {"type": "string"}},
+                "platform": {"type": "string"},
+                "inputs": {"type": "array", "items": _ref("V2MetadataTensor")},
+                "outputs": {"type": "array", "items": _ref("V2MetadataTensor")},
+                "parameters": _ref("V2Parameters"),
+            },
+        },
+        "V2RequestInput": {
+            "type": "object",
+            "required": ["name", "shape", "datatype"],
+            "properties": {
+                "name": {"type": "string"},
+                "shape": shape,
+                "datatype": {"enum": V2_DATATYPES},
+                "parameters": _ref("V2Parameters"),
+                "data": tensor_data,
+            },
+        },
+        "V2RequestOutput": {
+            "type": "object",
+            "required": ["name"],
+            "properties": {"name": {"type": "string"}, "parameters": _ref("V2Parameters")},
+        },
+        "V2InferenceRequest": {
+            "type": "object",
+            "required": ["inputs"],
+            "properties": {
+                "id": {"type": "string"},
+                "parameters": _ref("V2Parameters"),
+                "inputs": {"type": "array", "minItems": 1, "items": _ref("V2RequestInput")},
+                "outputs": {"type": "array", "items": _ref("V2RequestOutput")},
+            },
+        },
+        "V2ResponseOutput": {
+            "type": "object",
+            "required": ["name", "shape", "datatype"],
+            "properties": {
+                "name": {"type": "string"},
+                "shape": shape,
+                "datatype": {"enum": V2_DATATYPES},
+                "parameters": _ref("V2Parameters"),
+                "data": tensor_data,
+            },
+        },
+        "V2InferenceResponse": {
+            "type": "object",
+            "required": ["model_name", "outputs"],
+            "properties": {
+                "model_name": {"type": "string"},
+                "model_version": {"type": "string"},
+                "id": {"type": "string"},
+                "parameters": _ref("V2Parameters"),
+                "outputs": {"type": "array", "items": _ref("V2ResponseOutput")},
+            },
+        },
+    }
+
+
+def _mlflow_schemas() -> dict[str, Any]:
+    records = {"type": "array", "items": {"type": "object", "additionalProperties": _SCALAR}}
+    params = {"type": "object", "description": "Inference parameters (accepted, not used)."}
+    return {
+        "MlflowRequest": {
+            "description": "Exactly one of the four MLflow input formats.",
+            "oneOf": [
+                {
+                    "title": "dataframe_split",
+                    "type": "object",
+                    "required": ["dataframe_split"],
+                    "properties": {
+                        "dataframe_split": {
+                            "type": "object",
+                            "required": ["columns", "data"],
+                            "properties": {
+                                "columns": {"type": "array", "items": {"type": "string"}},
+                                "index": {"type": "array"},
+                                "data": {"type": "array", "items": {"type": "array"}},
+                            },
+                        },
+                        "params": params,
+                    },
+                },
+                {
+                    "title": "dataframe_records",
+                    "type": "object",
+                    "required": ["dataframe_records"],
+                    "properties": {"dataframe_records": records, "params": params},
+                },
+                {
+                    "title": "instances",
+                    "type": "object",
+                    "required": ["instances"],
+                    "properties": {"instances": {"type": "array"}, "params": params},
+                },
+                {
+                    "title": "inputs",
+                    "type": "object",
+                    "required": ["inputs"],
+                    "properties": {"inputs": {}, "params": params},
+                },
+            ],
+        },
+        "MlflowResponse": {
+            "type": "object",
+            "required": ["predictions"],
+            "properties": {"predictions": {"type": "array"}},
+        },
+    }
+
+
+# --- fixed responses ---------------------------------------------------------------
+
+
+# The same failures in each protocol's error shape: native {"error": {...}},
+# Open Inference Protocol v2 {"error": "..."}, MLflow {"error_code", "message"}.
+ERROR_FORMATS = {"": "Error", "V2": "V2Error", "Mlflow": "MlflowError"}
+_FAILURES = {
+    "BadRequest": "A malformed request: not JSON, a payload of the wrong shape, a malformed "
+    "model name or version (`invalid_json`, `invalid_payload`, `missing_instances`, ...).",
+    "NotFound": "Unknown model, version or alias (`model_not_found`, `version_not_found`, "
+    "`alias_not_found`).",
+    "UnsupportedMediaType": "A `Content-Type` this route does not take, or a charset other "
+    "than UTF-8.",
+    "InvalidInput": "The instances do not fit the model's input schema (`invalid_input`); "
+    "the details list each problem with its instance and feature (InputProblem).",
+    "TooLarge": "Too many instances (`too_many_instances`), or a body over the size limit "
+    "(`body_too_large`).",
+    "Conflict": "A conflict: the promotion gate refused (`promotion_refused`), or "
+    "/invocations has several models and no default (`default_model_not_set`).",
+    "NotReady": "The model cannot be served now (`model_not_ready`, `not_ready`).",
+    "Internal": "An unexpected fault; quote the request id when reporting it.",
+}
+
+
+def _fixed_responses() -> dict[str, Any]:
+    responses = {
+        prefix + kind: _error(description, schema)
+        for prefix, schema in ERROR_FORMATS.items()
+        for kind, description in _FAILURES.items()
+    }
+    responses["Unauthorized"] = _error("No admin key, or not a valid one (`unauthorized`).")
+    responses["Forbidden"] = _error(
+        "The admin API is disabled: no admin key is configured (`forbidden`)."
+    )
+    return responses
+
+
+def _errors(prefix: str, *kinds: str) -> dict[str, Any]:
+    statuses = {
+        "BadRequest": "400",
+        "NotFound": "404",
+        "Conflict": "409",
+        "TooLarge": "413",
+        "UnsupportedMediaType": "415",
+        "InvalidInput": "422",
+        "Internal": "500",
+        "NotReady": "503",
+    }
+    return {statuses[kind]: _r(prefix + kind) for kind in sorted(kinds, key=statuses.get)}
+
+
+def _r(name: str) -> dict[str, str]:
+    return {"$ref": "#/components/responses/" + name}
+
+
+# --- fixed paths ---------------------------------------------------------------------
+
+
+_PREDICT_FAILURES = (
+    "BadRequest",
+    "NotFound",
+    "TooLarge",
+    "UnsupportedMediaType",
+    "InvalidInput",
+    "Internal",
+    "NotReady",
+)
+_PREDICT_ERRORS = _errors("", *_PREDICT_FAILURES)
+_ADMIN_ERRORS = {"401": _r("Unauthorized"), "403": _r("Forbidden"), "500": _r("Internal")}
+_ADMIN_SECURITY = [{"adminKey": []}]
+_HTML = {"text/html": {"schema": {"type": "string"}}}
+
+
+def _predict_op(
+    operation_id: str,
+    summary: str,
+    request: str,
+    answer: str,
+    *,
+    parameters: Iterable[dict[str, Any]] = (),
+    description: str | None = None,
+    example: Any = None,
+) -> dict[str, Any]:
+    return _op(
+        "native",
+        operation_id,
+        summary,
+        {"200": _response("The predictions.", _json(_ref(answer))), **_PREDICT_ERRORS},
+        description=description,
+        parameters=parameters,
+        body={"required": True, "content": _json(_ref(request), example)},
+    )
+
+
+def _native_paths() -> dict[str, Any]:
+    return {
+        "/v1/models/{model_ref}/predict": {
+            "post": _predict_op(
+                "predict",
+                "Predict with a model (any served model; typed per model below)",
+                "PredictRequest",
+                "PredictResponse",
+                parameters=[P_MODEL_REF],
+                description='The body is `{"instances": [...]}`: each instance an object '
+                "keyed by feature name or a list of values in feature order, not mixed. "
+                "Bad input is a 4xx naming the instance and the feature, never a 500.",
+            )
+        }
+    }
+
+
+def _models_paths() -> dict[str, Any]:
+    card = _response("The model card: a self-contained HTML page.", _HTML)
+    not_found = {"400": _r("BadRequest"), "404": _r("NotFound"), "500": _r("Internal")}
+    return {
+        "/v1/models": {
+            "get": _op(
+                "models",
+                "list_models",
+                "Every served model, with aliases, versions, features and classes",
+                {"200": _response("The served models.", _json(_ref("ModelList")))},
+            )
+        },
+        "/v1/models/{name}": {
+            "get": _op(
+                "models",
+                "show_model",
+                "One model: its versions, alias history and the default version's metadata",
+                {"200": _response("The model.", _json(_ref("ModelDetail"))), **not_found},
+                parameters=[P_NAME],
+            )
+        },
+        "/v1/models/{name}/versions/{version}": {
+            "get": _op(
+                "models",
+                "show_version",
+                "One version's summary and its complete metadata",
+                {"200": _response("The version.", _json(_ref("VersionDetail"))), **not_found},
+                parameters=[P_NAME, P_VERSION],
+            )
+        },
+        "/v1/models/{name}/versions/{version}/card": {
+            "get": _op(
+                "models",
+                "version_card",
+                "The model card of one version (HTML)",
+                {"200": card, **not_found},
+                parameters=[P_NAME, P_VERSION],
+            )
+        },
+        "/v1/models/{model_ref}/card": {
+            "get": _op(
+                "models",
+                "model_card",
+                "The model card of the default alias, or of NAME@VERSION / NAME@ALIAS (HTML)",
+                {"200": card, **not_found},
+                parameters=[P_MODEL_REF],
+            )
+        },
+    }
+
+
+def _admin_paths() -> dict[str, Any]:
+    alias_change = _response("The alias moved.", _json(_ref("AliasChange")))
+    return {
+        "/v1/admin/models/{name}/promote": {
+            "post": _op(
+                "admin",
+                "promote",
+                "Point an alias at a version (through the promotion gate)",
+                {
+                    "200": alias_change,
+                    "400": _r("BadRequest"),
+                    "404": _r("NotFound"),
+                    "409": _r("Conflict"),
+                    **_ADMIN_ERRORS,
+                },
+                parameters=[P_NAME],
+                body={"required": True, "content": _json(_ref("PromoteRequest"))},
+                security=_ADMIN_SECURITY,
+            )
+        },
+        "/v1/admin/models/{name}/rollback": {
+            "post": _op(
+                "admin",
+                "rollback",
+                "Move an alias back to the version it pointed at before",
+                {
+                    "200": alias_change,
+                    "400": _r("BadRequest"),
+                    "404": _r("NotFound"),
+                    "409": _r("Conflict"),
+                    **_ADMIN_ERRORS,
+                },
+                parameters=[P_NAME],
+                body={"required": False, "content": _json(_ref("RollbackRequest"))},
+                security=_ADMIN_SECURITY,
+            )
+        },
+        "/v1/admin/reload": {
+            "post": _op(
+                "admin",
+                "reload",
+                "Forget load failures and look at the store again",
+                {
+                    "200": _response("Readiness after the reload.", _json(_ref("ReloadResult"))),
+                    **_ADMIN_ERRORS,
+                },
+                security=_ADMIN_SECURITY,
+            )
+        },
+    }
+
+
+def _health_paths() -> dict[str, Any]:
+    readiness = _json(_ref("Readiness"))
+    return {
+        "/healthz": {
+            "get": _op(
+                "health",
+                "healthz",
+                "The process answers",
+                {"200": _response("Alive.", _json(_ref("Health")))},
+            )
+        },
+        "/readyz": {
+            "get": _op(
+                "health",
+                "readyz",
+                "Every served model's default version is loaded in this worker",
+                {
+                    "200": _response("Ready.", readiness),
+                    "503": _response("Not ready; the reason per model.", readiness),
+                },
+            )
+        },
+    }
+
+
+def _v2_paths() -> dict[str, Any]:
+    errors = _errors("V2", "BadRequest", "NotFound", "Internal", "NotReady")
+    infer_errors = _errors("V2", *_PREDICT_FAILURES)
+
+    def infer(operation_id: str, parameters: list[dict[str, Any]]) -> dict[str, Any]:
+        binary = {
+            "schema": {
+                "type": "string",
+                "contentMediaType": "application/octet-stream",
+                "description": f"Binary tensor extension: the JSON request of "
+                f"`{BINARY_HEADER}` bytes, then the raw tensor data of each input with "
+                '`"parameters": {"binary_data_size": N}`.',
+            }
+        }
+        header = {
+            "name": BINARY_HEADER,
+            "in": "header",
+            "required": False,
+            "description": "With the binary tensor extension: the length of the JSON part.",
+            "schema": {"type": "integer", "minimum": 0},
+        }
+        response = _response(
+            "The outputs (binary too when the request asks for `binary_data` outputs; then "
+            f"the `{BINARY_HEADER}` response header gives the JSON part's length).",
+            {
+                **_json(_ref("V2InferenceResponse")),
+                "application/octet-stream": {
+                    "schema": {"type": "string", "contentMediaType": "application/octet-stream"}
+                },
+            },
+        )
+        response["headers"][BINARY_HEADER] = {
+            "description": "With binary outputs: the length of the JSON part.",
+            "schema": {"type": "integer"},
+        }
+        return _op(
+            "v2",
+            operation_id,
+            "Run inference (Open Inference Protocol v2)",
+            {"200": response, **infer_errors},
+            parameters=[*parameters, header],
+            body={
+                "required": True,
+                "content": {
+                    **_json(_ref("V2InferenceRequest")),
+                    "application/octet-stream": binary,
+                },
+            },
+        )
+
+    def model_get(operation_id: str, summary: str, schema: str, params: list) -> dict[str, Any]:
+        return _op(
+            "v2",
+            operation_id,
+            summary,
+            {"200": _response(summary + ".", _json(_ref(schema))), **errors},
+            parameters=params,
+        )
+
+    def model_ready(operation_id: str, params: list) -> dict[str, Any]:
+        ready = _json(_ref("V2ModelReady"))
+        return _op(
+            "v2",
+            operation_id,
+            "Model readiness",
+            {
+                "200": _response("Ready.", ready),
+                "400": _r("V2BadRequest"),
+                "404": _r("V2NotFound"),
+                "500": _r("V2Internal"),
+                "503": _response("It cannot serve now.", ready),
+            },
+            parameters=params,
+        )
+
+    both = [P_NAME, P_V2_VERSION]
+    return {
+        "/v2": {
+            "get": _op(
+                "v2",
+                "v2_server_metadata",
+                "Server metadata",
+                {"200": _response("Server metadata.", _json(_ref("V2ServerMetadata")))},
+            )
+        },
+        "/v2/health/live": {
+            "get": _op(
+                "v2",
+                "v2_live",
+                "Server liveness",
+                {"200": _response("Live.", _json(_ref("V2Live")))},
+            )
+        },
+        "/v2/health/ready": {
+            "get": _op(
+                "v2",
+                "v2_ready",
+                "Server readiness",
+                {
+                    "200": _response("Ready.", _json(_ref("V2Ready"))),
+                    "503": _response("Not ready.", _json(_ref("V2Ready"))),
+                },
+            )
+        },
+        "/v2/models/{name}": {
+            "get": model_get("v2_model_metadata", "Model metadata", "V2ModelMetadata", [P_NAME])
+        },
+        "/v2/models/{name}/versions/{version}": {
+            "get": model_get(
+                "v2_model_version_metadata", "Model version metadata", "V2ModelMetadata", both
+            )
+        },
+        "/v2/models/{name}/ready": {"get": model_ready("v2_model_ready", [P_NAME])},
+        "/v2/models/{name}/versions/{version}/ready": {
+            "get": model_ready("v2_model_version_ready", both)
+        },
+        "/v2/models/{name}/infer": {"post": infer("v2_infer", [P_NAME])},
+        "/v2/models/{name}/versions/{version}/infer": {"post": infer("v2_version_infer", both)},
+    }
+
+
+def _mlflow_paths() -> dict[str, Any]:
+    def invocations(
+        operation_id: str,
+        summary: str,
+        params: list,
+        conflict: tuple[str, ...] = (),
+        description: str | None = None,
+    ) -> dict[str, Any]:
+        return _op(
+            "mlflow",
+            operation_id,
+            summary,
+            {
+                "200": _response("The predictions.", _json(_ref("MlflowResponse"))),
+                **_errors("Mlflow", *_PREDICT_FAILURES, *conflict),
+            },
+            description=description
+            or "Answers `predict`'s output (class labels or numbers), without probabilities.",
+            parameters=params,
+            body={
+                "required": True,
+                "content": {
+                    **_json(_ref("MlflowRequest")),
+                    "text/csv": {
+                        "schema": {
+                            "type": "string",
+                            "description": "A header row of feature names, then one row "
+                            "per instance.",
+                        }
+                    },
+                },
+            },
+        )
+
+    def ping(operation_id: str) -> dict[str, Any]:
+        return _op(
+            "mlflow",
+            operation_id,
+            "Ready, as MLflow's scoring server answers it",
+            {
+                "200": _response(
+                    "Ready: every served model's default version is loaded and /invocations' "
+                    "model can be served. The body is a single newline, as MLflow's.",
+                    {"application/json": {"schema": {"type": "string", "maxLength": 1}}},
+                ),
+                **_errors("Mlflow", "NotReady"),
+            },
+        )
+
+    return {
+        "/invocations": {
+            "post": invocations(
+                "mlflow_invocations",
+                "Score with the default model (MLflow scoring-server formats)",
+                description="The default model is the setting `default_model` "
+                "(`MODEL_SERVICE_DEFAULT_MODEL`), or the only served model; with several "
+                "models and no default, 409 `RESOURCE_CONFLICT`. Answers `predict`'s output "
+                "(class labels or numbers), without probabilities.",
+                params=[],
+                conflict=("Conflict",),
+            )
+        },
+        "/v1/models/{model_ref}/invocations": {
+            "post": invocations(
+                "mlflow_model_invocations",
+                "Score with a model (MLflow scoring-server formats)",
+                [P_MODEL_REF],
+            )
+        },
+        "/ping": {"get": ping("mlflow_ping")},
+        "/health": {"get": ping("mlflow_health")},
+    }
+
+
+def _docs_paths() -> dict[str, Any]:
+    return {
+        "/openapi.json": {
+            "get": _op(
+                "docs",
+                "openapi",
+                "This document (OpenAPI 3.1), built from the models being served",
+                {"200": _response("The document.", _json(_ref("OpenAPIDocument")))},
+            )
+        },
+        "/docs": {
+            "get": _op(
+                "docs",
+                "docs",
+                "This document as a page, with each served model's features and a curl example",
+                {"200": _response("The page.", _HTML)},
+            )
+        },
+    }
+
+
+@functools.cache
+def _fixed() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    paths: dict[str, Any] = {}
+    for part in (
+        _native_paths,
+        _models_paths,
+        _admin_paths,
+        _v2_paths,
+        _mlflow_paths,
+        _health_paths,
+        _docs_paths,
+    ):
+        paths.update(part())
+    return paths, _fixed_schemas(), _fixed_responses()
+
+
+# --- per-model schemas -------------------------------------------------------------
+
+
+def _number_text(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def feature_schema(feature: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON Schema of one feature's value, from its metadata entry."""
+    dtype = feature["dtype"]
+    allow_missing = feature.get("missing", "reject") == "allow"
+    notes: list[str] = []
+    if feature.get("description"):
+        notes.append(str(feature["description"]))
+    schema: dict[str, Any]
+    if dtype == "category":
+        categories = list(feature.get("categories", ()))
+        text = bool(categories) and all(isinstance(c, str) for c in categories)
+        kind = "string" if text or not categories else "integer"
+        if feature.get("unknown_category", "reject") == "reject":
+            allowed = list(categories)
+            fill = feature.get("fill_value")
+            if fill is not None and fill not in allowed:
+                allowed.append(fill)
+            schema = {"type": kind, "enum": allowed}
+            notes.append("Categories not seen in training are refused (422).")
+        else:
+            schema = {"type": kind, "examples": categories[:20]}
+            notes.append(
+                f"Training categories: {', '.join(map(str, categories[:20]))}"
+                f"{' ...' if len(categories) > 20 else ''}; others are accepted "
+                f"({feature.get('handle_unknown', 'ignore')})."
+            )
+        if text:
+            notes.append("A number sent for a category means the category with that text.")
+    else:
+        schema = {"type": "integer" if dtype == "int64" else "number"}
+        stats = feature.get("stats") or {}
+        if "min" in stats and "max" in stats:
+            text = f"Training range {_number_text(stats['min'])} to {_number_text(stats['max'])}"
+            if "mean" in stats:
+                text += f" (mean {_number_text(stats['mean'])})"
+            notes.append(text + "; documentation, not a limit.")
+    if allow_missing:
+        schema["type"] = [schema["type"], "null"]
+        if "enum" in schema:
+            schema["enum"] = [*schema["enum"], None]
+        notes.append("null (missing) is allowed and imputed.")
+    else:
+        notes.append("Missing values are refused.")
+    schema["description"] = f"{dtype}. " + " ".join(notes)
+    return schema
+
+
+def instance_schema(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    features = metadata["input"]["features"]
+    return {
+        "title": f"{metadata['name']} instance",
+        "description": f"One instance for {metadata['name']}, keyed by feature name.",
+        "type": "object",
+        "required": [f["name"] for f in features],
+        "additionalProperties": False,
+        "properties": {f["name"]: feature_schema(f) for f in features},
+    }
+
+
+def row_schema(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    features = metadata["input"]["features"]
+    return {
+        "title": f"{metadata['name']} row",
+        "description": "One instance as values in feature order: "
+        + ", ".join(f["name"] for f in features)
+        + ".",
+        "type": "array",
+        "prefixItems": [feature_schema(f) for f in features],
+        "items": False,
+        "minItems": len(features),
+        "maxItems": len(features),
+    }
+
+
+def prediction_schema(metadata: Mapping[str, Any], has_proba: bool) -> dict[str, Any]:
+    name = metadata["name"]
+    classes = metadata.get("classes")
+    if metadata.get("task") == "classification" and classes:
+        label: dict[str, Any] = {"enum": list(classes)}
+    else:
+        label = {"type": "number"}
+    properties: dict[str, Any] = {
+        "model": {"const": name},
+        "version": {"type": "integer", "minimum": 1},
+        "predictions": {"type": "array", "items": label},
+        "request_id": {"type": "string"},
+    }
+    required = ["model", "version", "predictions", "request_id"]
+    if has_proba and classes:
+        width = len(classes)
+        properties["probabilities"] = {
+            "description": "One list per instance, in the order of `classes`.",
+            "type": "array",
+            "items": {
+                "type": "array",
+                "items": {"type": "number", "minimum": 0, "maximum": 1},
+                "minItems": width,
+                "maxItems": width,
+            },
+        }
+        properties["classes"] = {"const": list(classes)}
+        required[3:3] = ["probabilities", "classes"]
+    return {
+        "title": f"{name} prediction",
+        "type": "object",
+        "required": required,
+        "properties": properties,
+    }
+
+
+def example_instance(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """A valid instance: the golden example when recorded, else typical training values."""
+    features = metadata["input"]["features"]
+    golden = (metadata.get("golden") or {}).get("instances") or []
+    if golden and len(golden[0]) == len(features):
+        return {f["name"]: v for f, v in zip(features, golden[0], strict=True)}
+    instance: dict[str, Any] = {}
+    for feature in features:
+        stats = feature.get("stats") or {}
+        if feature["dtype"] == "category":
+            categories = feature.get("categories") or [feature.get("fill_value")]
+            instance[feature["name"]] = categories[0]
+        elif feature["dtype"] == "int64":
+            instance[feature["name"]] = round(float(stats.get("mean", 0)))
+        else:
+            instance[feature["name"]] = round(float(stats.get("mean", 0.0)), 4)
+    return instance
+
+
+def schema_names(name: str) -> dict[str, str]:
+    """The component names of one model's schemas."""
+    return {
+        "instance": f"{name}.Instance",
+        "row": f"{name}.Row",
+        "request": f"{name}.PredictRequest",
+        "response": f"{name}.PredictResponse",
+    }
+
+
+def _model_parts(
+    model: Any, max_instances: int | None
+) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    metadata = model_metadata(model)
+    name = metadata["name"]
+    names = schema_names(name)
+    instances: dict[str, Any] = {
+        "minItems": 1,
+        "oneOf": [
+            {"type": "array", "items": _ref(names["instance"])},
+            {"type": "array", "items": _ref(names["row"])},
+        ],
+    }
+    if max_instances:
+        instances["maxItems"] = max_instances
+    schemas = {
+        names["instance"]: instance_schema(metadata),
+        names["row"]: row_schema(metadata),
+        names["request"]: {
+            "title": f"{name} predict request",
+            "type": "object",
+            "required": ["instances"],
+            "additionalProperties": False,
+            "properties": {"instances": instances},
+        },
+        names["response"]: prediction_schema(metadata, _has_proba(model, metadata)),
+    }
+    task = metadata.get("task", "model")
+    operation = _predict_op(
+        f"predict_{name.replace('-', '_')}",
+        f"Predict with {name} (version {metadata['version']}, {task})",
+        names["request"],
+        names["response"],
+        description=(metadata.get("description") or "").strip()
+        + f"\n\nServed by the default alias; `{name}@<version>` or `{name}@<alias>` on "
+        "`/v1/models/{model_ref}/predict` may take other features (see "
+        f"`/v1/models/{name}/versions/<version>`).",
+        example={"instances": [example_instance(metadata)]},
+    )
+    return f"/v1/models/{name}/predict", {"post": operation}, schemas
+
+
+# --- the document --------------------------------------------------------------------
+
+
+def build_document(
+    served: Iterable[Any], *, version: str, max_instances: int | None = None
+) -> dict[str, Any]:
+    """The OpenAPI 3.1 document: every route, plus typed paths for the served models
+    (loaded models or their metadata, one per name)."""
+    fixed_paths, fixed_schemas, fixed_responses = _fixed()
+    paths = copy.deepcopy(fixed_paths)
+    schemas = copy.deepcopy(fixed_schemas)
+    seen: set[str] = set()
+    for model in sorted(served, key=lambda m: model_metadata(m)["name"]):
+        name = model_metadata(model)["name"]
+        if name in seen:
+            raise ValueError(f"{name} is listed twice; pass one model per name")
+        seen.add(name)
+        path, item, model_schemas = _model_parts(model, max_instances)
+        paths[path] = item
+        schemas.update(model_schemas)
+    return {
+        "openapi": OPENAPI_VERSION,
+        "info": {
+            "title": "model-service",
+            "version": version,
+            "summary": "Serves scikit-learn models from a versioned store.",
+            "description": "Every client mistake is a 4xx with a JSON error naming the "
+            "instance and the feature. Native errors are "
+            '`{"error": {"code", "message", "details", "request_id"}}`; Open Inference '
+            'Protocol v2 routes answer `{"error": "..."}` and MLflow routes '
+            '`{"error_code", "message"}`. Per-model schemas (`<name>.Instance`, '
+            "`<name>.Row`, `<name>.PredictRequest`, `<name>.PredictResponse`) describe the "
+            "models served when this document was built: "
+            + (", ".join(sorted(seen)) or "none")
+            + ".",
+        },
+        "tags": copy.deepcopy(TAGS),
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "responses": copy.deepcopy(fixed_responses),
+            "headers": {
+                "RequestId": {
+                    "description": "The request id (yours if you sent a valid one).",
+                    "schema": {"type": "string"},
+                }
+            },
+            "securitySchemes": {
+                "adminKey": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "An admin key; the service stores only its sha256 "
+                    "(`modelctl hash-key`, `MODEL_SERVICE_ADMIN_KEY_HASHES`).",
+                }
+            },
+        },
+    }
+
+
+# --- the HTML page ---------------------------------------------------------------------
+
+METHOD_ORDER = ("get", "post", "put", "patch", "delete")
+_REF_IN_JSON = re.compile(r'"#/components/(schemas|responses)/([A-Za-z0-9._-]+)"')
+
+
+def anchor(kind: str, name: str) -> str:
+    return f"{kind}-{re.sub(r'[^A-Za-z0-9_-]', '-', name)}"
+
+
+def _pretty(value: Any) -> Markup:
+    """Pretty JSON with every $ref a link to its component on the page."""
+    text = json.dumps(value, indent=2, ensure_ascii=False)
+    out: list[Any] = []
+    last = 0
+    for match in _REF_IN_JSON.finditer(text):
+        out.append(escape(text[last : match.start()]))
+        kind = "schema" if match.group(1) == "schemas" else "response"
+        out.append(
+            Markup('"<a href="#{}">{}</a>"').format(
+                anchor(kind, match.group(2)), match.group(0).strip('"')
+            )
+        )
+        last = match.end()
+    out.append(escape(text[last:]))
+    return Markup("").join(out)
+
+
+def _feature_view(feature: Mapping[str, Any]) -> dict[str, Any]:
+    stats = feature.get("stats") or {}
+    if "min" in stats and "max" in stats:
+        training_range = f"{_number_text(stats['min'])} to {_number_text(stats['max'])}"
+    else:
+        training_range = None
+    categories = feature.get("categories")
+    return {
+        "name": feature["name"],
+        "dtype": feature["dtype"],
+        "categories": ", ".join(map(str, categories)) if categories else None,
+        "unknown": feature.get("unknown_category") if feature["dtype"] == "category" else None,
+        "missing": feature.get("missing", "reject"),
+        "range": training_range,
+        "description": feature.get("description"),
+    }
+
+
+def curl_example(base_url: str, metadata: Mapping[str, Any]) -> str:
+    body = json.dumps({"instances": [example_instance(metadata)]}, ensure_ascii=False)
+    url = f"{base_url.rstrip('/')}/v1/models/{metadata['name']}/predict"
+    return (
+        f"curl -s -X POST {shlex.quote(url)} \\\n"
+        "  -H 'Content-Type: application/json' \\\n"
+        f"  -d {shlex.quote(body)}"
+    )
+
+
+def _operations_by_tag(document: Mapping[str, Any]) -> list[dict[str, Any]]:
+    groups: dict[str, list[dict[str, Any]]] = {t["name"]: [] for t in document.get("tags", [])}
+    for path, item in document["paths"].items():
+        for method in METHOD_ORDER:
+            operation = item.get(method)
+            if operation is None:
+                continue
+            body = operation.get("requestBody")
+            groups.setdefault(operation["tags"][0], []).append(
+                {
+                    "id": anchor("op", operation["operationId"]),
+                    "method": method.upper(),
+                    "path": path,
+                    "summary": operation.get("summary", ""),
+                    "description": operation.get("description"),
+                    "parameters": [
+                        {
+                            "name": p["name"],
+                            "in": p["in"],
+                            "required": p.get("required", False),
+                            "schema": json.dumps(p.get("schema", {}), ensure_ascii=False),
+                            "description": p.get("description", ""),
+                        }
+                        for p in operation.get("parameters", [])
+                    ],
+                    "body": [
+                        {
+                            "media": media,
+                            "schema": _pretty(_inline(document, spec.get("schema", {}))),
+                        }
+                        for media, spec in (body or {}).get("content", {}).items()
+                    ],
+                    "body_required": bool(body and body.get("required")),
+                    "responses": [
+                        _response_view(document, status, response)
+                        for status, response in operation["responses"].items()
+                    ],
+                    "secured": bool(operation.get("security")),
+                }
+            )
+    descriptions = {t["name"]: t.get("description", "") for t in document.get("tags", [])}
+    return [
+        {"name": tag, "description": descriptions.get(tag, ""), "operations": operations}
+        for tag, operations in groups.items()
+        if operations
+    ]
+
+
+def _inline(document: Mapping[str, Any], schema: Any, depth: int = 6) -> Any:
+    """A schema with its component references replaced by the components (request
+    bodies are small and not recursive; ``depth`` stops a recursive one)."""
+    if isinstance(schema, dict):
+        ref = schema.get("$ref")
+        if isinstance(ref, str) and ref.startswith(SCHEMA_REF) and depth > 0:
+            target = document["components"]["schemas"][ref[len(SCHEMA_REF) :]]
+            return _inline(document, target, depth - 1)
+        return {k: _inline(document, v, depth) for k, v in schema.items()}
+    if isinstance(schema, list):
+        return [_inline(document, v, depth) for v in schema]
+    return schema
+
+
+def _response_view(document: Mapping[str, Any], status: str, response: Mapping[str, Any]):
+    ref = response.get("$ref")
+    if ref:
+        name = ref.rsplit("/", 1)[-1]
+        target = document["components"]["responses"][name]
+        return {
+            "status": status,
+            "description": target["description"],
+            "ref": anchor("response", name),
+            "ref_name": name,
+            "content": [],
+        }
+    return {
+        "status": status,
+        "description": response["description"],
+        "ref": None,
+        "ref_name": None,
+        "content": [
+            {"media": media, "schema": _pretty(spec.get("schema", {}))}
+            for media, spec in response.get("content", {}).items()
+        ],
+    }
+
+
+def render_html(document: Mapping[str, Any], served: Iterable[Any], *, base_url: str) -> str:
+    """The document as one self-contained HTML page."""
+    models = []
+    for model in sorted(served, key=lambda m: model_metadata(m)["name"]):
+        metadata = model_metadata(model)
+        models.append(
+            {
+                "name": metadata["name"],
+                "version": metadata["version"],
+                "task": metadata.get("task"),
+                "description": metadata.get("description"),
+                "classes": metadata.get("classes"),
+                "features": [_feature_view(f) for f in metadata["input"]["features"]],
+                "schemas": schema_names(metadata["name"]),
+                "curl": curl_example(base_url, metadata),
+            }
+        )
+    components = document["components"]
+    return _template().render(
+        info=document["info"],
+        openapi=document["openapi"],
+        groups=_operations_by_tag(document),
+        models=models,
+        schemas=[
+            {"name": name, "id": anchor("schema", name), "json": _pretty(schema)}
+            for name, schema in components["schemas"].items()
+        ],
+        responses=[
+            {
+                "name": name,
+                "id": anchor("response", name),
+                "description": response["description"],
+                "content": [
+                    {"media": media, "schema": _pretty(spec.get("schema", {}))}
+                    for media, spec in response.get("content", {}).items()
+                ],
+            }
+            for name, response in components["responses"].items()
+        ],
+        anchor=anchor,
+    )
+
+
+@functools.cache
+def _template() -> jinja2.Template:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("service", "templates"),
+        autoescape=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    return env.get_template("docs.html")
