@@ -492,6 +492,14 @@ ERRORS = [
     ),
     (
         IRIS,
+        {"inputs": [{"name": "petal_widht_cm", "shape": [1], "datatype": "FP64", "data": [0.2]}]},
+        "application/json",
+        {},
+        400,
+        "unknown input tensors ['petal_widht_cm']; did you mean 'petal_width_cm'",
+    ),
+    (
+        IRIS,
         {"inputs": per_feature()["inputs"][:3]},
         "application/json",
         {},

@@ -227,8 +227,11 @@ def decode_inputs(
     if repeated:
         raise BadRequest(f"input tensors {repeated} appear more than once", code="invalid_inputs")
     schema = model.schema
-    if len(tensors) == 1 and tensors[0].name not in schema.name_set:
-        rows = _matrix_rows(model, tensors[0], max_instances)
+    # A single tensor that is not a feature is the [N, F] form, unless it is 1-D:
+    # then it is most likely a feature tensor under a wrong name.
+    single = tensors[0] if len(tensors) == 1 else None
+    if single is not None and single.name not in schema.name_set and single.data.ndim != 1:
+        rows = _matrix_rows(model, single, max_instances)
     else:
         rows = _feature_rows(model, tensors, max_instances)
     return rows
