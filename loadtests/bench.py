@@ -7,7 +7,10 @@ One bounded run on 127.0.0.1 that prints one table:
    config, worker count and Nginx, and the ratio model / hello.
 2. One 1,000-row request through Nginx, in rows/s, next to the same rows predicted
    in-process by LoadedModel.predict and by the raw estimator.predict.
-3. Memory: total PSS of the Gunicorn master and workers, and one worker's PSS
+3. The protocols side by side: single-row requests/s for iris-classifier through the
+   native API, Open Inference Protocol v2 JSON, v2 with the binary tensor extension and
+   MLflow's dataframe_split, then one 1,000-row request of each model in each (rows/s).
+4. Memory: total PSS of the Gunicorn master and workers, and one worker's PSS
    (from /proc/PID/smaps_rollup, read after the load).
 
 Load comes from wrk when it is on PATH (a Lua script POSTs the JSON body), otherwise
@@ -79,7 +82,11 @@ local body_file = assert(io.open(os.getenv("BENCH_WRK_BODY"), "rb"))
 wrk.method = "POST"
 wrk.body = body_file:read("*a")
 body_file:close()
-wrk.headers["Content-Type"] = "application/json"
+-- One "Name: value" per line: the request headers (Content-Type among them).
+for line in io.lines(os.getenv("BENCH_WRK_HEADERS")) do
+  local name, value = line:match("^([^:]+):%s*(.*)$")
+  if name then wrk.headers[name] = value end
+end
 
 done = function(summary, latency, requests)
   local e = summary.errors
@@ -221,10 +228,14 @@ class WrkLoad:
             f"{s.duration_s} s per target)"
         )
 
-    def run(self, url: str, body: bytes) -> LoadResult:
+    def run(self, url: str, body: bytes, headers: dict[str, str] | None = None) -> LoadResult:
         check_loopback(url)
-        body_file = self.workdir / "body.json"
+        body_file = self.workdir / "body.bin"
         body_file.write_bytes(body)
+        headers_file = self.workdir / "headers.txt"
+        headers_file.write_text(
+            "".join(f"{name}: {value}\n" for name, value in (headers or JSON_HEADERS).items())
+        )
         s = self.settings
         command = [
             self.binary,
@@ -241,7 +252,11 @@ class WrkLoad:
             str(self.script),
             url,
         ]
-        env = {**os.environ, "BENCH_WRK_BODY": str(body_file)}
+        env = {
+            **os.environ,
+            "BENCH_WRK_BODY": str(body_file),
+            "BENCH_WRK_HEADERS": str(headers_file),
+        }
         done = subprocess.run(
             command,
             env=env,
@@ -288,8 +303,9 @@ class BuiltinLoad:
             "the GIL, so read its figures as lower bounds)"
         )
 
-    def run(self, url: str, body: bytes) -> LoadResult:
+    def run(self, url: str, body: bytes, headers: dict[str, str] | None = None) -> LoadResult:
         host, port, path = check_loopback(url)
+        headers = headers or JSON_HEADERS
         connections = self.settings.connections
         latencies: list[list[float]] = [[] for _ in range(connections)]
         errors = [0] * connections
@@ -304,7 +320,7 @@ class BuiltinLoad:
                         break
                     sent = time.perf_counter()
                     try:
-                        connection.request("POST", path, body=body, headers=JSON_HEADERS)
+                        connection.request("POST", path, body=body, headers=headers)
                         response = connection.getresponse()
                         response.read()
                         ok = response.status == 200
@@ -357,8 +373,13 @@ def choose_load_generator(settings: BenchSettings, workdir: Path) -> WrkLoad | B
 # --- requests and timings ------------------------------------------------------
 
 
-def post(connection: http.client.HTTPConnection, path: str, body: bytes) -> tuple[int, bytes]:
-    connection.request("POST", path, body=body, headers=JSON_HEADERS)
+def post(
+    connection: http.client.HTTPConnection,
+    path: str,
+    body: bytes,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, bytes]:
+    connection.request("POST", path, body=body, headers=headers or JSON_HEADERS)
     response = connection.getresponse()
     return response.status, response.read()
 
@@ -450,9 +471,13 @@ class DemoPayload:
     name: str
     version: int
     instances: list[dict[str, Any]]
+    features: list[str]
 
     def body(self, rows: int) -> bytes:
         return json.dumps({"instances": self.instances[:rows]}).encode()
+
+    def matrix(self, rows: int) -> list[list[Any]]:
+        return [[instance[f] for f in self.features] for instance in self.instances[:rows]]
 
 
 def demo_payloads(store: ModelStore) -> list[DemoPayload]:
@@ -475,8 +500,139 @@ def demo_payloads(store: ModelStore) -> list[DemoPayload]:
             }
             for i in picks
         ]
-        payloads.append(DemoPayload(demo.name, version, instances))
+        payloads.append(DemoPayload(demo.name, version, instances, names))
     return payloads
+
+
+# --- protocols -------------------------------------------------------------------
+
+# The same rows through each protocol the service speaks: single-row load for the linear
+# model (where protocol overhead shows most), and one 1,000-row request per model.
+PROTOCOL_MODEL = "iris-classifier"
+NATIVE, V2_JSON, V2_BINARY, MLFLOW = "native", "v2 JSON", "v2 binary", "MLflow"
+PROTOCOLS = (NATIVE, V2_JSON, V2_BINARY, MLFLOW)
+V2_INPUT = "input-0"
+V2_HEADER_LENGTH = "Inference-Header-Content-Length"
+
+
+@dataclasses.dataclass(frozen=True)
+class ProtocolRequest:
+    protocol: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    rows: int
+
+
+def protocol_request(protocol: str, payload: DemoPayload, rows: int) -> ProtocolRequest:
+    matrix = payload.matrix(rows)
+    width = len(payload.features)
+    if protocol == NATIVE:
+        return ProtocolRequest(
+            protocol, f"/v1/models/{payload.name}/predict", JSON_HEADERS, payload.body(rows), rows
+        )
+    if protocol == MLFLOW:
+        body = {"dataframe_split": {"columns": payload.features, "data": matrix}}
+        return ProtocolRequest(
+            protocol,
+            f"/v1/models/{payload.name}/invocations",
+            JSON_HEADERS,
+            json.dumps(body).encode(),
+            rows,
+        )
+    path = f"/v2/models/{payload.name}/infer"
+    tensor = {"name": V2_INPUT, "shape": [rows, width], "datatype": "FP64"}
+    if protocol == V2_JSON:
+        body = {"inputs": [{**tensor, "data": [v for row in matrix for v in row]}]}
+        return ProtocolRequest(protocol, path, JSON_HEADERS, json.dumps(body).encode(), rows)
+    # The binary tensor data extension, as tritonclient sends it by default: a JSON header,
+    # then the raw little-endian float64 values; outputs come back binary too.
+    raw = np.asarray(matrix, dtype="<f8").tobytes()
+    header = {
+        "inputs": [{**tensor, "parameters": {"binary_data_size": len(raw)}}],
+        "parameters": {"binary_data_output": True},
+    }
+    header_bytes = json.dumps(header).encode()
+    headers = {
+        "Content-Type": "application/octet-stream",
+        V2_HEADER_LENGTH: str(len(header_bytes)),
+    }
+    return ProtocolRequest(protocol, path, headers, header_bytes + raw, rows)
+
+
+def post_request(
+    connection: http.client.HTTPConnection, request: ProtocolRequest
+) -> tuple[int, bytes, dict[str, str]]:
+    connection.request("POST", request.path, body=request.body, headers=request.headers)
+    response = connection.getresponse()
+    return response.status, response.read(), dict(response.getheaders())
+
+
+def check_protocol_answer(
+    request: ProtocolRequest, status: int, answer: bytes, headers: dict[str, str]
+) -> None:
+    what = f"{request.protocol} {request.path}"
+    if status != 200:
+        raise BenchError(f"{what}: expected 200, got {status}: {answer[:300]!r}")
+    if request.protocol in (V2_JSON, V2_BINARY):
+        length = int(headers.get(V2_HEADER_LENGTH) or len(answer))
+        if request.protocol == V2_BINARY and V2_HEADER_LENGTH not in headers:
+            raise BenchError(f"{what}: the answer is not in the binary tensor format")
+        outputs = json.loads(answer[:length])["outputs"]
+        answered = next(o["shape"][0] for o in outputs if o["name"] == "predict")
+    else:
+        answered = len(json.loads(answer)["predictions"])
+    if answered != request.rows:
+        raise BenchError(f"{what}: expected {request.rows} predictions, got {answered}")
+
+
+def protocol_batch_seconds(url: str, request: ProtocolRequest, budget_s: float) -> float:
+    host, port, _ = check_loopback(url)
+    connection = http.client.HTTPConnection(host, port, timeout=REQUEST_TIMEOUT_S)
+    try:
+        check_protocol_answer(request, *post_request(connection, request))
+
+        def one_request() -> None:
+            status, answer, _ = post_request(connection, request)
+            if status != 200:
+                raise BenchError(
+                    f"{request.protocol}: expected 200, got {status}: {answer[:300]!r}"
+                )
+
+        return median_seconds(one_request, budget_s)
+    finally:
+        connection.close()
+
+
+def measure_protocols(
+    stack: LocalStack,
+    payloads: list[DemoPayload],
+    load_generator: WrkLoad | BuiltinLoad,
+    settings: BenchSettings,
+) -> tuple[dict[str, LoadResult], dict[str, dict[str, float]]]:
+    single: dict[str, LoadResult] = {}
+    linear = next(p for p in payloads if p.name == PROTOCOL_MODEL)
+    for protocol in PROTOCOLS:
+        request = protocol_request(protocol, linear, 1)
+        host, port, _ = check_loopback(stack.url)
+        for _ in range(WARM_UP_REQUESTS):
+            connection = http.client.HTTPConnection(host, port, timeout=REQUEST_TIMEOUT_S)
+            try:
+                check_protocol_answer(request, *post_request(connection, request))
+            finally:
+                connection.close()
+        progress(f"single-row load, {protocol}: {linear.name}")
+        single[protocol] = load_generator.run(
+            stack.url + request.path, request.body, request.headers
+        )
+    batch: dict[str, dict[str, float]] = {}
+    for payload in payloads:
+        for protocol in PROTOCOLS:
+            progress(f"{BATCH_ROWS}-row requests, {protocol}: {payload.name}")
+            request = protocol_request(protocol, payload, BATCH_ROWS)
+            seconds = protocol_batch_seconds(stack.url, request, settings.repeat_budget_s)
+            batch.setdefault(payload.name, {})[protocol] = BATCH_ROWS / seconds
+    return single, batch
 
 
 def measure_in_process(
@@ -536,7 +692,13 @@ def measure_model_stack(
     load_generator: WrkLoad | BuiltinLoad,
     settings: BenchSettings,
     workdir: Path,
-) -> tuple[dict[str, LoadResult], dict[str, float], dict[str, Any], bool]:
+) -> tuple[
+    dict[str, LoadResult],
+    dict[str, float],
+    dict[str, Any],
+    bool,
+    tuple[dict[str, LoadResult], dict[str, dict[str, float]]],
+]:
     stack = start_stack("model-service", workdir, store, settings)
     try:
         single: dict[str, LoadResult] = {}
@@ -551,6 +713,7 @@ def measure_model_stack(
                 url, payload.body(BATCH_ROWS), BATCH_ROWS, settings.repeat_budget_s, payload.name
             )
             batch_rows_per_s[payload.name] = BATCH_ROWS / seconds
+        protocols = measure_protocols(stack, payloads, load_generator, settings)
         # A worker recycled by max_requests during the load has touched little yet:
         # let the workers serve every model again before their memory is read.
         for payload in payloads:
@@ -559,7 +722,7 @@ def measure_model_stack(
         behind_nginx = bool(stack.use_nginx)
     finally:
         stack.stop()
-    return single, batch_rows_per_s, memory, behind_nginx
+    return single, batch_rows_per_s, memory, behind_nginx, protocols
 
 
 def measure_hello_stack(
@@ -604,7 +767,7 @@ def run(settings: BenchSettings) -> dict[str, Any]:
 
         # First, while no stack is running, so nothing else competes for the CPUs.
         in_process = measure_in_process(store, payloads, settings)
-        single, batch_http, model_memory, behind_nginx = measure_model_stack(
+        single, batch_http, model_memory, behind_nginx, protocols = measure_model_stack(
             store_dir, payloads, load_generator, settings, workdir
         )
         # The ceiling gets the largest single-row body, so it parses at least as much JSON
@@ -644,6 +807,22 @@ def run(settings: BenchSettings) -> dict[str, Any]:
         }
         for payload in payloads
     ]
+    protocol_single, protocol_batch = protocols
+    native = protocol_single[NATIVE]
+    protocol_rows = [
+        {
+            "protocol": protocol,
+            "model": PROTOCOL_MODEL,
+            **figures(result),
+            "requests_per_s_ratio_to_native": _ratio(result.requests_per_s, native.requests_per_s),
+            "requests_per_s_ratio_to_hello": _ratio(result.requests_per_s, hello.requests_per_s),
+        }
+        for protocol, result in protocol_single.items()
+    ]
+    protocol_batch_rows = [
+        {"model": name, "rows": BATCH_ROWS, "rows_per_s": by_protocol}
+        for name, by_protocol in protocol_batch.items()
+    ]
     return {
         "load_generator": {"tool": load_generator.name, "description": load_generator.describe()},
         "settings": {
@@ -656,6 +835,8 @@ def run(settings: BenchSettings) -> dict[str, Any]:
         },
         "single_row": single_rows,
         "batch": batch_rows,
+        "protocols_single_row": protocol_rows,
+        "protocols_batch": protocol_batch_rows,
         "memory": [
             {"stack": "model-service", **model_memory},
             {"stack": "hello", **hello_memory},
@@ -710,6 +891,28 @@ def render(results: dict[str, Any]) -> str:
     ]
     lines += [
         "",
+        f"Protocols: single-row predictions of {PROTOCOL_MODEL}, the same row each way",
+        f"{'protocol':<26}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
+        f"{'÷ native':>10}{'÷ hello':>10}",
+    ]
+    for row in results["protocols_single_row"]:
+        lines.append(
+            f"{row['protocol']:<26}{row['requests_per_s']:>10.1f}{row['p50_ms']:>9.2f}"
+            f"{row['p99_ms']:>9.2f}{row['errors']:>8d}"
+            f"{row['requests_per_s_ratio_to_native']:>10.2f}"
+            f"{row['requests_per_s_ratio_to_hello']:>10.2f}"
+        )
+    lines += [
+        "",
+        f"Protocols: one {BATCH_ROWS:,}-row request, rows/s (median of repeated calls)",
+        f"{'model':<26}" + "".join(f"{p:>13}" for p in PROTOCOLS),
+    ]
+    for row in results["protocols_batch"]:
+        lines.append(
+            f"{row['model']:<26}" + "".join(f"{row['rows_per_s'][p]:>13,.0f}" for p in PROTOCOLS)
+        )
+    lines += [
+        "",
         "Memory after the load (PSS from /proc/PID/smaps_rollup, MiB)",
         f"{'stack':<26}{'processes':>10}{'total PSS':>11}{'master PSS':>12}"
         f"{'one worker PSS':>16}{'one worker RSS':>16}",
@@ -720,7 +923,7 @@ def render(results: dict[str, Any]) -> str:
             f"{row['master_pss_mib']:>12.1f}{row['worker_pss_mib']:>16.1f}"
             f"{row['worker_rss_mib']:>16.1f}"
         )
-    errors = sum(row["errors"] for row in results["single_row"])
+    errors = sum(row["errors"] for row in results["single_row"] + results["protocols_single_row"])
     if errors:
         lines += ["", f"WARNING: {errors} requests failed under load; the figures are suspect."]
     return "\n".join(lines)
@@ -747,7 +950,8 @@ def main(argv: list[str] | None = None) -> int:
     if settings.json_path is not None:
         settings.json_path.write_text(json.dumps(results, indent=2) + "\n")
         print(f"\nresults written to {settings.json_path}")
-    return 1 if any(row["errors"] for row in results["single_row"]) else 0
+    rows = results["single_row"] + results["protocols_single_row"]
+    return 1 if any(row["errors"] for row in rows) else 0
 
 
 if __name__ == "__main__":

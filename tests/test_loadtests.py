@@ -87,6 +87,19 @@ def test_bench_quick_reports_every_figure(tmp_path, generator_args):
         assert row["rows"] == 1000
         assert_positive(row, "http_rows_per_s", "loaded_model_rows_per_s", "estimator_rows_per_s")
 
+    protocols = {row["protocol"]: row for row in results["protocols_single_row"]}
+    assert set(protocols) == {"native", "v2 JSON", "v2 binary", "MLflow"}
+    for protocol, row in protocols.items():
+        assert row["errors"] == 0, row
+        assert_positive(row, "requests_per_s", "p50_ms", "p99_ms")
+        assert protocol in done.stdout
+    assert protocols["native"]["requests_per_s_ratio_to_native"] == 1.0
+    protocol_batch = {row["model"]: row["rows_per_s"] for row in results["protocols_batch"]}
+    assert set(protocol_batch) == DEMO_MODEL_NAMES
+    for by_protocol in protocol_batch.values():
+        assert set(by_protocol) == set(protocols)
+        assert all(rows_per_s > 0 for rows_per_s in by_protocol.values()), by_protocol
+
     memory = {row["stack"]: row for row in results["memory"]}
     assert set(memory) == {"model-service", "hello"}
     for row in memory.values():
