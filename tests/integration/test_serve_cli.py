@@ -51,13 +51,24 @@ def test_serve_then_stop(served_store, tmp_path, with_nginx):
         require_nginx()
     env = {} if with_nginx else {"MODEL_SERVICE_NGINX_BIN": ""}
     runtime = tmp_path / "run"
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     args = ["--store", str(served_store), "--runtime-dir", str(runtime)]
-    started = modelctl("serve", *args, "--port", str(port), "--workers", "2", env=env)
+    started = modelctl(
+        "serve",
+        *args,
+        "--port",
+        str(port),
+        "--grpc-port",
+        str(grpc_port),
+        "--workers",
+        "2",
+        env=env,
+    )
     pids = {}
     try:
         assert started.returncode == 0, started.stderr
         assert f"http://127.0.0.1:{port}" in started.stdout
+        assert f"127.0.0.1:{grpc_port}" in started.stdout
         if not with_nginx:
             first_line = started.stdout.splitlines()[0]
             assert "nginx is not installed" in first_line
@@ -75,13 +86,15 @@ def test_serve_then_stop(served_store, tmp_path, with_nginx):
         assert response.status_code == 200
         assert response.json()["predictions"] == ["setosa"]
         assert response.headers["Server"].startswith("nginx" if with_nginx else "gunicorn")
-        again = modelctl("serve", *args, "--port", str(free_port()), env=env)
+        again = modelctl(
+            "serve", *args, "--port", str(free_port()), "--grpc-port", str(free_port()), env=env
+        )
         assert again.returncode != 0
         assert "already running" in again.stderr
     finally:
         stopped = modelctl("stop", "--runtime-dir", str(runtime))
     assert stopped.returncode == 0
-    assert "gunicorn" in stopped.stdout
+    assert "gunicorn" in stopped.stdout and "grpc" in stopped.stdout
     assert ("nginx" in stopped.stdout) == with_nginx
     assert pids and not any(pid_alive(pid) for pid in pids.values())
     assert modelctl("stop", "--runtime-dir", str(runtime)).stdout.strip() == "nothing was running"
