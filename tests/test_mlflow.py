@@ -133,6 +133,15 @@ def test_a_single_row_as_an_object_of_values(client):
     assert invoke(client, {"inputs": row}).json == {"predictions": ["virginica"]}
 
 
+def test_dataframe_split_without_columns_is_in_feature_order(client):
+    assert invoke(client, {"dataframe_split": {"data": IRIS_ROWS}}).json == {
+        "predictions": IRIS_EXPECTED
+    }
+    too_short = invoke(client, {"dataframe_split": {"data": [IRIS_ROWS[0][:3]]}})
+    assert too_short.status_code == 422
+    assert too_short.json["message"] == "instance 0: has 3 values, the model takes 4"
+
+
 def test_params_are_ignored_with_a_warning_naming_them(client, caplog):
     body = {"instances": IRIS_ROWS, "params": {"temperature": 0.5}}
     with caplog.at_level(logging.WARNING, logger="service.protocols.mlflow"):
@@ -327,6 +336,14 @@ BAD_REQUESTS = [
         400,
         "BAD_REQUEST",
         "length of values for each column is not the same",
+    ),
+    (
+        "columns mixing lists and values",
+        {"inputs": {"sepal_length_cm": [5.1], "sepal_width_cm": 3.5}},
+        None,
+        400,
+        "BAD_REQUEST",
+        "must map every column to a list of values",
     ),
     ("no instances", {"instances": []}, None, 400, "BAD_REQUEST", "no instances"),
     (
