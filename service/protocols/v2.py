@@ -33,6 +33,7 @@ import dataclasses
 import difflib
 import math
 import struct
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
@@ -715,7 +716,7 @@ def encode_infer_response(
     model: LoadedModel,
     tensors: list[Tensor],
     *,
-    binary: set[str] = frozenset(),  # type: ignore[assignment]
+    binary: Collection[str] = (),
     request_id: str | None = None,
 ) -> tuple[bytes, int | None]:
     """The response body, and the length of its JSON header when outputs in
