@@ -276,7 +276,7 @@ def test_body_over_the_limit_gets_413(store_dir):
         (f"/v1/models/{IRIS}@canary/predict", 404, "alias_not_found"),
         ("/v1/models/Bad_Name/predict", 400, "invalid_model_name"),
         ("/v1/models/../predict", 400, "invalid_model_name"),
-        ("/v2/nothing-here", 404, "not_found"),
+        ("/v3/nothing-here", 404, "not_found"),
     ],
 )
 def test_unknown_models_versions_and_aliases(client, path, status, code):

@@ -56,3 +56,5 @@ def test_docs_page_through_nginx(stack, http):
     for name in MODELS:
         assert f'id="model-{name}"' in html
         assert f"/v1/models/{name}/predict" in html
+    # Nginx passes the Host the client sent, port included: the curl examples work as shown.
+    assert f"curl -s -X POST {stack.url}/v1/models/" in html
