@@ -771,3 +771,11 @@ def test_label_datatypes_follow_the_classes():
     assert labels[0].datatype == "BYTES" and labels[0].data.tolist() == [b"b"]
     values = v2.output_tensors(fake("regression", None), Prediction([1.5, 2.0]), ["predict"])
     assert values[0].datatype == "FP64" and values[0].shape == [2]
+
+
+def test_a_huge_bytes_shape_on_a_small_body_is_refused_before_allocating():
+    from service.errors import BadRequest
+
+    raw = struct.pack("<I", 1) + b"a"
+    with pytest.raises(BadRequest, match="takes at least 4000000000000 bytes, but 5 bytes"):
+        v2.tensor_from_bytes("sex", "BYTES", [10**12], raw)

@@ -462,6 +462,14 @@ def tensor_from_bytes(name: str, datatype: str, shape: list[int], raw: bytes) ->
     dtype = _tensor_dtype(name, datatype)
     count = _element_count(name, shape)
     if datatype == "BYTES":
+        # Each element takes at least its 4-byte length: check before allocating, so a
+        # huge shape on a small body is a 400, not a memory error.
+        if count * _LENGTH.size > len(raw):
+            raise BadRequest(
+                f"input tensor {name!r} has shape {shape} of BYTES, which takes at least "
+                f"{count * _LENGTH.size} bytes, but {len(raw)} bytes were sent",
+                code="invalid_shape",
+            )
         array = np.empty(count, dtype=object)
         array[:] = _split_bytes(name, raw, count)
     else:
