@@ -398,3 +398,44 @@ def test_predict_accepts_a_two_dimensional_array(store):
     assert model.predict(rows).predictions == model.estimator.predict(rows).tolist()
     with pytest.raises(InvalidInput, match="has 3 values"):
         model.predict(rows[:, :3])
+
+
+# -- prediction observers -------------------------------------------------------------
+
+
+def test_observers_see_served_predictions_but_not_load_time_checks(store):
+    from service.runtime import hooks
+
+    events = []
+    hooks.add_observer(events.append)
+    try:
+        loaded = model_runtime.load(store, IRIS, 1)  # replays the golden rows
+        assert events == []
+        token = hooks.request_id.set("req-42")
+        try:
+            got = loaded.predict([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]])
+        finally:
+            hooks.request_id.reset(token)
+    finally:
+        hooks.remove_observer(events.append)
+    (event,) = events
+    assert event.model is loaded and event.request_id == "req-42"
+    assert event.prediction == got
+    assert np.asarray(event.model_input).shape == (2, 4)
+    assert event.seconds > 0
+
+
+def test_a_failing_observer_never_fails_the_prediction(store, caplog):
+    from service.runtime import hooks
+
+    def broken(event):
+        raise RuntimeError("observer bug")
+
+    loaded = model_runtime.load(store, IRIS, 1)
+    hooks.add_observer(broken)
+    try:
+        got = loaded.predict([[5.1, 3.5, 1.4, 0.2]])
+    finally:
+        hooks.remove_observer(broken)
+    assert got.predictions == ["setosa"]
+    assert "prediction observer" in caplog.text and "observer bug" in caplog.text

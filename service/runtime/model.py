@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
 
 from service.errors import ModelLoadError
+from service.runtime import hooks
 from service.runtime.schema import InputSchema
 from service.store.store import ModelStore, StoredArtifact
 
@@ -53,9 +55,24 @@ class LoadedModel:
     # -- prediction ------------------------------------------------------------
 
     def predict(self, instances: list[Any] | np.ndarray, *, with_proba: bool = True) -> Prediction:
-        """Validate instances (objects, lists or a 2-D array) and predict. Raises InvalidInput."""
+        """Validate instances (objects, lists or a 2-D array) and predict. Raises InvalidInput.
+
+        Observers registered in ``runtime.hooks`` (monitoring) see every prediction
+        served this way."""
+        started = time.perf_counter()
         model_input = self.prepare(instances)
-        return self.predict_prepared(model_input, with_proba=with_proba)
+        prediction = self.predict_prepared(model_input, with_proba=with_proba)
+        if hooks.observed():
+            hooks.notify(
+                hooks.PredictionEvent(
+                    self,
+                    model_input,
+                    prediction,
+                    hooks.request_id.get(),
+                    time.perf_counter() - started,
+                )
+            )
+        return prediction
 
     def prepare(self, instances: list[Any] | np.ndarray) -> np.ndarray | pd.DataFrame:
         if isinstance(instances, np.ndarray):
@@ -131,7 +148,8 @@ class LoadedModel:
             return
         tolerance = {**DEFAULT_GOLDEN_TOLERANCE, **golden.get("tolerance", {})}
         try:
-            got = self.predict(golden["instances"])
+            # Not through predict(): a load-time check is not served traffic.
+            got = self.predict_prepared(self.prepare(golden["instances"]))
         except Exception as exc:
             raise ModelLoadError(f"{where}: the golden example no longer runs: {exc}") from exc
         expected = golden["predictions"]

@@ -1,0 +1,60 @@
+"""Observers of served predictions.
+
+Monitoring (metrics, the prediction log, drift) registers observers here; the
+runtime calls them after each prediction it serves and knows nothing about what
+they do. An observer that fails is logged and skipped: it never fails a request.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import dataclasses
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from service.runtime.model import LoadedModel, Prediction
+
+log = logging.getLogger(__name__)
+
+# The id of the request being served, set by whichever front end took it (HTTP, gRPC),
+# so observers can join feedback to the prediction later.
+request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "model_service_request_id", default=None
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictionEvent:
+    model: LoadedModel
+    model_input: Any  # the validated input, in feature order: a float matrix or a DataFrame
+    prediction: Prediction
+    request_id: str | None
+    seconds: float  # validation + prediction
+
+
+PredictionObserver = Callable[[PredictionEvent], None]
+_observers: list[PredictionObserver] = []
+
+
+def add_observer(observer: PredictionObserver) -> None:
+    if observer not in _observers:
+        _observers.append(observer)
+
+
+def remove_observer(observer: PredictionObserver) -> None:
+    if observer in _observers:
+        _observers.remove(observer)
+
+
+def observed() -> bool:
+    return bool(_observers)
+
+
+def notify(event: PredictionEvent) -> None:
+    for observer in tuple(_observers):
+        try:
+            observer(event)
+        except Exception:
+            log.exception("prediction observer %r failed; the request is not affected", observer)
