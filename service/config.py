@@ -40,6 +40,29 @@ class Settings:
     # served model, when exactly one is served.
     default_model: str = ""
 
+    # -- monitoring ----------------------------------------------------------------
+    # Prometheus metrics (GET /metrics) and the one-JSON-line-per-request log.
+    metrics: bool = True
+    request_log: bool = True
+    # Shared state of the workers on this host: feedback joins, live quality, drift counts.
+    state_dir: Path = Path(".monitoring")
+    # The prediction log (inputs and outputs, JSON lines): off unless turned on, because it
+    # holds raw feature values. A share of requests in (0, 1], rotated at this size.
+    prediction_log: bool = False
+    prediction_log_sample_rate: float = 1.0
+    prediction_log_max_bytes: int = 64 * 1024 * 1024
+    prediction_log_backups: int = 5
+    # Served predictions kept (label or value only) so feedback can be joined to them.
+    prediction_retention: int = 200_000
+    # Live quality over the last N predictions that got feedback, flagged when it falls
+    # below the test score in metadata.yaml by more than the tolerance.
+    quality_window: int = 1_000
+    quality_tolerance: float = 0.05
+    # Drift: live feature values over the last minutes against the training histograms;
+    # a population stability index above the threshold is flagged.
+    drift_window_minutes: int = 60
+    drift_threshold: float = 0.2
+
     @classmethod
     def load(
         cls, overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
@@ -69,9 +92,23 @@ class Settings:
         return settings
 
     def _check_ranges(self) -> None:
-        for name in ("max_instances", "max_body_bytes"):
+        for name in (
+            "max_instances",
+            "max_body_bytes",
+            "prediction_log_max_bytes",
+            "prediction_retention",
+            "quality_window",
+            "drift_window_minutes",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"setting {name}: must be at least 1")
+        if self.prediction_log_backups < 0:
+            raise ValueError("setting prediction_log_backups: must be 0 or more")
+        if not 0 < self.prediction_log_sample_rate <= 1:
+            raise ValueError("setting prediction_log_sample_rate: must be in (0, 1]")
+        for name in ("quality_tolerance", "drift_threshold"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"setting {name}: must be 0 or more")
         if self.reload_interval <= 0:
             raise ValueError("setting reload_interval: must be more than 0 seconds")
         if self.default_model:
