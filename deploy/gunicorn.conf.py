@@ -5,6 +5,10 @@ Environment knobs (set by `modelctl serve`, systemd units or by hand):
   MODEL_SERVICE_BIND      address to listen on (default 127.0.0.1:8000)
   MODEL_SERVICE_WORKERS   worker processes (default: one per CPU core)
   MODEL_SERVICE_PIDFILE   where the master writes its pid
+  MODEL_SERVICE_ACCESS_LOG  Gunicorn's text access log ("-": stdout, the default; "": off)
+  MODEL_SERVICE_ERROR_LOG   where the JSON logs go ("-": stderr, the default)
+  PROMETHEUS_MULTIPROC_DIR  an empty directory the workers share their metrics through;
+                          set and wiped by the start script, before Gunicorn starts
   MODEL_SERVICE_*         the service's own settings (see service/config.py)
 """
 
@@ -50,12 +54,56 @@ for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(variable, str(threads_per_worker))
 
 # --- Logging -----------------------------------------------------------------
-accesslog = os.environ.get("MODEL_SERVICE_ACCESS_LOG", "-")
+# Kept next to the app's JSON request log (service/monitoring/logs.py: request id,
+# route, model, version, instances, latency) because it is what Gunicorn itself wrote:
+# it also has the requests Gunicorn answered without the app (a malformed request line
+# or headers over the limits), and says which worker answered in a greppable
+# "rid=<id> pid=<N>". MODEL_SERVICE_ACCESS_LOG="" turns it off.
+accesslog = os.environ.get("MODEL_SERVICE_ACCESS_LOG", "-") or None
 errorlog = os.environ.get("MODEL_SERVICE_ERROR_LOG", "-")
 loglevel = os.environ.get("MODEL_SERVICE_LOG_LEVEL", "info")
 # Remote address, request line, status, bytes, latency in ms, the request id
 # (echoed by the app as a response header) and the worker pid.
 access_log_format = '%(h)s "%(r)s" %(s)s %(B)s %(M)sms rid=%({x-request-id}o)s pid=%(p)s'
+
+
+def _log_handler(destination, formatter, stream):
+    if destination in (None, "-"):
+        return {"class": "logging.StreamHandler", "formatter": formatter, "stream": stream}
+    return {"class": "logging.FileHandler", "formatter": formatter, "filename": destination}
+
+
+# Gunicorn's error log and the application's loggers (service.*, through the root
+# logger) as JSON lines, one format for everything the processes say.
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "json": {"()": "service.monitoring.logs.JsonFormatter"},
+        "access": {"format": "%(message)s"},
+    },
+    "handlers": {
+        "json": _log_handler(errorlog, "json", "ext://sys.stderr"),
+        "access": _log_handler(accesslog, "access", "ext://sys.stdout"),
+    },
+    "root": {"level": loglevel.upper(), "handlers": ["json"]},
+    "loggers": {
+        "gunicorn.error": {
+            "level": loglevel.upper(),
+            "handlers": ["json"],
+            "propagate": False,
+            "qualname": "gunicorn.error",
+        },
+        "gunicorn.access": {
+            # With logconfig_dict Gunicorn hands every request to this logger; with the
+            # access log off it drops them at once.
+            "level": "INFO" if accesslog else "CRITICAL",
+            "handlers": ["access"] if accesslog else [],
+            "propagate": False,
+            "qualname": "gunicorn.access",
+        },
+    },
+}
 
 # --- Process naming, pid and control ----------------------------------------
 proc_name = "model-service"
@@ -80,6 +128,10 @@ def post_fork(server, worker):
 
     threadpool_limits(limits=threads_per_worker)
     server.log.info("worker %s started (%d native threads)", worker.pid, threads_per_worker)
+    # Counted by each worker in its own metrics file: restarts = starts - workers.
+    from service.monitoring import metrics
+
+    metrics.worker_started()
 
 
 def worker_abort(worker):
@@ -90,3 +142,8 @@ def worker_abort(worker):
 
 def child_exit(server, worker):
     server.log.info("worker %s exited", worker.pid)
+    # The dead worker's live gauges go; its counters and histograms stay in the sums.
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)

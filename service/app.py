@@ -8,7 +8,19 @@ from typing import Any
 
 from flask import Flask
 
-from service.api import admin, docs, errors, health, mlflow, models, predict, request_ids, v2
+from service.api import (
+    admin,
+    docs,
+    errors,
+    health,
+    metrics,
+    mlflow,
+    models,
+    observe,
+    predict,
+    request_ids,
+    v2,
+)
 from service.config import Settings
 from service.runtime.registry import ModelRegistry
 from service.store import ModelStore
@@ -31,6 +43,9 @@ def build_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     store = ModelStore(settings.store)
     registry = ModelRegistry(store, settings)
+    # Metrics and the request log, as the settings say; before the first load, so load
+    # times are counted.
+    observe.init_app(app, settings, registry)
     # Load every aliased version now: under preload_app this happens once, in the
     # Gunicorn master, and the workers share the loaded models copy-on-write.
     registry.refresh()
@@ -40,4 +55,5 @@ def build_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     errors.init_app(app)
     for blueprint in (health.bp, models.bp, predict.bp, admin.bp, mlflow.bp, docs.bp, v2.bp):
         app.register_blueprint(blueprint)
+    app.register_blueprint(metrics.bp)
     return app

@@ -32,6 +32,7 @@ import grpc
 
 from service.config import Settings
 from service.errors import BadRequest, ServiceError
+from service.monitoring import logs, metrics
 from service.protocols import v2
 from service.protocols.grpc import open_inference_pb2 as pb
 from service.protocols.grpc import open_inference_pb2_grpc as pb_grpc
@@ -200,9 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--store", type=Path, help="default: the MODEL_SERVICE_STORE setting")
     parser.add_argument("--threads", type=int, help="calls served at once (default: CPU count)")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s"
-    )
+    logs.configure()  # JSON lines on stderr, as the Gunicorn workers write them
     address = args.bind or f"127.0.0.1:{args.port}"
     try:
         settings = Settings.load(overrides={"store": args.store} if args.store else None)
@@ -210,6 +209,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError, RuntimeError, ServiceError) as exc:
         log.error("cannot start the gRPC server on %s: %s", address, exc)
         return 1
+    if metrics.multiprocess():
+        # Next to Gunicorn (same PROMETHEUS_MULTIPROC_DIR): its predictions are counted in
+        # the same sums /metrics shows. It writes no live gauges, so nothing to mark dead.
+        metrics.init_process(settings, registry)
     stopping = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stopping.set())

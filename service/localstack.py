@@ -111,12 +111,20 @@ class LocalStack:
     def pidfile(self, what: str) -> Path:
         return self.runtime_dir / f"{what}.pid"
 
+    @property
+    def metrics_dir(self) -> Path:
+        """PROMETHEUS_MULTIPROC_DIR of the Gunicorn workers and the gRPC server: emptied
+        before each start (prometheus_client's multiprocess mode needs a fresh one)."""
+        return self.runtime_dir / "prometheus"
+
     # -- start -------------------------------------------------------------------
 
     def start(self, *, ready_timeout: float = 60.0) -> None:
         if self.running_pids():
             raise StackError(f"a stack is already running from {self.runtime_dir}; stop it first")
         self.runtime_dir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(self.metrics_dir, ignore_errors=True)
+        self.metrics_dir.mkdir()
         try:
             self._start_gunicorn()
             if self.use_nginx:
@@ -137,6 +145,7 @@ class LocalStack:
 
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir)
         env.update(self.extra_env)
         env["MODEL_SERVICE_STORE"] = str(self.store)
         return env

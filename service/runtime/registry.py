@@ -17,6 +17,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from service.config import Settings
@@ -31,6 +32,9 @@ log = logging.getLogger(__name__)
 IDLE_VERSION_SECONDS = 600.0
 # A version that failed to load is tried again after this long (or on reload).
 RETRY_FAILED_SECONDS = 30.0
+
+# Told of every model this registry loads, with the seconds the load took (monitoring).
+LoadListener = Callable[[LoadedModel, float], None]
 
 
 class ModelRegistry:
@@ -50,6 +54,7 @@ class ModelRegistry:
         self._watcher_pid: int | None = None
         self._stop = threading.Event()
         self.last_refresh: float | None = None
+        self.load_listeners: list[LoadListener] = []
 
     # -- serving ---------------------------------------------------------------
 
@@ -205,7 +210,13 @@ class ModelRegistry:
             self._failures.pop(key, None)
             self._models[key] = loaded
             self._last_used[key] = time.monotonic()
-            log.info("loaded %s@%d in %.3fs", name, version, time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            log.info("loaded %s@%d in %.3fs", name, version, seconds)
+            for listener in tuple(self.load_listeners):
+                try:
+                    listener(loaded, seconds)
+                except Exception:
+                    log.exception("load listener %r failed; the model is served anyway", listener)
             return loaded
 
     def _recently_failed(self, key: tuple[str, int]) -> bool:
