@@ -34,8 +34,10 @@ def store(store_dir) -> ModelStore:
 
 
 @pytest.fixture
-def app(store_dir):
-    app = create_app({"store": store_dir, "reload_interval": 0.1})
+def app(store_dir, tmp_path):
+    app = create_app(
+        {"store": store_dir, "reload_interval": 0.1, "state_dir": tmp_path / "monitoring"}
+    )
     yield app
     app.extensions["model_service"].registry.stop()
 
