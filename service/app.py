@@ -19,6 +19,7 @@ from service.api import (
     observe,
     predict,
     request_ids,
+    status,
     v2,
 )
 from service.config import Settings
@@ -56,4 +57,5 @@ def build_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     for blueprint in (health.bp, models.bp, predict.bp, admin.bp, mlflow.bp, docs.bp, v2.bp):
         app.register_blueprint(blueprint)
     app.register_blueprint(metrics.bp)
+    app.register_blueprint(status.bp)
     return app
