@@ -1,0 +1,182 @@
+"""Metrics across processes: Nginx -> two Gunicorn workers and the gRPC server, one
+PROMETHEUS_MULTIPROC_DIR. A scrape through Nginx sums every worker exactly; a worker
+killed with SIGKILL keeps its counts in the sums, once; gRPC predictions count too."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import time
+
+import numpy as np
+import pytest
+import requests
+import tritonclient.grpc as triton
+from prometheus_client.parser import text_string_to_metric_families
+
+from service.localstack import LocalStack, free_port
+from tests.integration.conftest import require_nginx
+
+pytestmark = pytest.mark.integration
+
+IRIS = "iris-classifier"
+ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
+PREDICT = "/v1/models/<model_ref>/predict"
+WORKERS = 2
+
+
+@pytest.fixture(scope="module")
+def metrics_stack(trained_store_dir, tmp_path_factory):
+    require_nginx()
+    base = tmp_path_factory.mktemp("metrics-stack")
+    store = base / "model_store"
+    shutil.copytree(trained_store_dir, store)
+    stack = LocalStack(
+        runtime_dir=base / "run",
+        store=store,
+        port=free_port(),
+        workers=WORKERS,
+        use_nginx=True,
+        grpc_port=free_port(),
+    )
+    # Left over from an earlier run: start() must empty the directory.
+    stack.metrics_dir.mkdir(parents=True)
+    (stack.metrics_dir / "counter_1.db").write_bytes(b"stale")
+    stack.start(ready_timeout=90)
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+def scrape(stack) -> dict:
+    # A new connection each time: any worker may answer, and each must see every worker.
+    response = requests.get(f"{stack.url}/metrics", headers={"Connection": "close"}, timeout=10)
+    assert response.status_code == 200
+    assert response.headers["Server"].startswith("nginx")
+    return {f.name: f for f in text_string_to_metric_families(response.text)}
+
+
+def value(families: dict, sample: str, **labels) -> float:
+    return sum(
+        s.value
+        for family in families.values()
+        for s in family.samples
+        if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+def served_requests(families: dict) -> float:
+    labels = {"route": PREDICT, "model": IRIS, "version": "1", "status": "200"}
+    return value(families, "model_service_requests_total", **labels)
+
+
+def predict(stack, request_id: str) -> None:
+    response = requests.post(
+        f"{stack.url}/v1/models/{IRIS}/predict",
+        json={"instances": ROWS},
+        headers={"Connection": "close", "X-Request-ID": request_id},
+        timeout=10,
+    )
+    assert response.status_code == 200
+    assert response.json()["predictions"] == ["setosa", "virginica"]
+
+
+def request_log(stack) -> dict[str, dict]:
+    """The app's JSON request lines in Gunicorn's log, by request id."""
+    lines = {}
+    for text in (stack.runtime_dir / "gunicorn.log").read_text().splitlines():
+        if text.startswith("{"):
+            line = json.loads(text)
+            if line.get("logger") == "service.requests":
+                lines[line["request_id"]] = line
+    return lines
+
+
+def wait_for(condition, timeout: float = 30.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(0.1)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def test_counts_are_exact_across_workers_and_survive_a_killed_worker(metrics_stack):
+    stack = metrics_stack
+    assert not (stack.metrics_dir / "counter_1.db").exists()
+    before = scrape(stack)
+    assert served_requests(before) == 0
+    assert value(before, "model_service_worker_starts_total") == WORKERS
+
+    # Predict until both workers have answered (new connection each), and count them.
+    sent: list[str] = []
+    while True:
+        request_id = f"spread-{len(sent)}"
+        predict(stack, request_id)
+        sent.append(request_id)
+        line = wait_for(
+            lambda rid=request_id: request_log(stack).get(rid), 10, f"the log of {request_id}"
+        )
+        served_by = {request_log(stack)[r]["pid"] for r in sent}
+        if len(served_by) == WORKERS or len(sent) >= 200:
+            break
+    assert (line["route"], line["model"], line["instances"]) == (PREDICT, IRIS, len(ROWS))
+    assert served_by == set(stack.worker_pids())
+    n = len(sent)
+    for _ in range(4):
+        assert served_requests(scrape(stack)) == n
+
+    # SIGKILL a worker that served some of them: no goodbye, no flush.
+    victim = request_log(stack)[sent[0]]["pid"]
+    os.kill(victim, signal.SIGKILL)
+    wait_for(
+        lambda: victim not in stack.worker_pids() and len(stack.worker_pids()) == WORKERS,
+        what="Gunicorn to replace the killed worker",
+    )
+    m = 7
+    for i in range(m):
+        predict(stack, f"after-kill-{i}")
+    for _ in range(4):
+        families = scrape(stack)
+        assert served_requests(families) == n + m
+        assert value(families, "model_service_worker_starts_total") == WORKERS + 1
+    classes = value(families, "model_service_predictions_total", model=IRIS, version="1")
+    assert classes == (n + m) * len(ROWS)
+    assert value(families, "model_service_instances_per_request_count", model=IRIS) == n + m
+    # Loaded once, in the Gunicorn master (preload_app); the workers share it.
+    assert value(families, "model_service_model_load_seconds_count", model=IRIS) == 1
+    info = [s.labels for s in families["model_service_model_info"].samples]
+    assert {labels["model"] for labels in info} == {
+        IRIS,
+        "breast-cancer-classifier",
+        "diabetes-regressor",
+    }
+    assert all("pid" not in labels for labels in info)
+
+
+def test_grpc_predictions_count_in_the_same_sums(metrics_stack):
+    stack = metrics_stack
+    before = scrape(stack)
+    rows = np.array(ROWS)
+    tensor = triton.InferInput("instances", list(rows.shape), "FP64")
+    tensor.set_data_from_numpy(rows)
+    k = 3
+    with triton.InferenceServerClient(stack.grpc_address) as client:
+        for _ in range(k):
+            result = client.infer(IRIS, [tensor])
+            assert result.as_numpy("predict").tolist() == [b"setosa", b"virginica"]
+    after = scrape(stack)
+    for label in ("setosa", "virginica"):
+        labels = {"model": IRIS, "version": "1", "class": label}
+        moved = value(after, "model_service_predictions_total", **labels) - value(
+            before, "model_service_predictions_total", **labels
+        )
+        assert moved == k
+    count = "model_service_instances_per_request_count"
+    assert value(after, count, model=IRIS) - value(before, count, model=IRIS) == k
+    # Not HTTP requests: the request counters did not move.
+    assert served_requests(after) == served_requests(before)
