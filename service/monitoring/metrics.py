@@ -56,6 +56,8 @@ LOAD_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 # For a regressor whose metadata has no test points to take the target's range from.
 DEFAULT_VALUE_BUCKETS = (0, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000)
 VALUE_BUCKET_COUNT = 10
+# Up to this many values, observing one by one is cheaper than counting with numpy.
+SMALL_BATCH = 8
 
 REQUESTS = Counter(
     "model_service_requests_total",
@@ -181,13 +183,13 @@ def value_buckets(metadata: dict[str, Any]) -> tuple[float, ...]:
 
 def _observe_values(child, values: list[Any]) -> None:
     """Histogram.observe for a whole batch: one increment per bucket, not per value."""
-    array = np.asarray(values, dtype=np.float64)
     buckets = getattr(child, "_buckets", None)
     upper = getattr(child, "_upper_bounds", None)
-    if buckets is None or upper is None:
-        for value in array:
+    if buckets is None or upper is None or len(values) <= SMALL_BATCH:
+        for value in values:
             child.observe(float(value))
         return
+    array = np.asarray(values, dtype=np.float64)
     # Histogram.observe puts a value in the first bucket whose bound is >= it.
     counts = np.bincount(np.searchsorted(upper, array, side="left"), minlength=len(upper))
     child._sum.inc(float(array.sum()))

@@ -73,6 +73,10 @@ def served_requests(families: dict) -> float:
     return value(families, "model_service_requests_total", **labels)
 
 
+def worker_starts(stack) -> float:
+    return value(scrape(stack), "model_service_worker_starts_total")
+
+
 def predict(stack, request_id: str) -> None:
     response = requests.post(
         f"{stack.url}/v1/models/{IRIS}/predict",
@@ -108,9 +112,10 @@ def wait_for(condition, timeout: float = 30.0, what: str = "condition"):
 def test_counts_are_exact_across_workers_and_survive_a_killed_worker(metrics_stack):
     stack = metrics_stack
     assert not (stack.metrics_dir / "counter_1.db").exists()
-    before = scrape(stack)
-    assert served_requests(before) == 0
-    assert value(before, "model_service_worker_starts_total") == WORKERS
+    assert served_requests(scrape(stack)) == 0
+    # A worker's pid shows a moment before its post_fork hook has counted it.
+    wait_for(lambda: worker_starts(stack) >= WORKERS, what="both workers' post_fork")
+    assert worker_starts(stack) == WORKERS
 
     # Predict until both workers have answered (new connection each), and count them.
     sent: list[str] = []
@@ -137,6 +142,8 @@ def test_counts_are_exact_across_workers_and_survive_a_killed_worker(metrics_sta
         lambda: victim not in stack.worker_pids() and len(stack.worker_pids()) == WORKERS,
         what="Gunicorn to replace the killed worker",
     )
+    wait_for(lambda: worker_starts(stack) > WORKERS, what="the new worker's post_fork")
+    assert worker_starts(stack) == WORKERS + 1
     m = 7
     for i in range(m):
         predict(stack, f"after-kill-{i}")
