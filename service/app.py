@@ -16,6 +16,7 @@ from service.api import (
     metrics,
     mlflow,
     models,
+    monitoring,
     observe,
     predict,
     request_ids,
@@ -56,6 +57,9 @@ def build_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     errors.init_app(app)
     for blueprint in (health.bp, models.bp, predict.bp, admin.bp, mlflow.bp, docs.bp, v2.bp):
         app.register_blueprint(blueprint)
+    app.register_blueprint(monitoring.bp)
+    # Feedback joins, drift counts, the prediction log; live quality and drift at scrape time.
+    monitoring.init_app(app, settings)
     app.register_blueprint(metrics.bp)
     app.register_blueprint(status.bp)
     return app

@@ -397,6 +397,41 @@ def card(ref: str, output_path: Path, store_path: Path) -> None:
     click.echo(f"wrote {output_path} ({model_ref.name}@{version})")
 
 
+@cli.command("export-log")
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="MODEL_SERVICE_STATE_DIR",
+    default=".monitoring",
+    show_default=True,
+    help="The monitoring state directory (its predictions/ holds the log).",
+)
+@click.option("--model", "model_name", help="Only this model's predictions.")
+@click.option("--since", help="Only predictions at or after this ISO-8601 time (UTC if no zone).")
+@click.option(
+    "--output",
+    "output_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The CSV file to write.",
+)
+def export_log(
+    state_dir: Path, model_name: str | None, since: str | None, output_path: Path
+) -> None:
+    """Merge every worker's prediction log (rotated files too) into one CSV ordered by time."""
+    from service.monitoring import predlog
+
+    try:
+        since_time = predlog.parse_time(since) if since else None
+    except ValueError:
+        raise click.BadParameter(f"not an ISO-8601 time: {since!r}", param_hint="--since") from None
+    files = predlog.log_files(state_dir)
+    if not files:
+        raise click.ClickException(f"no prediction log under {predlog.log_dir(state_dir)}")
+    rows = predlog.export_csv(state_dir, output_path, model=model_name, since=since_time)
+    click.echo(f"wrote {rows} predictions from {len(files)} log files to {output_path}")
+
+
 @cli.command("train-demo")
 @store_option
 @click.option("--if-empty", is_flag=True, help="Do nothing when the store holds any model.")

@@ -32,11 +32,13 @@ import grpc
 
 from service.config import Settings
 from service.errors import BadRequest, ServiceError
+from service.monitoring import live as monitoring
 from service.monitoring import logs, metrics
 from service.protocols import v2
 from service.protocols.grpc import open_inference_pb2 as pb
 from service.protocols.grpc import open_inference_pb2_grpc as pb_grpc
 from service.protocols.grpc import tensors
+from service.runtime import hooks
 from service.runtime.registry import ModelRegistry
 from service.store import ModelRef, ModelStore, parse_ref
 
@@ -117,7 +119,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     # -- inference -------------------------------------------------------------
 
     def ModelInfer(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return _call(context, lambda: self._infer(request))
+        # The request's id (echoed in the answer) joins feedback to these predictions, as
+        # X-Request-ID does over HTTP. Reset after: the pool's threads serve other calls.
+        token = hooks.request_id.set(request.id or None)
+        try:
+            return _call(context, lambda: self._infer(request))
+        finally:
+            hooks.request_id.reset(token)
 
     def _infer(self, request: Any) -> Any:
         model = self.registry.get(model_ref(request.model_name, request.model_version))
@@ -175,6 +183,9 @@ def create_server(
     """A started-but-not-yet-serving server: the registry loaded, the port bound."""
     registry = ModelRegistry(ModelStore(settings.store), settings)
     registry.refresh()
+    # Served predictions join feedback, count for drift and reach the prediction log,
+    # in the same state as the HTTP workers'.
+    monitoring.install(settings, registry.store)
     server = grpc.server(
         futures.ThreadPoolExecutor(
             max_workers=threads or os.cpu_count() or 1, thread_name_prefix="grpc"

@@ -148,6 +148,8 @@ class LocalStack:
         env["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir)
         env.update(self.extra_env)
         env["MODEL_SERVICE_STORE"] = str(self.store)
+        # The workers' and the gRPC server's shared monitoring state (feedback, drift).
+        env.setdefault("MODEL_SERVICE_STATE_DIR", str(self.runtime_dir / "state"))
         return env
 
     def _start_gunicorn(self) -> None:

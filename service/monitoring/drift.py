@@ -1,0 +1,184 @@
+"""Drift: live feature values against the training distribution in metadata.yaml.
+
+Each served value is counted into the bins of its feature's training histogram
+(``input.features[*].stats.histogram``): a value below the first edge goes into the
+first bin, above the last edge into the last one, and a missing value (NaN) is counted
+apart. A categorical value is counted under its category when training saw it,
+under ``unseen`` when not, and apart when missing.
+
+The population stability index of a feature compares the live shares ``a`` with the
+training shares ``e`` over the same bins (missing values left out of both):
+
+    PSI = sum((a - e) * ln(a / e))
+
+A bin empty on either side would make that infinite, so shares are floored at
+``EPSILON`` (1e-4) first. For categories the bins are the training categories plus
+``unseen`` (a training share of 0, floored the same way). Rules of thumb: below 0.1
+little change, 0.1 to 0.25 some, above 0.25 a lot; the service flags a feature above
+the ``drift_threshold`` setting (0.2 by default).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+EPSILON = 1e-4
+MISSING = "missing"
+UNSEEN = "unseen"
+CATEGORY_PREFIX = "c:"
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureProfile:
+    """The training distribution of one feature, as metadata.yaml records it."""
+
+    name: str
+    index: int
+    numeric: bool
+    edges: np.ndarray | None = None  # numeric: histogram edges
+    counts: np.ndarray | None = None  # numeric: training counts per bin
+    shares: dict[str, float] = dataclasses.field(default_factory=dict)  # categorical
+    fill_value: str | None = None  # categorical: what a missing category became
+    missing_rate: float = 0.0
+
+    def bins(self) -> list[str]:
+        """The bins PSI runs over, in order."""
+        if self.numeric:
+            assert self.counts is not None
+            return [str(i) for i in range(len(self.counts))]
+        return [CATEGORY_PREFIX + c for c in self.shares] + [UNSEEN]
+
+    def expected(self) -> np.ndarray:
+        """Training shares over :meth:`bins`."""
+        if self.numeric:
+            assert self.counts is not None
+            total = self.counts.sum()
+            return self.counts / total if total else np.zeros(len(self.counts))
+        return np.array([*self.shares.values(), 0.0], dtype=np.float64)
+
+    def labels(self) -> list[str]:
+        """Readable names of :meth:`bins`: numeric ranges or category names."""
+        if self.numeric:
+            assert self.edges is not None
+            edges = self.edges
+            return [f"[{edges[i]:g}, {edges[i + 1]:g})" for i in range(len(edges) - 1)]
+        return [*self.shares, UNSEEN]
+
+
+def profiles(metadata: dict[str, Any]) -> list[FeatureProfile]:
+    """Profiles of the features that have training statistics (older metadata may not)."""
+    found = []
+    for index, feature in enumerate(metadata.get("input", {}).get("features", [])):
+        stats = feature.get("stats") or {}
+        missing_rate = float(stats.get("missing_rate") or 0.0)
+        if feature.get("dtype") == "category":
+            shares = stats.get("category_shares")
+            if not shares:
+                continue
+            found.append(
+                FeatureProfile(
+                    feature["name"],
+                    index,
+                    numeric=False,
+                    shares={str(k): float(v) for k, v in shares.items()},
+                    fill_value=feature.get("fill_value"),
+                    missing_rate=missing_rate,
+                )
+            )
+            continue
+        histogram = stats.get("histogram")
+        if not histogram or len(histogram.get("edges", ())) < 2:
+            continue
+        found.append(
+            FeatureProfile(
+                feature["name"],
+                index,
+                numeric=True,
+                edges=np.asarray(histogram["edges"], dtype=np.float64),
+                counts=np.asarray(histogram["counts"], dtype=np.float64),
+                missing_rate=missing_rate,
+            )
+        )
+    return found
+
+
+def _column(model_input: Any, profile: FeatureProfile) -> np.ndarray:
+    if isinstance(model_input, pd.DataFrame):
+        return model_input[profile.name].to_numpy()
+    return np.asarray(model_input)[:, profile.index]
+
+
+def count_bins(profile: FeatureProfile, model_input: Any) -> dict[str, int]:
+    """Live counts of one feature's values in a validated model input: {bin: n}."""
+    column = _column(model_input, profile)
+    found: dict[str, int] = {}
+    if profile.numeric:
+        assert profile.edges is not None
+        values = np.asarray(column, dtype=np.float64)
+        missing = np.isnan(values)
+        n_bins = len(profile.edges) - 1
+        # [e_i, e_i+1) like np.histogram; outside the training range: the end bins.
+        index = np.searchsorted(profile.edges, values[~missing], side="right") - 1
+        counts = np.bincount(np.clip(index, 0, n_bins - 1), minlength=n_bins)
+        found.update({str(i): int(n) for i, n in enumerate(counts) if n})
+        if missing.any():
+            found[MISSING] = int(missing.sum())
+        return found
+    texts = ["\0" if _is_missing(v) else str(v) for v in column]
+    values, counts = np.unique(np.array(texts, dtype=object), return_counts=True)
+    for value, n in zip(values, counts, strict=True):
+        if value == "\0" or (value == profile.fill_value and value not in profile.shares):
+            key = MISSING
+        elif value in profile.shares:
+            key = CATEGORY_PREFIX + value
+        else:
+            key = UNSEEN
+        found[key] = found.get(key, 0) + int(n)
+    return found
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and value != value)
+
+
+def psi(expected: np.ndarray, actual: np.ndarray, epsilon: float = EPSILON) -> float:
+    """Population stability index of two share vectors over the same bins."""
+    e = np.maximum(np.asarray(expected, dtype=np.float64), epsilon)
+    a = np.maximum(np.asarray(actual, dtype=np.float64), epsilon)
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
+def feature_report(
+    profile: FeatureProfile, live: dict[str, int], threshold: float
+) -> dict[str, Any]:
+    """PSI, the flag, the live count, and both distributions over the same bins."""
+    bins = profile.bins()
+    counts = np.array([live.get(b, 0) for b in bins], dtype=np.float64)
+    present = int(counts.sum())
+    missing = int(live.get(MISSING, 0))
+    expected = profile.expected()
+    actual = counts / present if present else np.zeros(len(bins))
+    value = round(psi(expected, actual), 6) if present else None
+    report: dict[str, Any] = {
+        "kind": "numeric" if profile.numeric else "categorical",
+        "psi": value,
+        "flagged": bool(value is not None and value > threshold),
+        "count": present + missing,
+        "missing": missing,
+        "missing_rate": {
+            "live": round(missing / (present + missing), 6) if present + missing else None,
+            "training": profile.missing_rate,
+        },
+        "bins": profile.labels(),
+        "live": [round(float(x), 6) for x in actual],
+        "live_counts": [int(x) for x in counts],
+        "training": [round(float(x), 6) for x in expected],
+    }
+    if profile.numeric:
+        assert profile.edges is not None
+        report["edges"] = [float(e) for e in profile.edges]
+    return report

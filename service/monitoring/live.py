@@ -1,0 +1,470 @@
+"""What each process does with the predictions it serves: record them for feedback,
+drift and the prediction log, off the request path.
+
+The observer registered with ``service.runtime.hooks`` only appends the event to an
+in-process buffer. A daemon thread, started lazily in each process that serves (like
+the registry's watcher: threads do not survive Gunicorn's fork), wakes every
+``FLUSH_INTERVAL`` seconds and writes the buffered events in one batch: the served
+rows to the shared SQLite state, the drift counts, and the sampled lines of the
+prediction log. The read endpoints and the scrape collectors flush their own
+process's buffer before they answer, and the buffer is flushed at exit.
+
+A prediction served by another worker reaches the state within ``FLUSH_INTERVAL``;
+feedback that arrives before that waits up to ``FEEDBACK_WAIT`` seconds for it before
+answering 404.
+
+One monitor per process: the last one installed (the last app built) observes.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Iterable
+from http import HTTPStatus
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+
+from service.config import Settings
+from service.errors import InvalidInput, NotFound, ServiceError
+from service.monitoring import add_scrape_collector, drift, quality
+from service.monitoring.predlog import PredictionLog, lines_for
+from service.monitoring.state import StateStore, dumps
+from service.runtime import hooks
+from service.store import ModelStore
+
+log = logging.getLogger(__name__)
+
+FLUSH_INTERVAL = 0.2
+# Events (requests) held per process while the state cannot be written; beyond, the
+# oldest are dropped (and counted) rather than letting memory grow.
+MAX_BUFFERED = 100_000
+FEEDBACK_WAIT = 1.0
+_POLL = 0.05
+
+
+class UnknownPrediction(NotFound):
+    code = "prediction_not_found"
+
+
+class InvalidLabel(InvalidInput):
+    status = HTTPStatus.UNPROCESSABLE_ENTITY
+    code = "invalid_label"
+
+
+class Monitor:
+    def __init__(self, settings: Settings, store: ModelStore | None = None):
+        self.settings = settings
+        self.store = store or ModelStore(settings.store)
+        self.state = StateStore(
+            settings.state_dir, prediction_retention=settings.prediction_retention
+        )
+        self.predlog = (
+            PredictionLog(
+                settings.state_dir,
+                max_bytes=settings.prediction_log_max_bytes,
+                backups=settings.prediction_log_backups,
+            )
+            if settings.prediction_log
+            else None
+        )
+        self.dropped = 0
+        self._buffer: collections.deque[tuple[float, hooks.PredictionEvent]] = collections.deque()
+        self._pid: int | None = None
+        self._start_lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._random = random.Random()
+        self._profiles: dict[tuple[str, int], list[drift.FeatureProfile]] = {}
+        self._metadata: dict[tuple[str, int], dict[str, Any]] = {}
+        self._pruned_minute: int | None = None
+        self._atexit = False
+
+    # -- the request path -------------------------------------------------------
+
+    def observe(self, event: hooks.PredictionEvent) -> None:
+        if self._pid != os.getpid():
+            self._start()
+        if len(self._buffer) >= MAX_BUFFERED:
+            self._buffer.popleft()
+            self.dropped += 1
+        self._buffer.append((time.time(), event))
+
+    def _start(self) -> None:
+        with self._start_lock:
+            pid = os.getpid()
+            if self._pid == pid:
+                return
+            # A forked child starts empty: what the parent buffered is the parent's.
+            self._buffer = collections.deque()
+            self._stop = threading.Event()
+            thread = threading.Thread(
+                target=self._run, args=(self._stop,), name="monitoring-flusher", daemon=True
+            )
+            thread.start()
+            if not self._atexit:
+                atexit.register(self.flush)
+                self._atexit = True
+            self._pid = pid
+
+    def _run(self, stop: threading.Event) -> None:
+        while not stop.wait(FLUSH_INTERVAL):
+            self.flush()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.flush()
+        self._pid = None
+
+    # -- the writer ---------------------------------------------------------------
+
+    def flush(self) -> int:
+        """Write what this process buffered; returns the events written. Never raises."""
+        with self._flush_lock:
+            events = []
+            while True:
+                try:
+                    events.append(self._buffer.popleft())
+                except IndexError:
+                    break
+            if not events:
+                return 0
+            try:
+                self._write(events)
+            except Exception:
+                log.exception(
+                    "monitoring: %d served predictions could not be recorded", len(events)
+                )
+                return 0
+            return len(events)
+
+    def _write(self, events: list[tuple[float, hooks.PredictionEvent]]) -> None:
+        rows: list[tuple[str, str, int, int, str, float]] = []
+        counts: dict[tuple[str, int, str, str, int], int] = collections.Counter()
+        lines: list[dict[str, Any]] = []
+        rate = self.settings.prediction_log_sample_rate
+        for seconds, event in events:
+            model = event.model
+            if event.request_id:
+                rows.extend(
+                    (model.name, event.request_id, i, model.version, dumps(value), seconds)
+                    for i, value in enumerate(event.prediction.predictions)
+                )
+            minute = int(seconds // 60)
+            for profile in self._feature_profiles(model.name, model.version, model.metadata):
+                for bin_, n in drift.count_bins(profile, event.model_input).items():
+                    counts[(model.name, model.version, profile.name, bin_, minute)] += n
+            if self.predlog is not None and (rate >= 1 or self._random.random() < rate):
+                lines.extend(
+                    lines_for(model, event.model_input, event.prediction, event.request_id, seconds)
+                )
+        now_minute = int(time.time() // 60)
+        prune = None
+        if self._pruned_minute != now_minute:
+            prune = now_minute - self.settings.drift_window_minutes - 1
+            self._pruned_minute = now_minute
+        self.state.write_batch(rows, counts, prune_drift_before=prune)
+        if lines and self.predlog is not None:
+            self.predlog.write(lines)
+
+    def _feature_profiles(
+        self, name: str, version: int, metadata: dict[str, Any]
+    ) -> list[drift.FeatureProfile]:
+        key = (name, version)
+        found = self._profiles.get(key)
+        if found is None:
+            found = self._profiles[key] = drift.profiles(metadata)
+        return found
+
+    # -- metadata of versions no longer loaded ------------------------------------
+
+    def metadata(self, name: str, version: int) -> dict[str, Any] | None:
+        key = (name, version)
+        if key not in self._metadata:
+            try:
+                self._metadata[key] = self.store.metadata(name, version)
+            except ServiceError:
+                return None
+        return self._metadata[key]
+
+    def _aliases_by_version(self, name: str) -> dict[int, list[str]]:
+        try:
+            aliases = self.store.aliases(name)
+        except ServiceError:
+            return {}
+        found: dict[int, list[str]] = {}
+        for alias, version in sorted(aliases.items()):
+            found.setdefault(int(version), []).append(alias)
+        return found
+
+    # -- feedback -------------------------------------------------------------------
+
+    def record_feedback(self, name: str, items: list[tuple[str, int, Any]]) -> list[dict[str, Any]]:
+        """Join labels (request_id, index, label) to served predictions and store them.
+        All or nothing: an unknown prediction (404) or a bad label (422) stores none."""
+        self.flush()
+        keys = [(request_id, index) for request_id, index, _ in items]
+        served = self.state.served(name, keys)
+        deadline = time.monotonic() + FEEDBACK_WAIT
+        # Served by another worker a moment ago: its batch is at most FLUSH_INTERVAL away.
+        while len(served) < len(set(keys)) and time.monotonic() < deadline:
+            time.sleep(_POLL)
+            served.update(self.state.served(name, [k for k in keys if k not in served]))
+        unknown = [
+            {"item": i, "request_id": r, "index": x}
+            for i, (r, x) in enumerate(keys)
+            if (r, x) not in served
+        ]
+        if unknown:
+            first = unknown[0]
+            raise UnknownPrediction(
+                f"item {first['item']}: no prediction of {name!r} with request id "
+                f"{first['request_id']!r} and index {first['index']} is kept: unknown, or "
+                f"older than the last {self.settings.prediction_retention} predictions",
+                details=unknown,
+            )
+        problems = []
+        joined = []
+        for i, (request_id, index, label) in enumerate(items):
+            version, prediction = served[(request_id, index)]
+            metadata = self.metadata(name, version) or {}
+            checked, problem = _check_label(metadata, label)
+            if problem:
+                problems.append({"item": i, "version": version, "problem": problem})
+            joined.append((request_id, index, version, prediction, checked))
+        if problems:
+            first = problems[0]
+            raise InvalidLabel(
+                f"item {first['item']}: {first['problem']}",
+                details=problems,
+                code="invalid_label",
+            )
+        replaced = self.state.record_feedback(name, joined)
+        return [
+            {
+                "request_id": request_id,
+                "index": index,
+                "version": version,
+                "prediction": prediction,
+                "label": label,
+                "replaced": again,
+            }
+            for (request_id, index, version, prediction, label), again in zip(
+                joined, replaced, strict=True
+            )
+        ]
+
+    # -- reports --------------------------------------------------------------------
+
+    def performance(self, name: str) -> dict[str, Any]:
+        self.flush()
+        totals = self.state.feedback_totals(name)
+        aliases = self._aliases_by_version(name)
+        versions = sorted(
+            {v for _, v in totals}
+            | {v for _, v in self.state.predicted_versions(name)}
+            | set(aliases)
+        )
+        reports = []
+        for version in versions:
+            metadata = self.metadata(name, version)
+            if metadata is None:
+                continue
+            report = quality.version_report(
+                metadata,
+                self.state.labelled(name, version, self.settings.quality_window),
+                feedback_total=totals.get((name, version), 0),
+                window=self.settings.quality_window,
+                tolerance=self.settings.quality_tolerance,
+            )
+            report["aliases"] = aliases.get(version, [])
+            reports.append(report)
+        return {
+            "model": name,
+            "window": self.settings.quality_window,
+            "tolerance": self.settings.quality_tolerance,
+            "versions": reports,
+        }
+
+    def drift(self, name: str) -> dict[str, Any]:
+        self.flush()
+        window = self.settings.drift_window_minutes
+        since = int(time.time() // 60) - window + 1
+        live = self.state.drift_counts(since, name)
+        aliases = self._aliases_by_version(name)
+        reports = []
+        for version in sorted({v for _, v in live} | set(aliases)):
+            metadata = self.metadata(name, version)
+            if metadata is None:
+                continue
+            reports.append(
+                {
+                    "version": version,
+                    "aliases": aliases.get(version, []),
+                    **self._version_drift(name, version, metadata, live.get((name, version), {})),
+                }
+            )
+        return {
+            "model": name,
+            "window_minutes": window,
+            "threshold": self.settings.drift_threshold,
+            "epsilon": drift.EPSILON,
+            "versions": reports,
+        }
+
+    def _version_drift(
+        self, name: str, version: int, metadata: dict[str, Any], counts: dict[str, dict[str, int]]
+    ) -> dict[str, Any]:
+        features = {
+            profile.name: drift.feature_report(
+                profile, counts.get(profile.name, {}), self.settings.drift_threshold
+            )
+            for profile in self._feature_profiles(name, version, metadata)
+        }
+        rows = max((f["count"] for f in features.values()), default=0)
+        flagged = sorted(n for n, f in features.items() if f["flagged"])
+        return {"rows": rows, "flagged": flagged, "features": features}
+
+    # -- Prometheus, at scrape time ---------------------------------------------------
+
+    def collect(self) -> Iterable[Metric]:
+        try:
+            return self._collect_quality() + self._collect_drift()
+        except Exception:
+            log.exception("monitoring: live quality and drift figures could not be read")
+            return []
+
+    def _collect_quality(self) -> list[Metric]:
+        self.flush()
+        labels = ["model", "version"]
+        accuracy = GaugeMetricFamily(
+            "model_service_live_accuracy",
+            "Accuracy over the newest labelled predictions (quality_window)",
+            labels=labels,
+        )
+        recall = GaugeMetricFamily(
+            "model_service_live_class_recall",
+            "Recall of each class over the newest labelled predictions",
+            labels=[*labels, "class"],
+        )
+        mae = GaugeMetricFamily(
+            "model_service_live_mae",
+            "Mean absolute error over the newest labelled predictions",
+            labels=labels,
+        )
+        total = CounterMetricFamily(
+            "model_service_feedback", "Labels received for served predictions", labels=labels
+        )
+        below = GaugeMetricFamily(
+            "model_service_live_quality_below_test",
+            "1 when live quality is worse than the test score by more than the tolerance",
+            labels=labels,
+        )
+        for (name, version), count in sorted(self.state.feedback_totals().items()):
+            metadata = self.metadata(name, version)
+            if metadata is None:
+                continue
+            key = [name, str(version)]
+            total.add_metric(key, count)
+            report = quality.version_report(
+                metadata,
+                self.state.labelled(name, version, self.settings.quality_window),
+                feedback_total=count,
+                window=self.settings.quality_window,
+                tolerance=self.settings.quality_tolerance,
+            )
+            live = report["live"]
+            if live.get(quality.ACCURACY) is not None:
+                accuracy.add_metric(key, live[quality.ACCURACY])
+                for cls, value in live["class_recall"].items():
+                    if value is not None:
+                        recall.add_metric([*key, cls], value)
+            if live.get(quality.MAE) is not None:
+                mae.add_metric(key, live[quality.MAE])
+            below.add_metric(key, 1.0 if report["below_test_score"] else 0.0)
+        return [accuracy, recall, mae, total, below]
+
+    def _collect_drift(self) -> list[Metric]:
+        labels = ["model", "version", "feature"]
+        psi = GaugeMetricFamily(
+            "model_service_feature_drift_psi",
+            "Population stability index of live feature values against training",
+            labels=labels,
+        )
+        flagged = GaugeMetricFamily(
+            "model_service_feature_drift_flagged",
+            "1 when the feature's PSI is above drift_threshold",
+            labels=labels,
+        )
+        since = int(time.time() // 60) - self.settings.drift_window_minutes + 1
+        for (name, version), counts in sorted(self.state.drift_counts(since).items()):
+            metadata = self.metadata(name, version)
+            if metadata is None:
+                continue
+            report = self._version_drift(name, version, metadata, counts)
+            for feature, entry in report["features"].items():
+                if entry["psi"] is None:
+                    continue
+                key = [name, str(version), feature]
+                psi.add_metric(key, entry["psi"])
+                flagged.add_metric(key, 1.0 if entry["flagged"] else 0.0)
+        return [psi, flagged]
+
+
+def _check_label(metadata: dict[str, Any], label: Any) -> tuple[Any, str | None]:
+    """The label as the model's class (or a float for a regressor), or a problem."""
+    if metadata.get("task") == "regression":
+        if isinstance(label, bool) or not isinstance(label, int | float) or label != label:
+            return label, f"label must be a number for a regressor, got {label!r}"
+        if abs(float(label)) == float("inf"):
+            return label, "label must be a finite number"
+        return float(label), None
+    classes = list(metadata.get("classes") or [])
+    if not isinstance(label, bool) and isinstance(label, str | int | float):
+        for cls in classes:
+            if isinstance(cls, bool) or isinstance(label, str) != isinstance(cls, str):
+                if isinstance(cls, str) and isinstance(label, int) and str(label) == cls:
+                    return cls, None
+                continue
+            if label == cls:
+                return cls, None
+    return label, f"label {label!r} is not one of the classes {classes}"
+
+
+# -- installing ------------------------------------------------------------------------
+
+_active: Monitor | None = None
+
+
+def _observe(event: hooks.PredictionEvent) -> None:
+    monitor = _active
+    if monitor is not None:
+        monitor.observe(event)
+
+
+def _collect() -> Iterable[Metric]:
+    monitor = _active
+    return monitor.collect() if monitor is not None else []
+
+
+def install(settings: Settings, store: ModelStore | None = None) -> Monitor:
+    """Observe this process's predictions with a new monitor (replacing any earlier one)
+    and publish its figures at scrape time. For any front end: Flask, gRPC."""
+    global _active
+    previous, _active = _active, Monitor(settings, store)
+    if previous is not None:
+        previous.stop()
+    hooks.add_observer(_observe)
+    add_scrape_collector(_collect)
+    return _active
+
+
+def active() -> Monitor | None:
+    return _active

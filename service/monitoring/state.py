@@ -1,0 +1,262 @@
+"""The monitoring state the workers of one host share: one SQLite database.
+
+Every Gunicorn worker (and the gRPC server) is its own process, so what one of them
+served must be visible to the others: feedback for a prediction may reach any worker,
+and live quality and drift are figures of the whole host. They all write to
+``<state_dir>/state.db`` in WAL mode (readers never block the writer) with a busy
+timeout (writers wait for each other instead of failing). Each process, and each
+thread in it, opens its own connection: SQLite connections must not cross a fork.
+
+Tables:
+
+- ``predictions``: each served row (model, request id, index in the request, version,
+  the label or value, time), the newest ``prediction_retention`` kept, for the join.
+- ``feedback``: the label given for a served row, with the prediction it joined;
+  one row per (model, request id, index): a second label replaces the first.
+- ``feedback_totals``: labels received per model version (a counter, never pruned).
+- ``drift_counts``: live feature values per (model, version, feature, bin, minute),
+  pruned past the drift window.
+
+Nothing here imports Flask.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+DATABASE = "state.db"
+BUSY_TIMEOUT_MS = 10_000
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS predictions (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    model TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    output TEXT NOT NULL,
+    time REAL NOT NULL,
+    UNIQUE (model, request_id, idx)
+);
+CREATE TABLE IF NOT EXISTS feedback (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    model TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    request_id TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    prediction TEXT NOT NULL,
+    label TEXT NOT NULL,
+    time REAL NOT NULL,
+    UNIQUE (model, request_id, idx)
+);
+CREATE INDEX IF NOT EXISTS feedback_by_version ON feedback (model, version, seq);
+CREATE TABLE IF NOT EXISTS feedback_totals (
+    model TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    total INTEGER NOT NULL,
+    PRIMARY KEY (model, version)
+);
+CREATE TABLE IF NOT EXISTS drift_counts (
+    model TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    feature TEXT NOT NULL,
+    bin TEXT NOT NULL,
+    minute INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (model, version, feature, minute, bin)
+);
+"""
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+def loads(text: str) -> Any:
+    return json.loads(text)
+
+
+class StateStore:
+    """The shared SQLite database under ``state_dir``; created (idempotently) on first use."""
+
+    def __init__(self, state_dir: Path | str, *, prediction_retention: int = 200_000):
+        self.state_dir = Path(state_dir)
+        self.path = self.state_dir / DATABASE
+        self.prediction_retention = prediction_retention
+        self._local = threading.local()
+        self._schema_lock = threading.Lock()
+        self._schema_ready_pid: int | None = None
+
+    # -- connections -----------------------------------------------------------
+
+    def connection(self) -> sqlite3.Connection:
+        """This process's and this thread's connection (a forked child opens its own)."""
+        pid = os.getpid()
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and self._local.pid == pid:
+            return conn
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        self._local.conn, self._local.pid = conn, pid
+        self._ensure_schema(conn, pid)
+        return conn
+
+    def _ensure_schema(self, conn: sqlite3.Connection, pid: int) -> None:
+        with self._schema_lock:
+            if self._schema_ready_pid == pid:
+                return
+            # CREATE ... IF NOT EXISTS: any number of processes may run this at once.
+            conn.executescript(SCHEMA)
+            self._schema_ready_pid = pid
+
+    @contextlib.contextmanager
+    def transaction(self, conn: sqlite3.Connection | None = None) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taking the write lock up front (no upgrade deadlocks)."""
+        conn = conn or self.connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and self._local.pid == os.getpid():
+            conn.close()
+        self._local = threading.local()
+
+    # -- writes (batched by the recorder) ---------------------------------------
+
+    def write_batch(
+        self,
+        predictions: Iterable[tuple[str, str, int, int, str, float]],
+        drift: dict[tuple[str, int, str, str, int], int],
+        *,
+        prune_drift_before: int | None = None,
+    ) -> None:
+        """Served rows (model, request_id, index, version, output JSON, time) and drift
+        counts {(model, version, feature, bin, minute): n}, in one transaction."""
+        with self.transaction() as conn:
+            conn.executemany(
+                "INSERT OR REPLACE INTO predictions (model, request_id, idx, version, output, time)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                predictions,
+            )
+            conn.executemany(
+                "INSERT INTO drift_counts (model, version, feature, bin, minute, count)"
+                " VALUES (?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (model, version, feature, minute, bin)"
+                " DO UPDATE SET count = count + excluded.count",
+                [(*key, n) for key, n in drift.items()],
+            )
+            conn.execute(
+                "DELETE FROM predictions WHERE seq <= (SELECT MAX(seq) FROM predictions) - ?",
+                (self.prediction_retention,),
+            )
+            if prune_drift_before is not None:
+                conn.execute("DELETE FROM drift_counts WHERE minute < ?", (prune_drift_before,))
+
+    # -- the feedback join ------------------------------------------------------
+
+    def served(self, model: str, keys: Iterable[tuple[str, int]]) -> dict[tuple[str, int], Any]:
+        """The served rows among (request_id, index) keys: {key: (version, output)}."""
+        conn = self.connection()
+        found: dict[tuple[str, int], Any] = {}
+        for request_id, index in keys:
+            row = conn.execute(
+                "SELECT version, output FROM predictions WHERE model = ? AND request_id = ?"
+                " AND idx = ?",
+                (model, request_id, index),
+            ).fetchone()
+            if row is not None:
+                found[(request_id, index)] = (int(row[0]), loads(row[1]))
+        return found
+
+    def record_feedback(
+        self, model: str, items: Iterable[tuple[str, int, int, Any, Any]]
+    ) -> list[bool]:
+        """Store labels (request_id, index, version, prediction, label); a label for a row
+        that already has one replaces it and becomes the newest. Returns, per item,
+        whether it replaced an earlier label."""
+        replaced = []
+        now = time.time()
+        with self.transaction() as conn:
+            for request_id, index, version, prediction, label in items:
+                earlier = conn.execute(
+                    "SELECT 1 FROM feedback WHERE model = ? AND request_id = ? AND idx = ?",
+                    (model, request_id, index),
+                ).fetchone()
+                replaced.append(earlier is not None)
+                conn.execute(
+                    "INSERT OR REPLACE INTO feedback"
+                    " (model, version, request_id, idx, prediction, label, time)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (model, version, request_id, index, dumps(prediction), dumps(label), now),
+                )
+                conn.execute(
+                    "INSERT INTO feedback_totals (model, version, total) VALUES (?, ?, 1)"
+                    " ON CONFLICT (model, version) DO UPDATE SET total = total + 1",
+                    (model, version),
+                )
+            # Live quality looks at the newest quality_window labels per version; older
+            # ones are kept only up to the same retention as served predictions.
+            conn.execute(
+                "DELETE FROM feedback WHERE seq <= (SELECT MAX(seq) FROM feedback) - ?",
+                (self.prediction_retention,),
+            )
+        return replaced
+
+    # -- reads --------------------------------------------------------------------
+
+    def labelled(self, model: str, version: int, window: int) -> list[tuple[Any, Any]]:
+        """The newest ``window`` (prediction, label) pairs of a model version."""
+        rows = (
+            self.connection()
+            .execute(
+                "SELECT prediction, label FROM feedback WHERE model = ? AND version = ?"
+                " ORDER BY seq DESC LIMIT ?",
+                (model, version, window),
+            )
+            .fetchall()
+        )
+        return [(loads(p), loads(label)) for p, label in rows]
+
+    def feedback_totals(self, model: str | None = None) -> dict[tuple[str, int], int]:
+        sql, args = "SELECT model, version, total FROM feedback_totals", ()
+        if model is not None:
+            sql, args = sql + " WHERE model = ?", (model,)
+        return {(m, int(v)): int(n) for m, v, n in self.connection().execute(sql, args)}
+
+    def predicted_versions(self, model: str | None = None) -> set[tuple[str, int]]:
+        """Model versions with served rows still kept."""
+        sql, args = "SELECT DISTINCT model, version FROM predictions", ()
+        if model is not None:
+            sql, args = sql + " WHERE model = ?", (model,)
+        return {(m, int(v)) for m, v in self.connection().execute(sql, args)}
+
+    def drift_counts(
+        self, since_minute: int, model: str | None = None
+    ) -> dict[tuple[str, int], dict[str, dict[str, int]]]:
+        """Live counts since a minute: {(model, version): {feature: {bin: n}}}."""
+        sql = "SELECT model, version, feature, bin, SUM(count) FROM drift_counts WHERE minute >= ?"
+        args: tuple[Any, ...] = (since_minute,)
+        if model is not None:
+            sql, args = sql + " AND model = ?", (*args, model)
+        sql += " GROUP BY model, version, feature, bin"
+        found: dict[tuple[str, int], dict[str, dict[str, int]]] = {}
+        for m, v, feature, bin_, n in self.connection().execute(sql, args):
+            found.setdefault((m, int(v)), {}).setdefault(feature, {})[bin_] = int(n)
+        return found

@@ -1,0 +1,544 @@
+"""Feedback joined to served predictions, live quality, the prediction log and drift,
+through the Flask client over a copy of the demo store and a private state directory."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pandas as pd
+import pytest
+
+from service import create_app
+from service.cli import main as modelctl
+from service.config import Settings
+from service.grpc_server import create_server
+from service.monitoring import SCRAPE_COLLECTORS, drift, live, predlog
+from service.protocols.grpc import open_inference_pb2 as pb
+from service.protocols.grpc import open_inference_pb2_grpc as pb_grpc
+from service.training.demo import demo_specs
+from service.training.trainer import prepare
+
+IRIS = "iris-classifier"
+DIABETES = "diabetes-regressor"
+
+# Two clear examples of each iris species, and what the demo model predicts for them.
+IRIS_ROWS = [
+    [5.1, 3.5, 1.4, 0.2],
+    [4.9, 3.0, 1.4, 0.2],
+    [6.4, 3.2, 4.5, 1.5],
+    [5.7, 2.8, 4.5, 1.3],
+    [7.7, 3.8, 6.7, 2.2],
+    [6.3, 3.3, 6.0, 2.5],
+]
+IRIS_PREDICTED = ["setosa", "setosa", "versicolor", "versicolor", "virginica", "virginica"]
+# Labels: rows 3 and 5 predicted wrong.
+IRIS_LABELS = ["setosa", "setosa", "versicolor", "virginica", "virginica", "versicolor"]
+
+
+@pytest.fixture(autouse=True)
+def short_feedback_wait(monkeypatch):
+    # An unknown prediction is looked for again for FEEDBACK_WAIT seconds (another worker
+    # may not have written it yet); one process here, so a short wait is enough.
+    monkeypatch.setattr(live, "FEEDBACK_WAIT", 0.1)
+
+
+@pytest.fixture
+def make_app(store_dir, tmp_path):
+    apps = []
+
+    def make(**settings):
+        config = {"store": store_dir, "state_dir": tmp_path / "state", "reload_interval": 0.1}
+        config.update(settings)
+        app = create_app(config)
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.extensions["model_service.monitoring"].stop()
+        app.extensions["model_service"].registry.stop()
+
+
+@pytest.fixture
+def client(make_app):
+    return make_app().test_client()
+
+
+def predict(client, model: str, rows, request_id: str) -> list:
+    answer = client.post(
+        f"/v1/models/{model}/predict",
+        json={"instances": rows},
+        headers={"X-Request-ID": request_id},
+    )
+    assert answer.status_code == 200, answer.json
+    assert answer.json["request_id"] == request_id
+    return answer.json["predictions"]
+
+
+def feedback(client, model: str, body):
+    return client.post(f"/v1/models/{model}/feedback", json=body)
+
+
+def performance(client, model: str, version: int = 1) -> dict:
+    answer = client.get(f"/v1/models/{model}/performance")
+    assert answer.status_code == 200
+    return next(v for v in answer.json["versions"] if v["version"] == version)
+
+
+def labelled(request_id: str, labels) -> list[dict]:
+    return [
+        {"request_id": request_id, "index": i, "label": label} for i, label in enumerate(labels)
+    ]
+
+
+# -- feedback and live quality --------------------------------------------------------
+
+
+def test_feedback_joins_and_gives_live_accuracy_and_recall(client):
+    assert predict(client, IRIS, IRIS_ROWS, "r1") == IRIS_PREDICTED
+    answer = feedback(client, IRIS, labelled("r1", IRIS_LABELS))
+    assert answer.status_code == 200, answer.json
+    assert answer.json["accepted"] == 6
+    assert [f["prediction"] for f in answer.json["feedback"]] == IRIS_PREDICTED
+    assert {f["version"] for f in answer.json["feedback"]} == {1}
+
+    report = performance(client, IRIS)
+    assert report["count"] == 6
+    assert report["feedback_total"] == 6
+    assert report["metric"] == "accuracy"
+    assert report["live"]["accuracy"] == round(4 / 6, 6)
+    assert report["live"]["class_recall"] == {"setosa": 1.0, "versicolor": 0.5, "virginica": 0.5}
+    assert report["test"]["accuracy"] == pytest.approx(0.966667)
+    assert report["aliases"] == ["production"]
+    # 0.667 is more than 5 % under the test accuracy.
+    assert report["below_test_score"] is True
+
+
+def test_a_second_label_replaces_the_first(client):
+    predict(client, IRIS, IRIS_ROWS, "r1")
+    feedback(client, IRIS, labelled("r1", IRIS_LABELS))
+    answer = feedback(client, IRIS, {"request_id": "r1", "index": 3, "label": "versicolor"})
+    assert answer.status_code == 200
+    assert answer.json["feedback"][0]["replaced"] is True
+    report = performance(client, IRIS)
+    assert report["count"] == 6  # the same six predictions
+    assert report["feedback_total"] == 7  # labels received
+    assert report["live"]["accuracy"] == round(5 / 6, 6)
+
+
+def test_live_quality_within_tolerance_is_not_flagged(client):
+    predict(client, IRIS, IRIS_ROWS, "r1")
+    feedback(client, IRIS, labelled("r1", IRIS_PREDICTED))
+    report = performance(client, IRIS)
+    assert report["live"]["accuracy"] == 1.0
+    assert report["below_test_score"] is False
+
+
+def test_live_quality_looks_at_the_newest_labels_only(make_app):
+    client = make_app(quality_window=4).test_client()
+    predict(client, IRIS, IRIS_ROWS, "r1")
+    feedback(client, IRIS, labelled("r1", IRIS_LABELS))
+    report = performance(client, IRIS)
+    # The newest four labels: rows 2-5, two of them wrong.
+    assert (report["count"], report["live"]["accuracy"]) == (4, 0.5)
+    assert report["live"]["class_recall"]["setosa"] is None
+
+
+def test_live_mae_and_its_flag_both_ways(client):
+    rows = [[50, 1, 25.0, 80.0, 180.0, 100.0, 50.0, 4.0, 4.5, 90.0]] * 3
+    predicted = predict(client, DIABETES, rows, "d1")
+    offsets = [10.0, -20.0, 30.0]
+    labels = [p + o for p, o in zip(predicted, offsets, strict=True)]
+    assert feedback(client, DIABETES, labelled("d1", labels)).status_code == 200
+    report = performance(client, DIABETES)
+    assert report["metric"] == "mae"
+    assert report["live"]["mae"] == pytest.approx(20.0, abs=1e-6)
+    assert report["test"]["mae"] == pytest.approx(45.691847)
+    assert report["below_test_score"] is False
+
+    predicted = predict(client, DIABETES, rows, "d2")
+    feedback(client, DIABETES, labelled("d2", [p + 100.0 for p in predicted]))
+    report = performance(client, DIABETES)
+    # Six labels: errors 10, 20, 30 and three of 100.
+    assert report["live"]["mae"] == pytest.approx(360 / 6, abs=1e-6)
+    assert report["threshold"] == pytest.approx(45.691847 * 1.05, abs=1e-5)
+    assert report["below_test_score"] is True
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"request_id": "nope", "index": 0, "label": "setosa"}, "request id 'nope'"),
+        ({"request_id": "r1", "index": 6, "label": "setosa"}, "index 6"),
+        (
+            [
+                {"request_id": "r1", "index": 0, "label": "setosa"},
+                {"request_id": "r2", "index": 0, "label": "setosa"},
+            ],
+            "item 1",
+        ),
+    ],
+)
+def test_unknown_predictions_are_404(client, body, message):
+    predict(client, IRIS, IRIS_ROWS, "r1")
+    answer = feedback(client, IRIS, body)
+    assert answer.status_code == 404
+    assert answer.json["error"]["code"] == "prediction_not_found"
+    assert message in answer.json["error"]["message"]
+    # All or nothing: the good item of a batch is not stored either.
+    assert performance(client, IRIS)["feedback_total"] == 0
+
+
+def test_feedback_joins_within_the_model_name(client):
+    predict(client, IRIS, IRIS_ROWS, "r1")
+    answer = feedback(client, DIABETES, {"request_id": "r1", "index": 0, "label": 1.0})
+    assert answer.status_code == 404
+
+
+def test_expired_predictions_are_404(make_app):
+    client = make_app(prediction_retention=3).test_client()
+    for i in range(4):
+        predict(client, IRIS, IRIS_ROWS[:1], f"r{i}")
+    assert feedback(client, IRIS, {"request_id": "r0", "label": "setosa"}).status_code == 404
+    assert feedback(client, IRIS, {"request_id": "r3", "label": "setosa"}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("model", "label"),
+    [(IRIS, "rose"), (IRIS, 1), (IRIS, None), (DIABETES, "12"), (DIABETES, True)],
+)
+def test_a_label_that_does_not_fit_the_model_is_422(client, model, label):
+    row = IRIS_ROWS[0] if model == IRIS else [50, 1, 25.0, 80.0, 180.0, 100.0, 50.0, 4.0, 4.5, 90.0]
+    predict(client, model, [row], "r1")
+    answer = feedback(client, model, {"request_id": "r1", "index": 0, "label": label})
+    assert answer.status_code == 422
+    assert answer.json["error"]["code"] == "invalid_label"
+    assert performance(client, model)["feedback_total"] == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"index": 0, "label": "setosa"}, "request_id"),
+        ({"request_id": "r1", "index": -1, "label": "setosa"}, "index"),
+        ({"request_id": "r1", "index": 0}, "label is missing"),
+        ({"request_id": "r1", "label": "setosa", "extra": 1}, "unknown fields"),
+        ([], "no feedback"),
+        (["r1"], "item 0"),
+    ],
+)
+def test_malformed_feedback_is_400(client, body, message):
+    answer = feedback(client, IRIS, body)
+    assert answer.status_code == 400
+    assert message in answer.json["error"]["message"]
+
+
+def test_feedback_for_a_model_not_served_is_404(client):
+    answer = feedback(client, "no-such-model", {"request_id": "r1", "label": 1})
+    assert answer.status_code == 404
+    assert answer.json["error"]["code"] == "model_not_found"
+
+
+def test_live_quality_at_scrape_time(client):
+    predict(client, IRIS, IRIS_ROWS, "r1")
+    feedback(client, IRIS, labelled("r1", IRIS_LABELS))
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for collector in SCRAPE_COLLECTORS
+        for family in collector()
+        for s in family.samples
+    }
+    key = (("model", IRIS), ("version", "1"))
+    assert samples[("model_service_live_accuracy", key)] == round(4 / 6, 6)
+    assert samples[("model_service_feedback_total", key)] == 6
+    assert samples[("model_service_live_quality_below_test", key)] == 1.0
+    recall_key = (("class", "versicolor"), *key)
+    assert samples[("model_service_live_class_recall", recall_key)] == 0.5
+    assert any(name == "model_service_feature_drift_psi" for name, _ in samples)
+
+
+def test_grpc_predictions_join_feedback_too(make_app, store_dir, tmp_path):
+    client = make_app().test_client()
+    server, registry, port = create_server(
+        Settings.from_mapping({"store": store_dir, "state_dir": tmp_path / "state"}),
+        address="127.0.0.1:0",
+        threads=2,
+    )
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            request = pb.ModelInferRequest(model_name=IRIS, id="grpc-1")
+            request.inputs.add(name="instances", datatype="FP64", shape=[2, 4])
+            request.raw_input_contents.append(np.array(IRIS_ROWS[:2], dtype="<f8").tobytes())
+            answer = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=10)
+            assert answer.id == "grpc-1"
+        live.active().flush()
+        body = labelled("grpc-1", ["setosa", "versicolor"])
+        joined = feedback(client, IRIS, body)
+        assert joined.status_code == 200, joined.json
+        assert [f["prediction"] for f in joined.json["feedback"]] == ["setosa", "setosa"]
+    finally:
+        server.stop(None)
+        registry.stop()
+
+
+# -- the prediction log ---------------------------------------------------------------
+
+
+def log_lines(state_dir: Path) -> list[dict]:
+    return [json.loads(line) for path in predlog.log_files(state_dir) for line in open(path)]
+
+
+def test_the_prediction_log_is_off_by_default(client, tmp_path):
+    predict(client, IRIS, IRIS_ROWS, "r1")
+    client.get(f"/v1/models/{IRIS}/performance")  # flushes
+    assert predlog.log_files(tmp_path / "state") == []
+
+
+def test_prediction_log_lines(make_app, tmp_path):
+    client = make_app(prediction_log=True).test_client()
+    predict(client, IRIS, IRIS_ROWS[:2], "r1")
+    predict(client, IRIS, IRIS_ROWS[2:5], "r2")
+    client.get(f"/v1/models/{IRIS}/performance")
+    files = predlog.log_files(tmp_path / "state")
+    assert [f.name for f in files] == [f"predictions-{os.getpid()}.jsonl"]
+    lines = log_lines(tmp_path / "state")
+    assert [(line["request_id"], line["outputs"]["prediction"]) for line in lines] == [
+        ("r1", "setosa"),
+        ("r1", "setosa"),
+        ("r2", "versicolor"),
+        ("r2", "versicolor"),
+        ("r2", "virginica"),
+    ]
+    first = lines[0]
+    assert first["model"] == IRIS and first["version"] == 1
+    assert first["inputs"] == {
+        "sepal_length_cm": 5.1,
+        "sepal_width_cm": 3.5,
+        "petal_length_cm": 1.4,
+        "petal_width_cm": 0.2,
+    }
+    probabilities = first["outputs"]["probabilities"]
+    assert list(probabilities) == ["setosa", "versicolor", "virginica"]
+    assert math.isclose(sum(probabilities.values()), 1.0)
+    assert predlog.parse_time(first["time"]).tzinfo is not None
+
+
+def test_prediction_log_sampling(make_app, tmp_path):
+    client = make_app(prediction_log=True, prediction_log_sample_rate=0.0001).test_client()
+    for i in range(500):
+        predict(client, IRIS, IRIS_ROWS[:1], f"r{i}")
+    client.get(f"/v1/models/{IRIS}/performance")
+    # 500 requests at 1 in 10,000: more than 2 lines has a chance of about 2 in 100,000.
+    assert len(log_lines(tmp_path / "state")) <= 2
+
+
+def test_prediction_log_rotates(make_app, tmp_path):
+    client = make_app(
+        prediction_log=True, prediction_log_max_bytes=2000, prediction_log_backups=2
+    ).test_client()
+    for i in range(40):
+        predict(client, IRIS, IRIS_ROWS[:2], f"r{i:02d}")
+        client.get(f"/v1/models/{IRIS}/performance")
+    names = sorted(p.name for p in predlog.log_files(tmp_path / "state"))
+    pid = os.getpid()
+    assert names == [
+        f"predictions-{pid}.jsonl",
+        f"predictions-{pid}.jsonl.1",
+        f"predictions-{pid}.jsonl.2",
+    ]
+    assert all(p.stat().st_size <= 2000 for p in predlog.log_files(tmp_path / "state"))
+    lines = log_lines(tmp_path / "state")
+    assert 0 < len(lines) < 80  # the oldest were rotated away
+    assert {line["request_id"] for line in lines} >= {"r39"}
+
+    output = tmp_path / "export.csv"
+    assert (
+        modelctl(["export-log", "--state-dir", str(tmp_path / "state"), "--output", str(output)])
+        == 0
+    )
+    with open(output, newline="") as handle:
+        exported = list(csv.DictReader(handle))
+    assert len(exported) == len(lines)  # every kept file, rotated ones too
+    assert exported[-1]["request_id"] == "r39"
+
+
+def write_log(path: Path, lines: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+
+def line(when: str, request_id: str, model: str = IRIS, prediction="setosa") -> dict:
+    return {
+        "time": when,
+        "request_id": request_id,
+        "model": model,
+        "version": 1,
+        "inputs": {"a": 1.5, "b": None},
+        "outputs": {"prediction": prediction, "probabilities": {"setosa": 0.75, "virginica": 0.25}},
+    }
+
+
+def test_export_log_merges_every_worker_in_time_order(tmp_path):
+    state = tmp_path / "state"
+    folder = predlog.log_dir(state)
+    write_log(
+        folder / "predictions-111.jsonl",
+        [line("2024-05-01T10:00:03+00:00", "w1-b"), line("2024-05-01T10:00:05+00:00", "w1-c")],
+    )
+    write_log(folder / "predictions-111.jsonl.1", [line("2024-05-01T10:00:00+00:00", "w1-a")])
+    write_log(
+        folder / "predictions-222.jsonl",
+        [
+            line("2024-05-01T10:00:01+00:00", "w2-a"),
+            line("2024-05-01T10:00:04+00:00", "w2-b", model=DIABETES, prediction=151.5),
+        ],
+    )
+    output = tmp_path / "out" / "log.csv"
+    assert modelctl(["export-log", "--state-dir", str(state), "--output", str(output)]) == 0
+    with open(output, newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == [
+        "time",
+        "request_id",
+        "model",
+        "version",
+        "a",
+        "b",
+        "prediction",
+        "probability_setosa",
+        "probability_virginica",
+    ]
+    assert [row[1] for row in rows[1:]] == ["w1-a", "w2-a", "w1-b", "w2-b", "w1-c"]
+    assert rows[1][4:] == ["1.5", "", "setosa", "0.75", "0.25"]
+
+    args = ["export-log", "--state-dir", str(state), "--output", str(output), "--model", IRIS]
+    assert modelctl([*args, "--since", "2024-05-01T10:00:01"]) == 0
+    with open(output, newline="") as handle:
+        assert [row[1] for row in list(csv.reader(handle))[1:]] == ["w2-a", "w1-b", "w1-c"]
+
+
+def test_export_log_without_a_log_fails(tmp_path, capsys):
+    assert modelctl(["export-log", "--state-dir", str(tmp_path), "--output", "x.csv"]) == 1
+    assert "no prediction log" in capsys.readouterr().err
+
+
+# -- drift ------------------------------------------------------------------------------
+
+
+def training_rows(model: str) -> pd.DataFrame:
+    spec = next(s for s in demo_specs() if s.name == model)
+    _, split = prepare(spec)
+    return split.X_rest
+
+
+def sample(frame: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return frame.iloc[rng.integers(0, len(frame), n)].reset_index(drop=True)
+
+
+def records(frame: pd.DataFrame) -> list[dict]:
+    return json.loads(frame.to_json(orient="records"))
+
+
+def drift_report(client, model: str) -> dict:
+    answer = client.get(f"/v1/models/{model}/drift")
+    assert answer.status_code == 200
+    return next(v for v in answer.json["versions"] if v["version"] == 1)
+
+
+@pytest.mark.parametrize(
+    ("model", "shifted"),
+    [(IRIS, ("sepal_width_cm", "petal_length_cm")), (DIABETES, ("bmi", "s5"))],
+)
+def test_drift_of_real_data(make_app, store, tmp_path, model, shifted):
+    training = training_rows(model)
+    metadata = store.metadata(model, 1)
+    features = [f["name"] for f in metadata["input"]["features"]]
+    assert list(training.columns) == features
+
+    # Rows drawn from the training distribution: no feature drifts.
+    same = make_app(state_dir=tmp_path / "same").test_client()
+    rows = sample(training, 3000, seed=1)
+    predict(same, model, records(rows), "same")
+    report = drift_report(same, model)
+    assert report["rows"] == 3000
+    assert report["flagged"] == []
+    for name in features:
+        assert report["features"][name]["count"] == 3000
+        assert report["features"][name]["psi"] < 0.1, name
+
+    # The same rows with two features moved by three training standard deviations.
+    moved = make_app(state_dir=tmp_path / "moved").test_client()
+    stds = {f["name"]: f["stats"]["std"] for f in metadata["input"]["features"]}
+    changed = rows.copy()
+    for name in shifted:
+        changed[name] = changed[name] + 3 * stds[name]
+    predict(moved, model, records(changed), "moved")
+    report = drift_report(moved, model)
+    assert report["flagged"] == sorted(shifted)
+    for name in features:
+        entry = report["features"][name]
+        if name in shifted:
+            assert entry["psi"] > 0.2 and entry["flagged"], name
+        else:
+            assert entry["psi"] < 0.1 and not entry["flagged"], name
+    entry = report["features"][shifted[0]]
+    assert len(entry["live"]) == len(entry["training"]) == len(entry["bins"]) == 10
+    assert sum(entry["live_counts"]) == 3000
+
+
+def test_drift_is_per_window(make_app, tmp_path):
+    client = make_app().test_client()
+    predict(client, IRIS, IRIS_ROWS, "r1")
+    assert drift_report(client, IRIS)["rows"] == 6
+    # Counts older than the window are left out.
+    monitor = live.active()
+    conn = monitor.state.connection()
+    conn.execute("UPDATE drift_counts SET minute = minute - 61")
+    assert drift_report(client, IRIS)["rows"] == 0
+
+
+def numeric_profile() -> drift.FeatureProfile:
+    return drift.FeatureProfile(
+        "x",
+        0,
+        numeric=True,
+        edges=np.array([0.0, 1.0, 2.0, 3.0]),
+        counts=np.array([1.0, 2.0, 1.0]),
+    )
+
+
+def test_numeric_values_go_into_the_training_bins():
+    values = np.array([[-5.0], [0.0], [0.5], [1.0], [2.999], [3.0], [40.0], [np.nan]])
+    assert drift.count_bins(numeric_profile(), values) == {"0": 3, "1": 1, "2": 3, "missing": 1}
+
+
+def test_category_shares_and_unseen_categories():
+    profile = drift.FeatureProfile(
+        "colour", 1, numeric=False, shares={"red": 0.5, "blue": 0.5}, fill_value="missing"
+    )
+    frame = pd.DataFrame({"colour": ["red", "red", "red", "green", "missing", None]})
+    counts = drift.count_bins(profile, frame)
+    assert counts == {"c:red": 3, "unseen": 1, "missing": 2}
+    report = drift.feature_report(profile, counts, threshold=0.2)
+    expected = (0.75 - 0.5) * math.log(0.75 / 0.5) + (1e-4 - 0.5) * math.log(1e-4 / 0.5)
+    expected += (0.25 - 1e-4) * math.log(0.25 / 1e-4)
+    assert report["psi"] == pytest.approx(expected, abs=1e-6)
+    assert report["bins"] == ["red", "blue", "unseen"]
+    assert report["live"] == [0.75, 0.0, 0.25]
+    assert (report["count"], report["missing"], report["flagged"]) == (6, 2, True)
+
+
+def test_psi_of_identical_shares_is_zero():
+    shares = np.array([0.25, 0.5, 0.25, 0.0])
+    assert drift.psi(shares, shares) == 0.0
+    assert drift.psi(shares, np.array([0.5, 0.25, 0.25, 0.0])) == pytest.approx(
+        0.25 * math.log(2) * 2
+    )
