@@ -1050,6 +1050,127 @@ def _docs_paths() -> dict[str, Any]:
     }
 
 
+def _status_paths() -> dict[str, Any]:
+    """The status page and the JSON it polls (service.api.status)."""
+    nullable_number = {"type": ["number", "null"]}
+    counts = {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}}
+    traffic = {
+        "type": ["object", "null"],
+        "description": "Cumulative figures of the model's prediction routes since the "
+        "metrics began; rates come from the difference of two readings. Null without "
+        "metrics.",
+        "required": ["requests", "by_version", "routes", "latency", "predictions"],
+        "properties": {
+            "requests": {
+                **counts,
+                "required": ["total", "2xx", "4xx", "5xx"],
+                "description": "Requests answered, in all and by status class.",
+            },
+            "by_version": {"type": "object", "additionalProperties": counts},
+            "routes": counts,
+            "latency": {
+                "type": "object",
+                "required": ["buckets", "count", "sum"],
+                "properties": {
+                    "buckets": {
+                        "type": "array",
+                        "description": "[upper bound in seconds (null: +Inf), cumulative "
+                        "count], bounds ascending.",
+                        "items": {
+                            "type": "array",
+                            "prefixItems": [nullable_number, {"type": "integer"}],
+                            "minItems": 2,
+                            "maxItems": 2,
+                        },
+                    },
+                    "count": {"type": "integer", "minimum": 0},
+                    "sum": {"type": "number", "minimum": 0},
+                },
+            },
+            "predictions": {**counts, "description": "Predicted labels of a classifier."},
+        },
+    }
+    model = {
+        "type": "object",
+        "required": [
+            "name",
+            "description",
+            "task",
+            "default_alias",
+            "serving_version",
+            "aliases",
+            "served_versions",
+            "primary_metric",
+            "test_score",
+            "baseline_score",
+            "versions",
+            "traffic",
+            "quality",
+            "drift",
+        ],
+        "properties": {
+            "name": {"type": "string"},
+            "description": {"type": ["string", "null"]},
+            "task": {"type": ["string", "null"]},
+            "default_alias": {"type": "string"},
+            "serving_version": {"type": ["integer", "null"]},
+            "aliases": {"type": "object", "additionalProperties": {"type": "integer"}},
+            "served_versions": {"type": "array", "items": {"type": "integer"}},
+            "primary_metric": {"type": ["string", "null"]},
+            "test_score": nullable_number,
+            "baseline_score": nullable_number,
+            "versions": {"type": "array", "items": {"type": "object"}},
+            "traffic": traffic,
+            "quality": {
+                "type": ["object", "null"],
+                "description": "Live quality per version, as /performance answers it.",
+            },
+            "drift": {
+                "type": ["object", "null"],
+                "description": "PSI per version and feature, as /drift answers it.",
+            },
+        },
+    }
+    body = {
+        "type": "object",
+        "required": [
+            "server_time",
+            "server_timestamp",
+            "refresh_seconds",
+            "window_seconds",
+            "drift_threshold",
+            "traffic_available",
+            "traffic_error",
+            "models",
+        ],
+        "properties": {
+            "server_time": {"type": "string", "format": "date-time"},
+            "server_timestamp": {"type": "number"},
+            "refresh_seconds": {"type": "number"},
+            "window_seconds": {"type": "number"},
+            "drift_threshold": {"type": "number"},
+            "quality_tolerance": {"type": "number"},
+            "traffic_available": {"type": "boolean"},
+            "traffic_error": {"type": ["string", "null"]},
+            "models": {"type": "array", "items": model},
+        },
+    }
+    page = _response("The page.", _HTML)
+    summary = "The status page: every served model's scores, traffic, quality and drift"
+    return {
+        "/": {"get": _op("health", "status_page_root", summary, {"200": page})},
+        "/status": {"get": _op("health", "status_page", summary, {"200": page})},
+        "/v1/status": {
+            "get": _op(
+                "health",
+                "status",
+                "What the status page shows, with cumulative traffic figures",
+                {"200": _response("The status.", _json(body))},
+            )
+        },
+    }
+
+
 @functools.cache
 def _fixed() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     paths: dict[str, Any] = {}
@@ -1061,6 +1182,7 @@ def _fixed() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
         _mlflow_paths,
         _health_paths,
         _docs_paths,
+        _status_paths,
     ):
         paths.update(part())
     return paths, _fixed_schemas(), _fixed_responses()

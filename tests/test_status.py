@@ -220,3 +220,15 @@ def test_a_failing_scrape_never_fails_the_status(client, monkeypatch):
     assert body["traffic_available"] is False
     assert body["traffic_error"] == "cannot read the metrics: RuntimeError"
     assert sorted(m["name"] for m in body["models"]) == DEMO_MODELS
+
+
+def test_status_answer_fits_its_documented_schema(client):
+    import jsonschema
+
+    client.post("/v1/models/iris-classifier/predict", json={"instances": [IRIS_ROW]})
+    document = client.get("/openapi.json").get_json()
+    operation = document["paths"]["/v1/status"]["get"]
+    schema = operation["responses"]["200"]["content"]["application/json"]["schema"]
+    jsonschema.Draft202012Validator(schema).validate(status(client))
+    for path in ("/", "/status"):
+        assert "text/html" in document["paths"][path]["get"]["responses"]["200"]["content"]
