@@ -1171,6 +1171,184 @@ def _status_paths() -> dict[str, Any]:
     }
 
 
+def _monitoring_paths() -> dict[str, Any]:
+    """Feedback, live quality and drift (service.api.monitoring)."""
+    nullable_number = {"type": ["number", "null"]}
+    label = {"type": ["string", "integer", "number", "boolean"]}
+    item = {
+        "type": "object",
+        "required": ["request_id", "label"],
+        "additionalProperties": False,
+        "properties": {
+            "request_id": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 128,
+                "description": "The request id of the prediction (its answer's `request_id`).",
+            },
+            "index": {
+                "type": "integer",
+                "minimum": 0,
+                "default": 0,
+                "description": "The row's position in that request.",
+            },
+            "label": {**label, "description": "A class of the model, or a number (regressor)."},
+        },
+    }
+    accepted = {
+        "type": "object",
+        "required": ["model", "accepted", "feedback"],
+        "properties": {
+            "model": {"type": "string"},
+            "accepted": {"type": "integer", "minimum": 1},
+            "feedback": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["request_id", "index", "version", "prediction", "label"],
+                    "properties": {
+                        "request_id": {"type": "string"},
+                        "index": {"type": "integer"},
+                        "version": {"type": "integer"},
+                        "prediction": label,
+                        "label": label,
+                        "replaced": {
+                            "type": "boolean",
+                            "description": "A label given before for this row was replaced.",
+                        },
+                    },
+                },
+            },
+        },
+    }
+    figures = {
+        "type": "object",
+        "properties": {
+            "accuracy": nullable_number,
+            "mae": nullable_number,
+            "class_recall": {"type": "object", "additionalProperties": nullable_number},
+        },
+    }
+    performance = {
+        "type": "object",
+        "required": ["model", "window", "tolerance", "versions"],
+        "properties": {
+            "model": {"type": "string"},
+            "window": {"type": "integer"},
+            "tolerance": {"type": "number"},
+            "versions": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["version", "metric", "count", "live", "test", "below_test_score"],
+                    "properties": {
+                        "version": {"type": "integer"},
+                        "aliases": {"type": "array", "items": {"type": "string"}},
+                        "task": {"type": "string"},
+                        "metric": {"type": "string", "enum": ["accuracy", "mae"]},
+                        "count": {"type": "integer", "description": "Labels in the window."},
+                        "window": {"type": "integer"},
+                        "feedback_total": {"type": "integer"},
+                        "live": figures,
+                        "test": figures,
+                        "threshold": nullable_number,
+                        "below_test_score": {"type": "boolean"},
+                    },
+                },
+            },
+        },
+    }
+    feature = {
+        "type": "object",
+        "required": ["kind", "psi", "flagged", "count", "bins", "live", "training"],
+        "properties": {
+            "kind": {"type": "string", "enum": ["numeric", "categorical"]},
+            "psi": nullable_number,
+            "flagged": {"type": "boolean"},
+            "count": {"type": "integer"},
+            "missing": {"type": "integer"},
+            "missing_rate": {"type": "object"},
+            "bins": {"type": "array", "items": {"type": "string"}},
+            "edges": {"type": "array", "items": {"type": "number"}},
+            "live": {"type": "array", "items": {"type": "number"}},
+            "live_counts": {"type": "array", "items": {"type": "integer"}},
+            "training": {"type": "array", "items": {"type": "number"}},
+        },
+    }
+    drift = {
+        "type": "object",
+        "required": ["model", "window_minutes", "threshold", "versions"],
+        "properties": {
+            "model": {"type": "string"},
+            "window_minutes": {"type": "integer"},
+            "threshold": {"type": "number"},
+            "epsilon": {"type": "number"},
+            "versions": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["version", "rows", "flagged", "features"],
+                    "properties": {
+                        "version": {"type": "integer"},
+                        "aliases": {"type": "array", "items": {"type": "string"}},
+                        "rows": {"type": "integer"},
+                        "flagged": {"type": "array", "items": {"type": "string"}},
+                        "features": {"type": "object", "additionalProperties": feature},
+                    },
+                },
+            },
+        },
+    }
+    unknown = _error(
+        "A model not served (`model_not_found`), or a prediction unknown or no longer kept "
+        "(`prediction_not_found`, naming the item)."
+    )
+    bad_label = _error(
+        "A label that is not a class of the model, or not a number (`invalid_label`)."
+    )
+    return {
+        "/v1/models/{name}/feedback": {
+            "post": _op(
+                "models",
+                "feedback",
+                "Labels for served predictions, joined by request id and row index",
+                {
+                    "200": _response("Every label was stored.", _json(accepted)),
+                    "400": _r("BadRequest"),
+                    "404": unknown,
+                    "415": _r("UnsupportedMediaType"),
+                    "422": bad_label,
+                },
+                description="One object or a list of them, all or nothing. A second label "
+                "for the same prediction replaces the first.",
+                parameters=[P_NAME],
+                body={
+                    "required": True,
+                    "content": _json({"oneOf": [item, {"type": "array", "items": item}]}),
+                },
+            )
+        },
+        "/v1/models/{name}/performance": {
+            "get": _op(
+                "models",
+                "performance",
+                "Live quality per version from feedback, next to the test score",
+                {"200": _response("Live quality.", _json(performance)), "404": _r("NotFound")},
+                parameters=[P_NAME],
+            )
+        },
+        "/v1/models/{name}/drift": {
+            "get": _op(
+                "models",
+                "drift",
+                "Population stability index of every feature per version",
+                {"200": _response("Drift.", _json(drift)), "404": _r("NotFound")},
+                parameters=[P_NAME],
+            )
+        },
+    }
+
+
 @functools.cache
 def _fixed() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     paths: dict[str, Any] = {}
@@ -1183,6 +1361,7 @@ def _fixed() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
         _health_paths,
         _docs_paths,
         _status_paths,
+        _monitoring_paths,
     ):
         paths.update(part())
     return paths, _fixed_schemas(), _fixed_responses()
