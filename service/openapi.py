@@ -831,6 +831,24 @@ def _health_paths() -> dict[str, Any]:
                 },
             )
         },
+        "/metrics": {
+            "get": _op(
+                "health",
+                "metrics",
+                "Prometheus metrics, summed over every worker of this host",
+                {
+                    "200": _response(
+                        "The Prometheus text exposition format (OpenMetrics when the scraper "
+                        "asks for it).",
+                        {
+                            "text/plain": {"schema": {"type": "string"}},
+                            "application/openmetrics-text": {"schema": {"type": "string"}},
+                        },
+                    ),
+                    "404": _error("Metrics are turned off (MODEL_SERVICE_METRICS=false)."),
+                },
+            )
+        },
     }
 
 
