@@ -12,11 +12,14 @@ One bounded run on 127.0.0.1 that prints one table:
    MLflow's dataframe_split, then one 1,000-row request of each model in each (rows/s).
 4. Memory: total PSS of the Gunicorn master and workers, and one worker's PSS
    (from /proc/PID/smaps_rollup, read after the load).
+5. The cost of monitoring: the single-row load of each demo model again, on a stack
+   started with MODEL_SERVICE_METRICS=false and MODEL_SERVICE_REQUEST_LOG=false, next
+   to the figures of step 1 (requests/s on, off, and on ÷ off).
 
 Load comes from wrk when it is on PATH (a Lua script POSTs the JSON body), otherwise
 from a small built-in closed-loop generator (threads, each with one keep-alive
 http.client connection); the output names the one used. The demo models are
-trained into a temporary store, and the two stacks run one after the other on free
+trained into a temporary store, and the three stacks run one after the other on free
 ports, so they never compete for the CPUs; each is stopped by pid.
 
     .venv/bin/python loadtests/bench.py [--duration 10] [--connections 16] [--workers 2]
@@ -58,6 +61,9 @@ LOOPBACK = "127.0.0.1"
 HELLO_APP = "loadtests.hello_app:app"
 HELLO_PATH = "/predict-hello"
 HELLO_TARGET = "hello (ceiling)"
+# Step 5: the model-service stack again, with the Prometheus metrics and the JSON request
+# log turned off (the shared monitoring state, feedback and drift, stays as it is).
+MONITORING_OFF_ENV = {"MODEL_SERVICE_METRICS": "false", "MODEL_SERVICE_REQUEST_LOG": "false"}
 BATCH_ROWS = 1_000
 SEED = 0
 JSON_HEADERS = {"Content-Type": "application/json"}
@@ -725,6 +731,28 @@ def measure_model_stack(
     return single, batch_rows_per_s, memory, behind_nginx, protocols
 
 
+def measure_monitoring_off(
+    store: Path,
+    payloads: list[DemoPayload],
+    load_generator: WrkLoad | BuiltinLoad,
+    settings: BenchSettings,
+    workdir: Path,
+) -> dict[str, LoadResult]:
+    """The single-row load of measure_model_stack, with metrics and the request log off."""
+    stack = start_stack(
+        "model-service-monitoring-off", workdir, store, settings, extra_env=MONITORING_OFF_ENV
+    )
+    try:
+        single: dict[str, LoadResult] = {}
+        for payload in payloads:
+            warm_up_model(stack, payload)
+            progress(f"single-row load, monitoring off: {payload.name}")
+            single[payload.name] = load_generator.run(predict_url(stack, payload), payload.body(1))
+    finally:
+        stack.stop()
+    return single
+
+
 def measure_hello_stack(
     store: Path,
     body: bytes,
@@ -768,6 +796,9 @@ def run(settings: BenchSettings) -> dict[str, Any]:
         # First, while no stack is running, so nothing else competes for the CPUs.
         in_process = measure_in_process(store, payloads, settings)
         single, batch_http, model_memory, behind_nginx, protocols = measure_model_stack(
+            store_dir, payloads, load_generator, settings, workdir
+        )
+        monitoring_off = measure_monitoring_off(
             store_dir, payloads, load_generator, settings, workdir
         )
         # The ceiling gets the largest single-row body, so it parses at least as much JSON
@@ -823,6 +854,20 @@ def run(settings: BenchSettings) -> dict[str, Any]:
         {"model": name, "rows": BATCH_ROWS, "rows_per_s": by_protocol}
         for name, by_protocol in protocol_batch.items()
     ]
+    monitoring_rows = [
+        {
+            "model": name,
+            "requests_per_s_on": single[name].requests_per_s,
+            "requests_per_s_off": off.requests_per_s,
+            "requests_per_s_ratio": _ratio(single[name].requests_per_s, off.requests_per_s),
+            "p50_ms_on": single[name].p50_ms,
+            "p50_ms_off": off.p50_ms,
+            "p99_ms_on": single[name].p99_ms,
+            "p99_ms_off": off.p99_ms,
+            "errors_off": off.errors,
+        }
+        for name, off in monitoring_off.items()
+    ]
     return {
         "load_generator": {"tool": load_generator.name, "description": load_generator.describe()},
         "settings": {
@@ -841,6 +886,7 @@ def run(settings: BenchSettings) -> dict[str, Any]:
             {"stack": "model-service", **model_memory},
             {"stack": "hello", **hello_memory},
         ],
+        "monitoring_cost": monitoring_rows,
     }
 
 
@@ -923,7 +969,21 @@ def render(results: dict[str, Any]) -> str:
             f"{row['master_pss_mib']:>12.1f}{row['worker_pss_mib']:>16.1f}"
             f"{row['worker_rss_mib']:>16.1f}"
         )
-    errors = sum(row["errors"] for row in results["single_row"] + results["protocols_single_row"])
+    lines += [
+        "",
+        "Monitoring cost: single-row predictions, Prometheus metrics and request log on vs off",
+        f"{'model':<26}{'req/s on':>10}{'req/s off':>11}{'on ÷ off':>10}"
+        f"{'p50 ms on':>11}{'p50 ms off':>12}{'errors off':>12}",
+    ]
+    for row in results["monitoring_cost"]:
+        lines.append(
+            f"{row['model']:<26}{row['requests_per_s_on']:>10.1f}{row['requests_per_s_off']:>11.1f}"
+            f"{row['requests_per_s_ratio']:>10.2f}{row['p50_ms_on']:>11.2f}"
+            f"{row['p50_ms_off']:>12.2f}{row['errors_off']:>12d}"
+        )
+    errors = sum(
+        row["errors"] for row in results["single_row"] + results["protocols_single_row"]
+    ) + sum(row["errors_off"] for row in results["monitoring_cost"])
     if errors:
         lines += ["", f"WARNING: {errors} requests failed under load; the figures are suspect."]
     return "\n".join(lines)
@@ -951,7 +1011,8 @@ def main(argv: list[str] | None = None) -> int:
         settings.json_path.write_text(json.dumps(results, indent=2) + "\n")
         print(f"\nresults written to {settings.json_path}")
     rows = results["single_row"] + results["protocols_single_row"]
-    return 1 if any(row["errors"] for row in rows) else 0
+    failed = any(row["errors"] for row in rows)
+    return 1 if failed or any(row["errors_off"] for row in results["monitoring_cost"]) else 0
 
 
 if __name__ == "__main__":

@@ -107,6 +107,15 @@ def test_bench_quick_reports_every_figure(tmp_path, generator_args):
         assert_positive(row, "total_pss_mib", "master_pss_mib", "worker_pss_mib", "worker_rss_mib")
         assert row["total_pss_mib"] > row["worker_pss_mib"], row
 
+    # Metrics and the request log on (the single-row figures above) against off.
+    monitoring = {row["model"]: row for row in results["monitoring_cost"]}
+    assert set(monitoring) == DEMO_MODEL_NAMES
+    for name, row in monitoring.items():
+        assert row["errors_off"] == 0, row
+        assert_positive(row, "requests_per_s_on", "requests_per_s_off", "requests_per_s_ratio")
+        assert row["requests_per_s_on"] == single[name]["requests_per_s"], row
+    assert "Monitoring cost" in done.stdout
+
 
 @pytest.fixture
 def running_stack(store_dir, tmp_path):
