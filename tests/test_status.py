@@ -219,7 +219,7 @@ def test_without_metrics_the_page_still_shows_models_and_scores(store_dir, tmp_p
 def test_a_failing_scrape_never_fails_the_status(client, monkeypatch):
     from service.monitoring import metrics
 
-    def broken():
+    def broken(**options):
         raise RuntimeError("the metrics directory is gone")
 
     monkeypatch.setattr(metrics, "scrape", broken)

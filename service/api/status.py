@@ -209,7 +209,8 @@ def _traffic(names: list[str]) -> tuple[dict[str, dict[str, Any]] | None, str | 
     except ImportError:
         return None, "the metrics module is not installed"
     try:
-        families = list(metrics.scrape())
+        # Counted traffic only: live quality and drift are read below, once.
+        families = list(metrics.scrape(computed=False))
     except Exception as exc:  # monitoring never fails the page
         log.warning("status: cannot read the metrics: %s", exc)
         return None, f"cannot read the metrics: {type(exc).__name__}"

@@ -333,8 +333,11 @@ class _ValueCollector(Collector):
 _EXTRA = (_ModelInfoCollector(), _FunctionCollector())
 
 
-def scrape() -> list[Metric]:
-    """Every metric family, as /metrics shows it (both modes); empty when metrics are off."""
+def scrape(*, computed: bool = True) -> list[Metric]:
+    """Every metric family, as /metrics shows it (both modes); empty when metrics are off.
+
+    ``computed=False`` leaves out the figures computed at scrape time (model info, live
+    quality, drift): for readers that only want what the processes counted."""
     if not _state.enabled:
         return []
     if multiprocess():
@@ -344,8 +347,9 @@ def scrape() -> list[Metric]:
     else:
         families = list(REGISTRY.collect())
         families.extend(_ValueCollector().collect())
-    for collector in _EXTRA:
-        families.extend(collector.collect())
+    if computed:
+        for collector in _EXTRA:
+            families.extend(collector.collect())
     return families
 
 
