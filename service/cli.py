@@ -502,7 +502,10 @@ def serve(
         click.echo(f"gRPC (Open Inference Protocol) at {stack.grpc_address}")
     example = _curl_example(ModelStore(store_path), stack.url)
     if example:
-        click.echo(f"\nTry it:\n{example}\n\nModels: {stack.url}/v1/models    Stop: make stop")
+        click.echo(
+            f"\nTry it:\n{example}\n\nStatus: {stack.url}/    API docs: {stack.url}/docs    "
+            f"Metrics: {stack.url}/metrics    Stop: make stop"
+        )
 
 
 def _curl_example(store: ModelStore, url: str) -> str | None:
