@@ -4,7 +4,6 @@ tiny scripted HTTP server for retries; service.load_model for embedding, without
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import threading
@@ -27,7 +26,7 @@ from service.client import (
     ServerUnavailableError,
 )
 from service.errors import AliasNotFound, IntegrityError, InvalidInput, ModelNotFound
-from service.localstack import LocalStack, free_port
+from service.localstack import free_port
 from service.runtime.model import load
 from service.store import ModelStore
 
@@ -42,25 +41,15 @@ MAX_INSTANCES = 50
 
 @pytest.fixture(scope="module")
 def stack(trained_store_dir, tmp_path_factory):
-    from tests.integration.conftest import require_nginx
+    from tests.integration.conftest import demo_stack
 
-    require_nginx()
-    base = tmp_path_factory.mktemp("client-stack")
-    store = base / "model_store"
-    shutil.copytree(trained_store_dir, store)
-    stack = LocalStack(
-        runtime_dir=base / "run",
-        store=store,
-        port=free_port(),
-        workers=2,
-        use_nginx=True,
-        extra_env={"MODEL_SERVICE_MAX_INSTANCES": str(MAX_INSTANCES)},
-    )
-    stack.start(ready_timeout=90)
-    try:
-        yield stack
-    finally:
-        stack.stop()
+    with demo_stack(
+        trained_store_dir,
+        tmp_path_factory,
+        "client-stack",
+        {"MODEL_SERVICE_MAX_INSTANCES": str(MAX_INSTANCES)},
+    ) as started:
+        yield started
 
 
 @pytest.fixture

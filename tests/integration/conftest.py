@@ -3,8 +3,11 @@ on free loopback ports, stopped by pid when the tests are done."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import requests
@@ -25,10 +28,13 @@ def require_nginx() -> None:
         pytest.skip("nginx is not installed (apt-get install -y nginx)")
 
 
-@pytest.fixture(scope="module")
-def stack(trained_store_dir, tmp_path_factory):
+@contextlib.contextmanager
+def demo_stack(
+    trained_store_dir: Path, tmp_path_factory, name: str, extra_env: dict[str, str]
+) -> Iterator[LocalStack]:
+    """Nginx -> 2 Gunicorn workers over a private copy of the demo store, stopped by pid."""
     require_nginx()
-    base = tmp_path_factory.mktemp("stack")
+    base = tmp_path_factory.mktemp(name)
     store = base / "model_store"
     shutil.copytree(trained_store_dir, store)
     stack = LocalStack(
@@ -37,13 +43,21 @@ def stack(trained_store_dir, tmp_path_factory):
         port=free_port(),
         workers=2,
         use_nginx=True,
-        extra_env={"MODEL_SERVICE_RELOAD_INTERVAL": "0.2"},
+        extra_env=extra_env,
     )
     stack.start(ready_timeout=90)
     try:
         yield stack
     finally:
         stack.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(trained_store_dir, tmp_path_factory):
+    with demo_stack(
+        trained_store_dir, tmp_path_factory, "stack", {"MODEL_SERVICE_RELOAD_INTERVAL": "0.2"}
+    ) as started:
+        yield started
 
 
 @pytest.fixture

@@ -4,17 +4,15 @@ them with ``requests``: DataFrames as dataframe_split / dataframe_records JSON, 
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
 import requests
 
-from service.localstack import LocalStack, free_port
 from service.runtime.model import load
 from service.store import ModelStore
-from tests.integration.conftest import require_nginx
+from tests.integration.conftest import demo_stack
 from tests.test_mlflow import BAD_REQUESTS, IRIS, IRIS_COLUMNS, IRIS_EXPECTED, IRIS_ROWS
 
 pytestmark = pytest.mark.integration
@@ -25,26 +23,12 @@ MODELS = ["iris-classifier", "breast-cancer-classifier", "diabetes-regressor"]
 @pytest.fixture(scope="module")
 def mlflow_stack(trained_store_dir, tmp_path_factory):
     """The stack with /invocations serving iris-classifier's production version."""
-    require_nginx()
-    base = tmp_path_factory.mktemp("mlflow-stack")
-    store = base / "model_store"
-    shutil.copytree(trained_store_dir, store)
-    stack = LocalStack(
-        runtime_dir=base / "run",
-        store=store,
-        port=free_port(),
-        workers=2,
-        use_nginx=True,
-        extra_env={
-            "MODEL_SERVICE_RELOAD_INTERVAL": "0.2",
-            "MODEL_SERVICE_DEFAULT_MODEL": f"{IRIS}@production",
-        },
-    )
-    stack.start(ready_timeout=90)
-    try:
-        yield stack
-    finally:
-        stack.stop()
+    env = {
+        "MODEL_SERVICE_RELOAD_INTERVAL": "0.2",
+        "MODEL_SERVICE_DEFAULT_MODEL": f"{IRIS}@production",
+    }
+    with demo_stack(trained_store_dir, tmp_path_factory, "mlflow-stack", env) as started:
+        yield started
 
 
 def frame_of(store, name: str) -> tuple[pd.DataFrame, list]:
