@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +15,8 @@ import requests
 from service.localstack import LocalStack, free_port, nginx_binary
 
 pytestmark = pytest.mark.integration
+
+DEMO_STACK_WORKERS = 2
 
 
 def nginx_required() -> bool:
@@ -30,9 +32,16 @@ def require_nginx() -> None:
 
 @contextlib.contextmanager
 def demo_stack(
-    trained_store_dir: Path, tmp_path_factory, name: str, extra_env: dict[str, str]
+    trained_store_dir: Path,
+    tmp_path_factory,
+    name: str,
+    extra_env: dict[str, str],
+    *,
+    grpc_port: int | None = None,
+    before_start: Callable[[LocalStack], None] | None = None,
 ) -> Iterator[LocalStack]:
-    """Nginx -> 2 Gunicorn workers over a private copy of the demo store, stopped by pid."""
+    """Nginx -> 2 Gunicorn workers (and a gRPC server when ``grpc_port`` is given) over a
+    private copy of the demo store, stopped by pid. ``before_start`` sees the stack first."""
     require_nginx()
     base = tmp_path_factory.mktemp(name)
     store = base / "model_store"
@@ -41,10 +50,13 @@ def demo_stack(
         runtime_dir=base / "run",
         store=store,
         port=free_port(),
-        workers=2,
+        workers=DEMO_STACK_WORKERS,
         use_nginx=True,
         extra_env=extra_env,
+        grpc_port=grpc_port,
     )
+    if before_start is not None:
+        before_start(stack)
     stack.start(ready_timeout=90)
     try:
         yield stack

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import time
 
@@ -16,39 +15,33 @@ import requests
 import tritonclient.grpc as triton
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.localstack import LocalStack, free_port
-from tests.integration.conftest import require_nginx
+from service.localstack import free_port
+from tests.integration.conftest import DEMO_STACK_WORKERS, demo_stack
 
 pytestmark = pytest.mark.integration
 
 IRIS = "iris-classifier"
 ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
 PREDICT = "/v1/models/<model_ref>/predict"
-WORKERS = 2
+WORKERS = DEMO_STACK_WORKERS
 
 
 @pytest.fixture(scope="module")
 def metrics_stack(trained_store_dir, tmp_path_factory):
-    require_nginx()
-    base = tmp_path_factory.mktemp("metrics-stack")
-    store = base / "model_store"
-    shutil.copytree(trained_store_dir, store)
-    stack = LocalStack(
-        runtime_dir=base / "run",
-        store=store,
-        port=free_port(),
-        workers=WORKERS,
-        use_nginx=True,
+    def plant_stale_file(stack) -> None:
+        # Left over from an earlier run: start() must empty the directory.
+        stack.metrics_dir.mkdir(parents=True)
+        (stack.metrics_dir / "counter_1.db").write_bytes(b"stale")
+
+    with demo_stack(
+        trained_store_dir,
+        tmp_path_factory,
+        "metrics-stack",
+        {},
         grpc_port=free_port(),
-    )
-    # Left over from an earlier run: start() must empty the directory.
-    stack.metrics_dir.mkdir(parents=True)
-    (stack.metrics_dir / "counter_1.db").write_bytes(b"stale")
-    stack.start(ready_timeout=90)
-    try:
-        yield stack
-    finally:
-        stack.stop()
+        before_start=plant_stale_file,
+    ) as started:
+        yield started
 
 
 def scrape(stack) -> dict:

@@ -5,18 +5,16 @@ joins a prediction either served, and the figures are those of both."""
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 
-from service.localstack import LocalStack, free_port
 from service.monitoring import predlog
 from service.training.demo import demo_specs
 from service.training.trainer import prepare
-from tests.integration.conftest import require_nginx
+from tests.integration.conftest import demo_stack
 
 pytestmark = pytest.mark.integration
 
@@ -25,23 +23,9 @@ IRIS = "iris-classifier"
 
 @pytest.fixture(scope="module")
 def monitored_stack(trained_store_dir, tmp_path_factory):
-    require_nginx()
-    base = tmp_path_factory.mktemp("monitoring-stack")
-    store = base / "model_store"
-    shutil.copytree(trained_store_dir, store)
-    stack = LocalStack(
-        runtime_dir=base / "run",
-        store=store,
-        port=free_port(),
-        workers=2,
-        use_nginx=True,
-        extra_env={"MODEL_SERVICE_RELOAD_INTERVAL": "0.2", "MODEL_SERVICE_PREDICTION_LOG": "1"},
-    )
-    stack.start(ready_timeout=90)
-    try:
-        yield stack
-    finally:
-        stack.stop()
+    env = {"MODEL_SERVICE_RELOAD_INTERVAL": "0.2", "MODEL_SERVICE_PREDICTION_LOG": "1"}
+    with demo_stack(trained_store_dir, tmp_path_factory, "monitoring-stack", env) as started:
+        yield started
 
 
 def iris_rows():
