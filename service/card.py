@@ -702,60 +702,67 @@ def _draw_confusion(Figure, confusion: Mapping[str, Any]):
 
 
 def _draw_roc(Figure, curves: list):
-    curves = [c for c in _list(curves) if isinstance(c, Mapping)]
-    if not curves:
-        return None
-    figure = Figure(figsize=PLOT_SIZE, layout="constrained")
-    ax = figure.add_subplot()
-    ax.plot([0, 1], [0, 1], linestyle="--", color="#9aa0a6", linewidth=0.8, label="chance")
-    thinned = False
-    for index, curve in enumerate(curves):
-        fpr, tpr = _numbers(curve["fpr"]), _numbers(curve["tpr"])
-        if len(fpr) != len(tpr):
-            raise ValueError("fpr and tpr differ in length")
-        thinned |= len(fpr) > MAX_CURVE_POINTS
-        auc = curve.get("auc")
-        label = _short(_scalar_text(curve.get("label", index)), 18)
-        if _is_number(auc):
-            label += f" (AUC {auc:.3f})"
-        ax.plot(
-            _thin(fpr, MAX_CURVE_POINTS),
-            _thin(tpr, MAX_CURVE_POINTS),
-            color=_PALETTE[index % len(_PALETTE)],
-            linewidth=1.4,
-            label=label,
-            drawstyle="default",
-        )
-    _unit_axes(ax, "false-positive rate", "true-positive rate")
-    ax.legend(loc="lower right")
-    return figure, _thinned_note(thinned)
+    return _draw_curves(
+        Figure,
+        curves,
+        x=("fpr", "false-positive rate"),
+        y=("tpr", "true-positive rate"),
+        score=("auc", "AUC"),
+        legend="lower right",
+        chance_line=True,
+    )
 
 
 def _draw_precision_recall(Figure, curves: list):
+    return _draw_curves(
+        Figure,
+        curves,
+        x=("recall", "recall"),
+        y=("precision", "precision"),
+        score=("average_precision", "AP"),
+        legend="lower left",
+        chance_line=False,
+    )
+
+
+def _draw_curves(
+    Figure,
+    curves: list,
+    *,
+    x: tuple[str, str],
+    y: tuple[str, str],
+    score: tuple[str, str],
+    legend: str,
+    chance_line: bool,
+):
+    """One line per class: (key, axis label) for x and y, (key, legend name) for the
+    curve's summary score."""
     curves = [c for c in _list(curves) if isinstance(c, Mapping)]
     if not curves:
         return None
     figure = Figure(figsize=PLOT_SIZE, layout="constrained")
     ax = figure.add_subplot()
+    if chance_line:
+        ax.plot([0, 1], [0, 1], linestyle="--", color="#9aa0a6", linewidth=0.8, label="chance")
     thinned = False
     for index, curve in enumerate(curves):
-        precision, recall = _numbers(curve["precision"]), _numbers(curve["recall"])
-        if len(precision) != len(recall):
-            raise ValueError("precision and recall differ in length")
-        thinned |= len(recall) > MAX_CURVE_POINTS
-        ap = curve.get("average_precision")
+        xs, ys = _numbers(curve[x[0]]), _numbers(curve[y[0]])
+        if len(xs) != len(ys):
+            raise ValueError(f"{x[0]} and {y[0]} differ in length")
+        thinned |= len(xs) > MAX_CURVE_POINTS
+        value = curve.get(score[0])
         label = _short(_scalar_text(curve.get("label", index)), 18)
-        if _is_number(ap):
-            label += f" (AP {ap:.3f})"
+        if _is_number(value):
+            label += f" ({score[1]} {value:.3f})"
         ax.plot(
-            _thin(recall, MAX_CURVE_POINTS),
-            _thin(precision, MAX_CURVE_POINTS),
+            _thin(xs, MAX_CURVE_POINTS),
+            _thin(ys, MAX_CURVE_POINTS),
             color=_PALETTE[index % len(_PALETTE)],
             linewidth=1.4,
             label=label,
         )
-    _unit_axes(ax, "recall", "precision")
-    ax.legend(loc="lower left")
+    _unit_axes(ax, x[1], y[1])
+    ax.legend(loc=legend)
     return figure, _thinned_note(thinned)
 
 
