@@ -548,9 +548,9 @@ def test_route_caches_until_the_aliases_change(client, store, render_calls):
 
 
 def test_card_cache_is_bounded():
-    from service.api.models import CardCache
+    from service.api.cache import LRUCache
 
-    cache = CardCache(2)
+    cache = LRUCache(2)
     cache.put(("a",), "A")
     cache.put(("b",), "B")
     assert cache.get(("a",)) == "A"  # now the most recently used

@@ -7,16 +7,15 @@ points at, when it is loaded here. The document is built once per set of served
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from typing import Any
 
 import orjson
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, request
 
 import service
 from service import openapi
 from service.api import state
+from service.api.cache import LRUCache, app_cache
 
 bp = Blueprint("docs", __name__)
 
@@ -82,31 +81,5 @@ def _document(key: tuple, served: list[Any]) -> dict[str, Any]:
     return document
 
 
-def _cache() -> LRU:
-    return current_app.extensions.setdefault(CACHE_EXTENSION, LRU(CACHE_SIZE))
-
-
-class LRU:
-    """A small thread-safe least-recently-used map."""
-
-    def __init__(self, size: int):
-        self.size = size
-        self._entries: OrderedDict[tuple, Any] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: tuple) -> Any:
-        with self._lock:
-            value = self._entries.get(key)
-            if value is not None:
-                self._entries.move_to_end(key)
-            return value
-
-    def put(self, key: tuple, value: Any) -> None:
-        with self._lock:
-            self._entries[key] = value
-            self._entries.move_to_end(key)
-            while len(self._entries) > self.size:
-                self._entries.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._entries)
+def _cache() -> LRUCache:
+    return app_cache(CACHE_EXTENSION, CACHE_SIZE)

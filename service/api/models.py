@@ -3,13 +3,12 @@ and the model card of a version as HTML: /v1/models/<name>/versions/<v>/card."""
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from typing import Any
 
-from flask import Blueprint, Response, current_app
+from flask import Blueprint, Response
 
 from service.api import json_response, state
+from service.api.cache import app_cache
 from service.errors import ModelNotFound
 from service.runtime.model import LoadedModel
 from service.store import parse_ref
@@ -76,9 +75,8 @@ def _card_response(name: str, version: int) -> Response:
     store = state().store
     aliases = store.aliases(name)  # ModelNotFound (404) for an unknown model
     key = (name, version, tuple(sorted(a for a, v in aliases.items() if v == version)))
-    cache: CardCache = current_app.extensions.setdefault(
-        CARD_CACHE_EXTENSION, CardCache(CARD_CACHE_SIZE)
-    )
+    # A published version never changes: a card is named exactly by the key above.
+    cache = app_cache(CARD_CACHE_EXTENSION, CARD_CACHE_SIZE)
     html = cache.get(key)
     if html is None:
         from service import card  # matplotlib only in workers that serve a card
@@ -87,33 +85,6 @@ def _card_response(name: str, version: int) -> Response:
         html = card.render_card(metadata, aliases=aliases)
         cache.put(key, html)
     return Response(html, mimetype="text/html", headers=CARD_HEADERS)
-
-
-class CardCache:
-    """A small LRU of rendered cards. A published version never changes, so a card is
-    named exactly by (name, version, the aliases pointing at it)."""
-
-    def __init__(self, size: int):
-        self.size = size
-        self._entries: OrderedDict[tuple, str] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: tuple) -> str | None:
-        with self._lock:
-            html = self._entries.get(key)
-            if html is not None:
-                self._entries.move_to_end(key)
-            return html
-
-    def put(self, key: tuple, html: str) -> None:
-        with self._lock:
-            self._entries[key] = html
-            self._entries.move_to_end(key)
-            while len(self._entries) > self.size:
-                self._entries.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._entries)
 
 
 def _check_served(name: str) -> None:
