@@ -28,6 +28,7 @@ from typing import Any
 import jinja2
 from markupsafe import Markup, escape
 
+from service import pages
 from service.store.promotion import higher_is_better
 
 # Points beyond these are thinned (evenly, endpoints kept) so each SVG stays small.
@@ -528,12 +529,7 @@ def _pairs(value: Any) -> list[tuple[str, str]] | None:
 
 @functools.cache
 def _template() -> jinja2.Template:
-    env = jinja2.Environment(
-        loader=jinja2.PackageLoader("service", "templates"),
-        autoescape=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
+    env = pages.environment()
     env.filters.update(
         metric=format_metric,
         number=format_number,

@@ -28,6 +28,7 @@ from typing import Any
 import jinja2
 from markupsafe import Markup, escape
 
+from service import pages
 from service.store import layout
 from service.store.metadata import FEATURE_SCHEMA, METADATA_SCHEMA
 
@@ -1823,10 +1824,4 @@ def render_html(document: Mapping[str, Any], served: Iterable[Any], *, base_url:
 
 @functools.cache
 def _template() -> jinja2.Template:
-    env = jinja2.Environment(
-        loader=jinja2.PackageLoader("service", "templates"),
-        autoescape=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    return env.get_template("docs.html")
+    return pages.environment().get_template("docs.html")
