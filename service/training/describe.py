@@ -23,7 +23,7 @@ def estimator_description(estimator: Any) -> dict[str, Any]:
         described["params"] = {}
         return described
     described["params"] = {
-        key: _plain(value) for key, value in sorted(estimator.get_params(deep=False).items())
+        key: plain(value) for key, value in sorted(estimator.get_params(deep=False).items())
     }
     return described
 
@@ -50,15 +50,18 @@ def golden_example(estimator: Any, rows: np.ndarray, task: str) -> dict[str, Any
     return golden
 
 
-def _plain(value: Any) -> Any:
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
+def plain(value: Any) -> Any:
+    """A value YAML can hold: numpy scalars as Python ones, estimators described, other
+    objects by their repr."""
+    # numpy scalars first: np.float64 is also a float, and YAML cannot write it.
     if isinstance(value, np.generic):
         return value.item()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain(v) for k, v in value.items()}
     if hasattr(value, "get_params"):
         return estimator_description(value)
     return repr(value)

@@ -32,7 +32,7 @@ from service.training import data as data_io
 from service.training import evaluation
 from service.training import pipeline as pipelines
 from service.training import plan as planning
-from service.training.describe import estimator_description
+from service.training.describe import estimator_description, plain
 from service.training.profile import categorical_feature, numeric_feature
 from service.training.spec import TrainingSpec
 
@@ -264,7 +264,7 @@ def _search_summary(spec: TrainingSpec, candidate) -> dict[str, Any] | None:
         "scoring": spec.evaluation.primary_metric,
         "best_score": round(best_score, 6),
         "best_params": {
-            key.removeprefix(f"{pipelines.MODEL_STEP}__"): _plain(value)
+            key.removeprefix(f"{pipelines.MODEL_STEP}__"): plain(value)
             for key, value in candidate.best_params_.items()
         },
     }
@@ -362,7 +362,7 @@ def _metadata(
         },
     }
     if spec.classification:
-        metadata["classes"] = [_plain(c) for c in final.classes_]
+        metadata["classes"] = [plain(c) for c in final.classes_]
     return metadata
 
 
@@ -433,7 +433,7 @@ def _golden(plan: planning.Plan, split: Split, final, unfitted, task: str) -> di
     ]
     golden: dict[str, Any] = {
         "instances": instances,
-        "predictions": [_plain(v) for v in final.predict(model_input)],
+        "predictions": [plain(v) for v in final.predict(model_input)],
         "probabilities": None,
         "tolerance": {"rtol": 1e-6, "atol": 1e-9},
     }
@@ -449,11 +449,3 @@ def _json_value(value: Any, feature: planning.FeaturePlan) -> Any:
     if math.isnan(number):
         return None
     return int(number) if feature.dtype == "int64" else number
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
