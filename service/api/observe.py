@@ -13,10 +13,9 @@ import time
 from http import HTTPStatus
 from typing import Any
 
-from flask import Flask, g, request
+from flask import Flask, Request, g, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from service.api import request_ids
 from service.config import Settings
 from service.errors import ServiceError
 from service.monitoring import logs, metrics
@@ -55,7 +54,7 @@ def init_app(app: Flask, settings: Settings, registry: ModelRegistry) -> None:
         hooks.remove_observer(note_prediction)
         return
     hooks.add_observer(note_prediction)
-    request_log = logs.request_logger()
+    request_log = logs.RequestLog()
 
     @app.before_request
     def start_observing() -> None:
@@ -74,34 +73,35 @@ def init_app(app: Flask, settings: Settings, registry: ModelRegistry) -> None:
 
     @app.after_request
     def finish_observing(response):
-        started = g.get("model_service_started")
+        # The real objects behind Flask's proxies, once: each proxy access costs a lookup.
+        context = g._get_current_object()  # type: ignore[attr-defined]
+        started = getattr(context, "model_service_started", None)
         if started is None:
             return response
         seconds = time.perf_counter() - started
-        rule = request.url_rule
+        current = request._get_current_object()  # type: ignore[attr-defined]
+        rule = current.url_rule
         route = rule.rule if rule is not None else UNMATCHED_ROUTE
         status = response.status_code
         served = _served.get()
         if served is not None:
             model, version, instances = served[0], str(served[1]), served[2]
         else:
-            model, version, instances = _named_model(registry), metrics.NO_LABEL, 0
+            model, version, instances = _named_model(current, registry), metrics.NO_LABEL, 0
         if count:
             metrics.observe_request(route, model, version, status, seconds)
             if status in VALIDATION_STATUSES:
-                reason = failure_reason(g.get("model_service_error"), status)
-                metrics.observe_validation_failure(model, reason)
+                error = getattr(context, "model_service_error", None)
+                metrics.observe_validation_failure(model, failure_reason(error, status))
         if write_log:
-            request_log.info(
-                "%s %s %s",
-                request.method,
-                route,
-                status,
-                extra={
-                    "request_id": request_ids.current(),
-                    "method": request.method,
+            method = current.method
+            request_log.write(
+                f"{method} {route} {status}",
+                {
+                    "request_id": getattr(context, "request_id", None) or "-",
+                    "method": method,
                     "route": route,
-                    "path": request.path,
+                    "path": current.path,
                     "model": model,
                     "version": version,
                     "status": status,
@@ -112,10 +112,10 @@ def init_app(app: Flask, settings: Settings, registry: ModelRegistry) -> None:
         return response
 
 
-def _named_model(registry: ModelRegistry) -> str:
+def _named_model(current: Request, registry: ModelRegistry) -> str:
     """The model a request's URL names, when it is one this process has loaded (an
     arbitrary name from a client never becomes a label value)."""
-    args = request.view_args
+    args = current.view_args
     if not args:
         return metrics.NO_LABEL
     for key in MODEL_ARGS:

@@ -21,8 +21,9 @@ def init_app(app: Flask) -> None:
     @app.before_request
     def assign_request_id() -> None:
         incoming = request.headers.get(HEADER, "")
-        g.request_id = incoming if _ACCEPTABLE.match(incoming) else uuid.uuid4().hex
-        hooks.request_id.set(g.request_id)
+        request_id = incoming if _ACCEPTABLE.match(incoming) else uuid.uuid4().hex
+        g.request_id = request_id
+        hooks.request_id.set(request_id)
 
     @app.after_request
     def echo_request_id(response):

@@ -13,11 +13,15 @@ deploy/gunicorn.conf.py, and other entry points (the gRPC server) call :func:`co
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
+import os
 import sys
+import time
 from typing import Any, TextIO
 
+import orjson
 from pythonjsonlogger.orjson import OrjsonFormatter
 
 REQUEST_LOGGER = "service.requests"
@@ -37,13 +41,99 @@ class JsonFormatter(OrjsonFormatter):
     def add_fields(
         self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
     ) -> None:
-        created = datetime.datetime.fromtimestamp(record.created, tz=datetime.UTC)
-        log_data["timestamp"] = created.isoformat(timespec="microseconds").replace("+00:00", "Z")
+        log_data["timestamp"] = _timestamp(record.created)
         super().add_fields(log_data, record, message_dict)
 
 
 def request_logger() -> logging.Logger:
     return logging.getLogger(REQUEST_LOGGER)
+
+
+def _timestamp(seconds: float) -> str:
+    created = datetime.datetime.fromtimestamp(seconds, tz=datetime.UTC)
+    return created.isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+class RequestLog:
+    """The request log's writer: one JSON line per request, as :class:`JsonFormatter`
+    would render it.
+
+    Going through ``logging`` costs ~40 µs a line (a LogRecord, handler locks, the
+    formatter's generic merging of extra fields): a third of a cheap prediction. When the
+    logger's records end in plain stream or file handlers with this module's formatter
+    (how deploy/gunicorn.conf.py sets it up), the line is rendered with orjson and
+    written to their file descriptors in one ``write`` each; lines stay whole because each
+    is written at once (O_APPEND files; pipes take writes under PIPE_BUF whole). Any
+    other set-up — a test's capture handler, a filter, a handler without a file — gets
+    the record through ``logging`` as before.
+    """
+
+    def __init__(self, logger: logging.Logger | None = None):
+        self.logger = logger or request_logger()
+        self._handlers_seen: tuple[logging.Handler, ...] | None = None
+        self._descriptors: tuple[int, ...] | None = None
+
+    def write(self, message: str, fields: dict[str, Any]) -> None:
+        logger = self.logger
+        if not logger.isEnabledFor(logging.INFO):
+            return
+        descriptors = self._fast_descriptors()
+        if descriptors is None:
+            logger.info("%s", message, extra=fields)
+            return
+        line = orjson.dumps(
+            {
+                "timestamp": _timestamp(time.time()),
+                "level": "INFO",
+                "logger": logger.name,
+                "message": message,
+                "pid": os.getpid(),
+                **fields,
+            },
+            option=orjson.OPT_APPEND_NEWLINE,
+        )
+        for descriptor in descriptors:
+            # A closed or full log never fails a request.
+            with contextlib.suppress(OSError):
+                os.write(descriptor, line)
+
+    def _fast_descriptors(self) -> tuple[int, ...] | None:
+        handlers = _effective_handlers(self.logger)
+        if handlers != self._handlers_seen:
+            self._handlers_seen = handlers
+            self._descriptors = _plain_json_descriptors(handlers)
+        return self._descriptors
+
+
+def _effective_handlers(logger: logging.Logger) -> tuple[logging.Handler, ...]:
+    found: list[logging.Handler] = []
+    current: logging.Logger | None = logger
+    while current is not None:
+        found.extend(current.handlers)
+        if not current.propagate:
+            break
+        current = current.parent
+    return tuple(found)
+
+
+def _plain_json_descriptors(handlers: tuple[logging.Handler, ...]) -> tuple[int, ...] | None:
+    """The file descriptors behind the handlers, when every one is a plain JSON stream."""
+    if not handlers:
+        return None
+    descriptors = []
+    for handler in handlers:
+        if type(handler) not in (logging.StreamHandler, logging.FileHandler):
+            return None
+        if not isinstance(handler.formatter, JsonFormatter) or handler.filters:
+            return None
+        if handler.level > logging.INFO:
+            return None
+        stream = getattr(handler, "stream", None)
+        try:
+            descriptors.append(stream.fileno())  # type: ignore[union-attr]
+        except (AttributeError, OSError, ValueError):
+            return None
+    return tuple(descriptors)
 
 
 def configure(stream: TextIO | None = None, level: int = logging.INFO) -> logging.Handler:
