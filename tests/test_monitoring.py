@@ -517,7 +517,13 @@ def numeric_profile() -> drift.FeatureProfile:
 
 def test_numeric_values_go_into_the_training_bins():
     values = np.array([[-5.0], [0.0], [0.5], [1.0], [2.999], [3.0], [40.0], [np.nan]])
-    assert drift.count_bins(numeric_profile(), values) == {"0": 3, "1": 1, "2": 3, "missing": 1}
+    assert drift.count_bins(numeric_profile(), [values]) == {"0": 3, "1": 1, "2": 3, "missing": 1}
+
+
+def test_a_batch_of_inputs_is_counted_as_one():
+    """The flusher bins a minute's single-row inputs together: same counts as one matrix."""
+    rows = [np.array([[value]]) for value in (-5.0, 0.0, 0.5, 1.0, 2.999, 3.0, 40.0, np.nan)]
+    assert drift.count_bins(numeric_profile(), rows) == {"0": 3, "1": 1, "2": 3, "missing": 1}
 
 
 def test_category_shares_and_unseen_categories():
@@ -525,7 +531,7 @@ def test_category_shares_and_unseen_categories():
         "colour", 1, numeric=False, shares={"red": 0.5, "blue": 0.5}, fill_value="missing"
     )
     frame = pd.DataFrame({"colour": ["red", "red", "red", "green", "missing", None]})
-    counts = drift.count_bins(profile, frame)
+    counts = drift.count_bins(profile, [frame.iloc[:2], frame.iloc[2:]])
     assert counts == {"c:red": 3, "unseen": 1, "missing": 2}
     report = drift.feature_report(profile, counts, threshold=0.2)
     expected = (0.75 - 0.5) * math.log(0.75 / 0.5) + (1e-4 - 0.5) * math.log(1e-4 / 0.5)

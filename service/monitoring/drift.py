@@ -112,9 +112,10 @@ def _column(model_input: Any, profile: FeatureProfile) -> np.ndarray:
     return np.asarray(model_input)[:, profile.index]
 
 
-def count_bins(profile: FeatureProfile, model_input: Any) -> dict[str, int]:
-    """Live counts of one feature's values in a validated model input: {bin: n}."""
-    column = _column(model_input, profile)
+def count_bins(profile: FeatureProfile, model_inputs: list[Any]) -> dict[str, int]:
+    """Live counts of one feature's values in validated model inputs: {bin: n}."""
+    columns = [_column(model_input, profile) for model_input in model_inputs]
+    column = columns[0] if len(columns) == 1 else np.concatenate(columns)
     found: dict[str, int] = {}
     if profile.numeric:
         assert profile.edges is not None

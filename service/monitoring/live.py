@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Iterable
 from http import HTTPStatus
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
@@ -39,6 +39,9 @@ from service.monitoring.predlog import PredictionLog, lines_for
 from service.monitoring.state import StateStore, dumps
 from service.runtime import hooks
 from service.store import ModelStore
+
+if TYPE_CHECKING:
+    from service.runtime.model import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +153,9 @@ class Monitor:
         counts: dict[tuple[str, int, str, str, int], int] = collections.Counter()
         lines: list[dict[str, Any]] = []
         rate = self.settings.prediction_log_sample_rate
+        # Inputs of one model version in one minute are binned together: one numpy pass per
+        # feature per batch, not per request (single-row traffic makes thousands a second).
+        inputs: dict[tuple[LoadedModel, int], list[Any]] = collections.defaultdict(list)
         for seconds, event in events:
             model = event.model
             if event.request_id:
@@ -157,14 +163,15 @@ class Monitor:
                     (model.name, event.request_id, i, model.version, dumps(value), seconds)
                     for i, value in enumerate(event.prediction.predictions)
                 )
-            minute = int(seconds // 60)
-            for profile in self._feature_profiles(model.name, model.version, model.metadata):
-                for bin_, n in drift.count_bins(profile, event.model_input).items():
-                    counts[(model.name, model.version, profile.name, bin_, minute)] += n
+            inputs[(model, int(seconds // 60))].append(event.model_input)
             if self.predlog is not None and (rate >= 1 or self._random.random() < rate):
                 lines.extend(
                     lines_for(model, event.model_input, event.prediction, event.request_id, seconds)
                 )
+        for (model, minute), model_inputs in inputs.items():
+            for profile in self._feature_profiles(model.name, model.version, model.metadata):
+                for bin_, n in drift.count_bins(profile, model_inputs).items():
+                    counts[(model.name, model.version, profile.name, bin_, minute)] += n
         now_minute = int(time.time() // 60)
         prune = None
         if self._pruned_minute != now_minute:
