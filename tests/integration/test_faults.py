@@ -3,6 +3,7 @@ version; with Gunicorn gone, Nginx still answers in JSON."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -78,12 +79,14 @@ def test_a_killed_worker_is_replaced_and_serves_the_current_version(own_stack):
 
 
 def _worker_pid_from_log(stack, request_id: str) -> int | None:
-    """The worker that answered a request, from Gunicorn's access log (pid=<N>)."""
+    """The worker that answered a request, from its JSON request-log line."""
     log = stack.runtime_dir / "gunicorn.log"
     for _ in range(50):
         for line in reversed(log.read_text().splitlines()):
-            if f"rid={request_id}" in line:
-                return int(line.rsplit("pid=<", 1)[1].rstrip(">"))
+            if f'"request_id":"{request_id}"' in line:
+                entry = json.loads(line)
+                if entry.get("logger") == "service.requests":
+                    return int(entry["pid"])
         time.sleep(0.05)
     return None
 
