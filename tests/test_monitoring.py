@@ -209,6 +209,32 @@ def test_expired_predictions_are_404(make_app):
     assert feedback(client, IRIS, {"request_id": "r3", "label": "setosa"}).status_code == 200
 
 
+def test_retention_counts_rows_and_keeps_requests_whole(make_app):
+    """One stored record per request; retention counts their rows: a request goes once
+    all its rows are older than the newest prediction_retention rows."""
+    client = make_app(prediction_retention=3).test_client()
+    predict(client, IRIS, IRIS_ROWS[:2], "two-a")
+    predict(client, IRIS, IRIS_ROWS[:2], "two-b")
+    # Rows 1-2 and 3-4: the newest three (2-4) still reach into "two-a".
+    assert (
+        feedback(client, IRIS, {"request_id": "two-a", "index": 1, "label": "setosa"}).status_code
+        == 200
+    )
+    assert (
+        feedback(client, IRIS, {"request_id": "two-b", "index": 2, "label": "setosa"}).status_code
+        == 404
+    )
+    predict(client, IRIS, IRIS_ROWS[:1], "one")
+    assert (
+        feedback(client, IRIS, {"request_id": "two-a", "index": 0, "label": "setosa"}).status_code
+        == 404
+    )
+    assert (
+        feedback(client, IRIS, {"request_id": "two-b", "index": 0, "label": "setosa"}).status_code
+        == 200
+    )
+
+
 @pytest.mark.parametrize(
     ("model", "label"),
     [(IRIS, "rose"), (IRIS, 1), (IRIS, None), (DIABETES, "12"), (DIABETES, True)],

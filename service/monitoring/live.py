@@ -36,7 +36,7 @@ from service.config import Settings
 from service.errors import InvalidInput, NotFound, ServiceError
 from service.monitoring import add_scrape_collector, drift, quality
 from service.monitoring.predlog import PredictionLog, lines_for
-from service.monitoring.state import StateStore, dumps
+from service.monitoring.state import StateStore
 from service.runtime import hooks
 from service.store import ModelStore
 
@@ -149,7 +149,7 @@ class Monitor:
             return len(events)
 
     def _write(self, events: list[tuple[float, hooks.PredictionEvent]]) -> None:
-        rows: list[tuple[str, str, int, int, str, float]] = []
+        served: list[tuple[str, str, int, list[Any], float]] = []
         counts: dict[tuple[str, int, str, str, int], int] = collections.Counter()
         lines: list[dict[str, Any]] = []
         rate = self.settings.prediction_log_sample_rate
@@ -159,9 +159,14 @@ class Monitor:
         for seconds, event in events:
             model = event.model
             if event.request_id:
-                rows.extend(
-                    (model.name, event.request_id, i, model.version, dumps(value), seconds)
-                    for i, value in enumerate(event.prediction.predictions)
+                served.append(
+                    (
+                        model.name,
+                        event.request_id,
+                        model.version,
+                        event.prediction.predictions,
+                        seconds,
+                    )
                 )
             inputs[(model, int(seconds // 60))].append(event.model_input)
             if self.predlog is not None and (rate >= 1 or self._random.random() < rate):
@@ -177,7 +182,7 @@ class Monitor:
         if self._pruned_minute != now_minute:
             prune = now_minute - self.settings.drift_window_minutes - 1
             self._pruned_minute = now_minute
-        self.state.write_batch(rows, counts, prune_drift_before=prune)
+        self.state.write_batch(served, counts, prune_drift_before=prune)
         if lines and self.predlog is not None:
             self.predlog.write(lines)
 

@@ -9,8 +9,10 @@ thread in it, opens its own connection: SQLite connections must not cross a fork
 
 Tables:
 
-- ``predictions``: each served row (model, request id, index in the request, version,
-  the label or value, time), the newest ``prediction_retention`` kept, for the join.
+- ``served``: one row per served request (model, request id, version, its labels or
+  values as one JSON array, time), with a running count of rows so that the newest
+  ``prediction_retention`` served rows are kept, for the join. One row per request, not
+  per prediction: a 1,000-row request is one insert, not a thousand.
 - ``feedback``: the label given for a served row, with the prediction it joined;
   one row per (model, request id, index): a second label replaces the first.
 - ``feedback_totals``: labels received per model version (a counter, never pruned).
@@ -36,16 +38,20 @@ DATABASE = "state.db"
 BUSY_TIMEOUT_MS = 10_000
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS predictions (
+-- Served predictions before 0.1's one-row-per-request layout: a cache, dropped.
+DROP TABLE IF EXISTS predictions;
+CREATE TABLE IF NOT EXISTS served (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     model TEXT NOT NULL,
     request_id TEXT NOT NULL,
-    idx INTEGER NOT NULL,
     version INTEGER NOT NULL,
-    output TEXT NOT NULL,
+    outputs TEXT NOT NULL,
+    -- rows served up to and including this request, over all requests
+    rows_through INTEGER NOT NULL,
     time REAL NOT NULL,
-    UNIQUE (model, request_id, idx)
+    UNIQUE (model, request_id)
 );
+CREATE INDEX IF NOT EXISTS served_by_rows ON served (rows_through);
 CREATE TABLE IF NOT EXISTS feedback (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     model TEXT NOT NULL,
@@ -142,18 +148,26 @@ class StateStore:
 
     def write_batch(
         self,
-        predictions: Iterable[tuple[str, str, int, int, str, float]],
+        requests: Iterable[tuple[str, str, int, list[Any], float]],
         drift: dict[tuple[str, int, str, str, int], int],
         *,
         prune_drift_before: int | None = None,
     ) -> None:
-        """Served rows (model, request_id, index, version, output JSON, time) and drift
-        counts {(model, version, feature, bin, minute): n}, in one transaction."""
+        """Served requests (model, request_id, version, outputs, time) and drift counts
+        {(model, version, feature, bin, minute): n}, in one transaction."""
         with self.transaction() as conn:
+            (rows_through,) = conn.execute(
+                "SELECT COALESCE(MAX(rows_through), 0) FROM served"
+            ).fetchone()
+            records = []
+            for model, request_id, version, outputs, seconds in requests:
+                rows_through += len(outputs)
+                records.append((model, request_id, version, dumps(outputs), rows_through, seconds))
             conn.executemany(
-                "INSERT OR REPLACE INTO predictions (model, request_id, idx, version, output, time)"
+                "INSERT OR REPLACE INTO served"
+                " (model, request_id, version, outputs, rows_through, time)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
-                predictions,
+                records,
             )
             conn.executemany(
                 "INSERT INTO drift_counts (model, version, feature, bin, minute, count)"
@@ -162,9 +176,10 @@ class StateStore:
                 " DO UPDATE SET count = count + excluded.count",
                 [(*key, n) for key, n in drift.items()],
             )
+            # Whole requests go once all their rows are older than the newest retained rows.
             conn.execute(
-                "DELETE FROM predictions WHERE seq <= (SELECT MAX(seq) FROM predictions) - ?",
-                (self.prediction_retention,),
+                "DELETE FROM served WHERE rows_through <= ?",
+                (rows_through - self.prediction_retention,),
             )
             if prune_drift_before is not None:
                 conn.execute("DELETE FROM drift_counts WHERE minute < ?", (prune_drift_before,))
@@ -175,14 +190,17 @@ class StateStore:
         """The served rows among (request_id, index) keys: {key: (version, output)}."""
         conn = self.connection()
         found: dict[tuple[str, int], Any] = {}
+        requests: dict[str, tuple[int, list[Any]] | None] = {}
         for request_id, index in keys:
-            row = conn.execute(
-                "SELECT version, output FROM predictions WHERE model = ? AND request_id = ?"
-                " AND idx = ?",
-                (model, request_id, index),
-            ).fetchone()
-            if row is not None:
-                found[(request_id, index)] = (int(row[0]), loads(row[1]))
+            if request_id not in requests:
+                row = conn.execute(
+                    "SELECT version, outputs FROM served WHERE model = ? AND request_id = ?",
+                    (model, request_id),
+                ).fetchone()
+                requests[request_id] = None if row is None else (int(row[0]), loads(row[1]))
+            served = requests[request_id]
+            if served is not None and 0 <= index < len(served[1]):
+                found[(request_id, index)] = (served[0], served[1][index])
         return found
 
     def record_feedback(
@@ -242,7 +260,7 @@ class StateStore:
 
     def predicted_versions(self, model: str | None = None) -> set[tuple[str, int]]:
         """Model versions with served rows still kept."""
-        sql, args = "SELECT DISTINCT model, version FROM predictions", ()
+        sql, args = "SELECT DISTINCT model, version FROM served", ()
         if model is not None:
             sql, args = sql + " WHERE model = ?", (model,)
         return {(m, int(v)) for m, v in self.connection().execute(sql, args)}
