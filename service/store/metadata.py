@@ -68,6 +68,58 @@ FEATURE_SCHEMA: dict[str, Any] = {
     ],
 }
 
+_file_name = {"type": "string", "pattern": "^[A-Za-z0-9_][A-Za-z0-9_.-]*\\Z"}
+_sha256 = {"type": "string", "pattern": "^[0-9a-f]{64}\\Z"}
+
+# backends.onnx: the model converted to ONNX and checked against the pickle when it was
+# written; served by onnxruntime only while parity.passed holds and the file's sha256 is
+# the one recorded. When conversion or parity failed: available false and the reason.
+ONNX_BACKEND_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["available"],
+    "properties": {
+        "available": {"type": "boolean"},
+        "reason": {"type": "string"},
+        "file": _file_name,
+        "format": {"const": "onnx"},
+        "sha256": _sha256,
+        "size": {"type": "integer", "minimum": 1},
+        "precision": {"enum": ["double", "float32"]},
+        "inputs": {
+            "enum": ["matrix", "columns"],
+            "description": "matrix: one [N, F] tensor X; columns: one [N, 1] tensor per "
+            "feature, named after it",
+        },
+        "opset": {"type": "object", "additionalProperties": {"type": "integer"}},
+        "converter": {"type": "object", "additionalProperties": {"type": "string"}},
+        "converted_at": {"type": "string"},
+        "failed_attempts": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["precision", "error"],
+                "properties": {"precision": {"type": "string"}, "error": {"type": "string"}},
+            },
+        },
+        "parity": {
+            "type": "object",
+            "required": ["rows", "source", "tolerance", "passed"],
+            "properties": {
+                "rows": {"type": "integer", "minimum": 1},
+                "source": {"type": "string"},
+                "labels_identical": {"type": "boolean"},
+                "label_mismatches": {"type": "integer", "minimum": 0},
+                "max_abs_diff": {"type": "object", "additionalProperties": _number},
+                "tolerance": {"type": "object", "additionalProperties": _number},
+                "passed": {"type": "boolean"},
+            },
+        },
+    },
+    "if": {"properties": {"available": {"const": True}}},
+    "then": {"required": ["file", "format", "sha256", "size", "precision", "inputs", "parity"]},
+    "else": {"required": ["reason"]},
+}
+
 METADATA_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "title": "model-service metadata.yaml",
@@ -149,6 +201,12 @@ METADATA_SCHEMA: dict[str, Any] = {
                 "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}\\Z"},
                 "size": {"type": "integer", "minimum": 1},
             },
+        },
+        "backends": {
+            "type": "object",
+            "description": "Compiled forms of the model, next to the pickle, and whether they "
+            "may serve it.",
+            "properties": {"onnx": ONNX_BACKEND_SCHEMA},
         },
         "environment": {
             "type": "object",

@@ -2,12 +2,15 @@
 
 Writers take a per-model file lock; readers take none, because every change
 becomes visible through one rename: a new version directory appears whole,
-and aliases.yaml is replaced, never edited in place.
+and aliases.yaml is replaced, never edited in place. A published version's
+model.pkl never changes; ``amend`` may add files next to it (a compiled form
+of the model) and then replace its metadata.yaml, again through renames.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import fcntl
 import hashlib
@@ -15,10 +18,11 @@ import logging
 import os
 import pickle
 import platform
+import re
 import shutil
 import uuid
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -57,6 +61,8 @@ log = logging.getLogger(__name__)
 
 ARTIFACT_FILE = "model.pkl"
 ALIAS_HISTORY_LIMIT = 200
+# Files of a version: plain names, as metadata.yaml's artifact.file.
+FILE_NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
 @dataclasses.dataclass
@@ -66,6 +72,16 @@ class StoredArtifact:
     metadata: dict[str, Any]
     estimator: Any
     warnings: list[str]
+    # The version's directory: other files the metadata lists are read from it, checked.
+    directory: Path | None = None
+
+    def read_file(self, file_name: str, sha256: str, size: int) -> bytes:
+        """Another file of this version, only if its sha256 and size are the recorded ones
+        (IntegrityError otherwise, ModelLoadError when it cannot be read)."""
+        if self.directory is None:
+            raise ModelLoadError(f"{file_name}: this artifact was not read from a store")
+        where = f"{self.metadata['name']}@{self.metadata['version']}"
+        return read_verified(self.directory, file_name, sha256, size, where=where)
 
 
 def environment() -> dict[str, str]:
@@ -187,19 +203,17 @@ class ModelStore:
                 f"{where}: metadata says {meta['name']}@{meta['version']}; refusing to load"
             )
         artifact = meta["artifact"]
-        path = self.layout._inside(directory / artifact["file"])
-        if path.parent != directory.resolve():
-            raise IntegrityError(f"{where}: artifact {artifact['file']!r} is outside its version")
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise ModelLoadError(f"{where}: cannot read {path.name}: {exc.strerror}") from None
-        digest = sha256_of(data)
-        if digest != artifact["sha256"] or len(data) != artifact["size"]:
-            raise IntegrityError(
-                f"{where}: {path.name} has sha256 {digest} ({len(data)} bytes) but the metadata "
-                f"records {artifact['sha256']} ({artifact['size']} bytes); refusing to unpickle it"
-            )
+        self.layout._inside(directory / artifact["file"])
+        data = read_verified(
+            directory,
+            artifact["file"],
+            artifact["sha256"],
+            artifact["size"],
+            where=where,
+            refusal="refusing to unpickle it",
+            what="artifact",
+        )
+        path = directory / artifact["file"]
         problems = self._version_problems(meta)
         if problems and refuse_version_mismatch:
             raise ModelLoadError(f"{where}: " + "; ".join(problems), code="version_mismatch")
@@ -218,7 +232,9 @@ class ModelStore:
                     problems.append(message)
         for problem in problems:
             log.warning("%s: %s", where, problem)
-        return StoredArtifact(metadata=meta, estimator=estimator, warnings=problems)
+        return StoredArtifact(
+            metadata=meta, estimator=estimator, warnings=problems, directory=directory.resolve()
+        )
 
     @staticmethod
     def _version_problems(meta: dict[str, Any]) -> list[str]:
@@ -240,23 +256,27 @@ class ModelStore:
         *,
         aliases: tuple[str, ...] = (),
         verify: Callable[[StoredArtifact], None] | None = None,
+        extra_files: Mapping[str, bytes] | None = None,
     ) -> int:
         """Add a new version atomically and return its number.
 
         The version is written under a temporary name, loaded back and verified
         (``verify`` gets the loaded artifact), and only then renamed into place;
         any failure removes the temporary directory and leaves the store as it was.
+        ``extra_files`` ({plain file name: bytes}) are written in the same directory,
+        so they appear with the version; the metadata says what they are.
         """
         check_name(name)
         for alias in aliases:
             check_alias(alias)
+        extra = _checked_files(extra_files)
         metadata_io.validate(metadata, partial=True)
         self.root.mkdir(parents=True, exist_ok=True)
         model_dir = self.layout.model_dir(name)
         new_model = not model_dir.exists()
         model_dir.mkdir(exist_ok=True)
         try:
-            return self._publish_locked(name, artifact_bytes, metadata, aliases, verify)
+            return self._publish_locked(name, artifact_bytes, metadata, aliases, verify, extra)
         except BaseException:
             if new_model:
                 self._remove_if_empty(model_dir)
@@ -269,6 +289,7 @@ class ModelStore:
         metadata: dict[str, Any],
         aliases: tuple[str, ...],
         verify: Callable[[StoredArtifact], None] | None,
+        extra_files: dict[str, bytes],
     ) -> int:
         model_dir = self.layout.model_dir(name)
         with self._locked(name):
@@ -293,6 +314,8 @@ class ModelStore:
             temp_dir.mkdir()
             try:
                 _write_synced(temp_dir / ARTIFACT_FILE, artifact_bytes)
+                for file_name, data in extra_files.items():
+                    _write_synced(temp_dir / file_name, data)
                 _write_synced(temp_dir / METADATA_FILE, metadata_io.dump(meta).encode())
                 loaded = self._load_from_dir(
                     temp_dir, name=name, version=version, refuse_version_mismatch=True
@@ -309,6 +332,48 @@ class ModelStore:
                 self._set_alias_locked(name, alias, version, action="publish", reason="published")
         log.info("published %s@%d", name, version)
         return version
+
+    def amend(
+        self,
+        name: str,
+        version: int,
+        files: Mapping[str, bytes],
+        update: Callable[[dict[str, Any]], dict[str, Any]],
+    ) -> dict[str, Any]:
+        """Add files to a published version, then replace its metadata with
+        ``update(metadata)``; return the new metadata.
+
+        Under the model's lock: each file is written to a temporary name and renamed into
+        place, then metadata.yaml is replaced the same way, so a reader sees the old
+        metadata or the new one, and the new one only once the files it lists are there.
+        What identifies the version (name, version, created_at, the pickle) cannot change.
+        """
+        version = check_version(version)
+        checked = _checked_files(files)
+        with self._locked(name):
+            directory = self.layout.version_dir(name, version)
+            meta_path = directory / METADATA_FILE
+            if not meta_path.is_file():
+                raise VersionNotFound(f"model {name!r} has no version {version}")
+            current = metadata_io.validate(metadata_io.read(meta_path))
+            new = metadata_io.validate(update(copy.deepcopy(current)))
+            for key in ("name", "version", "created_at", "artifact"):
+                if new.get(key) != current.get(key):
+                    raise IntegrityError(f"{name}@{version}: an amendment cannot change {key!r}")
+            for file_name, data in checked.items():
+                _replace_synced(directory / file_name, data)
+            metadata_io.write_atomic(meta_path, metadata_io.dump(new))
+            _fsync_dir(directory)
+        log.info("amended %s@%d: %s", name, version, ", ".join(checked) or "metadata")
+        return new
+
+    def metadata_signature(self, name: str, version: int) -> tuple[int, int, int] | None:
+        """Changes whenever a version's metadata.yaml is replaced (by ``amend``)."""
+        try:
+            st = os.stat(self.layout.metadata_file(name, version))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
 
     def promote(
         self,
@@ -488,6 +553,61 @@ def _is_name(text: str) -> bool:
     except Exception:
         return False
     return True
+
+
+RESERVED_FILES = frozenset({ARTIFACT_FILE, METADATA_FILE})
+
+
+def _checked_files(files: Mapping[str, bytes] | None) -> dict[str, bytes]:
+    checked = {}
+    for file_name, data in (files or {}).items():
+        if (
+            not isinstance(file_name, str)
+            or not FILE_NAME_PATTERN.fullmatch(file_name)
+            or file_name in RESERVED_FILES
+        ):
+            raise StoreError(f"{file_name!r} cannot be added to a version: not a plain file name")
+        checked[file_name] = bytes(data)
+    return checked
+
+
+def read_verified(
+    directory: Path,
+    file_name: str,
+    sha256: str,
+    size: int,
+    *,
+    where: str,
+    refusal: str = "refusing to use it",
+    what: str = "file",
+) -> bytes:
+    """A file of a version directory whose sha256 and size are the expected ones."""
+    directory = directory.resolve()
+    path = (directory / file_name).resolve()
+    if path.parent != directory:
+        raise IntegrityError(f"{where}: {what} {file_name!r} is outside its version")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ModelLoadError(f"{where}: cannot read {path.name}: {exc.strerror}") from None
+    digest = sha256_of(data)
+    if digest != sha256 or len(data) != size:
+        raise IntegrityError(
+            f"{where}: {path.name} has sha256 {digest} ({len(data)} bytes) but the metadata "
+            f"records {sha256} ({size} bytes); {refusal}"
+        )
+    return data
+
+
+def _replace_synced(path: Path, data: bytes) -> None:
+    temp = path.with_name(f"{TEMP_PREFIX}{uuid.uuid4().hex}-{path.name}")
+    try:
+        _write_synced(temp, data)
+        os.chmod(temp, 0o644)
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
 
 
 def _write_synced(path: Path, data: bytes) -> None:
