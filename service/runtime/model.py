@@ -3,12 +3,13 @@
 Loading checks everything that can be checked before the model serves:
 the store verifies the artifact's sha256 before unpickling; here we check the
 object is a fitted estimator whose features and classes agree with the
-metadata, and replay the golden example recorded at training time.
+metadata, choose the backend that computes (``backends.py``: the compiled ONNX
+form where its parity was checked at publish, else the pickle), and replay the
+golden example recorded at training time through it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from typing import Any
@@ -18,24 +19,29 @@ import pandas as pd
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
 
-from service.errors import ModelLoadError
+from service.errors import ModelLoadError, ServiceError
 from service.runtime import hooks
+from service.runtime.backends import (
+    SKLEARN,
+    OnnxBackend,
+    Prediction,
+    SklearnBackend,
+    to_list,
+)
 from service.runtime.schema import InputSchema
 from service.store.store import ModelStore, StoredArtifact
+
+__all__ = ["LoadedModel", "Prediction", "load"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_GOLDEN_TOLERANCE = {"rtol": 1e-6, "atol": 1e-9}
 
 
-@dataclasses.dataclass
-class Prediction:
-    predictions: list[Any]
-    probabilities: list[list[float]] | None = None
-
-
 class LoadedModel:
-    def __init__(self, artifact: StoredArtifact):
+    def __init__(self, artifact: StoredArtifact, *, backend: str = "auto"):
+        """``backend``: "auto" serves through onnxruntime where the metadata allows it,
+        "sklearn" always through the pickle."""
         self.metadata = artifact.metadata
         self.estimator = artifact.estimator
         self.name: str = artifact.metadata["name"]
@@ -47,9 +53,14 @@ class LoadedModel:
             list(self.estimator.classes_) if hasattr(self.estimator, "classes_") else None
         )
         self.has_proba = self.task == "classification" and hasattr(self.estimator, "predict_proba")
-        # An estimator fitted on a DataFrame wants one back; else a plain matrix is cheapest.
-        self._feature_names = getattr(self.estimator, "feature_names_in_", None)
+        self._sklearn = SklearnBackend(self.estimator, self.schema.names)
+        self._feature_names = self._sklearn.feature_names
+        self.backend: SklearnBackend | OnnxBackend = self._sklearn
+        # Requests the compiled backend could not serve, answered by the pickle instead.
+        self.fallbacks = 0
         self._check_against_metadata()
+        if backend != SKLEARN:
+            self.backend = self._compiled_backend(artifact)
         self._replay_golden()
 
     # -- prediction ------------------------------------------------------------
@@ -60,13 +71,15 @@ class LoadedModel:
         Observers registered in ``runtime.hooks`` (monitoring) see every prediction
         served this way."""
         started = time.perf_counter()
-        model_input = self.prepare(instances)
-        prediction = self.predict_prepared(model_input, with_proba=with_proba)
+        values = self.validate(instances)
+        prediction = self.predict_prepared(values, with_proba=with_proba)
         if hooks.observed():
             hooks.notify(
                 hooks.PredictionEvent(
                     self,
-                    model_input,
+                    # Observers get the estimator's input (a matrix or a DataFrame) whichever
+                    # backend computed; built here, so an unobserved onnx path has no pandas.
+                    self._sklearn.model_input(values),
                     prediction,
                     hooks.request_id.get(),
                     time.perf_counter() - started,
@@ -74,24 +87,35 @@ class LoadedModel:
             )
         return prediction
 
-    def prepare(self, instances: list[Any] | np.ndarray) -> np.ndarray | pd.DataFrame:
+    def validate(self, instances: list[Any] | np.ndarray) -> np.ndarray | list[np.ndarray]:
+        """Checked instances in feature order: a float matrix, or one array per feature.
+        Raises InvalidInput."""
         if isinstance(instances, np.ndarray):
             instances = instances.tolist()  # validated like any other rows
-        values = self.schema.to_array(self.schema.rows(instances))
-        if isinstance(values, np.ndarray) and self._feature_names is None:
-            return values
-        if isinstance(values, np.ndarray):
-            return pd.DataFrame(values, columns=self.schema.names)
-        return pd.DataFrame(dict(zip(self.schema.names, values, strict=True)))
+        return self.schema.to_array(self.schema.rows(instances))
+
+    def prepare(self, instances: list[Any] | np.ndarray) -> np.ndarray | pd.DataFrame:
+        """The estimator's input for these instances (a matrix or a DataFrame)."""
+        return self._sklearn.model_input(self.validate(instances))
 
     def predict_prepared(self, model_input: Any, *, with_proba: bool = True) -> Prediction:
-        if self.has_proba and with_proba:
-            probabilities = self.estimator.predict_proba(model_input)
-            # argmax over predict_proba is what predict does for sklearn classifiers,
-            # but not for every estimator: ask predict itself to stay exact.
-            labels = self.estimator.predict(model_input)
-            return Prediction(_to_list(labels), probabilities.tolist())
-        return Prediction(_to_list(self.estimator.predict(model_input)))
+        """Predict from ``validate``'s or ``prepare``'s output, through the backend; a
+        request the compiled backend fails on is answered by the pickle."""
+        with_proba = with_proba and self.has_proba
+        backend = self.backend
+        if backend is not self._sklearn:
+            try:
+                return backend.run(model_input, with_proba)
+            except Exception as exc:  # onnxruntime raises its own types; never a 500
+                self.fallbacks += 1
+                log.warning(
+                    "%s@%d: onnxruntime could not serve a request (%s: %s); the pickle did",
+                    self.name,
+                    self.version,
+                    type(exc).__name__,
+                    str(exc).splitlines()[0] if str(exc) else "",
+                )
+        return self._sklearn.run(model_input, with_proba)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -99,7 +123,8 @@ class LoadedModel:
             "version": self.version,
             "task": self.task,
             "features": list(self.schema.names),
-            "classes": _to_list(self.classes) if self.classes is not None else None,
+            "classes": to_list(self.classes) if self.classes is not None else None,
+            "backend": self.backend.name,
             "warnings": self.warnings,
         }
 
@@ -133,11 +158,41 @@ class LoadedModel:
         if self.task == "classification":
             if self.classes is None:
                 raise ModelLoadError(f"{where}: a classifier without classes_")
-            if _to_list(self.classes) != list(meta.get("classes", [])):
+            if to_list(self.classes) != list(meta.get("classes", [])):
                 raise ModelLoadError(
-                    f"{where}: the estimator's classes {_to_list(self.classes)} differ from the "
+                    f"{where}: the estimator's classes {to_list(self.classes)} differ from the "
                     f"metadata's {meta.get('classes')}"
                 )
+
+    def _compiled_backend(self, artifact: StoredArtifact) -> SklearnBackend | OnnxBackend:
+        """The onnxruntime backend when the metadata vouches for it and its file checks
+        out; else the pickle, with a warning when the ONNX form should have served."""
+        entry = (self.metadata.get("backends") or {}).get("onnx") or {}
+        if not entry.get("available"):
+            return self._sklearn
+        where = f"{self.name}@{self.version}"
+        if not (entry.get("parity") or {}).get("passed"):
+            return self._fall_back(f"{entry['file']}: its parity check did not pass")
+        try:
+            data = artifact.read_file(entry["file"], entry["sha256"], entry["size"])
+        except ServiceError as exc:
+            return self._fall_back(exc.message.removeprefix(f"{where}: "))
+        try:
+            return OnnxBackend(
+                data,
+                self.schema.names,
+                task=self.task,
+                classes=self.classes,
+                has_proba=self.has_proba,
+            )
+        except Exception as exc:
+            return self._fall_back(f"onnxruntime cannot load {entry['file']}: {exc}")
+
+    def _fall_back(self, problem: str) -> SklearnBackend:
+        message = f"{problem}; served by the pickle (scikit-learn) instead of onnxruntime"
+        self.warnings.append(message)
+        log.warning("%s@%d: %s", self.name, self.version, message)
+        return self._sklearn
 
     def _replay_golden(self) -> None:
         golden = self.metadata.get("golden")
@@ -146,12 +201,37 @@ class LoadedModel:
             self.warnings.append("no golden example in the metadata: outputs were not replayed")
             log.warning("%s: no golden example in the metadata; outputs not replayed", where)
             return
+        if self.backend is not self._sklearn:
+            problem = self._golden_problem(golden, self._compiled_tolerance(golden))
+            if problem is None:
+                return
+            self.backend = self._fall_back(f"the golden example through onnxruntime: {problem}")
+        problem = self._golden_problem(golden, golden.get("tolerance", {}))
+        if problem is not None:
+            raise ModelLoadError(
+                f"{where}: the golden example {problem}; refusing to serve it",
+                code="golden_mismatch",
+            )
+
+    def _compiled_tolerance(self, golden: dict[str, Any]) -> dict[str, float]:
+        """The golden tolerance, widened to what the ONNX form's parity check allowed."""
         tolerance = {**DEFAULT_GOLDEN_TOLERANCE, **golden.get("tolerance", {})}
+        parity = self.metadata["backends"]["onnx"]["parity"]["tolerance"]
+        tolerance["atol"] = max(tolerance["atol"], float(parity.get("atol", 0.0)))
+        return tolerance
+
+    def _golden_problem(self, golden: dict[str, Any], tolerance: dict[str, float]) -> str | None:
+        tolerance = {**DEFAULT_GOLDEN_TOLERANCE, **tolerance}
         try:
-            # Not through predict(): a load-time check is not served traffic.
-            got = self.predict_prepared(self.prepare(golden["instances"]))
+            # Not through predict(): a load-time check is not served traffic. Straight to
+            # the backend: a failure here must not be answered by the pickle.
+            got = self.backend.run(self.validate(golden["instances"]), self.has_proba)
         except Exception as exc:
-            raise ModelLoadError(f"{where}: the golden example no longer runs: {exc}") from exc
+            if self.backend is self._sklearn:
+                raise ModelLoadError(
+                    f"{self.name}@{self.version}: the golden example no longer runs: {exc}"
+                ) from exc
+            return f"does not run: {type(exc).__name__}: {exc}"
         expected = golden["predictions"]
         if self.task == "classification":
             same = got.predictions == expected
@@ -159,22 +239,21 @@ class LoadedModel:
             same = np.allclose(got.predictions, expected, **tolerance)
         if same and golden.get("probabilities") is not None and got.probabilities is not None:
             same = np.allclose(got.probabilities, golden["probabilities"], **tolerance)
-        if not same:
-            raise ModelLoadError(
-                f"{where}: the golden example gives other outputs than at training time "
-                f"(expected {expected}, got {got.predictions}); refusing to serve it",
-                code="golden_mismatch",
-            )
+        if same:
+            return None
+        return (
+            "gives other outputs than at training time "
+            f"(expected {expected}, got {got.predictions})"
+        )
 
 
 def load(
-    store: ModelStore, name: str, version: int, *, refuse_version_mismatch: bool = False
+    store: ModelStore,
+    name: str,
+    version: int,
+    *,
+    refuse_version_mismatch: bool = False,
+    backend: str = "auto",
 ) -> LoadedModel:
     artifact = store.load_artifact(name, version, refuse_version_mismatch=refuse_version_mismatch)
-    return LoadedModel(artifact)
-
-
-def _to_list(values: Any) -> list[Any]:
-    if isinstance(values, np.ndarray):
-        return values.tolist()
-    return [v.item() if isinstance(v, np.generic) else v for v in values]
+    return LoadedModel(artifact, backend=backend)
