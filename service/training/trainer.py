@@ -3,8 +3,9 @@
 Read and check the data; split train / validation / test once with the seed; fit on
 train (searching hyperparameters if the spec asks); score validation for the candidate
 and a Dummy baseline; refuse a candidate that does not beat the baseline by the margin;
-refit on train+validation; score the test set once; publish with complete metadata and
-point ``staging`` at the new version.
+refit on train+validation; score the test set once; convert the model to ONNX and check
+it against the pickle on the validation rows (``optimize``); publish with complete
+metadata (and model.onnx when it matched) and point ``staging`` at the new version.
 """
 
 from __future__ import annotations
@@ -24,12 +25,12 @@ from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 from sklearn.preprocessing import OneHotEncoder
 from tqdm import tqdm
 
-from service.errors import BaselineNotBeaten
+from service.errors import BaselineNotBeaten, IntegrityError
 from service.runtime.model import LoadedModel
 from service.store import ModelStore
 from service.store.promotion import higher_is_better
 from service.training import data as data_io
-from service.training import evaluation
+from service.training import evaluation, optimize
 from service.training import pipeline as pipelines
 from service.training import plan as planning
 from service.training.describe import estimator_description, plain
@@ -71,11 +72,23 @@ def train(
     aliases: tuple[str, ...] = (STAGING,),
     progress: bool = False,
     publish: bool = True,
+    onnx: bool = True,
 ) -> TrainingResult:
     """Run the spec; publish unless ``publish`` is false. ``force_reason`` publishes a
-    candidate that does not beat the baseline, recording why."""
+    candidate that does not beat the baseline, recording why. ``onnx``: publish an ONNX
+    form next to the pickle where it matches it (metadata ``backends.onnx`` says)."""
     started = time.perf_counter()
-    stages = ["read data", "check spec", "split", "fit", "validate", "refit", "test", "publish"]
+    stages = [
+        "read data",
+        "check spec",
+        "split",
+        "fit",
+        "validate",
+        "refit",
+        "test",
+        "compile",
+        "publish",
+    ]
     bar = tqdm(total=len(stages), desc=spec.name, unit="step", disable=not progress, leave=False)
 
     def stage(index: int, text: str = "") -> None:
@@ -134,12 +147,29 @@ def train(
         )
         version = None
         if publish:
-            stage(7)
+            files: dict[str, bytes] = {}
+            if onnx:
+                stage(7)
+                instances, split_name = held_out_instances(plan, split)
+                compiled = optimize.compile_model(
+                    final,
+                    metadata,
+                    instances + metadata["golden"]["instances"],
+                    source=f"{split_name}+golden",
+                )
+                metadata["backends"] = {"onnx": compiled.entry}
+                files = compiled.files()
+            stage(8)
             artifact = pickle.dumps(final, protocol=pickle.HIGHEST_PROTOCOL)
             # LoadedModel replays the golden rows through the serving path: if the
             # training and serving preparation of inputs ever disagree, nothing is published.
             version = store.publish(
-                spec.name, artifact, metadata, aliases=aliases, verify=LoadedModel
+                spec.name,
+                artifact,
+                metadata,
+                aliases=aliases,
+                verify=verify_loaded,
+                extra_files=files,
             )
             metadata = store.metadata(spec.name, version)
         bar.n = len(stages)
@@ -147,6 +177,32 @@ def train(
     finally:
         bar.close()
     return TrainingResult(spec.name, version, metadata, gate, plan.warnings)
+
+
+def verify_loaded(artifact) -> None:
+    """What publish checks in the version's temporary directory: it loads and replays its
+    golden rows, through onnxruntime when the metadata says the ONNX form matched."""
+    loaded = LoadedModel(artifact)
+    onnx_entry = (artifact.metadata.get("backends") or {}).get("onnx") or {}
+    if onnx_entry.get("available") and loaded.backend.name != "onnxruntime":
+        raise IntegrityError(
+            f"{loaded.name}: the ONNX form checked at publish does not serve: "
+            + "; ".join(loaded.warnings)
+        )
+
+
+def held_out_instances(plan: planning.Plan, split: Split) -> tuple[list[list[Any]], str]:
+    """The rows held out from the first fit as request instances, and which split they
+    are: the validation split, or the test split when validation was cross-validated."""
+    if split.X_validation is not None and len(split.X_validation):
+        rows, name = split.X_validation, "validation"
+    else:
+        rows, name = split.X_test, "test"
+    return [_instance(row, plan) for row in rows.itertuples(index=False)], name
+
+
+def _instance(row: tuple[Any, ...], plan: planning.Plan) -> list[Any]:
+    return [_json_value(value, feature) for value, feature in zip(row, plan.features, strict=True)]
 
 
 def prepare(spec: TrainingSpec) -> tuple[planning.Plan, Split]:
@@ -427,10 +483,7 @@ def _golden(plan: planning.Plan, split: Split, final, unfitted, task: str) -> di
     """A few test rows and the outputs they give now, replayed whenever the model loads."""
     rows = split.X_test.iloc[:GOLDEN_ROWS]
     model_input = pipelines.model_input(unfitted, rows)
-    instances = [
-        [_json_value(value, feature) for value, feature in zip(row, plan.features, strict=True)]
-        for row in rows.itertuples(index=False)
-    ]
+    instances = [_instance(row, plan) for row in rows.itertuples(index=False)]
     golden: dict[str, Any] = {
         "instances": instances,
         "predictions": [plain(v) for v in final.predict(model_input)],
