@@ -82,6 +82,8 @@ def show(ref: str, store_path: Path, full: bool) -> None:
         f"  artifact:  {meta['artifact']['file']} sha256 {meta['artifact']['sha256']}",
         f"  trained with scikit-learn {meta['environment']['scikit-learn']}",
     ]
+    onnx = (meta.get("backends") or {}).get("onnx")
+    lines.append(f"  {_onnx_text(onnx)}" if onnx else "  onnx: none (modelctl optimize adds it)")
     click.echo("\n".join(lines))
 
 
@@ -97,7 +99,15 @@ def show(ref: str, store_path: Path, full: bool) -> None:
     help="Publish even if the model does not beat the baseline; REASON goes into the metadata.",
 )
 @click.option("--dry-run", is_flag=True, help="Train and evaluate, but publish nothing.")
-def train(spec_path: Path, store_path: Path, force_reason: str | None, dry_run: bool) -> None:
+@click.option(
+    "--no-onnx",
+    is_flag=True,
+    help="Publish the pickle only: no ONNX form (by default the model is converted and "
+    "checked against the pickle; `modelctl optimize` can add it later).",
+)
+def train(
+    spec_path: Path, store_path: Path, force_reason: str | None, dry_run: bool, no_onnx: bool
+) -> None:
     """Train, evaluate and publish a model from a training spec (YAML)."""
     from service.training import spec as specs
     from service.training.trainer import STAGING
@@ -110,10 +120,14 @@ def train(spec_path: Path, store_path: Path, force_reason: str | None, dry_run: 
         force_reason=force_reason,
         progress=sys.stderr.isatty(),
         publish=not dry_run,
+        onnx=not no_onnx,
     )
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)
     click.echo(_training_summary(result.metadata))
+    onnx = (result.metadata.get("backends") or {}).get("onnx")
+    if onnx is not None:
+        click.echo(f"  {_onnx_text(onnx)}")
     if result.version is None:
         click.echo("dry run: nothing published")
     else:
@@ -150,6 +164,20 @@ def _training_summary(meta: dict) -> str:
         )
     lines.append(f"  trained in {meta['training']['duration_seconds']:.1f} s")
     return "\n".join(lines)
+
+
+def _onnx_text(entry: dict) -> str:
+    """One line on a version's ONNX form: what serves it, and why not onnxruntime."""
+    if not entry.get("available"):
+        return f"onnx: not available ({entry.get('reason', 'no reason recorded')})"
+    parity = entry["parity"]
+    diffs = ", ".join(f"{k} {v:.2g}" for k, v in (parity.get("max_abs_diff") or {}).items())
+    labels = "labels identical, " if parity.get("labels_identical") else ""
+    return (
+        f"onnx: {entry['file']} ({entry['precision']}), parity on {parity['rows']} "
+        f"{parity['source']} rows: {labels}max abs diff {diffs or 'n/a'} "
+        f"(tolerance {parity['tolerance']['atol']:.2g})"
+    )
 
 
 def _short(value: float | None) -> str:
@@ -223,6 +251,35 @@ def rollback(name: str, alias: str, reason: str, store_path: Path) -> None:
     """Return ALIAS of NAME to the version it had before the last promote."""
     before, after = ModelStore(store_path).rollback(name, alias, reason)
     click.echo(f"{name}: {alias} -> {after} (was {before})")
+
+
+@cli.command()
+@click.argument("ref")
+@store_option
+@click.option(
+    "--spec",
+    "spec_path",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="The training spec, to re-create the validation rows from its data (default: the "
+    "spec recorded in the metadata, a data path in it taken from the current directory).",
+)
+def optimize(ref: str, store_path: Path, spec_path: Path | None) -> None:
+    """Add the ONNX form to a published version (NAME@VERSION or NAME@ALIAS).
+
+    Converts the pickle, checks it against the pickle on the version's validation rows
+    (re-created from its training data while that has the recorded sha256, else on its
+    golden rows), and writes model.onnx and backends.onnx into the version. Running
+    services switch to onnxruntime at their next look at the store."""
+    from service.training.optimize import optimize_version
+
+    store = ModelStore(store_path)
+    model_ref = parse_ref(ref)
+    version = store.resolve(model_ref)
+    compiled = optimize_version(store, model_ref.name, version, spec_path=spec_path)
+    click.echo(f"{model_ref.name}@{version}: {_onnx_text(compiled.entry)}")
+    note = compiled.entry.get("parity", compiled.entry).get("source_note")
+    if note:
+        click.echo(f"  parity rows: golden only; {note}")
 
 
 @cli.command()
@@ -341,6 +398,15 @@ def _change_text(change: dict) -> tuple[str, str]:
     help="Reject file (default: OUTPUT with .rejects.csv).",
 )
 @click.option("--chunk-rows", default=5000, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--backend",
+    type=click.Choice(["sklearn", "auto"]),
+    default="sklearn",
+    show_default=True,
+    help="sklearn: the pickle, the same file whatever --chunk-rows; auto: onnxruntime where "
+    "the model has a checked ONNX form (faster; the last digits of probabilities may then "
+    "depend on the chunk size).",
+)
 @store_option
 def predict(
     ref: str,
@@ -349,6 +415,7 @@ def predict(
     skip_bad_rows: bool,
     rejects_path: Path | None,
     chunk_rows: int,
+    backend: str,
     store_path: Path,
 ) -> None:
     """Batch prediction: rows of a CSV (with a header) to a CSV of predictions."""
@@ -357,7 +424,7 @@ def predict(
 
     store = ModelStore(store_path)
     model_ref = parse_ref(ref)
-    model = model_runtime.load(store, model_ref.name, store.resolve(model_ref))
+    model = model_runtime.load(store, model_ref.name, store.resolve(model_ref), backend=backend)
     result = predict_csv(
         model,
         input_path,

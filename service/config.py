@@ -34,6 +34,10 @@ class Settings:
     reload_interval: float = 0.5
     # Refuse (instead of warn about) a model pickled by another scikit-learn version.
     refuse_version_mismatch: bool = False
+    # What computes predictions: "auto" serves a model through onnxruntime where its
+    # metadata records an ONNX form that matched the pickle at publish, else the pickle;
+    # "sklearn" always serves the pickle (to compare the two, or to rule one out).
+    backend: str = "auto"
     # sha256 hex digests of the admin keys; no key configured means no admin access.
     admin_key_hashes: tuple[str, ...] = ()
     # The model MLflow's POST /invocations serves (name[@version|@alias]); empty: the only
@@ -109,6 +113,8 @@ class Settings:
         for name in ("quality_tolerance", "drift_threshold"):
             if getattr(self, name) < 0:
                 raise ValueError(f"setting {name}: must be 0 or more")
+        if self.backend not in ("auto", "sklearn"):
+            raise ValueError(f"setting backend: {self.backend!r} is not auto or sklearn")
         if self.reload_interval <= 0:
             raise ValueError("setting reload_interval: must be more than 0 seconds")
         if self.default_model:

@@ -244,7 +244,8 @@ def read_csv(path):
 
 
 def expected_output(store, rows, skip=()):
-    model = model_runtime.load(store, IRIS, 1)
+    # modelctl predict computes through the pickle unless told --backend auto.
+    model = model_runtime.load(store, IRIS, 1, backend="sklearn")
     kept = [i for i in range(len(rows)) if i not in skip]
     prediction = model.predict([rows[i] for i in kept])
     return [

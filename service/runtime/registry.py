@@ -1,9 +1,12 @@
 """The in-process cache of loaded models, kept in step with the store.
 
 Each process holds the versions its aliases point at. A watcher thread polls
-the store (one stat per model per interval) and, when an alias moves, loads
-the new version *before* switching the alias, so requests never wait for a
-load and never see a half-loaded model. Requests for an explicit version that
+the store (a stat of each model's aliases.yaml and of its served versions'
+metadata.yaml per interval) and, when an alias moves, loads the new version
+*before* switching the alias, so requests never wait for a load and never see
+a half-loaded model. A served version whose metadata.yaml was replaced
+(``modelctl optimize`` adds an ONNX form) is loaded again the same way and the
+new LoadedModel takes the old one's place. Requests for an explicit version that
 is not loaded yet load it on demand, which blocks only that request.
 
 Under Gunicorn with ``preload_app`` the master calls :meth:`refresh` once so
@@ -18,7 +21,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from service.config import Settings
 from service.errors import ModelLoadError, ModelNotFound, ModelNotReady, ServiceError, StoreError
@@ -49,6 +52,8 @@ class ModelRegistry:
         # name -> {alias: version} as the store had it at the last look.
         self._wanted: dict[str, dict[str, int]] = {}
         self._failures: dict[tuple[str, int], tuple[str, float]] = {}
+        # The stat of each loaded version's metadata.yaml when it was loaded.
+        self._meta_signatures: dict[tuple[str, int], Any] = {}
         self._load_lock = threading.Lock()
         self._refresh_lock = threading.Lock()
         self._watcher_pid: int | None = None
@@ -135,7 +140,7 @@ class ModelRegistry:
         with self._refresh_lock:
             names = self.served_names()
             for name in names:
-                signature = self.store.aliases_signature(name)
+                signature = (self.store.aliases_signature(name), self._served_metadata(name))
                 unchanged = name in self._signatures and self._signatures[name] == signature
                 if unchanged and not force and not self._retry_due(name):
                     continue
@@ -154,6 +159,13 @@ class ModelRegistry:
         """Forget load failures and look at every model again."""
         self._failures.clear()
         self.refresh(force=True)
+
+    def _served_metadata(self, name: str) -> tuple[Any, ...]:
+        served = sorted(set(self._aliases.get(name, {}).values()))
+        return tuple((v, self.store.metadata_signature(name, v)) for v in served)
+
+    def _metadata_changed(self, key: tuple[str, int]) -> bool:
+        return self.store.metadata_signature(*key) != self._meta_signatures.get(key)
 
     def _retry_due(self, name: str) -> bool:
         """An alias still waits for a version whose failed load may be tried again."""
@@ -188,9 +200,11 @@ class ModelRegistry:
     def _load(self, name: str, version: int) -> LoadedModel:
         key = (name, version)
         with self._load_lock:
-            loaded = self._models.get(key)
-            if loaded is not None:
-                return loaded
+            current = self._models.get(key)
+            if current is not None and not self._metadata_changed(key):
+                return current
+            # Taken before reading: a change while loading shows at the next look.
+            signature = self.store.metadata_signature(name, version)
             started = time.perf_counter()
             try:
                 loaded = model_runtime.load(
@@ -198,26 +212,51 @@ class ModelRegistry:
                     name,
                     version,
                     refuse_version_mismatch=self.settings.refuse_version_mismatch,
+                    backend=self.settings.backend,
                 )
-            except ServiceError as exc:
-                self._failures[key] = (exc.message, time.monotonic())
-                log.error("cannot load %s@%d: %s", name, version, exc.message)
-                raise
             except Exception as exc:
-                self._failures[key] = (f"{type(exc).__name__}: {exc}", time.monotonic())
-                log.exception("cannot load %s@%d", name, version)
-                raise ModelLoadError(f"cannot load {name}@{version}: {exc}") from exc
+                if current is None:
+                    return self._load_failed(key, exc)
+                # The version loaded before still serves; tried again at its next change.
+                self._meta_signatures[key] = signature
+                log.error(
+                    "%s@%d: its metadata changed but it does not load again (%s); "
+                    "serving it as loaded before",
+                    name,
+                    version,
+                    exc.message if isinstance(exc, ServiceError) else exc,
+                )
+                return current
             self._failures.pop(key, None)
+            self._meta_signatures[key] = signature
+            # One assignment: requests get the old LoadedModel or the new one.
             self._models[key] = loaded
             self._last_used[key] = time.monotonic()
             seconds = time.perf_counter() - started
-            log.info("loaded %s@%d in %.3fs", name, version, seconds)
+            log.info(
+                "%s %s@%d in %.3fs (backend %s)",
+                "reloaded" if current is not None else "loaded",
+                name,
+                version,
+                seconds,
+                loaded.backend.name,
+            )
             for listener in tuple(self.load_listeners):
                 try:
                     listener(loaded, seconds)
                 except Exception:
                     log.exception("load listener %r failed; the model is served anyway", listener)
             return loaded
+
+    def _load_failed(self, key: tuple[str, int], exc: Exception) -> NoReturn:
+        name, version = key
+        if isinstance(exc, ServiceError):
+            self._failures[key] = (exc.message, time.monotonic())
+            log.error("cannot load %s@%d: %s", name, version, exc.message)
+            raise exc
+        self._failures[key] = (f"{type(exc).__name__}: {exc}", time.monotonic())
+        log.error("cannot load %s@%d", name, version, exc_info=exc)
+        raise ModelLoadError(f"cannot load {name}@{version}: {exc}") from exc
 
     def _recently_failed(self, key: tuple[str, int]) -> bool:
         failure = self._failures.get(key)
@@ -230,6 +269,7 @@ class ModelRegistry:
             if key not in in_use and self._last_used.get(key, 0) < horizon:
                 del self._models[key]
                 self._last_used.pop(key, None)
+                self._meta_signatures.pop(key, None)
 
     def _store_aliases(self, name: str) -> dict[str, int]:
         try:
