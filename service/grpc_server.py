@@ -140,6 +140,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         response = pb.ModelInferResponse(
             model_name=model.name, model_version=str(model.version), id=request.id
         )
+        response.parameters["backend"].string_param = prediction.backend
         for tensor in v2.output_tensors(model, prediction, names):
             response.outputs.add(
                 name=tensor.name, datatype=tensor.datatype, shape=list(tensor.shape)

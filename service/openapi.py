@@ -183,6 +183,11 @@ def _metadata_schemas() -> dict[str, Any]:
 
 _SCALAR = {"type": ["number", "string", "boolean", "null"]}
 _CLASS_LABEL = {"type": ["string", "integer", "boolean"]}
+_BACKEND = {
+    "enum": ["onnxruntime", "sklearn"],
+    "description": "What computed the predictions: onnxruntime (the model's ONNX form, "
+    "checked against the pickle at publish) or sklearn (the pickle).",
+}
 
 
 def _fixed_schemas() -> dict[str, Any]:
@@ -259,7 +264,7 @@ def _fixed_schemas() -> dict[str, Any]:
         },
         "PredictResponse": {
             "type": "object",
-            "required": ["model", "version", "predictions", "request_id"],
+            "required": ["model", "version", "predictions", "backend", "request_id"],
             "properties": {
                 "model": {"type": "string"},
                 "version": {"type": "integer"},
@@ -274,6 +279,7 @@ def _fixed_schemas() -> dict[str, Any]:
                     "items": {"type": "array", "items": {"type": "number"}},
                 },
                 "classes": {"type": "array", "items": _CLASS_LABEL},
+                "backend": _BACKEND,
                 "request_id": {"type": "string"},
             },
         },
@@ -290,6 +296,12 @@ def _fixed_schemas() -> dict[str, Any]:
                 "task": {"enum": ["classification", "regression", None]},
                 "features": {"type": ["array", "null"], "items": {"type": "string"}},
                 "classes": {"type": ["array", "null"], "items": _CLASS_LABEL},
+                "backend": {
+                    **_BACKEND,
+                    "enum": [*_BACKEND["enum"], None],
+                    "description": "What computes the serving version's predictions in this "
+                    "worker (null: not loaded).",
+                },
                 "warnings": {
                     "type": "object",
                     "additionalProperties": {"type": "array", "items": {"type": "string"}},
@@ -310,6 +322,12 @@ def _fixed_schemas() -> dict[str, Any]:
                 "test_score": {"type": ["number", "null"]},
                 "baseline_test_score": {"type": ["number", "null"]},
                 "loaded": {"type": "boolean"},
+                "backend": {
+                    **_BACKEND,
+                    "enum": [*_BACKEND["enum"], None],
+                    "description": "What computes this version's predictions in this worker "
+                    "(null: not loaded).",
+                },
                 "warnings": {"type": "array", "items": {"type": "string"}},
             },
         },
@@ -537,7 +555,12 @@ def _v2_schemas() -> dict[str, Any]:
                 "model_name": {"type": "string"},
                 "model_version": {"type": "string"},
                 "id": {"type": "string"},
-                "parameters": _ref("V2Parameters"),
+                "parameters": {
+                    "type": "object",
+                    "description": "backend: what computed the outputs.",
+                    "properties": {"backend": _BACKEND},
+                    "additionalProperties": True,
+                },
                 "outputs": {"type": "array", "items": _ref("V2ResponseOutput")},
             },
         },
@@ -1482,9 +1505,10 @@ def prediction_schema(metadata: Mapping[str, Any], has_proba: bool) -> dict[str,
         "model": {"const": name},
         "version": {"type": "integer", "minimum": 1},
         "predictions": {"type": "array", "items": label},
+        "backend": _BACKEND,
         "request_id": {"type": "string"},
     }
-    required = ["model", "version", "predictions", "request_id"]
+    required = ["model", "version", "predictions", "backend", "request_id"]
     if has_proba and classes:
         width = len(classes)
         properties["probabilities"] = {
@@ -1498,7 +1522,7 @@ def prediction_schema(metadata: Mapping[str, Any], has_proba: bool) -> dict[str,
             },
         }
         properties["classes"] = {"const": list(classes)}
-        required[3:3] = ["probabilities", "classes"]
+        required[3:3] = ["probabilities", "classes"]  # before backend, as in the answer
     return {
         "title": f"{name} prediction",
         "type": "object",

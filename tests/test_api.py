@@ -10,6 +10,7 @@ import pytest
 
 from service.runtime.model import load
 from service.store import ModelStore
+from tests.outputs import same_as
 
 IRIS = "iris-classifier"
 IRIS_ROW = [5.1, 3.5, 1.4, 0.2]
@@ -42,9 +43,10 @@ def test_predictions_equal_in_process_predict(client, store_dir, name):
     assert response.status_code == 200, response.json
     body = response.json
     assert body["model"] == name and body["version"] == 1
-    assert body["predictions"] == model.estimator.predict(rows).tolist()
+    assert body["predictions"] == same_as(model.estimator.predict(rows))
+    assert body["backend"] == "onnxruntime"
     if model.task == "classification":
-        assert body["probabilities"] == model.estimator.predict_proba(rows).tolist()
+        assert body["probabilities"] == same_as(model.estimator.predict_proba(rows))
         assert body["classes"] == model.metadata["classes"]
     else:
         assert "probabilities" not in body
@@ -301,7 +303,9 @@ def test_unexpected_fault_is_a_json_500_with_request_id(app, client, caplog):
         def predict_proba(self, rows):
             raise RuntimeError("native library fault")
 
-    model.estimator = Broken()
+    # Both paths broken: onnxruntime would hand a failing request to the pickle.
+    model.backend = model.sklearn_backend
+    model.sklearn_backend.estimator = Broken()
     response = post(
         client,
         f"/v1/models/{IRIS}/predict",

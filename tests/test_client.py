@@ -29,6 +29,7 @@ from service.errors import AliasNotFound, IntegrityError, InvalidInput, ModelNot
 from service.localstack import free_port
 from service.runtime.model import load
 from service.store import ModelStore
+from tests.outputs import same_as
 
 IRIS = "iris-classifier"
 IRIS_ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
@@ -63,10 +64,10 @@ def client(stack):
 def test_predict_equals_the_estimator_in_process(stack, client, name):
     model = load(ModelStore(stack.store), name, 1)
     rows = np.asarray(model.metadata["golden"]["instances"])
-    assert client.predict(name, rows.tolist()) == model.estimator.predict(rows).tolist()
-    assert client.predict(f"{name}@1", rows) == model.estimator.predict(rows).tolist()
+    assert client.predict(name, rows.tolist()) == same_as(model.estimator.predict(rows))
+    assert client.predict(f"{name}@1", rows) == same_as(model.estimator.predict(rows))
     if model.has_proba:
-        assert client.predict_proba(name, rows) == model.estimator.predict_proba(rows).tolist()
+        assert client.predict_proba(name, rows) == same_as(model.estimator.predict_proba(rows))
     else:
         with pytest.raises(ProbabilitiesUnavailable, match=f"{name}@1 gives no probabilities"):
             client.predict_proba(name, rows)
@@ -318,8 +319,8 @@ def test_load_model_predicts_like_the_runtime(store_dir):
     assert (model.name, model.version) == (IRIS, 1)
     prediction = model.predict(IRIS_ROWS)
     assert prediction.predictions == ["setosa", "virginica"]
-    assert prediction.predictions == reference.estimator.predict(np.array(IRIS_ROWS)).tolist()
-    assert prediction.probabilities == reference.estimator.predict_proba(IRIS_ROWS).tolist()
+    assert prediction.predictions == same_as(reference.estimator.predict(np.array(IRIS_ROWS)))
+    assert prediction.probabilities == same_as(reference.estimator.predict_proba(IRIS_ROWS))
     with pytest.raises(InvalidInput, match="has 3 values, the model takes 4"):
         model.predict([[1.0, 2.0, 3.0]])
 

@@ -17,6 +17,7 @@ from service.protocols import mlflow as codec
 from service.runtime.model import load
 from service.runtime.schema import FeatureSpec, InputSchema
 from service.store import ModelStore
+from tests.outputs import same_as
 
 IRIS = "iris-classifier"
 MODELS = ["iris-classifier", "breast-cancer-classifier", "diabetes-regressor"]
@@ -116,7 +117,7 @@ def test_every_format_gives_the_native_predictions(client, store_dir, name, form
     assert list(response.json) == ["predictions"]
     predictions = response.json["predictions"]
     assert predictions == native_predictions(client, name, frame)
-    assert predictions == in_process.tolist()
+    assert predictions == same_as(in_process)
     if name == "diabetes-regressor":
         assert all(isinstance(p, float) for p in predictions)
     else:
@@ -191,7 +192,7 @@ def test_invocations_serves_the_only_served_model(make_client, store_dir):
     frame, in_process = model_frame(store_dir, "diabetes-regressor")
     response = invoke(client, {"dataframe_split": frame.to_dict(orient="split")}, "/invocations")
     assert response.status_code == 200, response.json
-    assert response.json["predictions"] == in_process.tolist()
+    assert response.json["predictions"] == same_as(in_process)
 
 
 @pytest.mark.parametrize(

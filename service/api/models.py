@@ -115,6 +115,7 @@ def _summary(name: str) -> dict[str, Any]:
         "task": default_model.task if default_model else None,
         "features": list(default_model.schema.names) if default_model else None,
         "classes": default_model.classes if default_model else None,
+        "backend": default_model.backend.name if default_model else None,
         "warnings": {str(v): m.warnings for v, m in loaded.items() if m.warnings},
         "load_errors": failures,
     }
@@ -141,5 +142,6 @@ def _version_summary(
         "test_score": test.get("model", {}).get(primary),
         "baseline_test_score": test.get("baseline", {}).get(primary),
         "loaded": version in loaded,
+        "backend": loaded[version].backend.name if version in loaded else None,
         "warnings": loaded[version].warnings if version in loaded else [],
     }

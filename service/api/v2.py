@@ -85,6 +85,7 @@ def infer(name: str, version: str | None = None):
         v2.output_tensors(model, prediction, names),
         binary=inference.binary_names(names),
         request_id=inference.id,
+        parameters={"backend": prediction.backend},
     )
     if json_length is None:
         return Response(payload, mimetype="application/json")

@@ -74,5 +74,6 @@ def encode_prediction(
     if prediction.probabilities is not None:
         body["probabilities"] = prediction.probabilities
         body["classes"] = model.classes
+    body["backend"] = prediction.backend
     body["request_id"] = request_id
     return body

@@ -726,9 +726,11 @@ def encode_infer_response(
     *,
     binary: Collection[str] = (),
     request_id: str | None = None,
+    parameters: dict[str, Any] | None = None,
 ) -> tuple[bytes, int | None]:
     """The response body, and the length of its JSON header when outputs in
-    ``binary`` follow it as raw bytes (None: the body is all JSON)."""
+    ``binary`` follow it as raw bytes (None: the body is all JSON). ``parameters``:
+    the response's own (e.g. which backend computed it)."""
     outputs, chunks = [], []
     for tensor in tensors:
         entry: dict[str, Any] = {
@@ -746,6 +748,8 @@ def encode_infer_response(
     body: dict[str, Any] = {"model_name": model.name, "model_version": str(model.version)}
     if request_id is not None:
         body["id"] = request_id
+    if parameters:
+        body["parameters"] = parameters
     body["outputs"] = outputs
     header = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
     if not chunks:

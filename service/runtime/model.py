@@ -53,9 +53,10 @@ class LoadedModel:
             list(self.estimator.classes_) if hasattr(self.estimator, "classes_") else None
         )
         self.has_proba = self.task == "classification" and hasattr(self.estimator, "predict_proba")
-        self._sklearn = SklearnBackend(self.estimator, self.schema.names)
-        self._feature_names = self._sklearn.feature_names
-        self.backend: SklearnBackend | OnnxBackend = self._sklearn
+        # The pickle: the backend whenever the compiled one may not or cannot serve.
+        self.sklearn_backend = SklearnBackend(self.estimator, self.schema.names)
+        self._feature_names = self.sklearn_backend.feature_names
+        self.backend: SklearnBackend | OnnxBackend = self.sklearn_backend
         # Requests the compiled backend could not serve, answered by the pickle instead.
         self.fallbacks = 0
         self._check_against_metadata()
@@ -79,7 +80,7 @@ class LoadedModel:
                     self,
                     # Observers get the estimator's input (a matrix or a DataFrame) whichever
                     # backend computed; built here, so an unobserved onnx path has no pandas.
-                    self._sklearn.model_input(values),
+                    self.sklearn_backend.model_input(values),
                     prediction,
                     hooks.request_id.get(),
                     time.perf_counter() - started,
@@ -96,14 +97,14 @@ class LoadedModel:
 
     def prepare(self, instances: list[Any] | np.ndarray) -> np.ndarray | pd.DataFrame:
         """The estimator's input for these instances (a matrix or a DataFrame)."""
-        return self._sklearn.model_input(self.validate(instances))
+        return self.sklearn_backend.model_input(self.validate(instances))
 
     def predict_prepared(self, model_input: Any, *, with_proba: bool = True) -> Prediction:
         """Predict from ``validate``'s or ``prepare``'s output, through the backend; a
         request the compiled backend fails on is answered by the pickle."""
         with_proba = with_proba and self.has_proba
         backend = self.backend
-        if backend is not self._sklearn:
+        if backend is not self.sklearn_backend:
             try:
                 return backend.run(model_input, with_proba)
             except Exception as exc:  # onnxruntime raises its own types; never a 500
@@ -115,7 +116,7 @@ class LoadedModel:
                     type(exc).__name__,
                     str(exc).splitlines()[0] if str(exc) else "",
                 )
-        return self._sklearn.run(model_input, with_proba)
+        return self.sklearn_backend.run(model_input, with_proba)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -169,7 +170,7 @@ class LoadedModel:
         out; else the pickle, with a warning when the ONNX form should have served."""
         entry = (self.metadata.get("backends") or {}).get("onnx") or {}
         if not entry.get("available"):
-            return self._sklearn
+            return self.sklearn_backend
         where = f"{self.name}@{self.version}"
         if not (entry.get("parity") or {}).get("passed"):
             return self._fall_back(f"{entry['file']}: its parity check did not pass")
@@ -192,7 +193,7 @@ class LoadedModel:
         message = f"{problem}; served by the pickle (scikit-learn) instead of onnxruntime"
         self.warnings.append(message)
         log.warning("%s@%d: %s", self.name, self.version, message)
-        return self._sklearn
+        return self.sklearn_backend
 
     def _replay_golden(self) -> None:
         golden = self.metadata.get("golden")
@@ -201,7 +202,7 @@ class LoadedModel:
             self.warnings.append("no golden example in the metadata: outputs were not replayed")
             log.warning("%s: no golden example in the metadata; outputs not replayed", where)
             return
-        if self.backend is not self._sklearn:
+        if self.backend is not self.sklearn_backend:
             problem = self._golden_problem(golden, self._compiled_tolerance(golden))
             if problem is None:
                 return
@@ -227,7 +228,7 @@ class LoadedModel:
             # the backend: a failure here must not be answered by the pickle.
             got = self.backend.run(self.validate(golden["instances"]), self.has_proba)
         except Exception as exc:
-            if self.backend is self._sklearn:
+            if self.backend is self.sklearn_backend:
                 raise ModelLoadError(
                     f"{self.name}@{self.version}: the golden example no longer runs: {exc}"
                 ) from exc

@@ -13,6 +13,7 @@ import requests
 from service.runtime.model import load
 from service.store import ModelStore
 from tests.integration.conftest import demo_stack
+from tests.outputs import same_as
 from tests.test_mlflow import BAD_REQUESTS, IRIS, IRIS_COLUMNS, IRIS_EXPECTED, IRIS_ROWS
 
 pytestmark = pytest.mark.integration
@@ -77,7 +78,7 @@ def test_every_model_through_nginx_equals_in_process(mlflow_stack, name, form):
         orient = form.removeprefix("dataframe_")
         response = requests.post(url, json={form: df.to_dict(orient=orient)})
     assert response.status_code == 200, response.text
-    assert response.json()["predictions"] == expected
+    assert response.json()["predictions"] == same_as(expected)
 
 
 @pytest.mark.parametrize("path", ["/ping", "/health"])
