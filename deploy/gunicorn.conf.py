@@ -4,6 +4,8 @@ Run: gunicorn -c deploy/gunicorn.conf.py service.wsgi:app
 Environment knobs (set by `modelctl serve`, systemd units or by hand):
   MODEL_SERVICE_BIND      address to listen on (default 127.0.0.1:8000)
   MODEL_SERVICE_WORKERS   worker processes (default: one per CPU core)
+  MODEL_SERVICE_WORKER_CLASS  sync (the default) or gthread
+  MODEL_SERVICE_THREADS   request threads per gthread worker (default 1)
   MODEL_SERVICE_PIDFILE   where the master writes its pid
   MODEL_SERVICE_ACCESS_LOG  Gunicorn's text access log ("-": stdout; off by default)
   MODEL_SERVICE_ERROR_LOG   where the JSON logs go ("-": stderr, the default)
@@ -27,8 +29,11 @@ backlog = 2048
 workers = int(os.environ.get("MODEL_SERVICE_WORKERS") or os.cpu_count() or 1)
 # Sync workers: one request at a time per process, no GIL contention. Safe
 # because Nginx buffers whole requests and responses (proxy_buffering on), so
-# a slow client never holds a worker.
-worker_class = "sync"
+# a slow client never holds a worker. MODEL_SERVICE_WORKER_CLASS=gthread with
+# MODEL_SERVICE_THREADS=N gives each worker N request threads instead (compare
+# them with `make bench-workers`); threads > 1 make Gunicorn use gthread anyway.
+worker_class = os.environ.get("MODEL_SERVICE_WORKER_CLASS") or "sync"
+threads = int(os.environ.get("MODEL_SERVICE_THREADS") or 1)
 # Load the app, and with it every aliased model, once in the master before
 # forking: workers share the models' memory copy-on-write instead of each
 # unpickling its own copy.
@@ -38,7 +43,7 @@ preload_app = True
 timeout = 60
 # On shutdown or HUP, in-flight requests get this long to finish.
 graceful_timeout = 30
-# Ignored by sync workers; kept for gthread experiments.
+# Ignored by sync workers; how long a gthread worker keeps an idle connection.
 keepalive = 5
 # Recycle workers now and then so slow leaks (in any native library) stay
 # bounded; jitter keeps them from all restarting at once.
