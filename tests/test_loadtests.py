@@ -7,10 +7,14 @@ is made and that the locustfile judges answers correctly, never how fast they ca
 from __future__ import annotations
 
 import csv
+import http.server
+import importlib.util
 import json
 import math
+import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -21,8 +25,9 @@ from service.training.demo import demo_specs
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BENCH = REPO_ROOT / "loadtests" / "bench.py"
 LOCUSTFILE = REPO_ROOT / "loadtests" / "locustfile.py"
+PEERS_VENV = REPO_ROOT / ".bench-peers"
 DEMO_MODEL_NAMES = {spec.name for spec in demo_specs()}
-HELLO_TARGET = "hello (ceiling)"
+IRIS, FOREST, REGRESSOR = "iris-classifier", "breast-cancer-classifier", "diabetes-regressor"
 BENCH_TIMEOUT_S = 240
 LOCUST_TIMEOUT_S = 120
 # After a timeout: how long a SIGTERMed run gets to stop the stacks it started.
@@ -54,67 +59,159 @@ def assert_positive(row: dict, *keys: str) -> None:
         assert isinstance(value, int | float) and math.isfinite(value) and value > 0, (key, row)
 
 
+def expected_rows() -> set[str]:
+    """The figures every bench run reports, whatever the machine (peers apart)."""
+    keys = {"single/hello", f"paced/naive/{IRIS}", f"paced/service/{IRIS}"}
+    keys |= {f"single/{who}/{name}" for who in ("naive", "service") for name in (IRIS, FOREST)}
+    keys |= {f"single/service/{REGRESSOR}"}
+    keys |= {f"single/monitoring-off/{name}" for name in (IRIS, REGRESSOR)}
+    keys |= {f"single/{protocol}/{IRIS}" for protocol in ("v2-json", "v2-binary", "mlflow-format")}
+    for name in DEMO_MODEL_NAMES:
+        for who in ("naive", "native-lists", "native", "v2-json", "v2-binary", "mlflow-format"):
+            keys.add(f"batch/{who}/{name}")
+        for rows in (1, 1000):
+            keys |= {f"inproc/loaded-model/{rows}/{name}", f"inproc/estimator/{rows}/{name}"}
+        keys.add(f"memory/naive/{name}")
+    keys |= {"memory/service-1w", "memory/service-4w", "memory/service", "memory/hello"}
+    return keys
+
+
 @pytest.mark.integration
-@pytest.mark.parametrize(
-    "generator_args", [[], ["--load-generator", "builtin"]], ids=["auto", "builtin"]
-)
-def test_bench_quick_reports_every_figure(tmp_path, generator_args):
+def test_bench_quick_reports_every_goal_and_row(tmp_path):
     results_path = tmp_path / "bench.json"
     done = run_bounded(
-        [sys.executable, str(BENCH), "--quick", "--json", str(results_path), *generator_args],
-        BENCH_TIMEOUT_S,
+        [sys.executable, str(BENCH), "--quick", "--json", str(results_path)], BENCH_TIMEOUT_S
     )
     assert done.returncode == 0, done.stdout + done.stderr
     results = json.loads(results_path.read_text())
-
     assert results["load_generator"]["tool"] in {"wrk", "built-in"}
-    if generator_args:
-        assert results["load_generator"]["tool"] == "built-in"
     assert results["load_generator"]["tool"] in done.stdout
 
-    single = {row["target"]: row for row in results["single_row"]}
-    assert set(single) == {HELLO_TARGET, *DEMO_MODEL_NAMES}
-    for target, row in single.items():
-        assert row["errors"] == 0, row
-        assert_positive(row, "requests", "requests_per_s", "p50_ms", "p99_ms")
-        if target != HELLO_TARGET:
-            assert_positive(row, "requests_per_s_ratio", "p50_ratio", "p99_ratio")
-        assert target in done.stdout
+    # The goals: each a finite, positive ratio of two figures of this run, with its target
+    # and a verdict (which one is not for a test to say).
+    goals = results["goals"]
+    assert [row["goal"] for row in goals] == [
+        "P1",
+        "P2",
+        *["P3 native", "P3 v2 binary"] * len(DEMO_MODEL_NAMES),
+        "P4",
+        "P5",
+        "M",
+        "M",
+    ]
+    for row in goals:
+        assert_positive(row, "value", "ratio", "target")
+        assert row["comparison"] in {">=", "<="}
+        assert row["passed"] is (
+            row["ratio"] >= row["target"]
+            if row["comparison"] == ">="
+            else row["ratio"] <= row["target"]
+        )
+        assert row["label"] in done.stdout
+    by_goal = {(row["goal"], row["key"]): row for row in goals}
+    assert ("P1", f"single/service/{IRIS}") in by_goal
+    assert ("P2", f"single/service/{FOREST}") in by_goal
+    p3 = {key.split("/")[2] for goal, key in by_goal if goal.startswith("P3")}
+    assert p3 == DEMO_MODEL_NAMES
+    paced = by_goal[("P5", f"paced/service/{IRIS}")]
+    # The pacing itself: at 80 % of the closed-loop rate of P1, and never above that.
+    target_rate = paced["figures"]["target_requests_per_s"]
+    assert target_rate == pytest.approx(0.8 * by_goal[("P1", f"single/service/{IRIS}")]["value"])
+    assert paced["value"] <= 1.1 * target_rate + 4, paced
+    assert paced["ratio"] == pytest.approx(paced["p99_ms"] / paced["p50_ms"])
 
-    batch = {row["model"]: row for row in results["batch"]}
-    assert set(batch) == DEMO_MODEL_NAMES
-    for row in batch.values():
-        assert row["rows"] == 1000
-        assert_positive(row, "http_rows_per_s", "loaded_model_rows_per_s", "estimator_rows_per_s")
+    rows = {row["key"]: row for row in results["rows"]}
+    assert expected_rows() <= set(rows)
+    for key in expected_rows():
+        row = rows[key]
+        assert row["label"] in done.stdout, key
+        assert_positive(row, "value")
+        if key.startswith(("single/", "paced/")):
+            assert row["errors"] == 0, row
+            assert_positive(row, "p50_ms", "p99_ms")
+    # Side by side: each service row against the naive handler of the same model.
+    for name in (IRIS, FOREST):
+        assert rows[f"single/service/{name}"]["ratio_of"] == "naive"
+        assert_positive(rows[f"single/service/{name}"], "ratio")
+    for name in DEMO_MODEL_NAMES:
+        assert rows[f"batch/v2-binary/{name}"]["ratio_of"] == "naive"
+    for workers in (1, 4):
+        assert rows[f"memory/service-{workers}w"]["figures"]["workers"] == workers
+    assert rows["memory/service"]["figures"]["workers"] == 2
 
-    protocols = {row["protocol"]: row for row in results["protocols_single_row"]}
-    assert set(protocols) == {"native", "v2 JSON", "v2 binary", "MLflow"}
-    for protocol, row in protocols.items():
-        assert row["errors"] == 0, row
-        assert_positive(row, "requests_per_s", "p50_ms", "p99_ms")
-        assert protocol in done.stdout
-    assert protocols["native"]["requests_per_s_ratio_to_native"] == 1.0
-    protocol_batch = {row["model"]: row["rows_per_s"] for row in results["protocols_batch"]}
-    assert set(protocol_batch) == DEMO_MODEL_NAMES
-    for by_protocol in protocol_batch.values():
-        assert set(by_protocol) == set(protocols)
-        assert all(rows_per_s > 0 for rows_per_s in by_protocol.values()), by_protocol
+    # Which backend answered: named by the service's answers, "-" when they name none.
+    assert all(rows[f"single/service/{name}"]["backend"] for name in DEMO_MODEL_NAMES)
+    if rows[f"single/service/{IRIS}"]["backend"] not in {"-", "sklearn"}:
+        for name in (IRIS, FOREST):
+            assert rows[f"single/backend-sklearn/{name}"]["backend"] == "sklearn"
+            assert_positive(rows[f"single/backend-sklearn/{name}"], "value")
 
-    memory = {row["stack"]: row for row in results["memory"]}
-    assert set(memory) == {"model-service", "hello"}
-    for row in memory.values():
-        assert row["workers"] == 2, row
-        assert_positive(row, "total_pss_mib", "master_pss_mib", "worker_pss_mib", "worker_rss_mib")
-        assert row["total_pss_mib"] > row["worker_pss_mib"], row
+    # MLflow's own server: measured only when `make bench-peers` has installed it.
+    if (PEERS_VENV / "bin" / "mlflow").exists():
+        assert results["peers"]["mlflow"]
+        for name in (IRIS, FOREST):
+            assert_positive(rows[f"single/mlflow-serve/{name}"], "value", "p50_ms", "p99_ms")
+        for name in DEMO_MODEL_NAMES:
+            assert_positive(rows[f"batch/mlflow-serve/{name}"], "value")
+    else:
+        assert results["peers"]["mlflow"] is None
+        assert rows["peers/mlflow"]["note"] == "not installed (make bench-peers)"
+        assert "not installed (make bench-peers)" in done.stdout
 
-    # Metrics and the request log on (the single-row figures above) against off.
-    monitoring = {row["model"]: row for row in results["monitoring_cost"]}
-    assert set(monitoring) == DEMO_MODEL_NAMES
-    for name, row in monitoring.items():
-        assert row["errors_off"] == 0, row
-        assert_positive(row, "requests_per_s_on", "requests_per_s_off", "requests_per_s_ratio")
-        assert row["requests_per_s_on"] == single[name]["requests_per_s"], row
-    assert "Monitoring cost" in done.stdout
+
+class _Answer200(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        body = b'{"predictions": [0]}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def answering_server():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Answer200)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/predict"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def bench_module(monkeypatch):
+    spec = importlib.util.spec_from_file_location("bench_under_test", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    # Its dataclasses look their module up by name while the module runs.
+    monkeypatch.setitem(sys.modules, spec.name, module)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("generator", ["builtin", "wrk"])
+def test_load_generators_pace_to_the_rate_asked(
+    bench_module, answering_server, tmp_path, generator
+):
+    """P5's paced load: a rate far below what the server answers is what is sent."""
+    if generator == "wrk" and shutil.which("wrk") is None:
+        pytest.skip("wrk is not installed")
+    load = bench_module.choose_load_generator(generator, tmp_path, 2, 4, 2)
+    body = b'{"instances": [[1.0]]}'
+    rate = 100.0
+    paced = load.run(answering_server, body, rate=rate)
+    assert paced.errors == 0
+    assert 0.5 * rate <= paced.requests_per_s <= 1.1 * rate + 2, paced
+    assert 0 < paced.p50_ms <= paced.p99_ms
 
 
 @pytest.fixture
