@@ -12,8 +12,12 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 WORKERS_FLAG := $(if $(WORKERS),--workers $(WORKERS),)
 PROTO_DIR := service/protocols/grpc
+BENCH_JSON ?= loadtests/reports/bench.json
+PEERS_VENV := .bench-peers
+# The newest MLflow whose packages install next to scikit-learn 1.9.1 here.
+MLFLOW_VERSION := 3.17.2
 
-.PHONY: install run stop test lint fmt protos bench loadtest clean
+.PHONY: install run stop test lint fmt protos bench bench-workers bench-peers loadtest clean
 
 # Versions in constraints.txt are the ones the test suite passes with.
 $(INSTALLED): setup.cfg pyproject.toml constraints.txt
@@ -56,13 +60,27 @@ protos: $(INSTALLED)
 		$(PROTO_DIR)/open_inference_pb2.py
 	sed -i 's/^from service\.protocols\.grpc import /from . import /' $(PROTO_DIR)/open_inference_pb2_grpc.py
 
+# The performance goals as one table (and JSON) from one run, ~5 minutes; BENCH_ARGS adds
+# options, e.g. BENCH_ARGS="--rounds 3" or "--worker-class gthread --threads 4".
 bench: $(INSTALLED)
-	$(BIN)/python loadtests/bench.py
+	$(BIN)/python loadtests/bench.py --json $(BENCH_JSON) $(BENCH_ARGS)
+
+# iris-classifier's single-row and 1,000-row loads under sync and gthread workers.
+bench-workers: $(INSTALLED)
+	$(BIN)/python loadtests/worker_models.py --json loadtests/reports/worker_models.json
+
+# Optional peers for `make bench`: MLflow's scoring server in a virtualenv of its own, with
+# the scikit-learn and numpy the demo pickles are written with.
+bench-peers:
+	test -x $(PEERS_VENV)/bin/python || $(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(PEERS_VENV)/bin/python -m pip install --quiet mlflow==$(MLFLOW_VERSION) \
+		$(shell grep -E '^(numpy|scipy|scikit-learn)==' constraints.txt)
 
 loadtest: $(INSTALLED)
 	$(BIN)/python loadtests/run_loadtest.py --store $(STORE) --port $(PORT)
 
 clean: stop
-	rm -rf $(VENV) $(RUNTIME_DIR) loadtests/reports build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(PEERS_VENV) $(RUNTIME_DIR) loadtests/reports build *.egg-info .pytest_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 	@echo "model_store/ is left as it is; remove its models by hand to retrain the demos"

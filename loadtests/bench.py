@@ -1289,7 +1289,11 @@ def figure_row(
 
 
 def detail_rows(
-    figures: dict[str, dict[str, Any]], names: list[str], settings: BenchSettings, peers: str
+    figures: dict[str, dict[str, Any]],
+    names: list[str],
+    settings: BenchSettings,
+    peer_version: str | None,
+    peer_note: str,
 ) -> list[Row]:
     rows: list[Row | None] = []
 
@@ -1356,19 +1360,14 @@ def detail_rows(
         if row is not None and row.section == "memory":
             row.label += f"; worker {row.figures['worker_pss_mib']:.0f}"
 
-    if not peers[0].isdigit():
-        rows.append(Row("peers/mlflow", "peers", "mlflow models serve", note=peers))
+    if peer_version is None:
+        rows.append(Row("peers/mlflow", "peers", "mlflow models serve", note=peer_note))
     for name in names:
-        label = f"{name}, mlflow {peers}"
-        add(
-            f"single/mlflow-serve/{name}",
-            "peers",
-            label,
-            (f"single/naive/{name}", "naive"),
-            "pickle",
-        )
+        label = f"{name}, MLflow {peer_version}"
+        naive = (f"single/naive/{name}", "naive")
+        add(f"single/mlflow-serve/{name}", "peers", f"{label}, 1 row", naive, "pickle")
         naive = (f"batch/naive/{name}", "naive")
-        add(f"batch/mlflow-serve/{name}", "peers", label + ", 1,000 rows", naive, "pickle")
+        add(f"batch/mlflow-serve/{name}", "peers", f"{label}, 1,000 rows", naive, "pickle")
     return [row for row in rows if row is not None]
 
 
@@ -1469,7 +1468,9 @@ def run(settings: BenchSettings) -> dict[str, Any]:
         "peers": {"mlflow": peer_version, "note": peer_note},
         "elapsed_s": round(time.monotonic() - started, 1),
         "goals": [row.as_json() for row in goal_rows(figures, names)],
-        "rows": [row.as_json() for row in detail_rows(figures, names, settings, peer_note)],
+        "rows": [
+            row.as_json() for row in detail_rows(figures, names, settings, peer_version, peer_note)
+        ],
     }
 
 

@@ -24,6 +24,7 @@ from service.training.demo import demo_specs
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BENCH = REPO_ROOT / "loadtests" / "bench.py"
+WORKER_MODELS = REPO_ROOT / "loadtests" / "worker_models.py"
 LOCUSTFILE = REPO_ROOT / "loadtests" / "locustfile.py"
 PEERS_VENV = REPO_ROOT / ".bench-peers"
 DEMO_MODEL_NAMES = {spec.name for spec in demo_specs()}
@@ -157,6 +158,25 @@ def test_bench_quick_reports_every_goal_and_row(tmp_path):
         assert results["peers"]["mlflow"] is None
         assert rows["peers/mlflow"]["note"] == "not installed (make bench-peers)"
         assert "not installed (make bench-peers)" in done.stdout
+
+
+@pytest.mark.integration
+def test_worker_models_quick_reports_each_worker_model(tmp_path):
+    results_path = tmp_path / "workers.json"
+    command = [sys.executable, str(WORKER_MODELS), "--quick", "--json", str(results_path)]
+    done = run_bounded([*command, "--configs", "sync:1,gthread:1:2"], BENCH_TIMEOUT_S)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = json.loads(results_path.read_text())["worker_models"]
+    assert [(r["worker_class"], r["workers"], r["threads"]) for r in rows] == [
+        ("sync", 1, 1),
+        ("gthread", 1, 2),
+    ]
+    for row in rows:
+        assert row["label"] in done.stdout
+        assert row["memory"]["workers"] == 1
+        for load in (row["1 row"], row["1,000 rows"]):
+            assert load["errors"] == 0, load
+            assert_positive(load, "requests_per_s", "rows_per_s", "p50_ms", "p99_ms")
 
 
 class _Answer200(http.server.BaseHTTPRequestHandler):
