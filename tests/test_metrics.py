@@ -229,7 +229,7 @@ def test_model_info_load_times_and_naming_conventions(store_dir):
             "model": IRIS,
             "version": "1",
             "sklearn_version": model.metadata["environment"]["scikit-learn"],
-            "backend": "sklearn",
+            "backend": "onnxruntime",  # the demo models' ONNX forms serve them
         }
         assert served[IRIS].value == 1
     finally:
