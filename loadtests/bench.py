@@ -17,18 +17,19 @@ Goals (each a ratio of two figures measured in this run, with its target):
   P5  iris-classifier paced at 80 % of its P1 rate: p99 ÷ p50 ≤ 3 (achieved rate shown)
   M   monitoring (Prometheus metrics + request log) on ÷ off, req/s: ≥ 0.90
 
-Details: single-row loads (hello, the naive handler of loadtests/naive_app.py, the
-service per model, per protocol, with monitoring off, with the pickle backend forced
-when the answers name a backend, MLflow's own server when `make bench-peers` has
-installed it), 1,000-row requests per protocol, in-process per-call timings, memory.
+Details, each next to the naive handler (loadtests/naive_app.py) where it has one:
+single-row loads (hello, naive, the service per model, per protocol, with monitoring
+off, with the pickle backend forced when the answers name a backend), P5's paced load
+for naive and service, 1,000-row requests per protocol, in-process per-call timings,
+memory, and MLflow's own scoring server when `make bench-peers` has installed it.
 
-Single-row figures come from wrk (16 connections, a Lua script POSTs the body; P5 adds
-a per-thread pacing ``delay()``), or from a built-in closed-loop generator when wrk is
-not installed. 1,000-row figures are the median of sequential requests on one
-keep-alive connection.
+Single-row figures come from wrk (a Lua script POSTs the body; P5 adds a per-thread
+pacing ``delay()``), or from a built-in generator when wrk is not installed. 1,000-row
+figures are the median of sequential requests on one keep-alive connection. With
+``--rounds N`` every stack runs N times and each figure is the median.
 
     .venv/bin/python loadtests/bench.py [--duration 10] [--rounds 1] [--workers 2]
-        [--worker-class sync|gthread] [--threads 1] [--json PATH] [--quick]
+        [--worker-class sync|gthread] [--threads 4] [--json PATH] [--quick] [--no-peers]
 """
 
 from __future__ import annotations
@@ -292,9 +293,7 @@ def parse_settings(argv: list[str] | None = None) -> BenchSettings:
     parser.add_argument(
         "--threads",
         type=bounded_int(1, 64),
-        default=1,
-        help="Threads per gthread worker (default 1; 4 when --worker-class gthread is "
-        "given without it).",
+        help="Threads per gthread worker (default 4; sync workers have one).",
     )
     parser.add_argument(
         "--rounds",
@@ -313,9 +312,9 @@ def parse_settings(argv: list[str] | None = None) -> BenchSettings:
     parser.add_argument("--no-peers", action="store_true", help="Leave out the MLflow rows.")
     args = parser.parse_args(argv)
     duration = args.duration or (1 if args.quick else 10)
-    threads = args.threads
-    if args.worker_class == "gthread" and "--threads" not in (argv or sys.argv):
-        threads = 4
+    if args.worker_class == "sync" and (args.threads or 1) != 1:
+        parser.error("--threads: sync workers have one thread; add --worker-class gthread")
+    threads = args.threads or (4 if args.worker_class == "gthread" else 1)
     return BenchSettings(
         duration_s=duration,
         connections=args.connections,
@@ -1037,14 +1036,13 @@ class Round:
         if venv is None or not (venv / "bin" / "mlflow").exists():
             return
         model_dirs = build_mlflow_models(venv, self.workdir / "mlflow-models", self.payloads)
-        for name, payload in self.payloads.items():
-            with mlflow_server(venv, model_dirs[name], self.workdir) as base_url:
+        with mlflow_servers(venv, model_dirs, self.workdir) as urls:
+            for name, payload in self.payloads.items():
                 if name in SINGLE_ROW_REFERENCE_MODELS:
-                    self.load(
-                        f"single/mlflow-serve/{name}", base_url, mlflow_serve_request(payload, 1)
-                    )
+                    request = mlflow_serve_request(payload, 1)
+                    self.load(f"single/mlflow-serve/{name}", urls[name], request)
                 request = mlflow_serve_request(payload, BATCH_ROWS)
-                self.batch(f"batch/mlflow-serve/{name}", base_url, request)
+                self.batch(f"batch/mlflow-serve/{name}", urls[name], request)
 
 
 # --- MLflow's own scoring server (optional peer) -----------------------------------
@@ -1109,57 +1107,55 @@ def build_mlflow_models(
 
 
 @contextlib.contextmanager
-def mlflow_server(venv: Path, model_dir: Path, workdir: Path) -> Iterator[str]:
-    """`mlflow models serve -w 2 --env-manager local` on a free loopback port, in a session
-    of its own; stopped by its process group id (uvicorn and its workers are in it)."""
-    port = free_port()
-    log_path = workdir / f"mlflow-{model_dir.name}.log"
-    command = [
-        str(venv / "bin" / "mlflow"),
-        "models",
-        "serve",
-        "-m",
-        str(model_dir),
-        "-w",
-        "2",
-        "--env-manager",
-        "local",
-        "-h",
-        LOOPBACK,
-        "-p",
-        str(port),
-    ]
-    progress(f"starting mlflow models serve for {model_dir.name} on {LOOPBACK}:{port}")
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            command,
-            env=peers_env(venv),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    base_url = f"http://{LOOPBACK}:{port}"
+def mlflow_servers(
+    venv: Path, model_dirs: dict[str, Path], workdir: Path
+) -> Iterator[dict[str, str]]:
+    """`mlflow models serve -w 2 --env-manager local` per model on free loopback ports,
+    started together (they idle while another is measured), each in a session of its
+    own; stopped by process group id (uvicorn and its workers are in it)."""
+    processes: dict[str, tuple[subprocess.Popen, str, Path]] = {}
     try:
-        deadline = time.monotonic() + PEER_READY_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                tail = log_path.read_text(errors="replace")[-1500:]
-                raise BenchError(f"mlflow models serve exited ({process.returncode}):\n{tail}")
-            with (
-                contextlib.suppress(OSError, urllib.error.URLError),
-                urllib.request.urlopen(base_url + "/ping", timeout=2) as answer,
-            ):
-                if answer.status == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise BenchError(
-                    f"mlflow models serve was not ready in {PEER_READY_TIMEOUT_S:.0f} s"
+        for name, model_dir in model_dirs.items():
+            port = free_port()
+            log_path = workdir / f"mlflow-{name}.log"
+            command = [str(venv / "bin" / "mlflow"), "models", "serve", "-m", str(model_dir)]
+            command += ["-w", "2", "--env-manager", "local", "-h", LOOPBACK, "-p", str(port)]
+            progress(f"starting mlflow models serve for {name} on {LOOPBACK}:{port}")
+            with open(log_path, "ab") as log:
+                process = subprocess.Popen(
+                    command,
+                    env=peers_env(venv),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
                 )
-            time.sleep(0.2)
-        yield base_url
+            processes[name] = (process, f"http://{LOOPBACK}:{port}", log_path)
+        deadline = time.monotonic() + PEER_READY_TIMEOUT_S
+        for process, base_url, log_path in processes.values():
+            wait_for_ping(process, base_url, log_path, deadline)
+        yield {name: base_url for name, (_, base_url, _) in processes.items()}
     finally:
-        stop_process_group(process)
+        for process, _, _ in processes.values():
+            stop_process_group(process)
+
+
+def wait_for_ping(
+    process: subprocess.Popen, base_url: str, log_path: Path, deadline: float
+) -> None:
+    while True:
+        if process.poll() is not None:
+            tail = log_path.read_text(errors="replace")[-1500:]
+            raise BenchError(f"mlflow models serve exited ({process.returncode}):\n{tail}")
+        with (
+            contextlib.suppress(OSError, urllib.error.URLError),
+            urllib.request.urlopen(base_url + "/ping", timeout=2) as answer,
+        ):
+            if answer.status == 200:
+                return
+        if time.monotonic() > deadline:
+            raise BenchError(f"mlflow models serve was not ready in {PEER_READY_TIMEOUT_S:.0f} s")
+        time.sleep(0.2)
 
 
 def stop_process_group(process: subprocess.Popen, timeout: float = 20.0) -> None:
@@ -1321,11 +1317,11 @@ def detail_rows(
         note = "not measured: the answers name no backend (the pickle is the only one)"
         rows.append(Row("single/backend-sklearn", "single", f"{BACKEND_ENV}=sklearn", note=note))
 
-    for who, label in (("naive", f"naive {IRIS}"), ("service", IRIS)):
+    for who, label, backend in (("naive", f"naive {IRIS}", "pickle"), ("service", IRIS, None)):
         key = f"paced/{who}/{IRIS}"
         if key in figures:
             target = figures[key]["target_requests_per_s"]
-            add(key, "paced", f"{label}, target {target:,.0f} req/s")
+            add(key, "paced", f"{label}, target {target:,.0f} req/s", backend=backend)
             rows[-1].ratio = ratio(rows[-1].p99_ms, rows[-1].p50_ms)
             rows[-1].ratio_of = "p99 ÷ p50"
 
