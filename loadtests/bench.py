@@ -1354,7 +1354,7 @@ def detail_rows(
         add(f"memory/naive/{name}", "memory", f"naive {name}, {settings.workers}w")
     for row in rows:
         if row is not None and row.section == "memory":
-            row.label += f"; worker {row.figures['worker_pss_mib']:.0f}"
+            row.label += f"; largest worker {row.figures['worker_pss_mib']:.0f}"
 
     if peer_version is None:
         rows.append(Row("peers/mlflow", "peers", "mlflow models serve", note=peer_note))
