@@ -34,6 +34,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 DATABASE = "state.db"
 BUSY_TIMEOUT_MS = 10_000
 
@@ -84,6 +86,11 @@ CREATE TABLE IF NOT EXISTS drift_counts (
 
 def dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+def _batch_json(records: list[tuple[Any, ...]]) -> str:
+    # NaN is not JSON: stored as null, like a value the model could not give.
+    return orjson.dumps(records, option=orjson.OPT_SERIALIZE_NUMPY).decode()
 
 
 def loads(text: str) -> Any:
@@ -162,19 +169,24 @@ class StateStore:
             records = []
             for model, request_id, version, outputs, seconds in requests:
                 rows_through += len(outputs)
-                records.append((model, request_id, version, dumps(outputs), rows_through, seconds))
-            conn.executemany(
+                records.append((model, request_id, version, outputs, rows_through, seconds))
+            # Each batch is one statement over a JSON array, not executemany: sqlite3 lets
+            # go of the GIL around every step, and a step per row would hand the GIL back
+            # and forth with the request threads hundreds of times a flush.
+            conn.execute(
                 "INSERT OR REPLACE INTO served"
                 " (model, request_id, version, outputs, rows_through, time)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                records,
+                " SELECT value ->> 0, value ->> 1, value ->> 2, value -> 3, value ->> 4,"
+                " value ->> 5 FROM json_each(?)",
+                (_batch_json(records),),
             )
-            conn.executemany(
+            conn.execute(
                 "INSERT INTO drift_counts (model, version, feature, bin, minute, count)"
-                " VALUES (?, ?, ?, ?, ?, ?)"
+                " SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4,"
+                " value ->> 5 FROM json_each(?) WHERE true"
                 " ON CONFLICT (model, version, feature, minute, bin)"
                 " DO UPDATE SET count = count + excluded.count",
-                [(*key, n) for key, n in drift.items()],
+                (_batch_json([(*key, n) for key, n in drift.items()]),),
             )
             # Whole requests go once all their rows are older than the newest retained rows.
             conn.execute(
