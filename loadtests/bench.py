@@ -955,7 +955,16 @@ class Round:
         body = max((p.objects_body(1) for p in self.payloads.values()), key=len)
         request = Request("hello", HELLO_PATH, body, 1, answer="none")
         with self.stack("hello", app=HELLO_APP) as stack:
-            self.load("single/hello", stack.url, request)
+            peak = self.load("single/hello", stack.url, request)
+            # What bounds P5 and P3 here, whatever the handler does: the ceiling's own
+            # p99 ÷ p50 when paced the same way, and its rows/s when it only parses the
+            # 1,000-row bodies.
+            self.paced("paced/hello", stack.url, request, peak)
+            for payload in self.payloads.values():
+                rows = Request(
+                    "hello", HELLO_PATH, payload.lists_body(BATCH_ROWS), BATCH_ROWS, answer="none"
+                )
+                self.batch(f"batch/hello/{payload.name}", stack.url, rows)
             warm_up(stack.url, request)  # as for the models: no fresh, untouched worker
             self.memory("memory/hello", stack)
 
@@ -1320,8 +1329,12 @@ def detail_rows(
         note = "not measured: the answers name no backend (the pickle is the only one)"
         rows.append(Row("single/backend-sklearn", "single", f"{BACKEND_ENV}=sklearn", note=note))
 
-    for who, label, backend in (("naive", f"naive {IRIS}", "pickle"), ("service", IRIS, None)):
-        key = f"paced/{who}/{IRIS}"
+    paced = (
+        ("paced/hello", "hello (ceiling)", None),
+        (f"paced/naive/{IRIS}", f"naive {IRIS}", "pickle"),
+        (f"paced/service/{IRIS}", IRIS, None),
+    )
+    for key, label, backend in paced:
         if key in figures:
             target = figures[key]["target_requests_per_s"]
             add(key, "paced", f"{label}, target {target:,.0f} req/s", backend=backend)
@@ -1330,6 +1343,7 @@ def detail_rows(
 
     for name in names:
         naive = (f"batch/naive/{name}", "naive")
+        add(f"batch/hello/{name}", "batch", f"hello (parses {name}'s rows, no model)", naive)
         add(f"batch/naive/{name}", "batch", f"naive {name}", naive, backend="pickle")
         for protocol in BATCH_PROTOCOLS:
             add(f"batch/{protocol}/{name}", "batch", f"{name}, {PROTOCOL_LABELS[protocol]}", naive)

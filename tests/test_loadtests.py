@@ -62,13 +62,14 @@ def assert_positive(row: dict, *keys: str) -> None:
 
 def expected_rows() -> set[str]:
     """The figures every bench run reports, whatever the machine (peers apart)."""
-    keys = {"single/hello", f"paced/naive/{IRIS}", f"paced/service/{IRIS}"}
+    keys = {"single/hello", "paced/hello", f"paced/naive/{IRIS}", f"paced/service/{IRIS}"}
     keys |= {f"single/{who}/{name}" for who in ("naive", "service") for name in (IRIS, FOREST)}
     keys |= {f"single/service/{REGRESSOR}"}
     keys |= {f"single/monitoring-off/{name}" for name in (IRIS, REGRESSOR)}
     keys |= {f"single/{protocol}/{IRIS}" for protocol in ("v2-json", "v2-binary", "mlflow-format")}
     for name in DEMO_MODEL_NAMES:
-        for who in ("naive", "native-lists", "native", "v2-json", "v2-binary", "mlflow-format"):
+        whos = ("hello", "naive", "native-lists", "native", "v2-json", "v2-binary", "mlflow-format")
+        for who in whos:
             keys.add(f"batch/{who}/{name}")
         for rows in (1, 1000):
             keys |= {f"inproc/loaded-model/{rows}/{name}", f"inproc/estimator/{rows}/{name}"}
