@@ -31,9 +31,13 @@ backlog = 2048
 workers = int(os.environ.get("MODEL_SERVICE_WORKERS") or os.cpu_count() or 1)
 # Sync workers: one request at a time per process, no GIL contention. Safe
 # because Nginx buffers whole requests and responses (proxy_buffering on), so
-# a slow client never holds a worker. MODEL_SERVICE_WORKER_CLASS=gthread with
-# MODEL_SERVICE_THREADS=N gives each worker N request threads instead (compare
-# them with `make bench-workers`); threads > 1 make Gunicorn use gthread anyway.
+# a slow client never holds a worker. Measured on 2 cores (`make bench-workers`,
+# iris through Nginx, table in the README): sync x 2 gave the highest single-row
+# and 1,000-row rates, the lowest p99 and the least memory; sync x 4 was ~8%
+# slower with ~60 MiB more; gthread (2 x 4 or 4 x 2 threads) doubled p99, since a
+# worker's threads queue for its one GIL. MODEL_SERVICE_WORKER_CLASS=gthread with
+# MODEL_SERVICE_THREADS=N gives each worker N request threads instead; threads > 1
+# make Gunicorn use gthread anyway.
 worker_class = os.environ.get("MODEL_SERVICE_WORKER_CLASS") or "sync"
 threads = int(os.environ.get("MODEL_SERVICE_THREADS") or 1)
 # Load the app, and with it every aliased model, once in the master before
