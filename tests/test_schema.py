@@ -376,3 +376,37 @@ def test_schema_from_metadata_keeps_feature_order_and_policies():
         "a", "category", categories=("x", "y"), unknown_category="allow"
     )
     assert not schema.all_numeric
+
+
+# -- a 2-D array (a v2 binary tensor) is checked as a whole -----------------------------
+
+
+def test_a_numeric_matrix_passes_as_an_equal_float64_matrix():
+    matrix = np.array([[5.1, 3.5, 2.0], [6.0, 2.9, 4.0]])
+    checked = NUMERIC.from_matrix(matrix)
+    assert checked.dtype == np.float64 and np.array_equal(checked, matrix)
+    assert np.array_equal(NUMERIC.from_matrix(matrix.astype(np.int32)), matrix.astype(int))
+
+
+@pytest.mark.parametrize(
+    ("matrix", "message"),
+    [
+        (np.array([[5.1, np.nan, 2.0]]), "instance 0, feature 'sepal_width': is NaN"),
+        (np.array([[5.1, 3.5, np.inf]]), "instance 0, feature 'petals': is Infinity"),
+        (np.array([[5.1, 3.5, 2.5]]), "instance 0, feature 'petals': expected an integer"),
+        (np.array([[True, False, True]]), "instance 0, feature 'sepal_length': expected a number"),
+    ],
+    ids=["nan", "inf", "fraction-in-int", "booleans"],
+)
+def test_a_bad_matrix_is_reported_like_the_same_rows(matrix, message):
+    with pytest.raises(InvalidInput) as from_matrix:
+        NUMERIC.from_matrix(matrix)
+    with pytest.raises(InvalidInput) as from_rows:
+        NUMERIC.to_array(NUMERIC.rows(matrix.tolist()))
+    assert from_matrix.value.message.startswith(message)
+    assert from_matrix.value.details == from_rows.value.details
+
+
+def test_a_matrix_of_the_wrong_width_is_reported_by_instance():
+    with pytest.raises(InvalidInput, match="instance 0: has 2 values, the model takes 3"):
+        NUMERIC.from_matrix(np.array([[1.0, 2.0]]))

@@ -212,11 +212,11 @@ def _plain(value: Any) -> Any:
 
 def decode_inputs(
     model: LoadedModel, tensors: list[Tensor], *, max_instances: int | None = None
-) -> list[list[Any]]:
+) -> list[list[Any]] | np.ndarray:
     """Rows in feature order for ``model.predict(rows)``, from one tensor per feature
-    or one ``[N, F]`` tensor. Structural problems raise BadRequest naming the tensor;
-    values are left for the model's InputSchema. More than ``max_instances`` rows
-    raise TooManyInstances."""
+    or one ``[N, F]`` tensor (a numeric one is passed on as the array). Structural
+    problems raise BadRequest naming the tensor; values are left for the model's
+    InputSchema. More than ``max_instances`` rows raise TooManyInstances."""
     if not tensors:
         raise BadRequest(
             "the request has no inputs; send one tensor per feature "
@@ -292,7 +292,9 @@ def _feature_rows(
     return [list(row) for row in zip(*columns, strict=True)]
 
 
-def _matrix_rows(model: LoadedModel, tensor: Tensor, max_instances: int | None) -> list[list[Any]]:
+def _matrix_rows(
+    model: LoadedModel, tensor: Tensor, max_instances: int | None
+) -> list[list[Any]] | np.ndarray:
     schema = model.schema
     shape = list(tensor.data.shape)
     if len(shape) != 2 or shape[1] != schema.width:
@@ -324,7 +326,8 @@ def _matrix_rows(model: LoadedModel, tensor: Tensor, max_instances: int | None) 
             "datatypes (FP64, INT64, ...)" + ("" if schema.all_numeric else " or BYTES"),
             code="invalid_datatype",
         )
-    return tensor.data.tolist()
+    # The array itself: the model's schema checks a numeric matrix as a whole.
+    return tensor.data
 
 
 def _check_rows(rows: int, max_instances: int | None) -> None:

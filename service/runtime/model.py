@@ -92,7 +92,7 @@ class LoadedModel:
         """Checked instances in feature order: a float matrix, or one array per feature.
         Raises InvalidInput."""
         if isinstance(instances, np.ndarray):
-            instances = instances.tolist()  # validated like any other rows
+            return self.schema.from_matrix(instances)
         return self.schema.to_array(self.schema.rows(instances))
 
     def prepare(self, instances: list[Any] | np.ndarray) -> np.ndarray | pd.DataFrame:

@@ -105,6 +105,24 @@ class InputSchema:
             return self._numeric_matrix(rows)
         return self._columns(rows)
 
+    def from_matrix(self, matrix: np.ndarray) -> np.ndarray | list[np.ndarray]:
+        """Validated model input from a 2-D array (a binary tensor): a numeric matrix is
+        checked as a whole (finite, missing only where allowed, integral where the
+        feature is an integer), with no pass over its values one by one; anything else
+        is checked like rows, so its problems are reported the same way."""
+        if (
+            self.all_numeric
+            and matrix.ndim == 2
+            and matrix.shape[1] == self.width
+            and matrix.dtype.kind in "fiu"
+        ):
+            values = matrix.astype(np.float64, copy=False)
+            finite = np.isfinite(values)
+            values_ok = finite.all() or self._only_allowed_missing(values, finite)
+            if values_ok and (not self._int_columns or self._integral(values)):
+                return values
+        return self.to_array(self.rows(matrix.tolist()))
+
     # -- numeric fast path ---------------------------------------------------
 
     def _numeric_matrix(self, rows: list[list[Any]]) -> np.ndarray:
