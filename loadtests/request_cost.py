@@ -1,0 +1,147 @@
+"""What one request costs inside the worker: the WSGI app called in process, no sockets.
+
+`make bench` measures through Nginx and Gunicorn, where wrk, Nginx and the workers share
+the cores; this script takes that away and times the Flask app alone, with a prebuilt
+WSGI environ, for the hello-world ceiling (loadtests/hello_app.py) and a single-row
+request to each demo model, with the service's defaults and again with metrics and the
+request log off. The difference between a model's figure and hello's is what the
+service adds per request on top of Flask.
+
+    .venv/bin/python loadtests/request_cost.py [--requests 3000] [--store DIR]
+
+Figures are wall time per request in one process, its background threads included
+(the monitoring writer, the store watcher), as they run in a Gunicorn worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+HELLO_PATH = "/predict-hello"
+WARM_UP_REQUESTS = 200
+VARIANTS = {
+    "defaults": {},
+    "metrics and request log off": {"metrics": False, "request_log": False},
+}
+
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Any]
+
+
+def environ(path: str, body: bytes) -> dict[str, Any]:
+    return {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": path,
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.errors": sys.stderr,
+        "CONTENT_TYPE": "application/json",
+        "CONTENT_LENGTH": str(len(body)),
+        "HTTP_X_REQUEST_ID": "request-cost",
+    }
+
+
+def microseconds_per_request(app: WsgiApp, path: str, body: bytes, requests: int) -> float:
+    statuses: list[str] = []
+
+    def start_response(status: str, _headers: Any, _exc_info: Any = None) -> None:
+        statuses.append(status)
+
+    for _ in range(WARM_UP_REQUESTS):
+        b"".join(app(environ(path, body), start_response))
+    if not statuses[-1].startswith("200"):
+        raise SystemExit(f"{path}: answered {statuses[-1]}")
+    started = time.perf_counter()
+    for _ in range(requests):
+        b"".join(app(environ(path, body), start_response))
+    return (time.perf_counter() - started) / requests * 1e6
+
+
+def single_row_bodies(store_dir: Path) -> dict[str, bytes]:
+    from service.store import ModelStore
+
+    store = ModelStore(store_dir)
+    bodies = {}
+    for name in store.names():
+        version = store.aliases(name)["production"]
+        row = store.metadata(name, version)["golden"]["instances"][0]
+        bodies[name] = orjson.dumps({"instances": [row]})
+    return bodies
+
+
+def run(store_dir: Path, requests: int, state_dir: Path) -> list[tuple[str, str, float]]:
+    sys.path.insert(0, str(REPO_ROOT))
+    from loadtests.hello_app import create_app as create_hello
+    from service import create_app
+    from service.monitoring import live
+
+    bodies = single_row_bodies(store_dir)
+    largest = max(bodies.values(), key=len)
+    results = [
+        (
+            "hello (ceiling)",
+            "-",
+            microseconds_per_request(create_hello(), HELLO_PATH, largest, requests),
+        )
+    ]
+    for variant, overrides in VARIANTS.items():
+        app = create_app({"store": str(store_dir), "state_dir": str(state_dir), **overrides})
+        try:
+            for name, body in bodies.items():
+                path = f"/v1/models/{name}/predict"
+                results.append((name, variant, microseconds_per_request(app, path, body, requests)))
+        finally:
+            # Its writer thread and watcher go before the scratch directory does.
+            live.active().stop()
+            app.extensions["model_service"].registry.stop()
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--store", type=Path, help="a store with the demo models (default: train)")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="request-cost-") as scratch:
+        root = Path(scratch)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(root / "prometheus")
+        (root / "prometheus").mkdir()
+        from service.monitoring import logs
+
+        # The request log goes to a file, as a worker's JSON lines do.
+        log_file = open(root / "requests.log", "w")  # noqa: SIM115 - closed below
+        try:
+            logs.configure(log_file, logging.INFO)
+            store_dir = args.store
+            if store_dir is None:
+                from service.store import ModelStore
+                from service.training.demo import train_demo_models
+
+                store_dir = root / "model_store"
+                train_demo_models(ModelStore(store_dir), progress=False)
+            results = run(store_dir, args.requests, root / "state")
+        finally:
+            log_file.close()
+    hello = results[0][2]
+    print(f"{'request':<28} {'settings':<30} {'µs/request':>11} {'+ over hello':>13}")
+    for name, variant, micros in results:
+        print(f"{name:<28} {variant:<30} {micros:>11.0f} {micros - hello:>13.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
