@@ -118,7 +118,6 @@ logconfig_dict = {
 }
 
 
-
 class AccessLogWhenConfigured(GunicornLogger):
     """Gunicorn's logger, minus the access-log work when there is no access log.
 
