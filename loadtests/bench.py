@@ -1574,6 +1574,13 @@ def render(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def write_json(path: Path | None, results: dict[str, Any]) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"\nresults written to {path}")
+
+
 def progress(message: str) -> None:
     print(f"bench: {message}", file=sys.stderr, flush=True)
 
@@ -1592,10 +1599,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: error: {exc}", file=sys.stderr)
         return 1
     print(render(results))
-    if settings.json_path is not None:
-        settings.json_path.parent.mkdir(parents=True, exist_ok=True)
-        settings.json_path.write_text(json.dumps(results, indent=2) + "\n")
-        print(f"\nresults written to {settings.json_path}")
+    write_json(settings.json_path, results)
     # Goals are reported, not enforced; failed requests make the figures worthless.
     return 1 if any(row["errors"] for row in results["rows"]) else 0
 

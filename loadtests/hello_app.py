@@ -22,7 +22,14 @@ def create_app() -> Flask:
         instances = payload.get("instances", []) if isinstance(payload, dict) else []
         return jsonify(message="hello", instances=len(instances))
 
-    # LocalStack waits for /readyz (through Gunicorn, then Nginx) before it reports ready.
+    add_health_routes(app)
+    return app
+
+
+def add_health_routes(app: Flask) -> None:
+    """What LocalStack waits for (/readyz, through Gunicorn, then Nginx) before it reports
+    a stack ready, for the bench's reference apps."""
+
     @app.get("/readyz")
     def readyz():
         return jsonify(status="ready")
@@ -30,8 +37,6 @@ def create_app() -> Flask:
     @app.get("/healthz")
     def healthz():
         return jsonify(status="ok")
-
-    return app
 
 
 app = create_app()

@@ -19,6 +19,8 @@ import pickle
 
 from flask import Flask, jsonify, request
 
+from loadtests.hello_app import add_health_routes
+
 MODEL_PATH_ENV = "BENCH_NAIVE_MODEL"
 
 with open(os.environ[MODEL_PATH_ENV], "rb") as handle:
@@ -33,12 +35,4 @@ def predict():
     return jsonify(predictions=model.predict(instances).tolist())
 
 
-# LocalStack waits for /readyz (through Gunicorn, then Nginx) before it reports ready.
-@app.get("/readyz")
-def readyz():
-    return jsonify(status="ready")
-
-
-@app.get("/healthz")
-def healthz():
-    return jsonify(status="ok")
+add_health_routes(app)

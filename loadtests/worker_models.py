@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import signal
 import sys
 import tempfile
@@ -184,10 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"worker models: error: {exc}", file=sys.stderr)
         return 1
     print(render(results))
-    if settings.json_path is not None:
-        settings.json_path.parent.mkdir(parents=True, exist_ok=True)
-        settings.json_path.write_text(json.dumps(results, indent=2) + "\n")
-        print(f"\nresults written to {settings.json_path}")
+    bench.write_json(settings.json_path, results)
     failed = any(row[name]["errors"] for row in results["worker_models"] for name, _ in LOADS)
     return 1 if failed else 0
 
