@@ -117,9 +117,7 @@ class InputSchema:
             and matrix.dtype.kind in "fiu"
         ):
             values = matrix.astype(np.float64, copy=False)
-            finite = np.isfinite(values)
-            values_ok = finite.all() or self._only_allowed_missing(values, finite)
-            if values_ok and (not self._int_columns or self._integral(values)):
+            if self._valid_matrix(values):
                 return values
         return self.to_array(self.rows(matrix.tolist()))
 
@@ -132,12 +130,17 @@ class InputSchema:
                 matrix = np.array(rows, dtype=np.float64)
             except OverflowError:
                 self._raise(self._value_problems(rows))
-            finite = np.isfinite(matrix)
-            values_ok = finite.all() or self._only_allowed_missing(matrix, finite)
-            if values_ok and (not self._int_columns or self._integral(matrix)):
+            if self._valid_matrix(matrix):
                 return matrix
         self._raise(self._value_problems(rows))
         raise AssertionError("unreachable")
+
+    def _valid_matrix(self, matrix: np.ndarray) -> bool:
+        """Finite, NaN only where missing values are allowed, integral where the feature
+        is an integer: the checks of a float matrix as a whole."""
+        finite = np.isfinite(matrix)
+        values_ok = finite.all() or self._only_allowed_missing(matrix, finite)
+        return bool(values_ok and (not self._int_columns or self._integral(matrix)))
 
     def _only_allowed_missing(self, matrix: np.ndarray, finite: np.ndarray) -> bool:
         if not self._any_missing_allowed:
