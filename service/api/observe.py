@@ -16,6 +16,7 @@ from typing import Any
 from flask import Flask, Request, g, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from service.api import request_ids
 from service.config import Settings
 from service.errors import ServiceError
 from service.monitoring import logs, metrics
@@ -98,7 +99,7 @@ def init_app(app: Flask, settings: Settings, registry: ModelRegistry) -> None:
             request_log.write(
                 f"{method} {route} {status}",
                 {
-                    "request_id": getattr(context, "request_id", None) or "-",
+                    "request_id": request_ids.of(context),
                     "method": method,
                     "route": route,
                     "path": current.path,

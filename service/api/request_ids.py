@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from typing import Any
 
 from flask import Flask, g, request
 
@@ -14,7 +15,12 @@ _ACCEPTABLE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 def current() -> str:
-    return g.get("request_id") or "-"
+    return of(g._get_current_object())  # type: ignore[attr-defined]
+
+
+def of(context: Any) -> str:
+    """The request id kept on a request's ``g`` (the object itself, past Flask's proxy)."""
+    return getattr(context, "request_id", None) or "-"
 
 
 def init_app(app: Flask) -> None:
