@@ -574,3 +574,51 @@ def test_psi_of_identical_shares_is_zero():
     assert drift.psi(shares, np.array([0.5, 0.25, 0.25, 0.0])) == pytest.approx(
         0.25 * math.log(2) * 2
     )
+
+
+def test_a_model_with_categories_is_logged_and_binned_from_its_columns(tmp_path):
+    """A model that takes categories is validated into one array per feature: drift and
+    the prediction log read those columns (a missing category as its fill value)."""
+    from service.store import ModelStore
+    from service.training import spec as training_spec
+    from service.training.trainer import train
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {
+            "colour": rng.choice(["red", "green", "blue"], 120),
+            "size": rng.normal(10.0, 2.0, 120).round(2),
+        }
+    )
+    frame["big"] = np.where(frame["size"] > 10.0, "yes", "no")
+    frame.to_csv(tmp_path / "shapes.csv", index=False)
+    raw = {
+        "name": "shapes",
+        "task": "classification",
+        "target": "big",
+        "data": {"path": "shapes.csv"},
+        "features": {"categorical": {"impute": "constant", "handle_unknown": "ignore"}},
+        "estimator": {"class": "sklearn.linear_model.LogisticRegression"},
+        "evaluation": {"margin": 0.0},
+    }
+    store_dir = tmp_path / "store"
+    train(
+        training_spec.parse(raw, base_dir=tmp_path), ModelStore(store_dir), aliases=("production",)
+    )
+    app = create_app({"store": store_dir, "state_dir": tmp_path / "state", "prediction_log": True})
+    try:
+        rows = [{"colour": "red", "size": 12.5}, {"colour": None, "size": 8.0}]
+        answer = app.test_client().post(
+            "/v1/models/shapes/predict", json={"instances": rows}, headers={"X-Request-ID": "c1"}
+        )
+        assert answer.status_code == 200, answer.json
+        monitor = app.extensions["model_service.monitoring"]
+        monitor.flush()
+        counts = monitor.state.drift_counts(0, "shapes")[("shapes", 1)]
+        assert counts["colour"] == {"c:red": 1, "missing": 1}
+        assert sum(counts["size"].values()) == 2
+        inputs = [line["inputs"] for line in log_lines(tmp_path / "state")]
+        assert inputs == [{"colour": "red", "size": 12.5}, {"colour": "missing", "size": 8.0}]
+    finally:
+        app.extensions["model_service.monitoring"].stop()
+        app.extensions["model_service"].registry.stop()

@@ -109,6 +109,8 @@ def profiles(metadata: dict[str, Any]) -> list[FeatureProfile]:
 def _column(model_input: Any, profile: FeatureProfile) -> np.ndarray:
     if isinstance(model_input, pd.DataFrame):
         return model_input[profile.name].to_numpy()
+    if isinstance(model_input, list):  # one array per feature
+        return np.asarray(model_input[profile.index])
     return np.asarray(model_input)[:, profile.index]
 
 

@@ -91,6 +91,8 @@ def lines_for(
     names = list(model.schema.names)
     if isinstance(model_input, pd.DataFrame):
         rows = model_input[names].itertuples(index=False, name=None)
+    elif isinstance(model_input, list):  # one array per feature
+        rows = zip(*(column.tolist() for column in model_input), strict=True)
     else:
         rows = np.asarray(model_input).tolist()
     classes = [str(c) for c in model.classes] if model.classes is not None else None

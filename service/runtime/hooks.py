@@ -28,7 +28,9 @@ request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 @dataclasses.dataclass(frozen=True)
 class PredictionEvent:
     model: LoadedModel
-    model_input: Any  # the validated input, in feature order: a float matrix or a DataFrame
+    # The validated input, in feature order: a float matrix, or one array per feature when
+    # the model takes categories (a DataFrame from callers that have one).
+    model_input: Any
     prediction: Prediction
     request_id: str | None
     seconds: float  # validation + prediction

@@ -78,9 +78,8 @@ class LoadedModel:
             hooks.notify(
                 hooks.PredictionEvent(
                     self,
-                    # Observers get the estimator's input (a matrix or a DataFrame) whichever
-                    # backend computed; built here, so an unobserved onnx path has no pandas.
-                    self.sklearn_backend.model_input(values),
+                    # The validated values themselves: no DataFrame is built for observers.
+                    values,
                     prediction,
                     hooks.request_id.get(),
                     time.perf_counter() - started,
