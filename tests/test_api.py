@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from service.protocols import native
 from service.runtime.model import load
 from service.store import ModelStore
 from tests.outputs import same_as
@@ -175,6 +176,24 @@ BAD_INPUTS = [
         422,
         "invalid_input",
         "feature 'petal_length_cm': expected a number, got a boolean",
+    ),
+    (
+        json.dumps(
+            {
+                "instances": [
+                    {
+                        "sepal_length_cm": 5.1,
+                        "sepal_width_cm": 3.5,
+                        "petal_length_cm": 1.4,
+                        "petal_width_cm": False,
+                    }
+                ]
+            }
+        ),
+        "application/json",
+        422,
+        "invalid_input",
+        "feature 'petal_width_cm': expected a number, got a boolean",
     ),
     (
         b'{"instances": [[5.1, 3.5, 1.4, NaN]]}',
@@ -371,3 +390,11 @@ def test_model_listing_and_details(client):
     assert version["metadata"]["input"]["features"][0]["name"] == "sepal_length_cm"
     assert client.get(f"/v1/models/{IRIS}/versions/2").status_code == 404
     assert client.get("/v1/models/nope").status_code == 404
+
+
+def test_may_hold_booleans_is_false_only_without_a_boolean_literal():
+    assert native.may_hold_booleans(b'{"instances": [[1, true]]}')
+    assert native.may_hold_booleans(b'{"instances": [[1, 2]], "x": false}')
+    assert not native.may_hold_booleans(b'{"instances": [[1, 2.5, null]]}')
+    assert native.may_hold_booleans(b'{"instances": [{"a": 1, "b": false}]}')
+    assert not native.may_hold_booleans(b'{"instances": [{"a": 1, "bl": 2}]}')

@@ -349,7 +349,7 @@ def test_objects_keyed_by_name_are_reordered_into_feature_order():
         {"petals": 2, "sepal_width": 3.5, "sepal_length": 5.1},
         {"sepal_width": 3.0, "sepal_length": 4.9, "petals": 0},
     ]
-    assert NUMERIC.rows(instances) == [[5.1, 3.5, 2], [4.9, 3.0, 0]]
+    assert [list(row) for row in NUMERIC.rows(instances)] == [[5.1, 3.5, 2], [4.9, 3.0, 0]]
     assert validate(NUMERIC, instances).tolist() == [[5.1, 3.5, 2.0], [4.9, 3.0, 0.0]]
 
 
@@ -410,3 +410,32 @@ def test_a_bad_matrix_is_reported_like_the_same_rows(matrix, message):
 def test_a_matrix_of_the_wrong_width_is_reported_by_instance():
     with pytest.raises(InvalidInput, match="instance 0: has 2 values, the model takes 3"):
         NUMERIC.from_matrix(np.array([[1.0, 2.0]]))
+
+
+@pytest.mark.parametrize(
+    "bad, problem",
+    [
+        ("1.5", "expected a number, got a string"),
+        (None, "does not allow missing values"),
+        ([1.0], "expected a number"),
+        ({"a": 1}, "expected a number"),
+        (10**400, "out of range"),
+    ],
+)
+def test_numbers_checked_without_a_look_at_each_type_still_reject_what_is_not_a_number(
+    bad, problem
+):
+    # may_hold_booleans=False takes the fast check (a sum in C): every other kind of
+    # value must still be refused, with the same message as on the exact path.
+    rows = [[5.1, 3.5, 2], [4.9, bad, 0]]
+    for may_hold_booleans in (True, False):
+        with pytest.raises(InvalidInput) as caught:
+            NUMERIC.to_array(rows, may_hold_booleans=may_hold_booleans)
+        assert caught.value.details[0]["instance"] == 1
+        assert caught.value.details[0]["feature"] == "sepal_width"
+        assert problem in caught.value.details[0]["problem"]
+
+
+def test_booleans_are_refused_when_the_caller_says_they_may_be_there():
+    with pytest.raises(InvalidInput, match="a boolean"):
+        NUMERIC.to_array([[5.1, True, 2]], may_hold_booleans=True)

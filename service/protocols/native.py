@@ -31,6 +31,16 @@ def parse_json(body: bytes) -> Any:
             raise InvalidJSON(f"the request body is not valid JSON: {fast_error}") from None
 
 
+def may_hold_booleans(body: bytes) -> bool:
+    """Whether a value parsed from this JSON text can be a boolean: not when neither
+    literal appears anywhere in it, which spares validation a look at every value's type."""
+    # A search for one byte runs at memory speed, one for a word at a tenth of it: true
+    # needs a "u" and false an "l", and a body of numbers in lists has neither.
+    if b"u" not in body and b"l" not in body:
+        return False
+    return b"true" in body or b"false" in body
+
+
 def instances_from(payload: Any, max_instances: int) -> list[Any]:
     if not isinstance(payload, dict):
         raise BadRequest(

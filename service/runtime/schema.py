@@ -1,7 +1,9 @@
 """Input validation from metadata: turn request instances into the model's input.
 
 The common case (every value a number, every instance complete) is checked in
-one pass over the values and converted by numpy in one call. Only when that
+one pass over the values and converted by numpy in one call; when the caller
+knows the values hold no booleans (their JSON text has no true or false), that
+pass is a sum in C rather than a look at each value's type. Only when that
 fails does a slower pass walk the instances to say exactly which instance and
 which feature is wrong, so good requests never pay for error reporting.
 """
@@ -10,7 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import itertools
 import math
+import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -70,6 +74,12 @@ class InputSchema:
         self._category_sets = {
             i: frozenset(f.categories) for i, f in enumerate(self.features) if not f.is_numeric
         }
+        # Values of an object in feature order in one C call (a 1-tuple is still a row).
+        self._in_order = (
+            operator.itemgetter(*self.names)
+            if self.width > 1
+            else lambda instance: (instance[self.names[0]],)
+        )
 
     @classmethod
     def from_metadata(cls, metadata: dict[str, Any]) -> InputSchema:
@@ -77,13 +87,12 @@ class InputSchema:
 
     # -- public --------------------------------------------------------------
 
-    def rows(self, instances: list[Any]) -> list[list[Any]]:
-        """Instances as lists in feature order, from objects keyed by name or from lists."""
+    def rows(self, instances: list[Any]) -> list[Sequence[Any]]:
+        """Instances as rows in feature order, from objects keyed by name or from lists."""
         first = instances[0]
         if isinstance(first, dict):
-            names = self.names
             try:
-                rows = [[instance[n] for n in names] for instance in instances]
+                rows = list(map(self._in_order, instances))
             except (KeyError, TypeError):
                 self._raise(self._structure_problems(instances))
             if any(len(instance) != self.width for instance in instances):
@@ -98,11 +107,17 @@ class InputSchema:
         self._raise(self._structure_problems(instances))
         raise AssertionError("unreachable")
 
-    def to_array(self, rows: list[list[Any]]) -> np.ndarray | list[np.ndarray]:
+    def to_array(
+        self, rows: list[Sequence[Any]], *, may_hold_booleans: bool = True
+    ) -> np.ndarray | list[np.ndarray]:
         """Validated model input: a float64 matrix when every feature is numeric,
-        otherwise one array per column (numbers as float64, categories as objects)."""
+        otherwise one array per column (numbers as float64, categories as objects).
+
+        ``may_hold_booleans=False``: the caller knows no value is a boolean (true and
+        false appear nowhere in the JSON they came from), which lets the check that
+        every value is a number run in C."""
         if self.all_numeric:
-            return self._numeric_matrix(rows)
+            return self._numeric_matrix(rows, may_hold_booleans)
         return self._columns(rows)
 
     def from_matrix(self, matrix: np.ndarray) -> np.ndarray | list[np.ndarray]:
@@ -123,9 +138,8 @@ class InputSchema:
 
     # -- numeric fast path ---------------------------------------------------
 
-    def _numeric_matrix(self, rows: list[list[Any]]) -> np.ndarray:
-        kinds = {type(value) for row in rows for value in row}
-        if kinds <= _NUMBER_TYPES or (self._any_missing_allowed and kinds <= _NUMBER_OR_NONE_TYPES):
+    def _numeric_matrix(self, rows: list[Sequence[Any]], may_hold_booleans: bool) -> np.ndarray:
+        if self._numbers_only(rows, may_hold_booleans):
             try:
                 matrix = np.array(rows, dtype=np.float64)
             except OverflowError:
@@ -134,6 +148,22 @@ class InputSchema:
                 return matrix
         self._raise(self._value_problems(rows))
         raise AssertionError("unreachable")
+
+    def _numbers_only(self, rows: list[Sequence[Any]], may_hold_booleans: bool) -> bool:
+        """Every value an int or a float (or null where missing values are allowed).
+        numpy itself would take "1.5", true and null for numbers, so this comes first."""
+        if not may_hold_booleans:
+            try:
+                # Adding up fails on text, null, lists and objects, and runs in C; it cannot
+                # tell a boolean from an int, which the caller has ruled out.
+                sum(itertools.chain.from_iterable(rows))
+                return True
+            except (TypeError, OverflowError):
+                pass  # null where allowed, or a bad value: the look at each type says which
+        kinds = {type(value) for row in rows for value in row}
+        return kinds <= _NUMBER_TYPES or (
+            self._any_missing_allowed and kinds <= _NUMBER_OR_NONE_TYPES
+        )
 
     def _valid_matrix(self, matrix: np.ndarray) -> bool:
         """Finite, NaN only where missing values are allowed, integral where the feature
@@ -156,7 +186,7 @@ class InputSchema:
 
     # -- mixed numbers and categories ----------------------------------------
 
-    def _columns(self, rows: list[list[Any]]) -> list[np.ndarray]:
+    def _columns(self, rows: list[Sequence[Any]]) -> list[np.ndarray]:
         problems = self._value_problems(rows)
         if problems:
             self._raise(problems)
@@ -216,7 +246,7 @@ class InputSchema:
                 break
         return problems
 
-    def _value_problems(self, rows: list[list[Any]]) -> list[dict[str, Any]]:
+    def _value_problems(self, rows: list[Sequence[Any]]) -> list[dict[str, Any]]:
         problems: list[dict[str, Any]] = []
         for i, row in enumerate(rows):
             for j, feature in enumerate(self.features):
