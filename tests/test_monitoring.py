@@ -552,6 +552,20 @@ def test_a_batch_of_inputs_is_counted_as_one():
     assert drift.count_bins(numeric_profile(), rows) == {"0": 3, "1": 1, "2": 3, "missing": 1}
 
 
+def test_small_matrices_are_stacked_before_binning_and_large_ones_are_not():
+    small = [np.array([[value]]) for value in (-5.0, 0.0, 0.5, np.nan)]
+    large = np.full((1000, 1), 2.5)
+    columns = [np.array([1.5, 1.5])]  # one array per feature: a model that takes categories
+    inputs = [small[0], large, small[1], columns, small[2], small[3]]
+    combined = drift.combined(inputs)
+    assert len(combined) == 3
+    assert combined[0].shape == (4, 1)
+    assert combined[1] is large and combined[2] is columns
+    expected = {"0": 3, "1": 2, "2": 1000, "missing": 1}
+    assert drift.count_bins(numeric_profile(), combined) == expected
+    assert drift.count_bins(numeric_profile(), inputs) == expected
+
+
 def test_category_shares_and_unseen_categories():
     profile = drift.FeatureProfile(
         "colour", 1, numeric=False, shares={"red": 0.5, "blue": 0.5}, fill_value="missing"

@@ -176,6 +176,7 @@ class Monitor:
                     lines_for(model, event.model_input, event.prediction, event.request_id, seconds)
                 )
         for (model, minute), model_inputs in inputs.items():
+            model_inputs = drift.combined(model_inputs)
             for profile in self._feature_profiles(model.name, model.version, model.metadata):
                 for bin_, n in drift.count_bins(profile, model_inputs).items():
                     counts[(model.name, model.version, profile.name, bin_, minute)] += n
