@@ -71,6 +71,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 LOOPBACK = "127.0.0.1"
 HELLO_APP = "loadtests.hello_app:app"
 HELLO_PATH = "/predict-hello"
+PARSE_HELLO_PATH = "/parse-hello"
 NAIVE_APP = "loadtests.naive_app:app"
 NAIVE_PATH = "/predict"
 NAIVE_MODEL_ENV = "BENCH_NAIVE_MODEL"
@@ -941,6 +942,8 @@ class Round:
                             ),
                             "backend": backend_name(loaded),
                         }
+                    if rows == BATCH_ROWS:
+                        self.compute_bound(payload.name, model, instances)
                     prepared = model.prepare(instances)
                     self.figures[f"inproc/estimator/{rows}/{payload.name}"] = {
                         "seconds": median_seconds(
@@ -948,6 +951,25 @@ class Round:
                         ),
                         "backend": SKLEARN_BACKEND,
                     }
+
+    def compute_bound(self, name: str, model: LoadedModel, instances: list[Any]) -> None:
+        """The backend's own time on validated rows, and the rows/s it allows when every
+        core does nothing else: what no handler of these rows can beat on this machine."""
+        values = model.validate(instances)
+        seconds = median_seconds(
+            lambda: model.backend.run(values, model.has_proba), self.settings.repeat_budget_s
+        )
+        backend = backend_name(model)
+        self.figures[f"inproc/backend/{BATCH_ROWS}/{name}"] = {
+            "seconds": seconds,
+            "backend": backend,
+        }
+        cores = os.cpu_count() or 1
+        self.figures[f"batch/compute-bound/{name}"] = {
+            "rows_per_s": cores * len(instances) / seconds,
+            "cores": cores,
+            "backend": backend,
+        }
 
     def hello(self) -> None:
         # The ceiling gets the largest single-row body, so it parses at least as much JSON
@@ -957,12 +979,16 @@ class Round:
         with self.stack("hello", app=HELLO_APP) as stack:
             peak = self.load("single/hello", stack.url, request)
             # What bounds P5 and P3 here, whatever the handler does: the ceiling's own
-            # p99 ÷ p50 when paced the same way, and its rows/s when it only parses the
-            # 1,000-row bodies.
+            # p99 ÷ p50 when paced the same way, and its rows/s when it only reads the
+            # 1,000-row bodies and parses them with orjson.
             self.paced("paced/hello", stack.url, request, peak)
             for payload in self.payloads.values():
                 rows = Request(
-                    "hello", HELLO_PATH, payload.lists_body(BATCH_ROWS), BATCH_ROWS, answer="none"
+                    "hello",
+                    PARSE_HELLO_PATH,
+                    payload.lists_body(BATCH_ROWS),
+                    BATCH_ROWS,
+                    answer="none",
                 )
                 self.batch(f"batch/hello/{payload.name}", stack.url, rows)
             warm_up(stack.url, request)  # as for the models: no fresh, untouched worker
@@ -1343,7 +1369,19 @@ def detail_rows(
 
     for name in names:
         naive = (f"batch/naive/{name}", "naive")
-        add(f"batch/hello/{name}", "batch", f"hello (parses {name}'s rows, no model)", naive)
+        cores = figures.get(f"batch/compute-bound/{name}", {}).get("cores", "all")
+        add(
+            f"batch/compute-bound/{name}",
+            "batch",
+            f"bound: {cores} cores running only {name}'s backend",
+            naive,
+        )
+        add(
+            f"batch/hello/{name}",
+            "batch",
+            f"bound: hello reading and parsing {name}'s rows (orjson), no model",
+            naive,
+        )
         add(f"batch/naive/{name}", "batch", f"naive {name}", naive, backend="pickle")
         for protocol in BATCH_PROTOCOLS:
             add(f"batch/{protocol}/{name}", "batch", f"{name}, {PROTOCOL_LABELS[protocol]}", naive)
@@ -1356,6 +1394,9 @@ def detail_rows(
             for call, label in calls.items():
                 label = f"{name}, {count:,} row{'s' if count > 1 else ''}, {label}.predict"
                 add(f"inproc/{call}/{count}/{name}", "inproc", label, estimator)
+        label = f"{name}, {BATCH_ROWS:,} rows, the backend alone on validated rows"
+        estimator = (f"inproc/estimator/{BATCH_ROWS}/{name}", "estimator")
+        add(f"inproc/backend/{BATCH_ROWS}/{name}", "inproc", label, estimator)
 
     one_worker = (f"memory/service-{MEMORY_WORKERS[0]}w", "1 worker")
     for workers in MEMORY_WORKERS:

@@ -1,6 +1,8 @@
 """The ceiling reference for `make bench`: a Flask app that does no model work.
 
-It is served exactly like model-service (same Gunicorn config, same Nginx),
+``/parse-hello`` does the same with the service's JSON parser (orjson): what reading
+and parsing a many-row body costs before any validation or model, the bound of the
+1,000-row figures. It is served exactly like model-service (same Gunicorn config, same Nginx),
 so its throughput and latency are what Nginx + Gunicorn + Flask cost on this
 machine; the benchmark reports each model's figures as a fraction of these.
 
@@ -9,6 +11,7 @@ machine; the benchmark reports each model's figures as a fraction of these.
 
 from __future__ import annotations
 
+import orjson
 from flask import Flask, jsonify, request
 
 
@@ -19,6 +22,14 @@ def create_app() -> Flask:
     def predict_hello():
         # Parse the body like a real endpoint would, so JSON decoding is part of the ceiling.
         payload = request.get_json()
+        instances = payload.get("instances", []) if isinstance(payload, dict) else []
+        return jsonify(message="hello", instances=len(instances))
+
+    @app.post("/parse-hello")
+    def parse_hello():
+        # What any JSON endpoint pays for a many-row body before it validates or predicts:
+        # reading it and parsing it with orjson, the service's own parser.
+        payload = orjson.loads(request.get_data(cache=False))
         instances = payload.get("instances", []) if isinstance(payload, dict) else []
         return jsonify(message="hello", instances=len(instances))
 

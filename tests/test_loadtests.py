@@ -68,11 +68,13 @@ def expected_rows() -> set[str]:
     keys |= {f"single/monitoring-off/{name}" for name in (IRIS, REGRESSOR)}
     keys |= {f"single/{protocol}/{IRIS}" for protocol in ("v2-json", "v2-binary", "mlflow-format")}
     for name in DEMO_MODEL_NAMES:
-        whos = ("hello", "naive", "native-lists", "native", "v2-json", "v2-binary", "mlflow-format")
+        whos = ("hello", "compute-bound", "naive", "native-lists", "native", "v2-json")
+        whos += ("v2-binary", "mlflow-format")
         for who in whos:
             keys.add(f"batch/{who}/{name}")
         for rows in (1, 1000):
             keys |= {f"inproc/loaded-model/{rows}/{name}", f"inproc/estimator/{rows}/{name}"}
+        keys.add(f"inproc/backend/1000/{name}")
         keys.add(f"memory/naive/{name}")
     keys |= {"memory/service-1w", "memory/service-4w", "memory/service", "memory/hello"}
     return keys
@@ -137,6 +139,10 @@ def test_bench_quick_reports_every_goal_and_row(tmp_path):
         assert_positive(rows[f"single/service/{name}"], "ratio")
     for name in DEMO_MODEL_NAMES:
         assert rows[f"batch/v2-binary/{name}"]["ratio_of"] == "naive"
+        # The compute bound: every core running the backend the service chose.
+        bound = rows[f"batch/compute-bound/{name}"]
+        assert bound["figures"]["cores"] == results["settings"]["cpus"]
+        assert bound["backend"] == rows[f"inproc/backend/1000/{name}"]["backend"]
     for workers in (1, 4):
         assert rows[f"memory/service-{workers}w"]["figures"]["workers"] == workers
     assert rows["memory/service"]["figures"]["workers"] == 2
