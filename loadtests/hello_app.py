@@ -1,10 +1,12 @@
 """The ceiling reference for `make bench`: a Flask app that does no model work.
 
-``/parse-hello`` does the same with the service's JSON parser (orjson): what reading
-and parsing a many-row body costs before any validation or model, the bound of the
-1,000-row figures. It is served exactly like model-service (same Gunicorn config, same Nginx),
-so its throughput and latency are what Nginx + Gunicorn + Flask cost on this
-machine; the benchmark reports each model's figures as a fraction of these.
+It is served exactly like model-service (same Gunicorn config, same Nginx), so its
+throughput and latency are what Nginx + Gunicorn + Flask cost on this machine; the
+benchmark reports each model's figures as a fraction of these. ``/predict-hello``
+parses a one-row body with Flask's ``get_json``. The bounds of the 1,000-row figures:
+``/parse-hello`` reads and parses a body with the service's JSON parser (orjson),
+what any JSON handler pays before it validates or predicts; ``/read-hello`` only
+reads it (binary tensors).
 
     LocalStack(app="loadtests.hello_app:app", ...)   # from the repository root
 """
@@ -32,6 +34,11 @@ def create_app() -> Flask:
         payload = orjson.loads(request.get_data(cache=False))
         instances = payload.get("instances", []) if isinstance(payload, dict) else []
         return jsonify(message="hello", instances=len(instances))
+
+    @app.post("/read-hello")
+    def read_hello():
+        # Reading a body it never parses: the bound of binary tensor bodies.
+        return jsonify(message="hello", bytes=len(request.get_data(cache=False)))
 
     add_health_routes(app)
     return app

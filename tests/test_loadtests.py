@@ -68,7 +68,8 @@ def expected_rows() -> set[str]:
     keys |= {f"single/monitoring-off/{name}" for name in (IRIS, REGRESSOR)}
     keys |= {f"single/{protocol}/{IRIS}" for protocol in ("v2-json", "v2-binary", "mlflow-format")}
     for name in DEMO_MODEL_NAMES:
-        whos = ("hello", "compute-bound", "naive", "native-lists", "native", "v2-json")
+        whos = ("hello", "hello-binary", "compute-bound", "naive", "native-lists", "native")
+        whos += ("v2-json",)
         whos += ("v2-binary", "mlflow-format")
         for who in whos:
             keys.add(f"batch/{who}/{name}")
@@ -117,6 +118,13 @@ def test_bench_quick_reports_every_goal_and_row(tmp_path):
     assert ("P2", f"single/service/{FOREST}") in by_goal
     p3 = {key.split("/")[2] for goal, key in by_goal if goal.startswith("P3")}
     assert p3 == DEMO_MODEL_NAMES
+    for row in goals:
+        # P3's bound: body intake and the backend on the same cores, as a ratio to naive.
+        if row["goal"].startswith("P3"):
+            assert_positive(row, "bound")
+            assert f"(bound {row['bound']:.2f})" in done.stdout
+        else:
+            assert row["bound"] is None
     paced = by_goal[("P5", f"paced/service/{IRIS}")]
     # The pacing itself: at 80 % of the closed-loop rate of P1, and never above that.
     target_rate = paced["figures"]["target_requests_per_s"]
