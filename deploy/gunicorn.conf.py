@@ -161,6 +161,14 @@ def post_fork(server, worker):
     metrics.worker_started()
 
 
+def post_request(worker, req, environ, resp):
+    # Runs after the answer has gone out. After a large body, give the memory the request
+    # freed back to the OS (glibc keeps it otherwise): at most every few seconds.
+    from service.runtime import heap
+
+    heap.after_request(environ.get("CONTENT_LENGTH"))
+
+
 def worker_abort(worker):
     worker.log.warning(
         "worker %s aborted (timeout): a request ran longer than %ss", worker.pid, timeout

@@ -1261,7 +1261,8 @@ class Row:
     target: float | None = None
     comparison: str = ""
     passed: bool | None = None
-    # The ratio no handler can pass on this machine, from the bound rows of this run.
+    # The ratio no handler can pass on this machine, from the bound rows of this run
+    # (P3), or what the ceiling itself shows (P5).
     bound: float | None = None
     note: str = ""
     figures: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -1271,8 +1272,8 @@ class Row:
 
 
 SECTIONS = {
-    "goals": "Goals: ratios of two figures of this run, with their targets (P3: and the "
-    "bound the bound rows below set)",
+    "goals": "Goals: ratios of two figures of this run, with their targets (P3, P5: and "
+    "the bound this machine sets, from the rows below)",
     "single": "Single-row predictions through {front}, req/s (closed loop); ratio ÷ the row named",
     "paced": f"Single-row load paced at {PACED_FRACTION:.0%} of the closed loop's rate (P5): "
     "achieved req/s, target in the row; ratio p99 ÷ p50",
@@ -1465,6 +1466,10 @@ def goal_rows(figures: dict[str, dict[str, Any]], names: list[str]) -> list[Row]
             row.passed = row.ratio >= target if comparison == ">=" else row.ratio <= target
         if goal.startswith("P3"):
             row.bound = p3_bound(figures, key.split("/")[1], key.split("/")[2])
+        elif goal == "P5":
+            # The ceiling paced the same way: the tail of wrk, Nginx and Gunicorn alone.
+            hello = figures.get("paced/hello", {})
+            row.bound = ratio(hello.get("p99_ms"), hello.get("p50_ms"))
         rows.append(row)
     return rows
 
