@@ -76,6 +76,8 @@ READ_HELLO_PATH = "/read-hello"
 NAIVE_APP = "loadtests.naive_app:app"
 NAIVE_PATH = "/predict"
 NAIVE_MODEL_ENV = "BENCH_NAIVE_MODEL"
+NAIVE_ONNX_APP = "loadtests.naive_onnx_app:app"
+NAIVE_ONNX_ENV = "BENCH_NAIVE_ONNX"
 PEERS_VENV = REPO_ROOT / ".bench-peers"
 PEERS_HINT = "not installed (make bench-peers)"
 
@@ -700,6 +702,7 @@ class DemoPayload:
     instances: list[dict[str, Any]]
     features: list[str]
     pickle_path: Path
+    onnx_path: Path | None  # the compiled form, when it passed parity at publish
 
     def matrix(self, rows: int) -> list[list[Any]]:
         return [[instance[f] for f in self.features] for instance in self.instances[:rows]]
@@ -730,8 +733,11 @@ def demo_payloads(store: ModelStore) -> list[DemoPayload]:
             }
             for i in picks
         ]
-        pickle_path = store.layout.version_dir(demo.name, version) / metadata["artifact"]["file"]
-        payloads.append(DemoPayload(demo.name, version, instances, names, pickle_path))
+        version_dir = store.layout.version_dir(demo.name, version)
+        onnx = metadata.get("backends", {}).get("onnx", {})
+        onnx_path = version_dir / onnx["file"] if onnx.get("available") else None
+        pickle_path = version_dir / metadata["artifact"]["file"]
+        payloads.append(DemoPayload(demo.name, version, instances, names, pickle_path, onnx_path))
     return payloads
 
 
@@ -1011,6 +1017,12 @@ class Round:
                 self.batch(f"batch/naive/{payload.name}", stack.url, batch)
                 warm_up(stack.url, naive_request(payload, 1))
                 self.memory(f"memory/naive/{payload.name}", stack)
+            if payload.name in SINGLE_ROW_REFERENCE_MODELS and payload.onnx_path is not None:
+                # P1 and P2's bound: the same onnxruntime call with none of the service's work.
+                env = {NAIVE_ONNX_ENV: str(payload.onnx_path)}
+                with self.stack(f"naive-onnx-{payload.name}", app=NAIVE_ONNX_APP, env=env) as stack:
+                    single = naive_request(payload, 1)
+                    self.load(f"single/naive-onnx/{payload.name}", stack.url, single)
 
     def service(self) -> None:
         iris = self.payloads[IRIS]
@@ -1261,8 +1273,8 @@ class Row:
     target: float | None = None
     comparison: str = ""
     passed: bool | None = None
-    # The ratio no handler can pass on this machine, from the bound rows of this run
-    # (P3), or what the ceiling itself shows (P5).
+    # The most the service can reach on this machine, from the bound rows of this run: a
+    # handler doing less of the same work (P1, P2, P3), the ceiling's own tail (P5).
     bound: float | None = None
     note: str = ""
     figures: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -1272,8 +1284,8 @@ class Row:
 
 
 SECTIONS = {
-    "goals": "Goals: ratios of two figures of this run, with their targets (P3, P5: and "
-    "the bound this machine sets, from the rows below)",
+    "goals": "Goals: ratios of two figures of this run, with their targets, and the bound "
+    "set by a handler that does less (rows below)",
     "single": "Single-row predictions through {front}, req/s (closed loop); ratio ÷ the row named",
     "paced": f"Single-row load paced at {PACED_FRACTION:.0%} of the closed loop's rate (P5): "
     "achieved req/s, target in the row; ratio p99 ÷ p50",
@@ -1348,6 +1360,8 @@ def detail_rows(
         naive = f"single/naive/{name}"
         reference = (naive, "naive") if naive in figures else hello
         add(naive, "single", f"naive {name}", hello, backend="pickle")
+        label = f"bound: naive handler on onnxruntime, {name}"
+        add(f"single/naive-onnx/{name}", "single", label, hello, backend="onnxruntime")
         add(f"single/service/{name}", "single", name, reference)
         add(f"single/backend-sklearn/{name}", "single", f"{name}, backend=sklearn", reference)
         add(f"single/monitoring-off/{name}", "single", f"{name}, monitoring off", reference)
@@ -1466,6 +1480,11 @@ def goal_rows(figures: dict[str, dict[str, Any]], names: list[str]) -> list[Row]
             row.passed = row.ratio >= target if comparison == ">=" else row.ratio <= target
         if goal.startswith("P3"):
             row.bound = p3_bound(figures, key.split("/")[1], key.split("/")[2])
+        elif goal in ("P1", "P2"):
+            # The naive handler on the same onnxruntime call: the service does strictly more.
+            bound = figures.get(key.replace("/service/", "/naive-onnx/"), {})
+            hello = figures.get(reference_key, {})
+            row.bound = ratio(bound.get("requests_per_s"), hello.get("requests_per_s"))
         elif goal == "P5":
             # The ceiling paced the same way: the tail of wrk, Nginx and Gunicorn alone.
             hello = figures.get("paced/hello", {})
