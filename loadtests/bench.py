@@ -1360,7 +1360,7 @@ def detail_rows(
         naive = f"single/naive/{name}"
         reference = (naive, "naive") if naive in figures else hello
         add(naive, "single", f"naive {name}", hello, backend="pickle")
-        label = f"bound: naive handler on onnxruntime, {name}"
+        label = f"bound: naive on onnxruntime, {name}"
         add(f"single/naive-onnx/{name}", "single", label, hello, backend="onnxruntime")
         add(f"single/service/{name}", "single", name, reference)
         add(f"single/backend-sklearn/{name}", "single", f"{name}, backend=sklearn", reference)
