@@ -121,10 +121,13 @@ def combined(model_inputs: list[Any]) -> list[Any]:
     """Validated inputs of one model, with the small float matrices stacked into one, so
     each feature's column is cut once per batch of single-row requests rather than once
     per request. Large matrices stay as they are: copying them costs more than it saves."""
-    small = [m for m in model_inputs if isinstance(m, np.ndarray) and len(m) < _STACKED_ROWS]
+    small: list[np.ndarray] = []
+    others: list[Any] = []
+    for model_input in model_inputs:
+        is_small = isinstance(model_input, np.ndarray) and len(model_input) < _STACKED_ROWS
+        (small if is_small else others).append(model_input)
     if len(small) < 2:
         return model_inputs
-    others = [m for m in model_inputs if not (isinstance(m, np.ndarray) and len(m) < _STACKED_ROWS)]
     return [np.concatenate(small), *others]
 
 

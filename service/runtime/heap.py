@@ -6,8 +6,8 @@ worker stays at the high-water mark of its largest requests. ``malloc_trim(0)`` 
 the free pages back. It takes a few milliseconds, so it runs at most once per interval,
 only when a large body came in since the last trim, and after an answer has gone out
 (Gunicorn's post_request hook in deploy/gunicorn.conf.py): the first request once the
-interval has passed trims what a burst of large ones left. On a C library without it (musl), nothing
-is trimmed.
+interval has passed trims what a burst of large ones left. On a C library without it
+(musl), nothing is trimmed.
 """
 
 from __future__ import annotations
