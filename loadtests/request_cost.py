@@ -2,10 +2,12 @@
 
 `make bench` measures through Nginx and Gunicorn, where wrk, Nginx and the workers share
 the cores; this script takes that away and times the Flask app alone, with a prebuilt
-WSGI environ, for the hello-world ceiling (loadtests/hello_app.py) and a single-row
-request to each demo model, with the service's defaults and again with metrics and the
-request log off. The difference between a model's figure and hello's is what the
-service adds per request on top of Flask.
+WSGI environ, for the hello-world ceiling (loadtests/hello_app.py), the naive handler
+on onnxruntime (loadtests/naive_onnx_app.py: the same model call with none of the
+service's work) and a single-row request to each demo model, with the service's
+defaults and again with metrics and the request log off. The difference between a
+model's figure and hello's is what the service adds per request on top of Flask; the
+difference from the naive onnxruntime handler is what its own work costs.
 
     .venv/bin/python loadtests/request_cost.py [--requests 3000] [--store DIR]
 
@@ -16,6 +18,7 @@ Figures are wall time per request in one process, its background threads include
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import io
 import logging
 import os
@@ -30,6 +33,8 @@ import orjson
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HELLO_PATH = "/predict-hello"
+NAIVE_PATH = "/predict"
+NAIVE_ONNX_ENV = "BENCH_NAIVE_ONNX"
 WARM_UP_REQUESTS = 200
 VARIANTS = {
     "defaults": {},
@@ -83,6 +88,41 @@ def single_row_bodies(store_dir: Path) -> dict[str, bytes]:
     return bodies
 
 
+def naive_onnx_requests(store_dir: Path) -> dict[str, tuple[Path, bytes]]:
+    """Per model with a compiled form: its model.onnx, and its golden row as the naive
+    handler takes it (a list in feature order)."""
+    from service.store import ModelStore
+
+    store = ModelStore(store_dir)
+    found = {}
+    for name in store.names():
+        version = store.aliases(name)["production"]
+        metadata = store.metadata(name, version)
+        onnx = metadata.get("backends", {}).get("onnx", {})
+        if not onnx.get("available"):
+            continue
+        row = metadata["golden"]["instances"][0]
+        if isinstance(row, dict):
+            row = [row[feature["name"]] for feature in metadata["input"]["features"]]
+        path = store.layout.version_dir(name, version) / onnx["file"]
+        found[name] = (path, orjson.dumps({"instances": [row]}))
+    return found
+
+
+def naive_onnx_app(onnx_path: Path) -> WsgiApp:
+    """loadtests/naive_onnx_app.py on one model.onnx: a module of its own per model,
+    since it loads its model when imported."""
+    os.environ[NAIVE_ONNX_ENV] = str(onnx_path)
+    spec = importlib.util.spec_from_file_location(
+        f"naive_onnx_app_{onnx_path.parent.parent.name}",
+        REPO_ROOT / "loadtests" / "naive_onnx_app.py",
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.app
+
+
 def run(store_dir: Path, requests: int, state_dir: Path) -> list[tuple[str, str, float]]:
     sys.path.insert(0, str(REPO_ROOT))
     from loadtests.hello_app import create_app as create_hello
@@ -98,6 +138,11 @@ def run(store_dir: Path, requests: int, state_dir: Path) -> list[tuple[str, str,
             microseconds_per_request(create_hello(), HELLO_PATH, largest, requests),
         )
     ]
+    # The bound of P1 and P2: the same onnxruntime call with none of the service's work.
+    for name, (onnx_path, body) in naive_onnx_requests(store_dir).items():
+        app = naive_onnx_app(onnx_path)
+        micros = microseconds_per_request(app, NAIVE_PATH, body, requests)
+        results.append((name, "naive handler on onnxruntime", micros))
     for variant, overrides in VARIANTS.items():
         app = create_app({"store": str(store_dir), "state_dir": str(state_dir), **overrides})
         try:

@@ -31,6 +31,7 @@ DEMO_MODEL_NAMES = {spec.name for spec in demo_specs()}
 IRIS, FOREST, REGRESSOR = "iris-classifier", "breast-cancer-classifier", "diabetes-regressor"
 BENCH_TIMEOUT_S = 240
 LOCUST_TIMEOUT_S = 120
+REQUEST_COST_TIMEOUT_S = 180
 # After a timeout: how long a SIGTERMed run gets to stop the stacks it started.
 CLEANUP_TIMEOUT_S = 60
 
@@ -321,3 +322,36 @@ def test_locustfile_fails_only_wrong_answers(running_stack, tmp_path):
     }
     assert not failed_invalid, failures_csv
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_request_cost_times_hello_the_naive_onnx_handler_and_each_model(trained_store_dir):
+    done = run_bounded(
+        [
+            sys.executable,
+            str(REPO_ROOT / "loadtests" / "request_cost.py"),
+            "--requests",
+            "50",
+            "--store",
+            str(trained_store_dir),
+        ],
+        REQUEST_COST_TIMEOUT_S,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = {}
+    for line in done.stdout.splitlines()[1:]:
+        name, rest = line.split(None, 1)
+        settings, micros, over = rest.rsplit(None, 2)
+        if name == "hello":
+            name, settings = "hello", "-"
+        rows[(name, settings.strip())] = (float(micros), float(over))
+    expected = {("hello", "-")}
+    for name in DEMO_MODEL_NAMES:
+        for settings in (
+            "naive handler on onnxruntime",
+            "defaults",
+            "metrics and request log off",
+        ):
+            expected.add((name, settings))
+    assert set(rows) == expected
+    assert all(micros > 0 for micros, _ in rows.values())
+    assert rows[("hello", "-")][1] == 0
