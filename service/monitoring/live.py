@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Iterable
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
@@ -41,7 +41,7 @@ from service.runtime import hooks
 from service.store import ModelStore
 
 if TYPE_CHECKING:
-    from service.runtime.model import LoadedModel
+    from service.runtime.model import LoadedModel, Prediction
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,19 @@ class InvalidLabel(InvalidInput):
     code = "invalid_label"
 
 
+class _Served(NamedTuple):
+    """What the writer needs of one served prediction, held until the next flush. Only
+    what it needs: every container held here is one more object for the garbage
+    collector to walk while it waits (probabilities are kept for the prediction log)."""
+
+    seconds: float
+    model: LoadedModel
+    model_input: Any
+    predictions: list[Any]
+    request_id: str | None
+    prediction: Prediction | None  # the whole prediction, for the prediction log only
+
+
 class Monitor:
     def __init__(self, settings: Settings, store: ModelStore | None = None):
         self.settings = settings
@@ -81,7 +94,7 @@ class Monitor:
             else None
         )
         self.dropped = 0
-        self._buffer: collections.deque[tuple[float, hooks.PredictionEvent]] = collections.deque()
+        self._buffer: collections.deque[_Served] = collections.deque()
         self._pid: int | None = None
         self._start_lock = threading.Lock()
         self._flush_lock = threading.Lock()
@@ -100,7 +113,17 @@ class Monitor:
         if len(self._buffer) >= MAX_BUFFERED:
             self._buffer.popleft()
             self.dropped += 1
-        self._buffer.append((time.time(), event))
+        prediction = event.prediction
+        self._buffer.append(
+            _Served(
+                time.time(),
+                event.model,
+                event.model_input,
+                prediction.predictions,
+                event.request_id,
+                prediction if self.predlog is not None else None,
+            )
+        )
 
     def _start(self) -> None:
         with self._start_lock:
@@ -150,7 +173,7 @@ class Monitor:
                 return 0
             return len(events)
 
-    def _write(self, events: list[tuple[float, hooks.PredictionEvent]]) -> None:
+    def _write(self, events: list[_Served]) -> None:
         served: list[tuple[str, str, int, list[Any], float]] = []
         counts: dict[tuple[str, int, str, str, int], int] = collections.Counter()
         lines: list[dict[str, Any]] = []
@@ -158,20 +181,18 @@ class Monitor:
         # Inputs of one model version in one minute are binned together: one numpy pass per
         # feature per batch, not per request (single-row traffic makes thousands a second).
         inputs: dict[tuple[LoadedModel, int], list[Any]] = collections.defaultdict(list)
-        for seconds, event in events:
-            model = event.model
+        for event in events:
+            model, seconds = event.model, event.seconds
             if event.request_id:
                 served.append(
-                    (
-                        model.name,
-                        event.request_id,
-                        model.version,
-                        event.prediction.predictions,
-                        seconds,
-                    )
+                    (model.name, event.request_id, model.version, event.predictions, seconds)
                 )
             inputs[(model, int(seconds // 60))].append(event.model_input)
-            if self.predlog is not None and (rate >= 1 or self._random.random() < rate):
+            if (
+                self.predlog is not None
+                and event.prediction is not None
+                and (rate >= 1 or self._random.random() < rate)
+            ):
                 lines.extend(
                     lines_for(model, event.model_input, event.prediction, event.request_id, seconds)
                 )
