@@ -64,6 +64,7 @@ from threadpoolctl import threadpool_limits
 from service.localstack import LocalStack, StackError, free_port
 from service.runtime.model import LoadedModel, load
 from service.store import ModelStore
+from service.store.metadata import onnx_backend
 from service.training.demo import demo_specs, train_demo_models
 from service.training.trainer import prepare
 
@@ -734,7 +735,7 @@ def demo_payloads(store: ModelStore) -> list[DemoPayload]:
             for i in picks
         ]
         version_dir = store.layout.version_dir(demo.name, version)
-        onnx = metadata.get("backends", {}).get("onnx", {})
+        onnx = onnx_backend(metadata)
         onnx_path = version_dir / onnx["file"] if onnx.get("available") else None
         pickle_path = version_dir / metadata["artifact"]["file"]
         payloads.append(DemoPayload(demo.name, version, instances, names, pickle_path, onnx_path))

@@ -25,7 +25,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -76,36 +76,37 @@ def microseconds_per_request(app: WsgiApp, path: str, body: bytes, requests: int
     return (time.perf_counter() - started) / requests * 1e6
 
 
-def single_row_bodies(store_dir: Path) -> dict[str, bytes]:
+def production_versions(store_dir: Path) -> Iterator[tuple[str, Path, dict[str, Any]]]:
+    """Each model's production version: name, version directory and metadata."""
     from service.store import ModelStore
 
     store = ModelStore(store_dir)
-    bodies = {}
     for name in store.names():
         version = store.aliases(name)["production"]
-        row = store.metadata(name, version)["golden"]["instances"][0]
-        bodies[name] = orjson.dumps({"instances": [row]})
-    return bodies
+        yield name, store.layout.version_dir(name, version), store.metadata(name, version)
+
+
+def single_row_bodies(store_dir: Path) -> dict[str, bytes]:
+    return {
+        name: orjson.dumps({"instances": [metadata["golden"]["instances"][0]]})
+        for name, _, metadata in production_versions(store_dir)
+    }
 
 
 def naive_onnx_requests(store_dir: Path) -> dict[str, tuple[Path, bytes]]:
     """Per model with a compiled form: its model.onnx, and its golden row as the naive
     handler takes it (a list in feature order)."""
-    from service.store import ModelStore
+    from service.store.metadata import onnx_backend
 
-    store = ModelStore(store_dir)
     found = {}
-    for name in store.names():
-        version = store.aliases(name)["production"]
-        metadata = store.metadata(name, version)
-        onnx = metadata.get("backends", {}).get("onnx", {})
+    for name, version_dir, metadata in production_versions(store_dir):
+        onnx = onnx_backend(metadata)
         if not onnx.get("available"):
             continue
         row = metadata["golden"]["instances"][0]
         if isinstance(row, dict):
             row = [row[feature["name"]] for feature in metadata["input"]["features"]]
-        path = store.layout.version_dir(name, version) / onnx["file"]
-        found[name] = (path, orjson.dumps({"instances": [row]}))
+        found[name] = (version_dir / onnx["file"], orjson.dumps({"instances": [row]}))
     return found
 
 

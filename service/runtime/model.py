@@ -29,6 +29,7 @@ from service.runtime.backends import (
     to_list,
 )
 from service.runtime.schema import InputSchema
+from service.store.metadata import onnx_backend
 from service.store.store import ModelStore, StoredArtifact
 
 __all__ = ["LoadedModel", "Prediction", "load"]
@@ -178,7 +179,7 @@ class LoadedModel:
     def _compiled_backend(self, artifact: StoredArtifact) -> SklearnBackend | OnnxBackend:
         """The onnxruntime backend when the metadata vouches for it and its file checks
         out; else the pickle, with a warning when the ONNX form should have served."""
-        entry = (self.metadata.get("backends") or {}).get("onnx") or {}
+        entry = onnx_backend(self.metadata)
         if not entry.get("available"):
             return self.sklearn_backend
         where = f"{self.name}@{self.version}"

@@ -229,6 +229,11 @@ METADATA_SCHEMA: dict[str, Any] = {
 _validator = jsonschema.Draft202012Validator(METADATA_SCHEMA)
 
 
+def onnx_backend(metadata: dict[str, Any]) -> dict[str, Any]:
+    """The version's ``backends.onnx`` entry (its compiled form), or {} when it has none."""
+    return (metadata.get("backends") or {}).get("onnx") or {}
+
+
 def validate(metadata: Any, *, partial: bool = False) -> dict[str, Any]:
     """Raise InvalidMetadata naming every bad field; return the metadata.
 

@@ -27,6 +27,7 @@ from service.errors import Conflict
 from service.runtime.backends import OnnxBackend, Prediction, SklearnBackend
 from service.runtime.schema import InputSchema
 from service.store import ModelStore
+from service.store.metadata import onnx_backend
 from service.store.store import now_iso, sha256_of
 from service.training import onnx_convert
 
@@ -219,7 +220,7 @@ def optimize_version(
 
 
 def _refuse_if_compiled(meta: dict[str, Any]) -> None:
-    entry = (meta.get("backends") or {}).get("onnx") or {}
+    entry = onnx_backend(meta)
     if entry.get("available"):
         raise Conflict(
             f"{meta['name']}@{meta['version']} already has an ONNX form ({entry['file']}, "
