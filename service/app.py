@@ -9,6 +9,7 @@ from typing import Any
 from flask import Flask
 
 from service.api import (
+    EXTENSION,
     admin,
     docs,
     errors,
@@ -26,8 +27,6 @@ from service.api import (
 from service.config import Settings
 from service.runtime.registry import ModelRegistry
 from service.store import ModelStore
-
-EXTENSION = "model_service"
 
 
 @dataclasses.dataclass

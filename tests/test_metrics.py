@@ -399,3 +399,17 @@ def test_application_logs_are_json_too(caplog):
     assert line["level"] == "ERROR"
     assert line["message"] == "went wrong for x"
     assert "ValueError: boom" in line["exc_info"]
+
+
+@pytest.mark.parametrize(
+    "seconds",
+    [0.0, 1.5, 1_764_762_123.000001, 1_764_762_123.999999, 1_764_762_124.25, 4_102_444_799.5],
+)
+def test_request_log_timestamps_match_the_formatters(seconds):
+    stamp = logs._SecondStamp()
+    # The same second twice (the cached prefix), then the formatter's own rendering.
+    stamp(float(int(seconds)))
+    fast, slow = stamp(seconds), logs._timestamp(seconds)
+    assert fast[:20] == slow[:20]  # date, time and the dot
+    assert abs(int(fast[20:26]) - int(slow[20:26])) <= 1  # truncated vs rounded microseconds
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", fast)

@@ -439,3 +439,31 @@ def test_numbers_checked_without_a_look_at_each_type_still_reject_what_is_not_a_
 def test_booleans_are_refused_when_the_caller_says_they_may_be_there():
     with pytest.raises(InvalidInput, match="a boolean"):
         NUMERIC.to_array([[5.1, True, 2]], may_hold_booleans=True)
+
+
+FLOATS = InputSchema([FeatureSpec("a", "float64"), FeatureSpec("b", "float64", missing="allow")])
+
+
+@pytest.mark.parametrize(
+    "rows, problem",
+    [
+        ([[1.0, 2.0], [math.inf, 0.0]], "is Infinity"),
+        ([[1.0, 2.0], [-math.inf, 0.0]], "is Infinity"),
+        ([[1.0, 2.0], [math.nan, 0.0]], "is NaN"),
+        ([[1.0, 2.0], [3.0, math.inf], [5.0, -math.inf]], "is Infinity"),  # the sum is NaN
+        ([[1.0, 2.0], [3.0, None]], None),  # null where missing values are allowed
+        ([[1e308, 1e308], [1e308, 1e308]], None),  # the sum overflows; every value is fine
+        ([[1, 2], [3, 4]], None),  # ints for floats: their sum is an int
+    ],
+)
+def test_a_float_matrix_is_accepted_on_a_finite_sum_and_otherwise_checked_whole(rows, problem):
+    for may_hold_booleans in (True, False):
+        if problem is None:
+            matrix = FLOATS.to_array(rows, may_hold_booleans=may_hold_booleans)
+            expected = [[math.nan if v is None else float(v) for v in row] for row in rows]
+            np.testing.assert_array_equal(matrix, np.array(expected))
+            continue
+        with pytest.raises(InvalidInput) as caught:
+            FLOATS.to_array(rows, may_hold_booleans=may_hold_booleans)
+        assert caught.value.details[0]["instance"] == 1
+        assert problem in caught.value.details[0]["problem"]

@@ -6,12 +6,12 @@ import orjson
 from flask import Response, current_app
 
 STATUS_OK = 200
+# The key of the ServiceState in app.extensions (service.app stores it there).
+EXTENSION = "model_service"
 
 
 def state():
     """The ServiceState of the running app."""
-    from service.app import EXTENSION
-
     return current_app.extensions[EXTENSION]
 
 

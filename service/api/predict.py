@@ -12,9 +12,15 @@ from service.store import parse_ref
 bp = Blueprint("predict", __name__)
 
 JSON_MIMETYPES = frozenset({"application/json"})
+# Content-Type headers as clients send them, accepted as they are; any other is parsed.
+PLAIN_JSON_CONTENT_TYPES = frozenset(
+    {"application/json", "application/json; charset=utf-8", "application/json;charset=utf-8"}
+)
 
 
 def require_json() -> None:
+    if request.environ.get("CONTENT_TYPE") in PLAIN_JSON_CONTENT_TYPES:
+        return
     if request.mimetype not in JSON_MIMETYPES:
         raise UnsupportedMediaType(
             f"Content-Type must be application/json, got {request.mimetype or 'none'!r}",

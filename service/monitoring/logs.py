@@ -54,6 +54,25 @@ def _timestamp(seconds: float) -> str:
     return created.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
+class _SecondStamp:
+    """``_timestamp`` for a clock that moves forward a little at a time: the date and time
+    down to the second are formatted once a second, the microseconds added to them. A
+    worker writes thousands of request lines a second, and building a datetime for each
+    costs more than the rest of the line."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(self, seconds: float) -> str:
+        whole = int(seconds)
+        if whole != self._second:
+            moment = datetime.datetime.fromtimestamp(whole, tz=datetime.UTC)
+            self._prefix = moment.strftime("%Y-%m-%dT%H:%M:%S")
+            self._second = whole
+        return f"{self._prefix}.{int((seconds - whole) * 1e6):06d}Z"
+
+
 class RequestLog:
     """The request log's writer: one JSON line per request, as :class:`JsonFormatter`
     would render it.
@@ -72,6 +91,7 @@ class RequestLog:
         self.logger = logger or request_logger()
         self._handlers_seen: tuple[logging.Handler, ...] | None = None
         self._descriptors: tuple[int, ...] | None = None
+        self._stamp = _SecondStamp()
 
     def write(self, message: str, fields: dict[str, Any]) -> None:
         logger = self.logger
@@ -83,7 +103,7 @@ class RequestLog:
             return
         line = orjson.dumps(
             {
-                "timestamp": _timestamp(time.time()),
+                "timestamp": self._stamp(time.time()),
                 "level": "INFO",
                 "logger": logger.name,
                 "message": message,

@@ -139,31 +139,35 @@ class InputSchema:
     # -- numeric fast path ---------------------------------------------------
 
     def _numeric_matrix(self, rows: list[Sequence[Any]], may_hold_booleans: bool) -> np.ndarray:
-        if self._numbers_only(rows, may_hold_booleans):
+        total = self._numbers_only(rows, may_hold_booleans)
+        if total is not None:
             try:
                 matrix = np.array(rows, dtype=np.float64)
             except OverflowError:
                 self._raise(self._value_problems(rows))
-            if self._valid_matrix(matrix):
+            # A finite sum of numbers has no NaN or infinity among its terms: the whole
+            # matrix need not be looked at again unless a feature must hold integers.
+            finite = type(total) is float and math.isfinite(total)
+            if (finite and not self._int_columns) or self._valid_matrix(matrix):
                 return matrix
         self._raise(self._value_problems(rows))
         raise AssertionError("unreachable")
 
-    def _numbers_only(self, rows: list[Sequence[Any]], may_hold_booleans: bool) -> bool:
-        """Every value an int or a float (or null where missing values are allowed).
+    def _numbers_only(self, rows: list[Sequence[Any]], may_hold_booleans: bool) -> Any:
+        """Every value an int or a float (or null where missing values are allowed): their
+        sum when it was taken, else True; None when some value is not a number.
         numpy itself would take "1.5", true and null for numbers, so this comes first."""
         if not may_hold_booleans:
             try:
                 # Adding up fails on text, null, lists and objects, and runs in C; it cannot
                 # tell a boolean from an int, which the caller has ruled out.
-                sum(itertools.chain.from_iterable(rows))
-                return True
+                return sum(itertools.chain.from_iterable(rows))
             except (TypeError, OverflowError):
                 pass  # null where allowed, or a bad value: the look at each type says which
         kinds = {type(value) for row in rows for value in row}
-        return kinds <= _NUMBER_TYPES or (
-            self._any_missing_allowed and kinds <= _NUMBER_OR_NONE_TYPES
-        )
+        if kinds <= _NUMBER_TYPES or (self._any_missing_allowed and kinds <= _NUMBER_OR_NONE_TYPES):
+            return True
+        return None
 
     def _valid_matrix(self, matrix: np.ndarray) -> bool:
         """Finite, NaN only where missing values are allowed, integral where the feature

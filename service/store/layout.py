@@ -7,6 +7,7 @@ to stay inside the store root, so no request can steer a read elsewhere.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from pathlib import Path
 
@@ -68,6 +69,9 @@ def check_version(version: int | str) -> int:
     return int(text)
 
 
+# Every request names its model: the references seen most recently are parsed once. Bad
+# ones raise, and so are never kept.
+@functools.lru_cache(maxsize=256)
 def parse_ref(text: str) -> ModelRef:
     """Parse ``name[@version|@alias]``."""
     name, sep, selector = text.partition("@")
