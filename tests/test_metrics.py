@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import time
 
 import numpy as np
 import pytest
@@ -413,3 +415,53 @@ def test_request_log_timestamps_match_the_formatters(seconds):
     assert fast[:20] == slow[:20]  # date, time and the dot
     assert abs(int(fast[20:26]) - int(slow[20:26])) <= 1  # truncated vs rounded microseconds
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", fast)
+
+
+def _request_log_to_file(path, name):
+    """A request log whose logger ends in a plain JSON file handler (the fast path)."""
+    logger = logging.getLogger(f"service.requests.{name}")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logs.JsonFormatter())
+    logger.addHandler(handler)
+    return logs.RequestLog(logger), logger, handler
+
+
+def _lines(path):
+    return [json.loads(text) for text in path.read_text().splitlines()]
+
+
+def test_request_lines_are_written_whole_a_buffer_at_a_time_and_by_the_timer(tmp_path):
+    path = tmp_path / "requests.log"
+    request_log, logger, handler = _request_log_to_file(path, "buffered")
+    try:
+        sent = 40
+        for number in range(sent):
+            request_log.write("POST /x 200", {"request_id": f"r{number}", "status": 200})
+        # Full buffers went out as the lines came; the rest waits for the timer.
+        written = _lines(path)
+        assert 0 < len(written) < sent
+        deadline = time.monotonic() + 10 * logs.FLUSH_INTERVAL
+        while len(_lines(path)) < sent and time.monotonic() < deadline:
+            time.sleep(0.05)
+        written = _lines(path)
+        assert [line["request_id"] for line in written] == [f"r{n}" for n in range(sent)]
+        assert {line["pid"] for line in written} == {os.getpid()}
+        assert all(line["logger"] == logger.name and line["status"] == 200 for line in written)
+    finally:
+        request_log.stop()
+        logger.removeHandler(handler)
+        handler.close()
+
+
+def test_stopping_the_request_log_writes_what_it_holds(tmp_path):
+    path = tmp_path / "requests.log"
+    request_log, logger, handler = _request_log_to_file(path, "stopped")
+    try:
+        request_log.write("POST /x 200", {"request_id": "last", "status": 200})
+        request_log.stop()
+        assert [line["request_id"] for line in _lines(path)] == ["last"]
+    finally:
+        logger.removeHandler(handler)
+        handler.close()

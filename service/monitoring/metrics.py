@@ -207,6 +207,9 @@ def observe_prediction(event: hooks.PredictionEvent) -> None:
     if not predictions:
         return
     if metrics.classification:
+        if len(predictions) == 1:  # most requests: no Counter to build
+            metrics.class_child(predictions[0]).inc()
+            return
         for label, count in collections.Counter(predictions).items():
             metrics.class_child(label).inc(count)
     elif metrics.values is not None:
