@@ -76,8 +76,8 @@ class _SecondStamp:
         return f"{self._prefix}.{int((seconds - whole) * 1e6):06d}Z"
 
 
-# Request lines wait in a process's buffer until it holds this much, or until the oldest
-# has waited FLUSH_INTERVAL seconds (Nginx's access_log buffer= and flush= work alike). A
+# Request lines wait in a process's buffer until it holds this much, or for the timer's
+# next tick, at most FLUSH_INTERVAL seconds (Nginx's access_log buffer= and flush=). A
 # write of at most PIPE_BUF bytes to a pipe is never interleaved with another process's,
 # so lines stay whole in a shared stderr, a pipe or an O_APPEND file.
 BUFFER_BYTES = select.PIPE_BUF
