@@ -18,7 +18,6 @@ One monitor per process: the last one installed (the last app built) observes.
 
 from __future__ import annotations
 
-import atexit
 import collections
 import logging
 import os
@@ -35,6 +34,7 @@ from prometheus_client.metrics_core import Metric
 from service.config import Settings
 from service.errors import InvalidInput, NotFound, ServiceError
 from service.monitoring import add_scrape_collector, drift, quality
+from service.monitoring.flusher import ProcessFlusher
 from service.monitoring.predlog import PredictionLog, lines_for
 from service.monitoring.state import StateStore
 from service.runtime import hooks
@@ -98,12 +98,11 @@ class Monitor:
         self._pid: int | None = None
         self._start_lock = threading.Lock()
         self._flush_lock = threading.Lock()
-        self._stop = threading.Event()
+        self._flusher = ProcessFlusher(self.flush, FLUSH_INTERVAL, "monitoring-flusher")
         self._random = random.Random()
         self._profiles: dict[tuple[str, int], list[drift.FeatureProfile]] = {}
         self._metadata: dict[tuple[str, int], dict[str, Any]] = {}
         self._pruned_minute: int | None = None
-        self._atexit = False
 
     # -- the request path -------------------------------------------------------
 
@@ -132,22 +131,11 @@ class Monitor:
                 return
             # A forked child starts empty: what the parent buffered is the parent's.
             self._buffer = collections.deque()
-            self._stop = threading.Event()
-            thread = threading.Thread(
-                target=self._run, args=(self._stop,), name="monitoring-flusher", daemon=True
-            )
-            thread.start()
-            if not self._atexit:
-                atexit.register(self.flush)
-                self._atexit = True
+            self._flusher.start()
             self._pid = pid
 
-    def _run(self, stop: threading.Event) -> None:
-        while not stop.wait(FLUSH_INTERVAL):
-            self.flush()
-
     def stop(self) -> None:
-        self._stop.set()
+        self._flusher.stop()
         self.flush()
         self._pid = None
 

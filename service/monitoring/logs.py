@@ -13,7 +13,6 @@ deploy/gunicorn.conf.py, and other entry points (the gRPC server) call :func:`co
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import datetime
 import logging
@@ -26,6 +25,8 @@ from typing import Any, TextIO
 
 import orjson
 from pythonjsonlogger.orjson import OrjsonFormatter
+
+from service.monitoring.flusher import ProcessFlusher
 
 REQUEST_LOGGER = "service.requests"
 FIELDS = ("levelname", "name", "message", "process")
@@ -110,8 +111,7 @@ class RequestLog:
         self._pending_bytes = 0
         self._pending_to: tuple[int, ...] = ()
         self._pid: int | None = None
-        self._stop = threading.Event()
-        self._atexit = False
+        self._flusher = ProcessFlusher(self.flush, FLUSH_INTERVAL, "request-log-flusher")
 
     def write(self, message: str, fields: dict[str, Any]) -> None:
         logger = self.logger
@@ -150,7 +150,7 @@ class RequestLog:
 
     def stop(self) -> None:
         """Flush and end this process's timer thread (it starts again on the next line)."""
-        self._stop.set()
+        self._flusher.stop()
         self.flush()
         with self._lock:
             self._pid = None
@@ -159,19 +159,8 @@ class RequestLog:
         # A forked child starts empty (what the parent buffered is the parent's to write)
         # and with a timer of its own: threads do not survive a fork. Under the lock.
         self._pending, self._pending_bytes = [], 0
-        self._stop = threading.Event()
-        thread = threading.Thread(
-            target=self._flush_every, args=(self._stop,), name="request-log-flusher", daemon=True
-        )
-        thread.start()
-        if not self._atexit:
-            atexit.register(self.flush)
-            self._atexit = True
+        self._flusher.start()
         self._pid = pid
-
-    def _flush_every(self, stop: threading.Event) -> None:
-        while not stop.wait(FLUSH_INTERVAL):
-            self.flush()
 
     def _write_pending(self) -> None:
         if not self._pending:
