@@ -324,7 +324,8 @@ def test_locustfile_fails_only_wrong_answers(running_stack, tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_request_cost_times_hello_the_naive_onnx_handler_and_each_model(trained_store_dir):
+@pytest.mark.parametrize("evict", [[], ["--evict-mib", "1"]], ids=["tight-loop", "evicting"])
+def test_request_cost_times_hello_the_naive_onnx_handler_and_each_model(trained_store_dir, evict):
     done = run_bounded(
         [
             sys.executable,
@@ -333,6 +334,7 @@ def test_request_cost_times_hello_the_naive_onnx_handler_and_each_model(trained_
             "50",
             "--store",
             str(trained_store_dir),
+            *evict,
         ],
         REQUEST_COST_TIMEOUT_S,
     )
