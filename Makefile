@@ -17,7 +17,7 @@ PEERS_VENV := .bench-peers
 # The newest MLflow whose packages install next to scikit-learn 1.9.1 here.
 MLFLOW_VERSION := 3.17.2
 
-.PHONY: install run stop test lint fmt protos bench bench-workers bench-peers loadtest clean
+.PHONY: install run stop test lint fmt protos bench bench-workers bench-cpu bench-peers loadtest clean
 
 # Versions in constraints.txt are the ones the test suite passes with.
 $(INSTALLED): setup.cfg pyproject.toml constraints.txt
@@ -68,6 +68,11 @@ bench: $(INSTALLED)
 # iris-classifier's single-row and 1,000-row loads under sync and gthread workers.
 bench-workers: $(INSTALLED)
 	$(BIN)/python loadtests/worker_models.py --json loadtests/reports/worker_models.json
+
+# Where one single-row request's CPU time goes (Gunicorn workers, Nginx) under wrk, for
+# hello, the naive handler on onnxruntime and the service.
+bench-cpu: $(INSTALLED)
+	$(BIN)/python loadtests/worker_cpu.py --rounds 2 --json loadtests/reports/worker_cpu.json
 
 # Optional peers for `make bench`: MLflow's scoring server in a virtualenv of its own, with
 # the scikit-learn and numpy the demo pickles are written with.

@@ -24,6 +24,7 @@ from service.training.demo import demo_specs
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BENCH = REPO_ROOT / "loadtests" / "bench.py"
+WORKER_CPU = REPO_ROOT / "loadtests" / "worker_cpu.py"
 WORKER_MODELS = REPO_ROOT / "loadtests" / "worker_models.py"
 LOCUSTFILE = REPO_ROOT / "loadtests" / "locustfile.py"
 PEERS_VENV = REPO_ROOT / ".bench-peers"
@@ -195,6 +196,27 @@ def test_worker_models_quick_reports_each_worker_model(tmp_path):
         for load in (row["1 row"], row["1,000 rows"]):
             assert load["errors"] == 0, load
             assert_positive(load, "requests_per_s", "rows_per_s", "p50_ms", "p99_ms")
+
+
+def test_worker_cpu_quick_reports_each_target(tmp_path):
+    results_path = tmp_path / "cpu.json"
+    command = [sys.executable, str(WORKER_CPU), "--quick", "--json", str(results_path)]
+    done = run_bounded(command, BENCH_TIMEOUT_S)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = json.loads(results_path.read_text())["targets"]
+    assert [row["target"] for row in rows] == ["hello", "naive-onnx", "service"]
+    for row in rows:
+        assert row["label"] in done.stdout
+        assert row["errors"] == 0, row
+        # Every request passes through both sides, so each spends some CPU time on it.
+        assert_positive(row, "requests_per_s", "gunicorn_user_us", "nginx_user_us", "total_us")
+        assert row["total_us"] == pytest.approx(
+            sum(
+                row[f"{side}_{kind}_us"]
+                for side in ("gunicorn", "nginx")
+                for kind in ("user", "system")
+            )
+        )
 
 
 class _Answer200(http.server.BaseHTTPRequestHandler):
