@@ -1525,25 +1525,43 @@ def mlflow_peer(settings: BenchSettings) -> tuple[str | None, str]:
     return version, f"mlflow {version}"
 
 
+@dataclasses.dataclass(frozen=True)
+class Workdir:
+    """A scratch directory with the demo models trained into its store, their payloads and
+    the load generator the settings ask for: what every benchmark script starts from."""
+
+    path: Path
+    store_dir: Path
+    payloads: list[DemoPayload]
+    load_generator: LoadGenerator
+
+
+@contextlib.contextmanager
+def demo_workdir(settings: BenchSettings, prefix: str) -> Iterator[Workdir]:
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        path = Path(tmp)
+        store_dir = path / "model_store"
+        progress(f"training the demo models into {store_dir}")
+        store = ModelStore(store_dir)
+        train_demo_models(store, progress=False)
+        load_generator = choose_load_generator(
+            settings.load_generator,
+            path,
+            settings.duration_s,
+            settings.connections,
+            settings.wrk_threads,
+        )
+        yield Workdir(path, store_dir, demo_payloads(store), load_generator)
+
+
 def run(settings: BenchSettings) -> dict[str, Any]:
     started = time.monotonic()
     peer_version, peer_note = mlflow_peer(settings)
     if peer_version is None:
         settings = dataclasses.replace(settings, peers_venv=None)
-    with tempfile.TemporaryDirectory(prefix="model-service-bench-") as tmp:
-        workdir = Path(tmp)
-        store_dir = workdir / "model_store"
-        progress(f"training the demo models into {store_dir}")
-        store = ModelStore(store_dir)
-        train_demo_models(store, progress=False)
-        payloads = demo_payloads(store)
-        load_generator = choose_load_generator(
-            settings.load_generator,
-            workdir,
-            settings.duration_s,
-            settings.connections,
-            settings.wrk_threads,
-        )
+    with demo_workdir(settings, "model-service-bench-") as work:
+        workdir, store_dir, payloads = work.path, work.store_dir, work.payloads
+        load_generator = work.load_generator
         rounds = []
         for number in range(1, settings.rounds + 1):
             progress(f"round {number} of {settings.rounds}")
@@ -1678,18 +1696,37 @@ def _exit_on_sigterm(signum, _frame) -> None:
     raise SystemExit(128 + signum)
 
 
-def main(argv: list[str] | None = None) -> int:
-    settings = parse_settings(argv)
+def report(
+    name: str,
+    measure: Callable[[], dict[str, Any]],
+    render_results: Callable[[dict[str, Any]], str],
+    json_path: Path | None,
+    failed: Callable[[dict[str, Any]], bool],
+) -> int:
+    """A benchmark script's main: measure, print the table, write the JSON; exit status 1
+    on an error or when ``failed`` says requests failed (figures are reported, not
+    enforced)."""
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
-        results = run(settings)
+        results = measure()
     except (BenchError, StackError) as exc:
-        print(f"bench: error: {exc}", file=sys.stderr)
+        print(f"{name}: error: {exc}", file=sys.stderr)
         return 1
-    print(render(results))
-    write_json(settings.json_path, results)
+    print(render_results(results))
+    write_json(json_path, results)
+    return 1 if failed(results) else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = parse_settings(argv)
     # Goals are reported, not enforced; failed requests make the figures worthless.
-    return 1 if any(row["errors"] for row in results["rows"]) else 0
+    return report(
+        "bench",
+        lambda: run(settings),
+        render,
+        settings.json_path,
+        lambda results: any(row["errors"] for row in results["rows"]),
+    )
 
 
 if __name__ == "__main__":

@@ -18,19 +18,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import bench
 
-from service.localstack import LocalStack, StackError
-from service.store import ModelStore
-from service.training.demo import train_demo_models
+from service.localstack import LocalStack
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # (key, label) of what is measured, in the order the stacks run.
@@ -124,23 +120,12 @@ def cost_per_request(before: dict, after: dict, requests: int) -> dict[str, floa
 
 def measure(settings: bench.BenchSettings, rounds: int) -> dict[str, Any]:
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="model-service-cpu-") as tmp:
-        workdir = Path(tmp)
-        store_dir = workdir / "model_store"
-        bench.progress(f"training the demo models into {store_dir}")
-        store = ModelStore(store_dir)
-        train_demo_models(store, progress=False)
-        iris = next(p for p in bench.demo_payloads(store) if p.name == bench.IRIS)
+    with bench.demo_workdir(settings, "model-service-cpu-") as work:
+        workdir, store_dir, load_generator = work.path, work.store_dir, work.load_generator
+        iris = next(p for p in work.payloads if p.name == bench.IRIS)
         if iris.onnx_path is None:
             raise bench.BenchError(f"{bench.IRIS} has no ONNX form to give the naive handler")
-        load_generator = bench.choose_load_generator(
-            settings.load_generator,
-            workdir,
-            settings.duration_s,
-            settings.connections,
-            settings.wrk_threads,
-        )
-        hello_body = max((p.objects_body(1) for p in bench.demo_payloads(store)), key=len)
+        hello_body = max((p.objects_body(1) for p in work.payloads), key=len)
         stacks = {
             "hello": (
                 {"app": bench.HELLO_APP},
@@ -221,15 +206,13 @@ def render(results: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     settings, rounds = parse_args(argv)
-    signal.signal(signal.SIGTERM, bench._exit_on_sigterm)
-    try:
-        results = measure(settings, rounds)
-    except (bench.BenchError, StackError) as exc:
-        print(f"worker cpu: error: {exc}", file=sys.stderr)
-        return 1
-    print(render(results))
-    bench.write_json(settings.json_path, results)
-    return 1 if any(row["errors"] for row in results["targets"]) else 0
+    return bench.report(
+        "worker cpu",
+        lambda: measure(settings, rounds),
+        render,
+        settings.json_path,
+        lambda results: any(row["errors"] for row in results["targets"]),
+    )
 
 
 if __name__ == "__main__":

@@ -15,18 +15,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import signal
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import bench
-
-from service.localstack import StackError
-from service.store import ModelStore
-from service.training.demo import train_demo_models
 
 DEFAULT_CONFIGS = "sync:2,sync:4,gthread:2:4,gthread:4:2"
 LOADS = (("1 row", 1), ("1,000 rows", bench.BATCH_ROWS))
@@ -99,20 +92,9 @@ def parse_args(argv: list[str] | None) -> tuple[bench.BenchSettings, list[Worker
 
 def measure(settings: bench.BenchSettings, models: list[WorkerModel]) -> dict[str, Any]:
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="model-service-workers-") as tmp:
-        workdir = Path(tmp)
-        store_dir = workdir / "model_store"
-        bench.progress(f"training the demo models into {store_dir}")
-        store = ModelStore(store_dir)
-        train_demo_models(store, progress=False)
-        iris = next(p for p in bench.demo_payloads(store) if p.name == bench.IRIS)
-        load_generator = bench.choose_load_generator(
-            settings.load_generator,
-            workdir,
-            settings.duration_s,
-            settings.connections,
-            settings.wrk_threads,
-        )
+    with bench.demo_workdir(settings, "model-service-workers-") as work:
+        workdir, store_dir, load_generator = work.path, work.store_dir, work.load_generator
+        iris = next(p for p in work.payloads if p.name == bench.IRIS)
         rows = []
         for number, model in enumerate(models, start=1):
             these = dataclasses.replace(
@@ -176,16 +158,15 @@ def render(results: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     settings, models = parse_args(argv)
-    signal.signal(signal.SIGTERM, bench._exit_on_sigterm)
-    try:
-        results = measure(settings, models)
-    except (bench.BenchError, StackError) as exc:
-        print(f"worker models: error: {exc}", file=sys.stderr)
-        return 1
-    print(render(results))
-    bench.write_json(settings.json_path, results)
-    failed = any(row[name]["errors"] for row in results["worker_models"] for name, _ in LOADS)
-    return 1 if failed else 0
+    return bench.report(
+        "worker models",
+        lambda: measure(settings, models),
+        render,
+        settings.json_path,
+        lambda results: any(
+            row[name]["errors"] for row in results["worker_models"] for name, _ in LOADS
+        ),
+    )
 
 
 if __name__ == "__main__":
