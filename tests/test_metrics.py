@@ -465,3 +465,36 @@ def test_stopping_the_request_log_writes_what_it_holds(tmp_path):
     finally:
         logger.removeHandler(handler)
         handler.close()
+
+
+def test_a_forked_child_writes_only_its_own_lines_even_if_the_lock_was_held(tmp_path):
+    path = tmp_path / "requests.log"
+    request_log, logger, handler = _request_log_to_file(path, "forked")
+    try:
+        request_log.write("POST /x 200", {"request_id": "parent", "status": 200})
+        # The parent's timer may hold the lock at the very moment of a fork.
+        with request_log._lock:
+            child = os.fork()
+            if child == 0:  # the child: write, flush, leave at once
+                try:
+                    request_log.write("POST /x 200", {"request_id": "child", "status": 200})
+                    request_log.flush()
+                finally:
+                    os._exit(0)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(child, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(child, 9)
+            os.waitpid(child, 0)
+            pytest.fail("the forked child hung on the request log's lock")
+        assert os.waitstatus_to_exitcode(status) == 0
+        request_log.stop()
+        ids = sorted(line["request_id"] for line in _lines(path))
+        assert ids == ["child", "parent"]
+    finally:
+        logger.removeHandler(handler)
+        handler.close()

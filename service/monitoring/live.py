@@ -98,7 +98,9 @@ class Monitor:
         self._pid: int | None = None
         self._start_lock = threading.Lock()
         self._flush_lock = threading.Lock()
-        self._flusher = ProcessFlusher(self.flush, FLUSH_INTERVAL, "monitoring-flusher")
+        self._flusher = ProcessFlusher(
+            self.flush, FLUSH_INTERVAL, "monitoring-flusher", after_fork=self._after_fork
+        )
         self._random = random.Random()
         self._profiles: dict[tuple[str, int], list[drift.FeatureProfile]] = {}
         self._metadata: dict[tuple[str, int], dict[str, Any]] = {}
@@ -129,10 +131,16 @@ class Monitor:
             pid = os.getpid()
             if self._pid == pid:
                 return
-            # A forked child starts empty: what the parent buffered is the parent's.
-            self._buffer = collections.deque()
             self._flusher.start()
             self._pid = pid
+
+    def _after_fork(self) -> None:
+        # A forked child starts empty (what the parent buffered is the parent's), with
+        # locks of its own: the parent's writer may have held one at the fork.
+        self._buffer = collections.deque()
+        self._start_lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._pid = None
 
     def stop(self) -> None:
         self._flusher.stop()

@@ -111,7 +111,9 @@ class RequestLog:
         self._pending_bytes = 0
         self._pending_to: tuple[int, ...] = ()
         self._pid: int | None = None
-        self._flusher = ProcessFlusher(self.flush, FLUSH_INTERVAL, "request-log-flusher")
+        self._flusher = ProcessFlusher(
+            self.flush, FLUSH_INTERVAL, "request-log-flusher", after_fork=self._after_fork
+        )
 
     def write(self, message: str, fields: dict[str, Any]) -> None:
         logger = self.logger
@@ -156,11 +158,17 @@ class RequestLog:
             self._pid = None
 
     def _start(self, pid: int) -> None:
-        # A forked child starts empty (what the parent buffered is the parent's to write)
-        # and with a timer of its own: threads do not survive a fork. Under the lock.
-        self._pending, self._pending_bytes = [], 0
+        # The first line in this process starts its timer (threads do not survive a
+        # fork). Under the lock.
         self._flusher.start()
         self._pid = pid
+
+    def _after_fork(self) -> None:
+        # The child starts empty (what the parent buffered is the parent's to write), with
+        # a lock of its own: the parent's timer may have held it at the fork.
+        self._lock = threading.Lock()
+        self._pending, self._pending_bytes = [], 0
+        self._pid = None
 
     def _write_pending(self) -> None:
         if not self._pending:
