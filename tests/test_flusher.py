@@ -13,7 +13,7 @@ from service.monitoring import live
 from service.monitoring.flusher import ProcessFlusher
 
 
-def _run_in_child(action) -> int:
+def run_in_child(action) -> int:
     """Fork, run ``action`` in the child, and return its exit code (bounded in time)."""
     child = os.fork()
     if child == 0:
@@ -74,7 +74,7 @@ def test_a_child_forked_while_the_writer_held_its_lock_gets_a_fresh_one():
         assert writer.flushes == 1
 
     with writer.lock:
-        assert _run_in_child(in_child) == 0
+        assert run_in_child(in_child) == 0
     assert writer.flushes == 1  # the parent's own count is its own
 
 
@@ -82,6 +82,6 @@ def test_the_prediction_writer_flushes_in_a_child_forked_mid_flush(tmp_path):
     monitor = live.Monitor(Settings.load(overrides={"state_dir": str(tmp_path / "state")}))
     try:
         with monitor._flush_lock:
-            assert _run_in_child(monitor.flush) == 0
+            assert run_in_child(monitor.flush) == 0
     finally:
         monitor.stop()

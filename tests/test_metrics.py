@@ -22,6 +22,7 @@ from service.runtime import hooks
 from service.runtime.model import load
 from service.store import ModelStore
 from tests.test_api import IRIS, IRIS_OBJECT, IRIS_ROW, post
+from tests.test_flusher import run_in_child
 from tests.test_v2 import matrix_input
 
 PREDICT = "/v1/models/<model_ref>/predict"
@@ -417,84 +418,73 @@ def test_request_log_timestamps_match_the_formatters(seconds):
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", fast)
 
 
-def _request_log_to_file(path, name):
-    """A request log whose logger ends in a plain JSON file handler (the fast path)."""
-    logger = logging.getLogger(f"service.requests.{name}")
-    logger.propagate = False
-    logger.setLevel(logging.INFO)
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logs.JsonFormatter())
-    logger.addHandler(handler)
-    return logs.RequestLog(logger), logger, handler
+@pytest.fixture
+def file_request_log(tmp_path, request):
+    """Makes a request log whose logger ends in a plain JSON file handler (the fast path),
+    and the file it writes; stopped and detached afterwards. Made when the test calls it,
+    not in the fixture's setup: a logger made during setup came to the test with pytest's
+    capture handlers on it, which take the request log off its fast path."""
+    made = []
+
+    def make():
+        path = tmp_path / "requests.log"
+        logger = logging.getLogger(f"service.requests.{request.node.name}")
+        logger.propagate = False
+        logger.setLevel(logging.INFO)
+        handler = logging.FileHandler(path)
+        handler.setFormatter(logs.JsonFormatter())
+        logger.addHandler(handler)
+        request_log = logs.RequestLog(logger)
+        made.append((request_log, logger, handler))
+        return request_log, path
+
+    yield make
+    for request_log, logger, handler in made:
+        request_log.stop()
+        logger.removeHandler(handler)
+        handler.close()
 
 
 def _lines(path):
     return [json.loads(text) for text in path.read_text().splitlines()]
 
 
-def test_request_lines_are_written_whole_a_buffer_at_a_time_and_by_the_timer(tmp_path):
-    path = tmp_path / "requests.log"
-    request_log, logger, handler = _request_log_to_file(path, "buffered")
-    try:
-        sent = 40
-        for number in range(sent):
-            request_log.write("POST /x 200", {"request_id": f"r{number}", "status": 200})
-        # Full buffers went out as the lines came; the rest waits for the timer.
-        written = _lines(path)
-        assert 0 < len(written) < sent
-        deadline = time.monotonic() + 10 * logs.FLUSH_INTERVAL
-        while len(_lines(path)) < sent and time.monotonic() < deadline:
-            time.sleep(0.05)
-        written = _lines(path)
-        assert [line["request_id"] for line in written] == [f"r{n}" for n in range(sent)]
-        assert {line["pid"] for line in written} == {os.getpid()}
-        assert all(line["logger"] == logger.name and line["status"] == 200 for line in written)
-    finally:
-        request_log.stop()
-        logger.removeHandler(handler)
-        handler.close()
+def test_request_lines_are_written_whole_a_buffer_at_a_time_and_by_the_timer(file_request_log):
+    request_log, path = file_request_log()
+    sent = 40
+    for number in range(sent):
+        request_log.write("POST /x 200", {"request_id": f"r{number}", "status": 200})
+    # Full buffers went out as the lines came; the rest waits for the timer.
+    written = _lines(path)
+    assert 0 < len(written) < sent
+    deadline = time.monotonic() + 10 * logs.FLUSH_INTERVAL
+    while len(_lines(path)) < sent and time.monotonic() < deadline:
+        time.sleep(0.05)
+    written = _lines(path)
+    assert [line["request_id"] for line in written] == [f"r{n}" for n in range(sent)]
+    assert {line["pid"] for line in written} == {os.getpid()}
+    assert all(
+        line["logger"] == request_log.logger.name and line["status"] == 200 for line in written
+    )
 
 
-def test_stopping_the_request_log_writes_what_it_holds(tmp_path):
-    path = tmp_path / "requests.log"
-    request_log, logger, handler = _request_log_to_file(path, "stopped")
-    try:
-        request_log.write("POST /x 200", {"request_id": "last", "status": 200})
-        request_log.stop()
-        assert [line["request_id"] for line in _lines(path)] == ["last"]
-    finally:
-        logger.removeHandler(handler)
-        handler.close()
+def test_stopping_the_request_log_writes_what_it_holds(file_request_log):
+    request_log, path = file_request_log()
+    request_log.write("POST /x 200", {"request_id": "last", "status": 200})
+    request_log.stop()
+    assert [line["request_id"] for line in _lines(path)] == ["last"]
 
 
-def test_a_forked_child_writes_only_its_own_lines_even_if_the_lock_was_held(tmp_path):
-    path = tmp_path / "requests.log"
-    request_log, logger, handler = _request_log_to_file(path, "forked")
-    try:
-        request_log.write("POST /x 200", {"request_id": "parent", "status": 200})
-        # The parent's timer may hold the lock at the very moment of a fork.
-        with request_log._lock:
-            child = os.fork()
-            if child == 0:  # the child: write, flush, leave at once
-                try:
-                    request_log.write("POST /x 200", {"request_id": "child", "status": 200})
-                    request_log.flush()
-                finally:
-                    os._exit(0)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            done, status = os.waitpid(child, os.WNOHANG)
-            if done:
-                break
-            time.sleep(0.05)
-        else:
-            os.kill(child, 9)
-            os.waitpid(child, 0)
-            pytest.fail("the forked child hung on the request log's lock")
-        assert os.waitstatus_to_exitcode(status) == 0
-        request_log.stop()
-        ids = sorted(line["request_id"] for line in _lines(path))
-        assert ids == ["child", "parent"]
-    finally:
-        logger.removeHandler(handler)
-        handler.close()
+def test_a_forked_child_writes_only_its_own_lines_even_if_the_lock_was_held(file_request_log):
+    request_log, path = file_request_log()
+    request_log.write("POST /x 200", {"request_id": "parent", "status": 200})
+
+    def in_child():
+        request_log.write("POST /x 200", {"request_id": "child", "status": 200})
+        request_log.flush()
+
+    # The parent's timer may hold the lock at the very moment of a fork.
+    with request_log._lock:
+        assert run_in_child(in_child) == 0
+    request_log.stop()
+    assert sorted(line["request_id"] for line in _lines(path)) == ["child", "parent"]
