@@ -17,7 +17,8 @@ PEERS_VENV := .bench-peers
 # The newest MLflow whose packages install next to scikit-learn 1.9.1 here.
 MLFLOW_VERSION := 3.17.2
 
-.PHONY: install run stop test lint fmt protos bench bench-workers bench-cpu bench-peers loadtest clean
+.PHONY: install run stop test lint fmt protos bench bench-workers bench-cpu bench-peers loadtest clean \
+	deploy rollback-release fleet-up fleet-down ansible
 
 # Versions in constraints.txt are the ones the test suite passes with.
 $(INSTALLED): setup.cfg pyproject.toml constraints.txt
@@ -82,10 +83,48 @@ bench-peers:
 	$(PEERS_VENV)/bin/python -m pip install --quiet mlflow==$(MLFLOW_VERSION) \
 		$(shell grep -E '^(numpy|scipy|scikit-learn)==' constraints.txt)
 
+# --- A fleet of hosts (deploy/ansible, README "Deploying to hosts") ---------------------
+# Ansible runs from a virtualenv of its own, so the server's install does not carry it.
+ANSIBLE_VENV := .ansible-venv
+ANSIBLE_INSTALLED := $(ANSIBLE_VENV)/.installed
+INVENTORY ?=
+RELEASE ?=
+HOSTS ?= 3
+FLEET_DIR ?= .fleet
+
+$(ANSIBLE_INSTALLED): deploy/ansible/requirements.txt
+	test -x $(ANSIBLE_VENV)/bin/python || $(PYTHON) -m venv $(ANSIBLE_VENV)
+	$(ANSIBLE_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(ANSIBLE_VENV)/bin/python -m pip install --quiet -r deploy/ansible/requirements.txt
+	touch $@
+
+ansible: $(ANSIBLE_INSTALLED)
+
+# The current checkout as a release (a wheel and a wheelhouse of its dependencies), rolled
+# out one host at a time. RELEASE=name overrides the release's name.
+deploy: $(INSTALLED) $(ANSIBLE_INSTALLED)
+	@test -n "$(INVENTORY)" || { echo "usage: make deploy INVENTORY=path/to/inventory.yaml"; exit 2; }
+	$(BIN)/python deploy/ansible/build_release.py --out dist/release $(if $(RELEASE),--release $(RELEASE),)
+	$(ANSIBLE_VENV)/bin/ansible-playbook -i $(INVENTORY) deploy/ansible/deploy.yml \
+		-e release_dir=$(CURDIR)/dist/release
+
+# Every host back to the release it ran before the last deploy, one host at a time.
+rollback-release: $(ANSIBLE_INSTALLED)
+	@test -n "$(INVENTORY)" || { echo "usage: make rollback-release INVENTORY=path/to/inventory.yaml"; exit 2; }
+	$(ANSIBLE_VENV)/bin/ansible-playbook -i $(INVENTORY) deploy/ansible/rollback-release.yml
+
+# A fleet of network namespaces on this machine (root only): HOSTS app hosts, a balancer
+# and a store host, each with its own sshd; its inventory is $(FLEET_DIR)/inventory.yaml.
+fleet-up: $(INSTALLED)
+	$(BIN)/python deploy/testfleet/fleet.py up --hosts $(HOSTS) --dir $(FLEET_DIR)
+
+fleet-down:
+	$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) deploy/testfleet/fleet.py down --dir $(FLEET_DIR)
+
 loadtest: $(INSTALLED)
 	$(BIN)/python loadtests/run_loadtest.py --store $(STORE) --port $(PORT)
 
 clean: stop
-	rm -rf $(VENV) $(PEERS_VENV) $(RUNTIME_DIR) loadtests/reports build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(PEERS_VENV) $(ANSIBLE_VENV) dist $(RUNTIME_DIR) loadtests/reports build *.egg-info .pytest_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 	@echo "model_store/ is left as it is; remove its models by hand to retrain the demos"
