@@ -1,0 +1,291 @@
+"""The test fleet (deploy/testfleet/fleet.py): real namespaces, mounts and sshd on this machine.
+
+Every fleet here has a prefix and subnet of its own, so a developer's `.fleet` (msf,
+10.231.0) is never touched, and is torn down even when a test fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.integration
+
+FLEET_SCRIPT = Path(__file__).resolve().parents[2] / "deploy" / "testfleet" / "fleet.py"
+COMMAND_TIMEOUT_S = 60
+APP_HOSTS = 2
+
+
+def fleet_required() -> bool:
+    return bool(os.environ.get("MODEL_SERVICE_REQUIRE_NGINX"))
+
+
+def require_fleet_support() -> None:
+    """Skip where a fleet cannot be built (not root, no iproute2 or OpenSSH); CI fails instead."""
+    missing = [tool for tool in ("ip", "ssh", "ssh-keygen", "unshare") if not shutil.which(tool)]
+    if not os.path.exists("/usr/sbin/sshd"):
+        missing.append("/usr/sbin/sshd")
+    reason = None
+    if os.geteuid() != 0:
+        reason = "the test fleet needs root (network namespaces, mounts)"
+    elif missing:
+        reason = f"the test fleet needs {', '.join(missing)} (iproute2, openssh-server/client)"
+    if reason and fleet_required():
+        pytest.fail(f"{reason}, and CI requires the fleet tests to run")
+    if reason:
+        pytest.skip(reason)
+
+
+def fleet_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [sys.executable, str(FLEET_SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        timeout=COMMAND_TIMEOUT_S,
+    )
+    if check:
+        assert result.returncode == 0, f"fleet.py {args[0]}: {result.stdout}{result.stderr}"
+    return result
+
+
+@dataclass
+class RunningFleet:
+    directory: Path
+    prefix: str
+    subnet: str
+
+    def address(self, host: str) -> str:
+        return next(h["address"] for h in self.state()["hosts"] if h["name"] == host)
+
+    def state(self) -> dict:
+        return json.loads((self.directory / "state.json").read_text())
+
+    def ssh(self, host: str, command: str, check: bool = True) -> subprocess.CompletedProcess:
+        result = subprocess.run(
+            [
+                "ssh",
+                "-i",
+                str(self.directory / "id_ed25519"),
+                "-o",
+                f"UserKnownHostsFile={self.directory / 'known_hosts'}",
+                "-o",
+                "StrictHostKeyChecking=yes",
+                "-o",
+                "BatchMode=yes",
+                f"root@{self.address(host)}",
+                command,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=COMMAND_TIMEOUT_S,
+        )
+        if check:
+            assert result.returncode == 0, f"{host}: {command}: {result.stderr}"
+        return result
+
+
+@contextlib.contextmanager
+def fleet_up(directory: Path, prefix: str, subnet: str, app_hosts: int) -> Iterator[RunningFleet]:
+    """A fleet for the duration of the block, torn down however the block ends."""
+    require_fleet_support()
+    base_args = ("--dir", str(directory))
+    try:
+        fleet_cli(
+            "up", "--hosts", str(app_hosts), "--prefix", prefix, "--subnet", subnet, *base_args
+        )
+        yield RunningFleet(directory, prefix, subnet)
+    finally:
+        # A failed teardown fails the test too; Python keeps the test's own error as its context.
+        fleet_cli("down", "--prefix", prefix, *base_args)
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory) -> Iterator[RunningFleet]:
+    directory = tmp_path_factory.mktemp("fleet") / "fleet"
+    with fleet_up(directory, "mst", "10.232.0", APP_HOSTS) as running:
+        yield running
+
+
+def is_running(pid: int) -> bool:
+    """A zombie, waiting for a parent that never reaps it, has stopped running too."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat[stat.rindex(")") + 2] not in "ZX"
+
+
+def namespaces_with_prefix(prefix: str) -> list[str]:
+    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return [line.split()[0] for line in listing.splitlines() if line.startswith(prefix + "-")]
+
+
+def interface_exists(name: str) -> bool:
+    return subprocess.run(["ip", "link", "show", name], capture_output=True).returncode == 0
+
+
+def assert_fleet_gone(directory: Path, prefix: str, pids: list[int]) -> None:
+    assert namespaces_with_prefix(prefix) == []
+    assert not interface_exists(f"{prefix}br0")
+    assert [pid for pid in pids if is_running(pid)] == []
+    assert not (directory / "state.json").exists()
+    assert not (directory / "hosts").exists()
+    assert not (directory / "keys.yaml").exists()
+
+
+# --- one fleet, looked at from outside and inside --------------------------------------------
+
+
+@pytest.mark.parametrize("host", ["lb", "store", "app1", "app2"])
+def test_every_host_takes_a_strictly_checked_login_and_has_its_name(fleet, host):
+    assert fleet.ssh(host, "hostname").stdout.strip() == host
+    assert fleet.ssh(host, "cat /etc/hostname").stdout.strip() == host
+
+
+def test_status_lists_every_host_running(fleet):
+    lines = fleet_cli("status", "--dir", str(fleet.directory)).stdout.splitlines()
+    assert [line.split()[0] for line in lines] == ["lb", "store", "app1", "app2"]
+    assert all(line.endswith(" running") for line in lines)
+
+
+def test_opt_model_service_belongs_to_one_host(fleet):
+    fleet.ssh("app1", "echo app1 > /opt/model-service/marker")
+
+    assert fleet.ssh("app1", "cat /opt/model-service/marker").stdout == "app1\n"
+    assert fleet.ssh("app2", "test -e /opt/model-service/marker", check=False).returncode == 1
+    assert not Path("/opt/model-service/marker").exists()
+    # The controller sees a host's directory where fleet.py keeps it.
+    marker = fleet.directory / "hosts" / "app1" / "opt-model-service" / "marker"
+    assert marker.read_text() == "app1\n"
+
+
+def test_tmp_and_root_belong_to_one_host(fleet):
+    fleet.ssh("app1", "touch /tmp/app1-marker /root/app1-marker")
+
+    assert fleet.ssh("app2", "ls /tmp /root").stdout.count("app1-marker") == 0
+    assert not Path("/tmp/app1-marker").exists()
+
+
+def test_a_user_added_on_one_host_exists_only_there(fleet):
+    user = "fleet-probe"
+    fleet.ssh("app1", f"useradd --system --no-create-home {user}")
+
+    assert fleet.ssh("app1", f"getent passwd {user}").returncode == 0
+    assert fleet.ssh("app2", f"getent passwd {user}", check=False).returncode == 2
+    with pytest.raises(KeyError):
+        pwd.getpwnam(user)
+
+
+def test_hosts_reach_each_other_by_name_and_address_over_the_bridge(fleet):
+    for target in ("store", fleet.address("store")):
+        connect = f"import socket; socket.create_connection(({target!r}, 22), timeout=5)"
+        fleet.ssh("app1", f'/usr/bin/python3 -c "{connect}"')
+
+
+def test_hosts_have_no_route_off_the_bridge(fleet):
+    routes = fleet.ssh("app1", "ip -4 route").stdout.splitlines()
+    assert routes == [
+        f"{fleet.subnet}.0/24 dev eth0 proto kernel scope link src {fleet.address('app1')} "
+    ]
+
+
+def test_inventory_names_the_groups_and_the_fleets_files(fleet):
+    inventory = yaml.safe_load((fleet.directory / "inventory.yaml").read_text())["all"]
+    children = inventory["children"]
+
+    app_hosts = {name: host["ansible_host"] for name, host in children["app"]["hosts"].items()}
+    assert app_hosts == {"app1": "10.232.0.11", "app2": "10.232.0.12"}
+    assert children["balancer"]["hosts"]["lb"]["ansible_host"] == "10.232.0.2"
+    assert children["store"]["hosts"]["store"]["ansible_host"] == "10.232.0.3"
+
+    variables = inventory["vars"]
+    assert variables["ansible_user"] == "root"
+    assert variables["ansible_python_interpreter"] == "/usr/bin/python3"
+    assert variables["ansible_ssh_private_key_file"] == str(fleet.directory / "id_ed25519")
+    known_hosts = fleet.directory / "known_hosts"
+    assert f"UserKnownHostsFile={known_hosts}" in variables["ansible_ssh_common_args"]
+    assert "StrictHostKeyChecking=yes" in variables["ansible_ssh_common_args"]
+    assert variables["store_url"] == "ssh://model-service@10.232.0.3:22/srv/model-service/store"
+    assert variables["balancer_url"] == "http://10.232.0.2:80"
+
+
+def test_keys_are_private_and_the_inventory_holds_only_their_digests(fleet):
+    keys_file = fleet.directory / "keys.yaml"
+    assert keys_file.stat().st_mode & 0o777 == 0o600
+    keys = yaml.safe_load(keys_file.read_text())
+    variables = yaml.safe_load((fleet.directory / "inventory.yaml").read_text())["all"]["vars"]
+
+    for scope in ("admin", "predict"):
+        assert len(keys[scope]) >= 43
+        digest = hashlib.sha256(keys[scope].encode()).hexdigest()
+        assert variables[f"{scope}_key_hashes"] == [digest]
+        assert keys[scope] not in (fleet.directory / "inventory.yaml").read_text()
+
+
+def test_known_hosts_lists_each_address_with_its_own_key(fleet):
+    entries = [line.split() for line in (fleet.directory / "known_hosts").read_text().splitlines()]
+    addresses = [entry[0] for entry in entries]
+    assert addresses == ["10.232.0.2", "10.232.0.3", "10.232.0.11", "10.232.0.12"]
+    assert len({entry[2] for entry in entries}) == len(entries)
+
+
+# --- fleets of their own, for tearing down ------------------------------------------------------
+
+
+def test_up_replaces_a_running_fleet_and_down_removes_everything_twice(tmp_path):
+    directory, prefix = tmp_path / "fleet", "msu"
+    with fleet_up(directory, prefix, "10.233.0", 1) as first:
+        first_pids = [host["pid"] for host in first.state()["hosts"]]
+        fleet_cli(
+            "up",
+            "--hosts",
+            "1",
+            "--prefix",
+            prefix,
+            "--subnet",
+            "10.233.0",
+            "--dir",
+            str(directory),
+        )
+        second_pids = [host["pid"] for host in first.state()["hosts"]]
+        assert [pid for pid in first_pids if is_running(pid)] == []
+        assert first.ssh("app1", "hostname").stdout.strip() == "app1"
+
+        fleet_cli("down", "--dir", str(directory))
+        assert_fleet_gone(directory, prefix, second_pids)
+        fleet_cli("down", "--dir", str(directory))
+        assert_fleet_gone(directory, prefix, second_pids)
+
+
+def test_down_clears_a_fleet_whose_state_file_is_gone(tmp_path):
+    directory, prefix = tmp_path / "fleet", "msv"
+    with fleet_up(directory, prefix, "10.234.0", 1) as running:
+        state = running.state()
+        pids = [host["pid"] for host in state["hosts"]]
+        # What a deploy starts through sshd (a new session, out of sshd's process group).
+        running.ssh("app1", "setsid sleep 600 > /dev/null 2>&1 < /dev/null &")
+        deployed = [
+            int(pid)
+            for pid in subprocess.run(
+                ["ip", "netns", "pids", f"{prefix}-app1"], capture_output=True, text=True
+            ).stdout.split()
+        ]
+        assert any(
+            Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"sleep") for pid in deployed
+        )
+        (directory / "state.json").unlink()
+
+        fleet_cli("down", "--prefix", prefix, "--dir", str(directory))
+        assert_fleet_gone(directory, prefix, pids + deployed)
