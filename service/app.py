@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import socket
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,6 +28,7 @@ from service.api import (
 from service.config import Settings
 from service.runtime.registry import ModelRegistry
 from service.store import ModelStore
+from service.store.remote import RemoteStore
 
 
 @dataclasses.dataclass
@@ -36,6 +38,9 @@ class ServiceState:
     settings: Settings
     store: ModelStore
     registry: ModelRegistry
+    # Where promotions and rollbacks go: the fleet's authoritative store when there is one
+    # (this host serves a verified mirror of it, ``store``), else ``store`` itself.
+    authority: ModelStore | RemoteStore
 
 
 def build_app(test_config: Mapping[str, Any] | None = None) -> Flask:
@@ -50,9 +55,10 @@ def build_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     # Load every aliased version now: under preload_app this happens once, in the
     # Gunicorn master, and the workers share the loaded models copy-on-write.
     registry.refresh()
-    app.extensions[EXTENSION] = ServiceState(settings, store, registry)
+    authority = RemoteStore.from_settings(settings) if settings.store_remote else store
+    app.extensions[EXTENSION] = ServiceState(settings, store, registry, authority)
 
-    request_ids.init_app(app)
+    request_ids.init_app(app, settings.instance_name or socket.gethostname())
     errors.init_app(app)
     for blueprint in (health.bp, models.bp, predict.bp, admin.bp, mlflow.bp, docs.bp, v2.bp):
         app.register_blueprint(blueprint)

@@ -16,6 +16,8 @@ from pathlib import Path
 import click
 import yaml
 
+from service import cli_fleet
+from service.cli_fleet import open_store, store_location_option
 from service.errors import ServiceError
 from service.store import ModelStore, parse_ref
 from service.store import metadata as metadata_io
@@ -37,13 +39,13 @@ def cli() -> None:
 
 
 @cli.command("list")
-@store_option
-def list_models(store_path: Path) -> None:
+@store_location_option
+def list_models(store_location: str) -> None:
     """List models, their versions and aliases."""
-    store = ModelStore(store_path)
+    store = open_store(store_location)
     names = store.names()
     if not names:
-        click.echo(f"no models in {store.root}")
+        click.echo(f"no models in {store_location}")
         return
     for name in names:
         aliases = store.aliases(name)
@@ -54,11 +56,11 @@ def list_models(store_path: Path) -> None:
 
 @cli.command()
 @click.argument("ref")
-@store_option
+@store_location_option
 @click.option("--full", is_flag=True, help="Print the whole metadata.yaml.")
-def show(ref: str, store_path: Path, full: bool) -> None:
+def show(ref: str, store_location: str, full: bool) -> None:
     """Show one model version (NAME, NAME@VERSION or NAME@ALIAS)."""
-    store = ModelStore(store_path)
+    store = open_store(store_location)
     model_ref = parse_ref(ref)
     version = store.resolve(model_ref)
     meta = store.metadata(model_ref.name, version)
@@ -91,7 +93,7 @@ def show(ref: str, store_path: Path, full: bool) -> None:
 @click.argument(
     "spec_path", metavar="SPEC", type=click.Path(dir_okay=False, exists=True, path_type=Path)
 )
-@store_option
+@store_location_option
 @click.option(
     "--force",
     "force_reason",
@@ -106,7 +108,7 @@ def show(ref: str, store_path: Path, full: bool) -> None:
     "checked against the pickle; `modelctl optimize` can add it later).",
 )
 def train(
-    spec_path: Path, store_path: Path, force_reason: str | None, dry_run: bool, no_onnx: bool
+    spec_path: Path, store_location: str, force_reason: str | None, dry_run: bool, no_onnx: bool
 ) -> None:
     """Train, evaluate and publish a model from a training spec (YAML)."""
     from service.training import spec as specs
@@ -116,7 +118,7 @@ def train(
     spec = specs.load(spec_path)
     result = run_training(
         spec,
-        ModelStore(store_path),
+        open_store(store_location),
         force_reason=force_reason,
         progress=sys.stderr.isatty(),
         publish=not dry_run,
@@ -201,14 +203,14 @@ def _short(value: float | None) -> str:
     help="Its metadata.yaml (version, artifact and environment are filled in).",
 )
 @click.option("--alias", "aliases", multiple=True, help="Point these aliases at the new version.")
-@store_option
+@store_location_option
 def publish(
-    name: str, model_path: Path, metadata_path: Path, aliases: tuple[str, ...], store_path: Path
+    name: str, model_path: Path, metadata_path: Path, aliases: tuple[str, ...], store_location: str
 ) -> None:
     """Publish a pickle and its metadata as a new version of NAME (atomically)."""
     from service.runtime.model import LoadedModel
 
-    store = ModelStore(store_path)
+    store = open_store(store_location)
     meta = metadata_io.read(metadata_path)
     if not isinstance(meta, dict):
         raise click.ClickException(f"{metadata_path}: expected a YAML mapping")
@@ -229,12 +231,12 @@ def publish(
     help="Promote even if VERSION scores worse on its test set than the alias's current "
     "version, or cannot be compared with it (recorded in the alias history).",
 )
-@store_option
+@store_location_option
 def promote(
-    name: str, version: int, alias: str, reason: str, force: bool, store_path: Path
+    name: str, version: int, alias: str, reason: str, force: bool, store_location: str
 ) -> None:
     """Point ALIAS of NAME at VERSION, unless it scores worse than the current one."""
-    store = ModelStore(store_path)
+    store = open_store(store_location)
     overridden = store.check_promotion(name, version, alias) if force else None
     previous = store.promote(name, version, alias, reason, force=force)
     click.echo(f"{name}: {alias} -> {version} (was {previous})")
@@ -246,10 +248,10 @@ def promote(
 @click.argument("name")
 @click.option("--alias", default="production", show_default=True)
 @click.option("--reason", default="", help="Recorded in the alias history.")
-@store_option
-def rollback(name: str, alias: str, reason: str, store_path: Path) -> None:
+@store_location_option
+def rollback(name: str, alias: str, reason: str, store_location: str) -> None:
     """Return ALIAS of NAME to the version it had before the last promote."""
-    before, after = ModelStore(store_path).rollback(name, alias, reason)
+    before, after = open_store(store_location).rollback(name, alias, reason)
     click.echo(f"{name}: {alias} -> {after} (was {before})")
 
 
@@ -500,15 +502,15 @@ def export_log(
 
 
 @cli.command("train-demo")
-@store_option
+@store_location_option
 @click.option("--if-empty", is_flag=True, help="Do nothing when the store holds any model.")
-def train_demo(store_path: Path, if_empty: bool) -> None:
+def train_demo(store_location: str, if_empty: bool) -> None:
     """Train the demo models (iris, breast cancer, diabetes) into the store."""
     from service.training.demo import train_demo_models
 
-    store = ModelStore(store_path)
+    store = open_store(store_location)
     if if_empty and store.exists() and store.names():
-        click.echo(f"{store.root} already holds models: {', '.join(store.names())}")
+        click.echo(f"{store_location} already holds models: {', '.join(store.names())}")
         return
     for name, version in train_demo_models(store, progress=sys.stderr.isatty()):
         click.echo(f"published {name}@{version} (production)")
@@ -620,6 +622,9 @@ def hash_key(key: str | None) -> None:
     click.echo(
         f"key:    {key}\nsha256: {digest}\nserve with MODEL_SERVICE_ADMIN_KEY_HASHES={digest}"
     )
+
+
+cli_fleet.register(cli)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -43,6 +43,24 @@ class Settings:
     # The model MLflow's POST /invocations serves (name[@version|@alias]); empty: the only
     # served model, when exactly one is served.
     default_model: str = ""
+    # The name answers carry in X-Served-By (which host of a fleet served it); empty: the
+    # host name.
+    instance_name: str = ""
+
+    # -- a fleet: one authoritative store, mirrored on every host --------------------
+    # ssh://user@host[:port]/path of the authoritative store; empty: `store` is the only
+    # store (one machine). When set, `modelctl store-sync` mirrors it into `store`, verifying
+    # each version before it appears there, and promotions go to it.
+    store_remote: str = ""
+    # The SSH key that reaches the store host, and the known_hosts file that holds its
+    # host key (checked strictly: an unknown host key is refused).
+    store_remote_key: str = ""
+    store_remote_known_hosts: str = ""
+    # Seconds between two looks at the authoritative store; a promotion reaches a host
+    # within about this plus reload_interval.
+    store_sync_interval: float = 1.0
+    # Seconds one SSH exchange with the store host may take before it counts as unreachable.
+    store_remote_timeout: float = 10.0
 
     # -- monitoring ----------------------------------------------------------------
     # Prometheus metrics (GET /metrics) and the one-JSON-line-per-request log.
@@ -115,6 +133,16 @@ class Settings:
                 raise ValueError(f"setting {name}: must be 0 or more")
         if self.backend not in ("auto", "sklearn"):
             raise ValueError(f"setting backend: {self.backend!r} is not auto or sklearn")
+        for name in ("store_sync_interval", "store_remote_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"setting {name}: must be more than 0 seconds")
+        if self.store_remote:
+            from service.store.remote import parse_store_url
+
+            try:
+                parse_store_url(self.store_remote)
+            except ValueError as exc:
+                raise ValueError(f"setting store_remote: {exc}") from None
         if self.reload_interval <= 0:
             raise ValueError("setting reload_interval: must be more than 0 seconds")
         if self.default_model:

@@ -129,6 +129,24 @@ class IntegrityError(StoreError):
     code = "integrity_error"
 
 
+class StoreUnreachable(StoreError):
+    """The authoritative store (a remote one) cannot be reached or did not answer."""
+
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+    code = "store_unreachable"
+
+
+class RemoteStoreError(ServiceError):
+    """An error the authoritative store's host reported, with the status and code it gave."""
+
+    def __init__(self, status: int, code: str, message: str, details: Any = None):
+        super().__init__(message, details, code=code)
+        try:
+            self.status = HTTPStatus(status)
+        except ValueError:
+            self.status = HTTPStatus.BAD_GATEWAY
+
+
 class ModelLoadError(StoreError):
     """A model could not be loaded, or failed one of the checks made at load."""
 

@@ -20,12 +20,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from importlib import resources
 from pathlib import Path
 
 from service.config import Settings
 from service.errors import ServiceError
 
-DEPLOY_DIR = Path(__file__).resolve().parent.parent / "deploy"
+# deploy/ ships inside the package (setup.cfg), so an installed wheel finds its files.
+DEPLOY_DIR = Path(str(resources.files("service.deploy")))
 NGINX_TEMPLATE = DEPLOY_DIR / "nginx.conf"
 GUNICORN_CONFIG = DEPLOY_DIR / "gunicorn.conf.py"
 NGINX_INSTALL_HINT = "sudo apt-get install -y nginx"

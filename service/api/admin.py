@@ -60,9 +60,9 @@ def promote(name: str):
         raise BadRequest('"force" must be true or false', details={"field": "force"})
     name = check_name(name)
     # With force, what the gate would have said is reported back (and kept in the history).
-    overridden = service.store.check_promotion(name, version, alias) if force else None
+    overridden = service.authority.check_promotion(name, version, alias) if force else None
     try:
-        previous = service.store.promote(
+        previous = service.authority.promote(
             name, version, alias, str(body.get("reason", "")), force=force
         )
     except PromotionRefused as exc:
@@ -82,7 +82,7 @@ def rollback(name: str):
     service = state()
     body = _body()
     alias = check_alias(body.get("alias", service.settings.default_alias))
-    before, after = service.store.rollback(check_name(name), alias, str(body.get("reason", "")))
+    before, after = service.authority.rollback(check_name(name), alias, str(body.get("reason", "")))
     service.registry.refresh()
     return json_response({"model": name, "alias": alias, "version": after, "previous": before})
 

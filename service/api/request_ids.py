@@ -1,4 +1,5 @@
-"""X-Request-ID: keep a sane incoming id (Nginx sets one), else make one; echo it back."""
+"""X-Request-ID: keep a sane incoming id (Nginx sets one), else make one; echo it back.
+X-Served-By: which instance (host of a fleet) answered."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from flask import Flask, g, request
 from service.runtime import hooks
 
 HEADER = "X-Request-ID"
+SERVED_BY_HEADER = "X-Served-By"
 _ACCEPTABLE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -23,7 +25,7 @@ def of(context: Any) -> str:
     return getattr(context, "request_id", None) or "-"
 
 
-def init_app(app: Flask) -> None:
+def init_app(app: Flask, served_by: str) -> None:
     @app.before_request
     def assign_request_id() -> None:
         incoming = request.headers.get(HEADER, "")
@@ -33,5 +35,7 @@ def init_app(app: Flask) -> None:
 
     @app.after_request
     def echo_request_id(response):
-        response.headers[HEADER] = current()
+        headers = response.headers
+        headers[HEADER] = current()
+        headers[SERVED_BY_HEADER] = served_by
         return response

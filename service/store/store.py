@@ -190,6 +190,14 @@ class ModelStore:
             refuse_version_mismatch=refuse_version_mismatch,
         )
 
+    def load_from_directory(
+        self, directory: Path, *, name: str, version: int, refuse_version_mismatch: bool = False
+    ) -> StoredArtifact:
+        """Verify and unpickle a version that is not in place yet (a scratch directory)."""
+        return self._load_from_dir(
+            directory, name=name, version=version, refuse_version_mismatch=refuse_version_mismatch
+        )
+
     def _load_from_dir(
         self, directory: Path, *, name: str, version: int, refuse_version_mismatch: bool
     ) -> StoredArtifact:
@@ -537,6 +545,21 @@ class ModelStore:
         return model_dir
 
     @contextlib.contextmanager
+    def locked_models(self, names: list[str]) -> Iterator[None]:
+        """Hold the writers' lock of every named model (in name order, so two callers
+        cannot deadlock): no publish, promote or rollback of them happens meanwhile."""
+        with contextlib.ExitStack() as stack:
+            for name in sorted(names):
+                stack.enter_context(self._locked(name))
+            yield
+
+    def remove_model(self, name: str) -> None:
+        """Take a whole model out of the store: renamed away under its lock, then deleted."""
+        with self._locked(name):
+            remove_tree(self.layout.model_dir(name))
+        log.info("removed model %s", name)
+
+    @contextlib.contextmanager
     def _locked(self, name: str) -> Iterator[None]:
         model_dir = self._existing_model_dir(name)
         with open(model_dir / LOCK_FILE, "a+") as handle:
@@ -597,6 +620,13 @@ def read_verified(
             f"records {sha256} ({size} bytes); {refusal}"
         )
     return data
+
+
+def remove_tree(path: Path) -> None:
+    """Renamed away first, so a version (or a model) disappears at once and whole."""
+    doomed = path.with_name(f"{TEMP_PREFIX}gone-{uuid.uuid4().hex}")
+    os.rename(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def _replace_synced(path: Path, data: bytes) -> None:

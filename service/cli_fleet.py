@@ -1,0 +1,212 @@
+"""modelctl's commands for a fleet: the authoritative store, its mirrors, backups, the
+rolling upgrade's gate, and the deploy files an installed package carries."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from service.config import Settings
+from service.store import ModelStore
+from service.store.remote import RemoteStore, is_remote
+
+# Where a store is given, it may be a directory or the authoritative store of a fleet.
+store_location_option = click.option(
+    "--store",
+    "store_location",
+    envvar="MODEL_SERVICE_STORE",
+    default="model_store",
+    show_default=True,
+    help="The model store: a directory, or ssh://user@host[:port]/path for a fleet's "
+    "authoritative store (key and known_hosts from MODEL_SERVICE_STORE_REMOTE_KEY and "
+    "MODEL_SERVICE_STORE_REMOTE_KNOWN_HOSTS).",
+)
+
+
+def open_store(location: str | Path) -> ModelStore | RemoteStore:
+    if is_remote(location):
+        return RemoteStore.from_settings(Settings.load(), url=str(location))
+    return ModelStore(location)
+
+
+def deploy_file(name: str) -> Path:
+    """The path of one of the deploy files (gunicorn.conf.py, nginx.conf) as installed."""
+    from service.localstack import DEPLOY_DIR
+
+    path = DEPLOY_DIR / name
+    if "/" in name or not path.is_file():
+        raise click.ClickException(f"no deploy file named {name!r} in this installation")
+    return path
+
+
+def register(cli: click.Group) -> None:
+    for command in (deploy_path, store_sync, store_serve, gate, backup, restore):
+        cli.add_command(command)
+
+
+@click.command("deploy-path")
+@click.argument("name")
+def deploy_path(name: str) -> None:
+    """Print the installed path of a deploy file (gunicorn.conf.py, nginx.conf)."""
+    click.echo(deploy_file(name))
+
+
+@click.command("store-sync")
+@click.option("--once", is_flag=True, help="One pass, then exit (0 when in step).")
+def store_sync(once: bool) -> None:
+    """Mirror the authoritative store (setting store_remote) into this host's store,
+    verifying each version before it may be served."""
+    from service.runtime.model import LoadedModel
+    from service.store.mirror import StoreMirror
+
+    settings = Settings.load()
+    if not settings.store_remote:
+        raise click.ClickException("store-sync needs the setting store_remote (ssh://…)")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    mirror = StoreMirror(
+        RemoteStore.from_settings(settings), ModelStore(settings.store), verify=LoadedModel
+    )
+    if once:
+        summary = mirror.sync_once()
+        click.echo(json.dumps(summary))
+        if summary["problems"]:
+            raise click.ClickException("; ".join(summary["problems"]))
+        return
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    mirror.run(settings.store_sync_interval, stop)
+
+
+@click.command("store-serve")
+@click.option(
+    "--store",
+    "store_path",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The authoritative store on this host.",
+)
+def store_serve(store_path: Path) -> None:
+    """Answer one store request from SSH_ORIGINAL_COMMAND (the forced command of the keys
+    in the store host's authorized_keys)."""
+    from service.runtime.model import LoadedModel
+    from service.store.serve import main
+
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    sys.exit(main(store_path, verify=LoadedModel))
+
+
+@click.command()
+@click.argument("url")
+@click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait for /readyz.")
+def gate(url: str, timeout: float) -> None:
+    """Exit 0 when URL is ready and every served model answers its golden example as
+    recorded at training; else say why and exit 1 (the rolling upgrade's gate)."""
+    problems = check_gate(url.rstrip("/"), timeout)
+    if problems:
+        raise click.ClickException(f"{url} fails its gate: " + "; ".join(problems))
+    click.echo(f"{url}: ready, every served model answers its golden example")
+
+
+def check_gate(url: str, timeout: float) -> list[str]:
+    import requests
+
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while True:
+        try:
+            answer = requests.get(f"{url}/readyz", timeout=5)
+            if answer.status_code == 200:
+                break
+            last = f"/readyz answered {answer.status_code}: {answer.text.strip()[:300]}"
+        except requests.RequestException as exc:
+            last = f"/readyz: {exc.__class__.__name__}"
+        if time.monotonic() > deadline:
+            return [f"not ready after {timeout:g}s ({last})"]
+        time.sleep(0.5)
+    problems = []
+    names = [m["name"] for m in requests.get(f"{url}/v1/models", timeout=10).json()["models"]]
+    if not names:
+        problems.append("it serves no model")
+    for name in names:
+        problem = _golden_problem(requests, url, name)
+        if problem:
+            problems.append(f"{name}: {problem}")
+    return problems
+
+
+def _golden_problem(requests: Any, url: str, name: str) -> str | None:
+    meta = requests.get(f"{url}/v1/models/{name}", timeout=10).json().get("metadata") or {}
+    golden = meta.get("golden")
+    if not golden:
+        return "its metadata has no golden example"
+    answer = requests.post(
+        f"{url}/v1/models/{name}/predict", json={"instances": golden["instances"]}, timeout=30
+    )
+    if answer.status_code != 200:
+        return f"the golden example answered {answer.status_code}: {answer.text.strip()[:300]}"
+    got, expected = answer.json()["predictions"], golden["predictions"]
+    tolerance = golden.get("tolerance") or {}
+    rtol, atol = tolerance.get("rtol", 1e-5), tolerance.get("atol", 1e-8)
+    if meta.get("task") == "regression":
+        same = len(got) == len(expected) and all(
+            math.isclose(a, b, rel_tol=rtol, abs_tol=atol)
+            for a, b in zip(got, expected, strict=True)
+        )
+    else:
+        same = got == expected
+    return None if same else f"golden example gave {got}, expected {expected}"
+
+
+@click.command()
+@click.argument("destination", type=click.Path(dir_okay=False, path_type=Path))
+@store_location_option
+def backup(destination: Path, store_location: str) -> None:
+    """Write a consistent archive of the whole store (every version, the aliases and their
+    history) with a sha256 manifest to DESTINATION (.tar.gz); safe while others publish."""
+    from service.store import archive
+
+    destination = destination.resolve()
+    partial = destination.with_name(f".{destination.name}.partial")
+    try:
+        with open(partial, "wb") as out:
+            store = open_store(store_location)
+            if isinstance(store, RemoteStore):
+                store.backup(out)
+            else:
+                archive.write_backup(store, out)
+        partial.replace(destination)
+    finally:
+        partial.unlink(missing_ok=True)
+    digest = hashlib.sha256(destination.read_bytes()).hexdigest()
+    click.echo(f"backed up {store_location} to {destination} (sha256 {digest})")
+
+
+@click.command()
+@click.argument("source", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@store_location_option
+def restore(source: Path, store_location: str) -> None:
+    """Replace the store's contents with an archive's, after verifying all of it."""
+    from service.store import archive
+
+    store = open_store(store_location)
+    with open(source, "rb") as stream:
+        if isinstance(store, RemoteStore):
+            summary = store.restore(stream)
+        else:
+            summary = archive.restore(store, stream)
+    removed = f"; removed {', '.join(summary['removed'])}" if summary["removed"] else ""
+    click.echo(
+        f"restored {len(summary['models'])} models ({summary['versions']} versions) "
+        f"into {store_location}{removed}"
+    )

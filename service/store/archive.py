@@ -1,0 +1,271 @@
+"""Backup and restore of a whole store: one gzip'd tar with a sha256 manifest.
+
+A backup holds every model's aliases.yaml (aliases, their history, the
+rollback stacks), its version counter and every file of every version, then
+``MANIFEST.json`` with the sha256 and size of each. It is taken under every
+model's lock, so no publish or promote lands half inside it.
+
+A restore reads the whole archive into a scratch directory inside the store
+and checks all of it (the manifest, every file's digest, every version's
+metadata and artifact, every alias's target) before it changes anything. Then
+it puts the store in the archive's state model by model, under each model's
+lock and through renames, so readers (the workers, the mirrors of a fleet)
+see each model's old state or its new one, never half of either.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tarfile
+import uuid
+from pathlib import Path
+from typing import IO, Any
+
+import yaml
+
+from service.errors import StoreError
+from service.store import metadata as metadata_io
+from service.store.layout import (
+    ALIASES_FILE,
+    COUNTER_FILE,
+    METADATA_FILE,
+    NAME_PATTERN,
+    TEMP_PREFIX,
+    VERSION_PATTERN,
+    is_version_dir,
+)
+from service.store.store import (
+    FILE_NAME_PATTERN,
+    ModelStore,
+    now_iso,
+    read_verified,
+    remove_tree,
+)
+
+MANIFEST_NAME = "MANIFEST.json"
+ARCHIVE_ROOT = "store"
+FORMAT = 1
+# Files a model directory keeps besides its versions.
+MODEL_FILES = (ALIASES_FILE, COUNTER_FILE)
+
+
+def write_backup(store: ModelStore, out: IO[bytes]) -> dict[str, Any]:
+    """Write the archive of ``store`` to ``out`` (a stream: no seeking); return its manifest."""
+    files: dict[str, dict[str, Any]] = {}
+    names = store.names() if store.exists() else []
+    with store.locked_models(names), tarfile.open(fileobj=out, mode="w|gz") as tar:
+        for name in names:
+            model_dir = store.layout.model_dir(name)
+            paths = [model_dir / f for f in MODEL_FILES if (model_dir / f).is_file()]
+            for version_dir in sorted(filter(is_version_dir, model_dir.iterdir())):
+                paths += sorted(p for p in version_dir.iterdir() if p.is_file())
+            for path in paths:
+                data = path.read_bytes()
+                member = f"{ARCHIVE_ROOT}/{path.relative_to(store.root).as_posix()}"
+                _add(tar, member, data)
+                files[member] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+        manifest = {
+            "format": FORMAT,
+            "created_at": now_iso(),
+            "models": names,
+            "files": files,
+        }
+        _add(tar, MANIFEST_NAME, json.dumps(manifest, indent=1, sort_keys=True).encode())
+    return manifest
+
+
+def restore(store: ModelStore, archive: IO[bytes]) -> dict[str, Any]:
+    """Replace the contents of ``store`` with the archive's, after checking all of it."""
+    store.root.mkdir(parents=True, exist_ok=True)
+    scratch = store.root / f"{TEMP_PREFIX}restore-{uuid.uuid4().hex}"
+    scratch.mkdir()
+    try:
+        manifest = _extract(archive, scratch)
+        models = _verify(scratch, manifest)
+        for name in models:
+            _apply_model(store, name, scratch / ARCHIVE_ROOT / name)
+        removed = [name for name in store.names() if name not in models]
+        for name in removed:
+            store.remove_model(name)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    versions = sum(len(v) for v in models.values())
+    return {"models": sorted(models), "versions": versions, "removed": removed}
+
+
+# -- reading an archive ------------------------------------------------------------------
+
+
+def _extract(archive: IO[bytes], scratch: Path) -> dict[str, Any]:
+    manifest = None
+    try:
+        with tarfile.open(fileobj=archive, mode="r|gz") as tar:
+            for member in tar:
+                if not member.isfile():
+                    raise StoreError(f"the archive holds {member.name!r}, which is not a file")
+                source = tar.extractfile(member)
+                assert source is not None  # a regular file always has contents
+                if member.name == MANIFEST_NAME:
+                    manifest = _parse_manifest(source.read())
+                    continue
+                target = scratch / _checked_member_path(member.name)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with open(target, "wb") as handle:
+                    shutil.copyfileobj(source, handle, 1 << 20)
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise StoreError(f"the archive cannot be read: {exc}") from None
+    if manifest is None:
+        raise StoreError(f"the archive has no {MANIFEST_NAME}: not a model store backup")
+    return manifest
+
+
+def _parse_manifest(data: bytes) -> dict[str, Any]:
+    try:
+        manifest = json.loads(data)
+    except ValueError:
+        raise StoreError(f"the archive's {MANIFEST_NAME} is not JSON") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise StoreError(f"the archive's {MANIFEST_NAME} is not a format-{FORMAT} manifest")
+    if not isinstance(manifest.get("files"), dict) or not isinstance(manifest.get("models"), list):
+        raise StoreError(f"the archive's {MANIFEST_NAME} lists no files or models")
+    return manifest
+
+
+def _checked_member_path(member: str) -> str:
+    """store/<name>/(aliases.yaml|.last_version|<version>/<file>), nothing else."""
+    parts = member.split("/")
+    ok = len(parts) >= 3 and parts[0] == ARCHIVE_ROOT and NAME_PATTERN.fullmatch(parts[1])
+    if ok and len(parts) == 3:
+        ok = parts[2] in MODEL_FILES
+    elif ok and len(parts) == 4:
+        ok = bool(VERSION_PATTERN.fullmatch(parts[2]) and FILE_NAME_PATTERN.fullmatch(parts[3]))
+    else:
+        ok = False
+    if not ok:
+        raise StoreError(f"the archive holds {member!r}, which is no file of a model store")
+    return member
+
+
+def _verify(scratch: Path, manifest: dict[str, Any]) -> dict[str, list[int]]:
+    """Every listed file present with its digest, nothing unlisted, every version sound."""
+    root = scratch / ARCHIVE_ROOT
+    present = {
+        path.relative_to(scratch).as_posix() for path in scratch.rglob("*") if path.is_file()
+    }
+    listed = set(manifest["files"])
+    if present != listed:
+        missing, extra = sorted(listed - present), sorted(present - listed)
+        raise StoreError(
+            "the archive does not match its manifest: "
+            + "; ".join(
+                part
+                for part in (
+                    f"missing {', '.join(missing[:5])}" if missing else "",
+                    f"not listed {', '.join(extra[:5])}" if extra else "",
+                )
+                if part
+            )
+        )
+    for member, entry in manifest["files"].items():
+        data = (scratch / member).read_bytes()
+        if hashlib.sha256(data).hexdigest() != entry.get("sha256") or len(data) != entry.get(
+            "size"
+        ):
+            raise StoreError(f"{member}: its sha256 or size is not the manifest's")
+    models: dict[str, list[int]] = {}
+    for name in manifest["models"]:
+        model_dir = root / str(name)
+        if not NAME_PATTERN.fullmatch(str(name)) or not model_dir.is_dir():
+            raise StoreError(f"the manifest lists model {name!r}, which the archive lacks")
+        versions = sorted(int(p.name) for p in model_dir.iterdir() if is_version_dir(p))
+        for version in versions:
+            _verify_version(model_dir / str(version), name, version)
+        _verify_aliases(model_dir, name, versions)
+        models[name] = versions
+    return models
+
+
+def _verify_version(directory: Path, name: str, version: int) -> None:
+    where = f"{name}@{version}"
+    try:
+        meta = metadata_io.validate(metadata_io.read(directory / METADATA_FILE))
+    except FileNotFoundError:
+        raise StoreError(f"{where}: the archive has no {METADATA_FILE} for it") from None
+    if meta["name"] != name or meta["version"] != version:
+        raise StoreError(f"{where}: its metadata says {meta['name']}@{meta['version']}")
+    artifact = meta["artifact"]
+    read_verified(directory, artifact["file"], artifact["sha256"], artifact["size"], where=where)
+
+
+def _verify_aliases(model_dir: Path, name: str, versions: list[int]) -> None:
+    path = model_dir / ALIASES_FILE
+    if not path.is_file():
+        return
+    try:
+        state = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError):
+        raise StoreError(f"{name}: its {ALIASES_FILE} is not valid YAML") from None
+    for alias, version in (state.get("aliases") or {}).items():
+        if version not in versions:
+            raise StoreError(f"{name}: alias {alias!r} points at version {version}, not in it")
+
+
+# -- applying it ---------------------------------------------------------------------------
+
+
+def _apply_model(store: ModelStore, name: str, source: Path) -> None:
+    """Make the store's model ``name`` what ``source`` holds: versions first, then aliases."""
+    target = store.layout.model_dir(name)
+    target.mkdir(exist_ok=True)
+    with store.locked_models([name]):
+        wanted = {p.name for p in source.iterdir() if is_version_dir(p)}
+        for version in sorted(wanted, key=int):
+            _replace_dir(source / version, target / version)
+        counter = source / COUNTER_FILE
+        if counter.is_file():
+            metadata_io.write_atomic(target / COUNTER_FILE, counter.read_text())
+        aliases = source / ALIASES_FILE
+        if aliases.is_file():
+            metadata_io.write_atomic(target / ALIASES_FILE, aliases.read_text(encoding="utf-8"))
+        else:
+            (target / ALIASES_FILE).unlink(missing_ok=True)
+        for stale in [p for p in target.iterdir() if is_version_dir(p) and p.name not in wanted]:
+            remove_tree(stale)
+
+
+def _replace_dir(source: Path, target: Path) -> None:
+    """``target`` becomes a copy of ``source``; unchanged when it already is one."""
+    if target.is_dir() and _same_files(source, target):
+        return
+    staged = target.with_name(f"{TEMP_PREFIX}{uuid.uuid4().hex}")
+    shutil.copytree(source, staged)
+    for path in staged.iterdir():
+        os.chmod(path, 0o644)
+    if target.exists():
+        remove_tree(target)
+    os.rename(staged, target)
+
+
+def _same_files(a: Path, b: Path) -> bool:
+    names_a = sorted(p.name for p in a.iterdir() if p.is_file())
+    names_b = sorted(p.name for p in b.iterdir() if p.is_file())
+    return names_a == names_b and all((a / n).read_bytes() == (b / n).read_bytes() for n in names_a)
+
+
+def _add(tar: tarfile.TarFile, member: str, data: bytes) -> None:
+    info = tarfile.TarInfo(member)
+    info.size = len(data)
+    info.mode = 0o644
+    info.mtime = 0  # the same store gives the same members
+    with contextlib.closing(_reader(data)) as stream:
+        tar.addfile(info, stream)
+
+
+def _reader(data: bytes):
+    import io
+
+    return io.BytesIO(data)

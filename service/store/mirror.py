@@ -1,0 +1,224 @@
+"""A host's verified copy of the authoritative store: ``modelctl store-sync``.
+
+Each host of a fleet serves from a store on its own disk, kept in step with
+the authoritative one by this loop: every ``store_sync_interval`` seconds it
+reads the authoritative manifest, fetches each version it lacks (or whose
+metadata changed), verifies it there (sha256 before unpickling, then the
+caller's check, e.g. the golden replay) in a scratch directory, and renames it
+into place. Only then does it copy the model's aliases.yaml, byte for byte, so
+an alias never points at a version this host has not verified. The workers
+see the change as on one machine, through the aliases.yaml they watch.
+
+When the authoritative store cannot be reached, or says it holds no model
+(a wiped store is not a reason to stop serving), nothing local changes: the
+host keeps serving its last verified versions and says so in the status file
+that /readyz and /metrics read, and catches up at the first pass that works.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from service.errors import ServiceError, StoreError
+from service.store import metadata as metadata_io
+from service.store.layout import TEMP_PREFIX, is_version_dir
+from service.store.remote import RemoteStore
+from service.store.store import ModelStore, StoredArtifact, remove_tree
+
+log = logging.getLogger(__name__)
+
+STATUS_FILE = ".sync-status.json"
+
+Verify = Callable[[StoredArtifact], Any]
+
+
+def status_path(local_root: Path) -> Path:
+    return Path(local_root) / STATUS_FILE
+
+
+def read_status(local_root: Path) -> dict[str, Any] | None:
+    """The mirror's last word, or None where no mirror runs (one machine)."""
+    try:
+        return json.loads(status_path(local_root).read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError, OSError):
+        return None
+
+
+class StoreMirror:
+    def __init__(self, remote: RemoteStore, local: ModelStore, verify: Verify | None = None):
+        self.remote = remote
+        self.local = local
+        self.verify = verify
+        self.last_success: float | None = None
+
+    def sync_once(self) -> dict[str, Any]:
+        """One pass; returns what changed. Raises when the authoritative store cannot be
+        read; per-model problems are reported in the summary and leave that model as it was."""
+        models = self.remote.manifest()["models"]
+        if not models:
+            raise StoreError(
+                f"the authoritative store {self.remote} holds no model; "
+                "keeping the versions verified before"
+            )
+        self.local.root.mkdir(parents=True, exist_ok=True)
+        summary: dict[str, Any] = {"fetched": [], "aliases": [], "removed": [], "problems": []}
+        for name, entry in sorted(models.items()):
+            try:
+                self._sync_model(name, entry, summary)
+            except ServiceError as exc:
+                summary["problems"].append(f"{name}: {exc.message}")
+                log.error("%s: not in step with the authoritative store: %s", name, exc.message)
+        for name in self.local.names():
+            if name not in models:
+                self.local.remove_model(name)
+                summary["removed"].append(name)
+        self.last_success = time.time()
+        return summary
+
+    def run(self, interval: float, stop: threading.Event) -> None:
+        """Pass after pass until ``stop`` is set, writing the status after each."""
+        while True:
+            started = time.time()
+            try:
+                summary = self.sync_once()
+            except ServiceError as exc:
+                self._write_status(started, error=exc.message)
+                log.warning("authoritative store not reached: %s", exc.message)
+            else:
+                self._write_status(started, problems=summary["problems"])
+                if any(summary[k] for k in ("fetched", "aliases", "removed")):
+                    log.info("in step with %s: %s", self.remote, json.dumps(summary))
+            if stop.wait(max(0.0, interval - (time.time() - started))):
+                return
+
+    # -- one model ---------------------------------------------------------------------
+
+    def _sync_model(self, name: str, entry: dict[str, Any], summary: dict[str, Any]) -> None:
+        model_dir = self.local.layout.model_dir(name)
+        model_dir.mkdir(exist_ok=True)
+        verified: set[int] = set()
+        with self.local.locked_models([name]):
+            for text, digest in sorted(entry["versions"].items(), key=lambda kv: int(kv[0])):
+                version = int(text)
+                if self._has(name, version, digest):
+                    verified.add(version)
+                    continue
+                try:
+                    self._fetch(name, version)
+                except ServiceError as exc:
+                    summary["problems"].append(f"{name}@{version}: {exc.message}")
+                    log.error("%s@%d: not taken: %s", name, version, exc.message)
+                    continue
+                verified.add(version)
+                summary["fetched"].append(f"{name}@{version}")
+            if self._take_aliases(name, entry["aliases"], verified):
+                summary["aliases"].append(name)
+            serving = set(self.local.aliases(name).values()) if entry["aliases"] else set()
+            wanted = {int(v) for v in entry["versions"]}
+            for path in [p for p in model_dir.iterdir() if is_version_dir(p)]:
+                if int(path.name) not in wanted and int(path.name) not in serving:
+                    remove_tree(path)
+
+    def _has(self, name: str, version: int, metadata_digest: str) -> bool:
+        path = self.local.layout.metadata_file(name, version)
+        try:
+            return hashlib.sha256(path.read_bytes()).hexdigest() == metadata_digest
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+
+    def _fetch(self, name: str, version: int) -> None:
+        """Fetch into a scratch directory, verify there, then rename into place."""
+        model_dir = self.local.layout.model_dir(name)
+        staged = model_dir / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
+        staged.mkdir()
+        try:
+            self.remote.export_version(name, version, staged)
+            artifact = self.local.load_from_directory(staged, name=name, version=version)
+            if self.verify is not None:
+                self.verify(artifact)
+            for path in staged.iterdir():
+                os.chmod(path, 0o644)
+            os.chmod(staged, 0o755)
+            target = self.local.layout.version_dir(name, version)
+            if target.exists():
+                remove_tree(target)
+            os.rename(staged, target)
+        except BaseException:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise
+        log.info("%s@%d: fetched and verified", name, version)
+
+    def _take_aliases(self, name: str, text: str | None, verified: set[int]) -> bool:
+        """Copy the authoritative aliases.yaml once every version it names is verified here."""
+        path = self.local.layout.aliases_file(name)
+        try:
+            current = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            current = None
+        if text is None or text == current:
+            return False
+        try:
+            state = yaml.safe_load(text) or {}
+        except yaml.YAMLError:
+            raise StoreError("its aliases.yaml on the authoritative store is not YAML") from None
+        targets = {int(v) for v in (state.get("aliases") or {}).values()}
+        if not targets <= verified:
+            missing = ", ".join(str(v) for v in sorted(targets - verified))
+            raise StoreError(
+                f"its aliases name version(s) {missing}, not verified here; "
+                "serving the aliases as they were"
+            )
+        metadata_io.write_atomic(path, text)
+        return True
+
+    # -- what the host says ---------------------------------------------------------------
+
+    def _write_status(
+        self, attempt: float, *, error: str | None = None, problems: list[str] | None = None
+    ) -> None:
+        status = {
+            "remote": str(self.remote),
+            "reachable": error is None,
+            "error": error,
+            "problems": problems or [],
+            "last_attempt": attempt,
+            "last_success": self.last_success,
+        }
+        try:
+            metadata_io.write_atomic(status_path(self.local.root), json.dumps(status) + "\n")
+        except OSError as exc:
+            log.error("cannot write the sync status: %s", exc)
+
+
+def describe(status: dict[str, Any] | None, interval: float, now: float) -> dict[str, Any]:
+    """The mirror's status as /readyz and /metrics show it: reachable, the age of the last
+    good pass, and whether the agent itself still runs (its status is fresh)."""
+    if status is None:
+        return {"reachable": False, "error": "no store-sync has run on this host yet"}
+    last_success = status.get("last_success")
+    view = {
+        "remote": status.get("remote"),
+        "reachable": bool(status.get("reachable")),
+        "seconds_since_sync": None if last_success is None else round(now - last_success, 3),
+    }
+    if status.get("error"):
+        view["error"] = status["error"]
+    if status.get("problems"):
+        view["problems"] = status["problems"]
+    # Ten missed passes: the agent is not running, whatever its last word was.
+    if now - float(status.get("last_attempt") or 0) > max(10 * interval, 10.0):
+        view["reachable"] = False
+        view["error"] = "store-sync has not run for a while on this host"
+    return view

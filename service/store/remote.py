@@ -1,0 +1,334 @@
+"""The authoritative store on another host, reached over SSH.
+
+A fleet serves from one store: a directory on a store host, written only by
+``modelctl store-serve`` running there as the forced command of every key that
+may reach it (``restrict,command="modelctl store-serve --store PATH"`` in
+authorized_keys). So the store host's own locks and atomic renames keep it
+consistent whoever writes, and a key can do nothing on that host but the store
+operations of :mod:`service.store.serve`. Each request is one ``ssh`` exchange:
+the operation and its arguments go as the remote command, bodies (a version, a
+backup) as stdin or stdout, and answers and errors as JSON.
+
+Why SSH and not an object store: sshd is on every Linux host already, OpenSSH
+checks host keys strictly against a known_hosts file, and the same store code
+(locks, renames, the promotion gate) runs on the store host as on one machine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import shlex
+import subprocess
+import tarfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import unquote, urlsplit
+
+from service.errors import (
+    PromotionRefused,
+    RemoteStoreError,
+    ServiceError,
+    StoreError,
+    StoreUnreachable,
+)
+from service.store.promotion import GateRefusal
+
+# The first word of every remote command: store-serve refuses anything else.
+PROTOCOL = "model-store"
+# store-serve's exit status when it answered with a JSON error (anything else non-zero
+# is SSH's own failure, or the remote end crashing).
+ERROR_EXIT = 3
+SSH_BINARY = "ssh"
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreURL:
+    user: str
+    host: str
+    port: int
+    path: str
+
+    def __str__(self) -> str:
+        return f"ssh://{self.user}@{self.host}:{self.port}{self.path}"
+
+
+def is_remote(location: str | Path) -> bool:
+    return str(location).startswith("ssh://")
+
+
+def parse_store_url(text: str) -> StoreURL:
+    """``ssh://user@host[:port]/absolute/path``: ValueError says what is wrong."""
+    parts = urlsplit(text)
+    if parts.scheme != "ssh":
+        raise ValueError(f"{text!r} is not an ssh:// URL")
+    if not parts.username or not parts.hostname:
+        raise ValueError(f"{text!r} must name a user and a host: ssh://user@host/path")
+    if parts.password:
+        raise ValueError("a store URL carries no password: the store host is reached by key")
+    try:
+        port = parts.port or 22
+    except ValueError:
+        raise ValueError(f"{text!r} has an invalid port") from None
+    path = unquote(parts.path)
+    if not path.startswith("/") or path == "/":
+        raise ValueError(f"{text!r} must end in the store's absolute path on its host")
+    return StoreURL(parts.username, parts.hostname, port, path)
+
+
+class RemoteStore:
+    """The store operations a host, or ``modelctl``, needs from the authoritative store."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        key: str | Path | None = None,
+        known_hosts: str | Path | None = None,
+        timeout: float = 10.0,
+    ):
+        self.url = parse_store_url(url)
+        self.key = Path(key) if key else None
+        self.known_hosts = Path(known_hosts) if known_hosts else None
+        self.timeout = timeout
+
+    @classmethod
+    def from_settings(cls, settings: Any, url: str | None = None) -> RemoteStore:
+        return cls(
+            url or settings.store_remote,
+            key=settings.store_remote_key or None,
+            known_hosts=settings.store_remote_known_hosts or None,
+            timeout=settings.store_remote_timeout,
+        )
+
+    def __str__(self) -> str:
+        return str(self.url)
+
+    # -- reading ---------------------------------------------------------------
+
+    def manifest(self) -> dict[str, Any]:
+        """Every model: its aliases.yaml (text and sha256) and each version's metadata sha256."""
+        return self._json("manifest")
+
+    def exists(self) -> bool:
+        return True  # an unreachable store raises; a reachable one exists, if empty
+
+    def resolve(self, ref: Any, default_alias: str = "production") -> int:
+        from service.errors import AliasNotFound, VersionNotFound
+
+        if ref.version is not None:
+            versions = self.versions(ref.name)
+            if ref.version not in versions:
+                raise VersionNotFound(f"model {ref.name!r} has no version {ref.version}")
+            return ref.version
+        alias = ref.alias or default_alias
+        aliases = self.aliases(ref.name)
+        if alias not in aliases:
+            raise AliasNotFound(f"model {ref.name!r} has no alias {alias!r}")
+        return int(aliases[alias])
+
+    def names(self) -> list[str]:
+        return sorted(self.manifest()["models"])
+
+    def versions(self, name: str) -> list[int]:
+        return sorted(int(v) for v in self._model_entry(name)["versions"])
+
+    def alias_state(self, name: str) -> dict[str, Any]:
+        return self._json("aliases", name)
+
+    def aliases(self, name: str) -> dict[str, int]:
+        return dict(self.alias_state(name)["aliases"])
+
+    def metadata(self, name: str, version: int) -> dict[str, Any]:
+        return self._json("metadata", name, str(version))
+
+    def export_version(self, name: str, version: int, destination: Path) -> list[str]:
+        """Write one version's files into ``destination`` (an empty directory)."""
+        data = self._call(["export", name, str(version)])
+        return extract_version_tar(io.BytesIO(data), destination)
+
+    # -- writing ---------------------------------------------------------------
+
+    def promote(
+        self, name: str, version: int, alias: str = "production", reason: str = "", *, force=False
+    ) -> int | None:
+        args = ["promote", name, str(version), "--alias", alias, "--reason", reason]
+        answer = self._json(*args, *(["--force"] if force else []))
+        return answer["previous"]
+
+    def check_promotion(
+        self, name: str, version: int, alias: str = "production"
+    ) -> GateRefusal | None:
+        answer = self._json("check-promotion", name, str(version), "--alias", alias)
+        refusal = answer.get("refusal")
+        return None if refusal is None else GateRefusal(refusal["reason"], refusal["details"])
+
+    def rollback(self, name: str, alias: str = "production", reason: str = "") -> tuple[int, int]:
+        answer = self._json("rollback", name, "--alias", alias, "--reason", reason)
+        return int(answer["from"]), int(answer["to"])
+
+    def publish(
+        self,
+        name: str,
+        artifact_bytes: bytes,
+        metadata: dict[str, Any],
+        *,
+        aliases: tuple[str, ...] = (),
+        verify: Any = None,
+        extra_files: Mapping[str, bytes] | None = None,
+    ) -> int:
+        """Publish on the store host, which verifies the version as a local publish does
+        (sha256, unpickling and the golden replay) before it appears there; ``verify`` is
+        the store host's, so it is not used here."""
+        import yaml
+
+        body = version_tar(
+            {
+                "model.pkl": artifact_bytes,
+                "metadata.yaml": yaml.safe_dump(metadata, sort_keys=False).encode(),
+                **dict(extra_files or {}),
+            }
+        )
+        alias_args = [arg for alias in aliases for arg in ("--alias", alias)]
+        return int(self._json("publish", name, *alias_args, stdin=body)["version"])
+
+    def backup(self, out: IO[bytes]) -> None:
+        """Stream a backup archive of the whole store into ``out``."""
+        self._call(["backup"], stdout=out, timeout=None)
+
+    def restore(self, archive: IO[bytes]) -> dict[str, Any]:
+        return self._json("restore", stdin=archive, timeout=None)
+
+    # -- the exchange ----------------------------------------------------------
+
+    def _model_entry(self, name: str) -> dict[str, Any]:
+        from service.errors import ModelNotFound
+
+        models = self.manifest()["models"]
+        if name not in models:
+            raise ModelNotFound(f"no model named {name!r} in the store", details={"model": name})
+        return models[name]
+
+    def _json(self, *args: str, stdin: bytes | IO[bytes] | None = None, timeout=...) -> Any:
+        data = self._call(list(args), stdin=stdin, timeout=timeout)
+        try:
+            return json.loads(data)
+        except ValueError:
+            raise StoreUnreachable(
+                f"the store host {self.url.host} answered {args[0]!r} with no JSON"
+            ) from None
+
+    def ssh_command(self) -> list[str]:
+        """ssh and its options, up to the destination; the remote command goes after it."""
+        options = [
+            "-o", "BatchMode=yes",
+            # Never trust a host key on first use: the fleet's known_hosts says who the
+            # store host is, and anything else is refused.
+            "-o", "StrictHostKeyChecking=yes",
+            "-o", "ConnectTimeout=3",
+            "-o", "ServerAliveInterval=2",
+            "-o", "ServerAliveCountMax=2",
+            "-o", "LogLevel=ERROR",
+        ]  # fmt: skip
+        if self.known_hosts:
+            options += ["-o", f"UserKnownHostsFile={self.known_hosts}"]
+        if self.key:
+            options += ["-i", str(self.key), "-o", "IdentitiesOnly=yes"]
+        return [SSH_BINARY, *options, "-p", str(self.url.port), f"{self.url.user}@{self.url.host}"]
+
+    def _call(
+        self,
+        args: list[str],
+        *,
+        stdin: bytes | IO[bytes] | None = None,
+        stdout: IO[bytes] | None = None,
+        timeout: float | None = ...,  # type: ignore[assignment]
+    ) -> bytes:
+        remote = shlex.join([PROTOCOL, "--store-path", self.url.path, *args])
+        command = [*self.ssh_command(), "--", remote]
+        timeout = self.timeout if timeout is ... else timeout
+        feed = stdin if isinstance(stdin, bytes) else None
+        try:
+            result = subprocess.run(
+                command,
+                input=feed,
+                stdin=None if feed is not None else (stdin or subprocess.DEVNULL),
+                stdout=stdout or subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                timeout=timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise StoreUnreachable(
+                f"the store host {self.url.host} did not answer within {timeout:g}s"
+            ) from None
+        except OSError as exc:
+            raise StoreUnreachable(f"cannot run ssh: {exc.strerror}") from None
+        output = result.stdout or b""
+        if result.returncode == ERROR_EXIT:
+            raise _remote_error(output)
+        if result.returncode != 0:
+            reason = result.stderr.decode(errors="replace").strip().splitlines()
+            raise StoreUnreachable(
+                f"the store host {self.url.host}:{self.url.port} cannot be reached: "
+                + (reason[-1] if reason else f"ssh exited with {result.returncode}")
+            )
+        return output
+
+
+def _remote_error(output: bytes) -> ServiceError:
+    try:
+        error = json.loads(output)["error"]
+        status, code, message = int(error["status"]), str(error["code"]), str(error["message"])
+    except (ValueError, KeyError, TypeError):
+        return StoreError("the store host failed and gave no reason")
+    details = error.get("details")
+    if code == PromotionRefused.code:
+        return PromotionRefused(str(error.get("reason", message)), details)
+    return RemoteStoreError(status, code, message, details)
+
+
+# -- one version as a tar stream -----------------------------------------------------
+
+# A version's files are small in number and each is checked against its metadata before
+# use; the limits only stop a broken or hostile stream from filling a disk.
+MAX_VERSION_FILES = 64
+MAX_VERSION_BYTES = 4 * 1024**3
+
+
+def version_tar(files: Mapping[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, data in sorted(files.items()):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def extract_version_tar(stream: IO[bytes], destination: Path) -> list[str]:
+    """The plain files of a version's tar into ``destination``; anything else is refused."""
+    from service.store.store import FILE_NAME_PATTERN
+
+    names: list[str] = []
+    total = 0
+    try:
+        with tarfile.open(fileobj=stream, mode="r|") as tar:
+            for member in tar:
+                if not member.isfile() or not FILE_NAME_PATTERN.fullmatch(member.name):
+                    raise StoreError(f"a version holds only plain files, not {member.name!r}")
+                total += member.size
+                if len(names) >= MAX_VERSION_FILES or total > MAX_VERSION_BYTES:
+                    raise StoreError("a version's transfer is larger than any version can be")
+                source = tar.extractfile(member)
+                assert source is not None  # a regular file always has contents
+                with open(destination / member.name, "wb") as target:
+                    while chunk := source.read(1 << 20):
+                        target.write(chunk)
+                names.append(member.name)
+    except tarfile.TarError as exc:
+        raise StoreError(f"a version's transfer is not a valid tar stream: {exc}") from None
+    return names

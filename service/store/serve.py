@@ -1,0 +1,217 @@
+"""The store host's side of :mod:`service.store.remote`: ``modelctl store-serve``.
+
+It runs as the forced command of every key allowed to reach the store
+(``restrict,command="modelctl store-serve --store PATH"`` in authorized_keys),
+so the command a client asked for arrives in ``SSH_ORIGINAL_COMMAND`` and is
+parsed here, never handed to a shell: a key can run these operations on this
+store and nothing else. Answers are JSON on stdout; an error is JSON too, with
+the HTTP status it maps to, and exit status ``ERROR_EXIT``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import shlex
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import yaml
+
+from service.errors import BadRequest, PromotionRefused, ServiceError, StoreError
+from service.store import archive
+from service.store.layout import METADATA_FILE, check_alias, check_name, check_version
+from service.store.remote import ERROR_EXIT, PROTOCOL, extract_version_tar, version_tar
+from service.store.store import ARTIFACT_FILE, ModelStore, StoredArtifact
+
+log = logging.getLogger(__name__)
+
+Verify = Callable[[StoredArtifact], Any]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse would print usage and exit 2
+        raise BadRequest(f"store request not understood: {message}", code="bad_store_request")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROTOCOL, add_help=False)
+    parser.add_argument("--store-path", required=True)
+    ops = parser.add_subparsers(dest="op", required=True, parser_class=_Parser)
+    ops.add_parser("manifest", add_help=False)
+    ops.add_parser("backup", add_help=False)
+    ops.add_parser("restore", add_help=False)
+    for op in ("aliases",):
+        ops.add_parser(op, add_help=False).add_argument("name")
+    for op in ("metadata", "export"):
+        sub = ops.add_parser(op, add_help=False)
+        sub.add_argument("name")
+        sub.add_argument("version")
+    for op in ("promote", "check-promotion"):
+        sub = ops.add_parser(op, add_help=False)
+        sub.add_argument("name")
+        sub.add_argument("version")
+        sub.add_argument("--alias", default="production")
+        if op == "promote":
+            sub.add_argument("--reason", default="")
+            sub.add_argument("--force", action="store_true")
+    sub = ops.add_parser("rollback", add_help=False)
+    sub.add_argument("name")
+    sub.add_argument("--alias", default="production")
+    sub.add_argument("--reason", default="")
+    sub = ops.add_parser("publish", add_help=False)
+    sub.add_argument("name")
+    sub.add_argument("--alias", action="append", default=[])
+    return parser
+
+
+def serve(
+    store_root: Path,
+    command: str,
+    stdin: IO[bytes],
+    stdout: IO[bytes],
+    verify: Verify | None = None,
+) -> int:
+    """Carry out one request; return the process's exit status."""
+    try:
+        words = shlex.split(command or "")
+        if not words or words[0] != PROTOCOL:
+            raise BadRequest(
+                f"this key may only run store requests ({PROTOCOL} …)", code="bad_store_request"
+            )
+        args = _parser().parse_args(words[1:])
+        store = ModelStore(store_root)
+        if Path(args.store_path).resolve() != store.root:
+            raise BadRequest(
+                f"this host serves the store at {store.root}, not {args.store_path}",
+                code="wrong_store_path",
+            )
+        answer = _carry_out(store, args, stdin, stdout, verify)
+    except ServiceError as exc:
+        _write_json(stdout, {"error": _error_body(exc)})
+        return ERROR_EXIT
+    except Exception as exc:  # the client gets a reason; the log gets the traceback
+        log.exception("store request failed")
+        _write_json(stdout, {"error": {"status": 500, "code": "store_error", "message": str(exc)}})
+        return ERROR_EXIT
+    if answer is not None:
+        _write_json(stdout, answer)
+    return 0
+
+
+def _carry_out(
+    store: ModelStore, args: argparse.Namespace, stdin: IO[bytes], stdout: IO[bytes], verify
+) -> Any:
+    op = args.op
+    if op == "manifest":
+        return manifest(store)
+    if op == "aliases":
+        return store.alias_state(check_name(args.name))
+    if op == "metadata":
+        return store.metadata(check_name(args.name), check_version(args.version))
+    if op == "export":
+        stdout.write(export_version(store, check_name(args.name), check_version(args.version)))
+        return None
+    if op == "check-promotion":
+        refusal = store.check_promotion(args.name, check_version(args.version), args.alias)
+        return {"refusal": None if refusal is None else vars(refusal)}
+    if op == "promote":
+        version = check_version(args.version)
+        previous = store.promote(
+            check_name(args.name), version, check_alias(args.alias), args.reason, force=args.force
+        )
+        return {"previous": previous}
+    if op == "rollback":
+        before, after = store.rollback(check_name(args.name), check_alias(args.alias), args.reason)
+        return {"from": before, "to": after}
+    if op == "publish":
+        return {"version": _publish(store, check_name(args.name), args.alias, stdin, verify)}
+    if op == "backup":
+        archive.write_backup(store, stdout)
+        return None
+    if op == "restore":
+        return archive.restore(store, stdin)
+    raise BadRequest(f"unknown store request {op!r}")  # the parser allows no other
+
+
+def manifest(store: ModelStore) -> dict[str, Any]:
+    """What a mirror needs to know what changed: each model's aliases.yaml, and a digest
+    of each version's metadata.yaml (which records the digest of every other file)."""
+    models: dict[str, Any] = {}
+    for name in store.names() if store.exists() else []:
+        aliases_path = store.layout.aliases_file(name)
+        try:
+            text = aliases_path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            text = None
+        versions = {}
+        for version in store.versions(name):
+            try:
+                data = store.layout.metadata_file(name, version).read_bytes()
+            except FileNotFoundError:
+                continue
+            versions[str(version)] = hashlib.sha256(data).hexdigest()
+        models[name] = {"aliases": text, "versions": versions}
+    return {"models": models}
+
+
+def export_version(store: ModelStore, name: str, version: int) -> bytes:
+    directory = store.layout.version_dir(name, version)
+    if not (directory / METADATA_FILE).is_file():
+        store.metadata(name, version)  # raises the right not-found error
+    return version_tar({p.name: p.read_bytes() for p in directory.iterdir() if p.is_file()})
+
+
+def _publish(
+    store: ModelStore, name: str, aliases: list[str], stdin: IO[bytes], verify: Verify | None
+) -> int:
+    with tempfile.TemporaryDirectory(prefix="model-store-publish-") as scratch:
+        directory = Path(scratch)
+        files = set(extract_version_tar(stdin, directory))
+        for required in (ARTIFACT_FILE, METADATA_FILE):
+            if required not in files:
+                raise StoreError(f"a published version needs {required}")
+        try:
+            meta = yaml.safe_load((directory / METADATA_FILE).read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError):
+            raise StoreError(f"the published {METADATA_FILE} is not valid YAML") from None
+        if not isinstance(meta, dict):
+            raise StoreError(f"the published {METADATA_FILE} is not a mapping")
+        extras = {f: (directory / f).read_bytes() for f in files - {ARTIFACT_FILE, METADATA_FILE}}
+        return store.publish(
+            name,
+            (directory / ARTIFACT_FILE).read_bytes(),
+            {k: v for k, v in meta.items() if k not in {"version", "artifact"}},
+            aliases=tuple(check_alias(a) for a in aliases),
+            verify=verify,
+            extra_files=extras,
+        )
+
+
+def _error_body(exc: ServiceError) -> dict[str, Any]:
+    body = {"status": int(exc.status), **exc.to_dict()}
+    if isinstance(exc, PromotionRefused):
+        body["reason"] = exc.reason
+    return body
+
+
+def _write_json(stdout: IO[bytes], value: Any) -> None:
+    stdout.write(json.dumps(value, default=str).encode() + b"\n")
+    stdout.flush()
+
+
+def main(store_root: Path, verify: Verify | None) -> int:
+    os.umask(0o022)  # every file the store host writes is readable by the service
+    return serve(
+        store_root,
+        os.environ.get("SSH_ORIGINAL_COMMAND", ""),
+        sys.stdin.buffer,
+        sys.stdout.buffer,
+        verify,
+    )
