@@ -65,6 +65,11 @@ def build_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(monitoring.bp)
     # Feedback joins, drift counts, the prediction log; live quality and drift at scrape time.
     monitoring.init_app(app, settings)
+    if settings.store_remote:
+        from service.monitoring import add_scrape_collector
+        from service.monitoring.store_sync import StoreSyncCollector
+
+        add_scrape_collector(StoreSyncCollector(settings))
     app.register_blueprint(metrics.bp)
     app.register_blueprint(status.bp)
     return app

@@ -250,6 +250,9 @@ def test_readyz_reports_the_mirror(store_dir, tmp_path):
         (store_dir / ".sync-status.json").write_text(json.dumps(status))
         sync = client.get("/readyz").json["store_sync"]
         assert sync["reachable"] is True and 1.5 < sync["seconds_since_sync"] < 30
+        scraped = client.get("/metrics").get_data(as_text=True)
+        assert "model_service_store_reachable 1.0" in scraped
+        assert "model_service_store_seconds_since_sync" in scraped
     finally:
         app.extensions["model_service"].registry.stop()
 
