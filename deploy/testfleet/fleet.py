@@ -9,7 +9,7 @@ each other and the controller: nothing is forwarded or routed to the outside.
     fleet.py status --dir .fleet
     fleet.py down --dir .fleet             # idempotent, also after a half-failed `up`
 
-Root only. Standard library and PyYAML.
+Root only. Standard library, and PyYAML for `up` (so `down` runs on any python3).
 """
 
 from __future__ import annotations
@@ -29,8 +29,6 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-
-import yaml
 
 SSHD = "/usr/sbin/sshd"
 UNSHARE = "/usr/bin/unshare"
@@ -274,6 +272,8 @@ def sha256_hex(text: str) -> str:
 
 
 def write_service_keys(fleet: Fleet) -> dict[str, str]:
+    import yaml  # here, not at the top: `down` and `status` run without PyYAML
+
     keys = {"admin": secrets.token_urlsafe(32), "predict": secrets.token_urlsafe(32)}
     write_private_file(fleet.directory / "keys.yaml", yaml.safe_dump(keys, sort_keys=False))
     return keys
@@ -331,6 +331,8 @@ def inventory(fleet: Fleet, keys: dict[str, str]) -> dict:
 
 
 def write_inventory(fleet: Fleet, keys: dict[str, str]) -> None:
+    import yaml  # here, not at the top: `down` and `status` run without PyYAML
+
     header = (
         "# The test fleet, written by deploy/testfleet/fleet.py up (deploy/inventory.example.yaml\n"
         "# documents every field). The service keys themselves are in keys.yaml next to it.\n"
@@ -439,6 +441,9 @@ def host_init_script(fleet: Fleet, host: Host) -> str:
 
 def create_bridge(fleet: Fleet) -> None:
     run("ip", "link", "add", fleet.bridge, "type", "bridge")
+    # The bridge names its fleet's directory, so no other directory's `up` or `down` takes
+    # the fleet for a leftover while that directory still holds its state.
+    run("ip", "link", "set", fleet.bridge, "alias", str(fleet.directory))
     run("ip", "addr", "add", f"{fleet.controller_address}/24", "dev", fleet.bridge)
     run("ip", "link", "set", fleet.bridge, "up")
 
@@ -446,19 +451,8 @@ def create_bridge(fleet: Fleet) -> None:
 def create_host_network(fleet: Fleet, host: Host) -> None:
     run("ip", "netns", "add", host.namespace)
     # The host's end is born inside its namespace: an `eth0` may exist out here already.
-    run(
-        "ip",
-        "link",
-        "add",
-        host.veth,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        host.namespace,
-    )
+    peer = ("peer", "name", "eth0", "netns", host.namespace)
+    run("ip", "link", "add", host.veth, "type", "veth", *peer)
     run("ip", "link", "set", host.veth, "master", fleet.bridge, "up")
     in_namespace = ("ip", "-n", host.namespace)
     run(*in_namespace, "link", "set", "lo", "up")
@@ -488,24 +482,18 @@ def start_host(fleet: Fleet, host: Host) -> None:
 
 
 def ssh_command(fleet: Fleet, host: Host, *remote: str) -> list[str]:
-    directory = fleet.directory
-    return [
-        "ssh",
-        "-i",
-        str(directory / "id_ed25519"),
-        "-o",
-        f"UserKnownHostsFile={directory / 'known_hosts'}",
-        "-o",
-        "StrictHostKeyChecking=yes",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "IdentitiesOnly=yes",
-        "-o",
-        "ConnectTimeout=2",
-        f"root@{host.address}",
-        *remote,
-    ]
+    """The login Ansible makes: the controller's key, and only the host keys fleet.py wrote."""
+    options = {
+        "UserKnownHostsFile": fleet.directory / "known_hosts",
+        "StrictHostKeyChecking": "yes",
+        "BatchMode": "yes",
+        "IdentitiesOnly": "yes",
+        "ConnectTimeout": 2,
+    }
+    command = ["ssh", "-i", str(fleet.directory / "id_ed25519")]
+    for option, value in options.items():
+        command += ["-o", f"{option}={value}"]
+    return [*command, f"root@{host.address}", *remote]
 
 
 def log_tail(fleet: Fleet, host: Host, lines: int = 5) -> str:
@@ -563,8 +551,19 @@ def up(directory: Path, app_hosts: int, prefix: str, subnet: str) -> Fleet:
         raise FleetError(f"--hosts: 1 to {MAX_APP_HOSTS} app hosts")
     check_privileges_and_tools()
     fleet = plan_fleet(directory, prefix, subnet, app_hosts)
-    if load_state(directory) or leftover_namespaces(prefix):
-        print("tearing down the fleet that is there first")
+    if load_state(directory) is not None:
+        print(f"tearing down the fleet in {directory} first")
+        down(directory)
+    owner = live_fleet_elsewhere(prefix, directory)
+    if owner is not None:
+        raise FleetError(
+            f"the fleet in {owner} runs under --prefix {prefix}: "
+            f"`down --dir {owner}` first, or pick another --prefix and --subnet"
+        )
+    leftovers = leftover_namespaces(prefix)
+    if leftovers or interface_exists(bridge_name(prefix)):
+        # Their bridge's name is this fleet's: the two cannot live side by side.
+        print(f"removing a fleet whose state file is gone: {' '.join(leftovers)}")
         down(directory, prefix)
     check_can_build(fleet)
 
@@ -609,6 +608,23 @@ def leftover_namespaces(prefix: str) -> list[str]:
     return ours
 
 
+def bridge_owner(prefix: str) -> Path | None:
+    result = run("ip", "-j", "link", "show", bridge_name(prefix), check=False)
+    if result.returncode != 0:
+        return None
+    alias = json.loads(result.stdout)[0].get("ifalias")
+    return Path(alias) if alias else None
+
+
+def live_fleet_elsewhere(prefix: str, directory: Path) -> Path | None:
+    """The directory of another fleet that runs under this prefix and still has its state."""
+    owner = bridge_owner(prefix)
+    if owner is None or owner == directory:
+        return None
+    owner_state = load_state(owner)
+    return owner if owner_state is not None and owner_state.prefix == prefix else None
+
+
 def namespace_pids(namespace: str) -> set[int]:
     result = run("ip", "netns", "pids", namespace, check=False)
     return {int(pid) for pid in result.stdout.split()}
@@ -649,6 +665,11 @@ def interface_exists(name: str) -> bool:
     return run("ip", "link", "show", name, check=False).returncode == 0
 
 
+def veth_names() -> set[str]:
+    links = json.loads(run("ip", "-j", "link", "show", "type", "veth").stdout or "[]")
+    return {link["ifname"] for link in links}
+
+
 def mounts_under(directory: Path) -> list[str]:
     """Mount points in this (the root) namespace at or below `directory`, deepest first."""
     points = []
@@ -663,9 +684,8 @@ def remove_fleet_files(directory: Path) -> None:
     # The hosts' mounts live and die with their namespaces; anything mounted here in the root
     # namespace (by hand, say) goes first, or removing the tree would empty what is mounted.
     for point in mounts_under(directory):
-        run("umount", point, check=False)
-        if Path(point) in map(Path, mounts_under(directory)):
-            run("umount", "--lazy", point)
+        if run("umount", point, check=False).returncode != 0:
+            run("umount", "--lazy", point, check=False)
     still_mounted = mounts_under(directory)
     if still_mounted:
         raise FleetError(f"still mounted, not removing {directory}: {still_mounted}")
@@ -683,17 +703,20 @@ def down(directory: Path, prefix: str = DEFAULT_PREFIX) -> None:
     fleet = load_state(directory)
     if fleet is not None:
         prefix = fleet.prefix
+    owner = live_fleet_elsewhere(prefix, directory)
+    if owner is not None:
+        # Its namespaces and bridge are that fleet's now; only this directory's files go.
+        print(f"leaving the {prefix} fleet of {owner} alone (`down --dir {owner}` ends it)")
+        stop_processes(fleet, [])
+        remove_fleet_files(directory)
+        return
     namespaces = leftover_namespaces(prefix)
     stop_processes(fleet, namespaces)
     for namespace in namespaces:
         run("ip", "netns", "del", namespace, check=False)
-    # A veth goes with its namespace; one whose peer never moved there is deleted by name.
-    veths = {namespace_name(prefix, ns.partition("-")[2]) for ns in namespaces}
-    if fleet is not None:
-        veths |= {host.veth for host in fleet.hosts}
-    for veth in sorted(veths):
-        if interface_exists(veth):
-            run("ip", "link", "del", veth, check=False)
+    # Each veth goes with its namespace (its peer was born there), which the kernel cleans up
+    # a moment later; a quick `up` again needs the names free. A veth is named as its namespace.
+    wait_until(lambda: not veth_names() & set(namespaces), TERM_GRACE_S)
     if interface_exists(bridge_name(prefix)):
         run("ip", "link", "del", bridge_name(prefix))
     remove_fleet_files(directory)
@@ -757,6 +780,8 @@ def main(argv: list[str] | None = None) -> int:
     except FleetError as error:
         print(f"fleet {args.command}: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ pytestmark = pytest.mark.integration
 FLEET_SCRIPT = Path(__file__).resolve().parents[2] / "deploy" / "testfleet" / "fleet.py"
 COMMAND_TIMEOUT_S = 60
 APP_HOSTS = 2
+# How a host's sshd shows itself in /proc/<pid>/cmdline once it has set its title.
+FLEET_SSHD = b"sshd: /usr/sbin/sshd -D -e -f /etc/ssh/sshd_config"
 
 
 def fleet_required() -> bool:
@@ -134,6 +136,16 @@ def namespaces_with_prefix(prefix: str) -> list[str]:
 
 def interface_exists(name: str) -> bool:
     return subprocess.run(["ip", "link", "show", name], capture_output=True).returncode == 0
+
+
+def running_sshds() -> set[int]:
+    """Every sshd a fleet started on this machine, of any fleet."""
+    found = set()
+    for proc in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if proc.name.isdigit() and (proc / "cmdline").read_bytes().startswith(FLEET_SSHD):
+                found.add(int(proc.name))
+    return {pid for pid in found if is_running(pid)}
 
 
 def assert_fleet_gone(directory: Path, prefix: str, pids: list[int]) -> None:
@@ -289,3 +301,49 @@ def test_down_clears_a_fleet_whose_state_file_is_gone(tmp_path):
 
         fleet_cli("down", "--prefix", prefix, "--dir", str(directory))
         assert_fleet_gone(directory, prefix, pids + deployed)
+
+
+def test_an_up_that_fails_half_way_leaves_nothing_behind(tmp_path):
+    require_fleet_support()
+    directory, prefix = tmp_path / "fleet", "msw"
+    # An interface already named as app1's veth: the bridge, lb and store get built first.
+    subprocess.run(["ip", "link", "add", f"{prefix}-app1", "type", "bridge"], check=True)
+    sshds_before = running_sshds()
+    try:
+        result = fleet_cli(
+            "up",
+            "--hosts",
+            "1",
+            "--prefix",
+            prefix,
+            "--subnet",
+            "10.235.0",
+            "--dir",
+            str(directory),
+            check=False,
+        )
+        assert result.returncode == 1
+        assert f"{prefix}-app1" in result.stderr
+        assert namespaces_with_prefix(prefix) == []
+        assert not interface_exists(f"{prefix}br0")
+        assert running_sshds() - sshds_before == set()
+        assert not directory.exists()
+        assert interface_exists(f"{prefix}-app1")  # not the fleet's, so not removed
+    finally:
+        fleet_cli("down", "--prefix", prefix, "--dir", str(directory), check=False)
+        subprocess.run(["ip", "link", "del", f"{prefix}-app1"], check=False)
+
+
+def test_another_directory_leaves_a_running_fleet_alone(fleet, tmp_path):
+    elsewhere = str(tmp_path / "elsewhere")
+    pids = [host["pid"] for host in fleet.state()["hosts"]]
+
+    refused = fleet_cli(
+        "up", "--hosts", "1", "--prefix", fleet.prefix, "--dir", elsewhere, check=False
+    )
+    assert refused.returncode == 1
+    assert f"down --dir {fleet.directory}" in refused.stderr
+    fleet_cli("down", "--prefix", fleet.prefix, "--dir", elsewhere)
+
+    assert all(is_running(pid) for pid in pids)
+    assert fleet.ssh("app1", "hostname").stdout.strip() == "app1"
