@@ -27,6 +27,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -168,7 +169,7 @@ def is_same_process(pid: int | None, start_time: int | None) -> bool:
     return pid is not None and start_time is not None and process_start_time(pid) == start_time
 
 
-def wait_until(condition, timeout_s: float) -> bool:
+def wait_until(condition: Callable[[], bool], timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while not condition():
         if time.monotonic() > deadline:
@@ -215,7 +216,9 @@ def check_privileges_and_tools() -> None:
         )
 
 
-def check_can_build(fleet: Fleet) -> None:
+def check_arguments(fleet: Fleet, app_hosts: int) -> None:
+    if not 1 <= app_hosts <= MAX_APP_HOSTS:
+        raise FleetError(f"--hosts: 1 to {MAX_APP_HOSTS} app hosts")
     if not re.fullmatch(r"[a-z][a-z0-9]{0,7}", fleet.prefix):
         raise FleetError("--prefix: 1 to 8 lowercase letters and digits, starting with a letter")
     octets = fleet.subnet.split(".")
@@ -225,7 +228,6 @@ def check_can_build(fleet: Fleet) -> None:
     if too_long:
         raise FleetError(f"interface names longer than {IFNAME_MAX} characters: {too_long}")
     check_directory_is_mountable(fleet.directory)
-    check_subnet_is_free(fleet.subnet)
 
 
 def check_directory_is_mountable(directory: Path) -> None:
@@ -416,7 +418,9 @@ def host_init_script(fleet: Fleet, host: Host) -> str:
         options = f"lowerdir={target},upperdir={upper},workdir={work}"
         lines.append(f"mount -t overlay overlay -o {shlex.quote(options)} {target}")
     # The machine's other host keys are not this host's: they go from its view only.
-    lines.append("rm -f /etc/ssh/ssh_host_rsa_key* /etc/ssh/ssh_host_ecdsa_key*")
+    lines.append(
+        "rm -f /etc/ssh/ssh_host_rsa_key* /etc/ssh/ssh_host_ecdsa_key* /etc/ssh/ssh_host_dsa_key*"
+    )
     lines.append("mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /dev/shm")
     for target, source in SERVICE_BINDS.items():
         lines.append(f"mkdir -p {target}")
@@ -547,10 +551,9 @@ def wait_for_logins(fleet: Fleet, timeout_s: float) -> None:
 
 
 def up(directory: Path, app_hosts: int, prefix: str, subnet: str) -> Fleet:
-    if not 1 <= app_hosts <= MAX_APP_HOSTS:
-        raise FleetError(f"--hosts: 1 to {MAX_APP_HOSTS} app hosts")
-    check_privileges_and_tools()
     fleet = plan_fleet(directory, prefix, subnet, app_hosts)
+    check_arguments(fleet, app_hosts)
+    check_privileges_and_tools()
     if load_state(directory) is not None:
         print(f"tearing down the fleet in {directory} first")
         down(directory)
@@ -565,7 +568,7 @@ def up(directory: Path, app_hosts: int, prefix: str, subnet: str) -> Fleet:
         # Their bridge's name is this fleet's: the two cannot live side by side.
         print(f"removing a fleet whose state file is gone: {' '.join(leftovers)}")
         down(directory, prefix)
-    check_can_build(fleet)
+    check_subnet_is_free(subnet)
 
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     save_state(fleet)  # from here on, `down` can undo whatever got built
@@ -573,8 +576,10 @@ def up(directory: Path, app_hosts: int, prefix: str, subnet: str) -> Fleet:
         build(fleet)
     except BaseException:
         # Nothing half-built stays behind; the error says what went wrong.
-        with contextlib.suppress(FleetError):
+        try:
             down(directory, prefix)
+        except FleetError as error:
+            print(f"and tearing down what was built failed too: {error}", file=sys.stderr)
         raise
     return fleet
 

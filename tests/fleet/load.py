@@ -1,0 +1,96 @@
+"""Bounded prediction load for the fleet tests: a few threads posting one body to one URL
+(the balancer's address only), until stopped, a request cap or a time cap, whichever comes
+first. Every answer is counted: its status, and the host that served it (X-Served-By)."""
+
+from __future__ import annotations
+
+import collections
+import http.client
+import json
+import threading
+import time
+from urllib.parse import urlsplit
+
+
+class BoundedLoad:
+    def __init__(
+        self,
+        url: str,
+        body: dict,
+        *,
+        threads: int = 4,
+        max_requests: int = 200_000,
+        max_seconds: float = 300.0,
+        headers: dict[str, str] | None = None,
+    ):
+        parts = urlsplit(url)
+        self.host, self.port, self.path = parts.hostname, parts.port or 80, parts.path
+        self.body = json.dumps(body).encode()
+        self.headers = {"Content-Type": "application/json", **(headers or {})}
+        self.threads = threads
+        self.max_requests = max_requests
+        self.max_seconds = max_seconds
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._workers: list[threading.Thread] = []
+        self.sent = 0
+        self.failures: list[str] = []
+        self.served_by: collections.Counter[str] = collections.Counter()
+        self.versions: collections.Counter[int] = collections.Counter()
+
+    def __enter__(self) -> BoundedLoad:
+        self.started = time.monotonic()
+        for index in range(self.threads):
+            worker = threading.Thread(target=self._run, name=f"load-{index}", daemon=True)
+            worker.start()
+            self._workers.append(worker)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for worker in self._workers:
+            worker.join(30)
+
+    def wait_for(self, requests: int, timeout: float = 60.0) -> None:
+        """Until at least ``requests`` more answers are in (load is flowing)."""
+        target = self.sent + requests
+        deadline = time.monotonic() + timeout
+        while self.sent < target:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"load stalled at {self.sent} requests")
+            time.sleep(0.05)
+
+    def _run(self) -> None:
+        connection = None
+        deadline = self.started + self.max_seconds
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            with self._lock:
+                if self.sent >= self.max_requests:
+                    return
+                self.sent += 1
+            try:
+                if connection is None:
+                    connection = http.client.HTTPConnection(self.host, self.port, timeout=30)
+                connection.request("POST", self.path, self.body, self.headers)
+                answer = connection.getresponse()
+                data = answer.read()
+                if answer.status != 200:
+                    self._fail(f"{answer.status}: {data[:200]!r}")
+                    continue
+                with self._lock:
+                    self.served_by[answer.getheader("X-Served-By", "?")] += 1
+                    self.versions[json.loads(data).get("version", 0)] += 1
+            except (OSError, http.client.HTTPException) as exc:
+                self._fail(f"{type(exc).__name__}: {exc}")
+                if connection is not None:
+                    connection.close()
+                connection = None
+        if connection is not None:
+            connection.close()
+
+    def _fail(self, reason: str) -> None:
+        with self._lock:
+            self.failures.append(reason)
