@@ -105,13 +105,14 @@ ansible: $(ANSIBLE_INSTALLED)
 deploy: $(INSTALLED) $(ANSIBLE_INSTALLED)
 	@test -n "$(INVENTORY)" || { echo "usage: make deploy INVENTORY=path/to/inventory.yaml"; exit 2; }
 	$(BIN)/python deploy/ansible/build_release.py --out dist/release $(if $(RELEASE),--release $(RELEASE),)
-	$(ANSIBLE_VENV)/bin/ansible-playbook -i $(INVENTORY) deploy/ansible/deploy.yml \
-		-e release_dir=$(CURDIR)/dist/release
+	ANSIBLE_CONFIG=deploy/ansible/ansible.cfg $(ANSIBLE_VENV)/bin/ansible-playbook \
+		-i $(INVENTORY) deploy/ansible/deploy.yml -e release_dir=$(CURDIR)/dist/release
 
 # Every host back to the release it ran before the last deploy, one host at a time.
 rollback-release: $(ANSIBLE_INSTALLED)
 	@test -n "$(INVENTORY)" || { echo "usage: make rollback-release INVENTORY=path/to/inventory.yaml"; exit 2; }
-	$(ANSIBLE_VENV)/bin/ansible-playbook -i $(INVENTORY) deploy/ansible/rollback-release.yml
+	ANSIBLE_CONFIG=deploy/ansible/ansible.cfg $(ANSIBLE_VENV)/bin/ansible-playbook \
+		-i $(INVENTORY) deploy/ansible/rollback-release.yml
 
 # A fleet of network namespaces on this machine (root only): HOSTS app hosts, a balancer
 # and a store host, each with its own sshd; its inventory is $(FLEET_DIR)/inventory.yaml.
