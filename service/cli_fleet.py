@@ -99,11 +99,19 @@ def store_sync(once: bool) -> None:
 def store_serve(store_path: Path) -> None:
     """Answer one store request from SSH_ORIGINAL_COMMAND (the forced command of the keys
     in the store host's authorized_keys)."""
-    from service.runtime.model import LoadedModel
     from service.store.serve import main
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    sys.exit(main(store_path, verify=LoadedModel))
+    sys.exit(main(store_path, verify=_verify_loaded))
+
+
+def _verify_loaded(artifact: Any) -> None:
+    """A published version must load and replay its golden example (as a local publish).
+    Imported only when a version is published: every store request is a new process, and
+    most (a manifest, an alias change) need no model runtime."""
+    from service.runtime.model import LoadedModel
+
+    LoadedModel(artifact)
 
 
 @click.command()

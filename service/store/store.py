@@ -27,10 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy
-import sklearn
 import yaml
-from sklearn.exceptions import InconsistentVersionWarning
 
 from service.errors import (
     AliasNotFound,
@@ -85,6 +82,11 @@ class StoredArtifact:
 
 
 def environment() -> dict[str, str]:
+    # Imported here, not at the top: the store host answers most requests (a manifest, an
+    # alias change) without scikit-learn, and its every request is a new process.
+    import numpy
+    import sklearn
+
     return {
         "python": platform.python_version(),
         "scikit-learn": sklearn.__version__,
@@ -222,6 +224,8 @@ class ModelStore:
             what="artifact",
         )
         path = directory / artifact["file"]
+        from sklearn.exceptions import InconsistentVersionWarning
+
         problems = self._version_problems(meta)
         if problems and refuse_version_mismatch:
             raise ModelLoadError(f"{where}: " + "; ".join(problems), code="version_mismatch")
@@ -246,6 +250,8 @@ class ModelStore:
 
     @staticmethod
     def _version_problems(meta: dict[str, Any]) -> list[str]:
+        import sklearn
+
         recorded = meta["environment"].get("scikit-learn")
         if recorded and recorded != sklearn.__version__:
             return [
