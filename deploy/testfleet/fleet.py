@@ -650,17 +650,21 @@ def stop_processes(fleet: Fleet | None, namespaces: list[str]) -> None:
     groups = set()
     if fleet is not None:
         groups = {h.pid for h in fleet.hosts if is_same_process(h.pid, h.pid_start)}
+    # Every process met so far, by pid and start time: an exiting process leaves its
+    # namespaces before it is gone, so a namespace's listing alone would end the wait early.
+    seen = {pid: process_start_time(pid) for pid in groups}
 
     def survivors() -> set[int]:
-        found = set().union(*(namespace_pids(ns) for ns in namespaces)) if namespaces else set()
-        found |= {pid for pid in groups if process_start_time(pid) is not None}
-        return {pid for pid in found if process_start_time(pid) is not None}
+        for namespace in namespaces:
+            for pid in namespace_pids(namespace) - seen.keys():
+                seen[pid] = process_start_time(pid)
+        return {pid for pid, start in seen.items() if is_same_process(pid, start)}
 
     for signum, grace_s in ((signal.SIGTERM, TERM_GRACE_S), (signal.SIGKILL, KILL_GRACE_S)):
         remaining = survivors()
         if not remaining:
             return
-        signal_processes(remaining, groups, signum)
+        signal_processes(remaining, groups & remaining, signum)
         if wait_until(lambda: not survivors(), grace_s):
             return
     raise FleetError(f"processes would not die: {sorted(survivors())}")

@@ -1,7 +1,7 @@
 """The test fleet (deploy/testfleet/fleet.py): real namespaces, mounts and sshd on this machine.
 
-Every fleet here has a prefix and subnet of its own, so a developer's `.fleet` (msf,
-10.231.0) is never touched, and is torn down even when a test fails.
+Every fleet here has a prefix and subnet of its own (mst*, 10.232.*), so a developer's
+`.fleet` (msf, 10.231.0) is never touched, and is torn down even when a test fails.
 """
 
 from __future__ import annotations
@@ -98,19 +98,21 @@ class RunningFleet:
         return result
 
 
+def up_args(directory: Path | str, prefix: str, subnet: str, app_hosts: int) -> tuple[str, ...]:
+    hosts = str(app_hosts)
+    return ("up", "--hosts", hosts, "--prefix", prefix, "--subnet", subnet, "--dir", str(directory))
+
+
 @contextlib.contextmanager
 def fleet_up(directory: Path, prefix: str, subnet: str, app_hosts: int) -> Iterator[RunningFleet]:
     """A fleet for the duration of the block, torn down however the block ends."""
     require_fleet_support()
-    base_args = ("--dir", str(directory))
     try:
-        fleet_cli(
-            "up", "--hosts", str(app_hosts), "--prefix", prefix, "--subnet", subnet, *base_args
-        )
+        fleet_cli(*up_args(directory, prefix, subnet, app_hosts))
         yield RunningFleet(directory, prefix, subnet)
     finally:
         # A failed teardown fails the test too; Python keeps the test's own error as its context.
-        fleet_cli("down", "--prefix", prefix, *base_args)
+        fleet_cli("down", "--prefix", prefix, "--dir", str(directory))
 
 
 @pytest.fixture(scope="module")
@@ -257,20 +259,10 @@ def test_known_hosts_lists_each_address_with_its_own_key(fleet):
 
 
 def test_up_replaces_a_running_fleet_and_down_removes_everything_twice(tmp_path):
-    directory, prefix = tmp_path / "fleet", "msu"
-    with fleet_up(directory, prefix, "10.233.0", 1) as first:
+    directory, prefix = tmp_path / "fleet", "mst1"
+    with fleet_up(directory, prefix, "10.232.1", 1) as first:
         first_pids = [host["pid"] for host in first.state()["hosts"]]
-        fleet_cli(
-            "up",
-            "--hosts",
-            "1",
-            "--prefix",
-            prefix,
-            "--subnet",
-            "10.233.0",
-            "--dir",
-            str(directory),
-        )
+        fleet_cli(*up_args(directory, prefix, "10.232.1", 1))
         second_pids = [host["pid"] for host in first.state()["hosts"]]
         assert [pid for pid in first_pids if is_running(pid)] == []
         assert first.ssh("app1", "hostname").stdout.strip() == "app1"
@@ -282,8 +274,8 @@ def test_up_replaces_a_running_fleet_and_down_removes_everything_twice(tmp_path)
 
 
 def test_down_clears_a_fleet_whose_state_file_is_gone(tmp_path):
-    directory, prefix = tmp_path / "fleet", "msv"
-    with fleet_up(directory, prefix, "10.234.0", 1) as running:
+    directory, prefix = tmp_path / "fleet", "mst2"
+    with fleet_up(directory, prefix, "10.232.2", 1) as running:
         state = running.state()
         pids = [host["pid"] for host in state["hosts"]]
         # What a deploy starts through sshd (a new session, out of sshd's process group).
@@ -305,23 +297,12 @@ def test_down_clears_a_fleet_whose_state_file_is_gone(tmp_path):
 
 def test_an_up_that_fails_half_way_leaves_nothing_behind(tmp_path):
     require_fleet_support()
-    directory, prefix = tmp_path / "fleet", "msw"
+    directory, prefix = tmp_path / "fleet", "mst3"
     # An interface already named as app1's veth: the bridge, lb and store get built first.
     subprocess.run(["ip", "link", "add", f"{prefix}-app1", "type", "bridge"], check=True)
     sshds_before = running_sshds()
     try:
-        result = fleet_cli(
-            "up",
-            "--hosts",
-            "1",
-            "--prefix",
-            prefix,
-            "--subnet",
-            "10.235.0",
-            "--dir",
-            str(directory),
-            check=False,
-        )
+        result = fleet_cli(*up_args(directory, prefix, "10.232.3", 1), check=False)
         assert result.returncode == 1
         assert f"{prefix}-app1" in result.stderr
         assert namespaces_with_prefix(prefix) == []
@@ -338,9 +319,7 @@ def test_another_directory_leaves_a_running_fleet_alone(fleet, tmp_path):
     elsewhere = str(tmp_path / "elsewhere")
     pids = [host["pid"] for host in fleet.state()["hosts"]]
 
-    refused = fleet_cli(
-        "up", "--hosts", "1", "--prefix", fleet.prefix, "--dir", elsewhere, check=False
-    )
+    refused = fleet_cli(*up_args(elsewhere, fleet.prefix, "10.232.4", 1), check=False)
     assert refused.returncode == 1
     assert f"down --dir {fleet.directory}" in refused.stderr
     fleet_cli("down", "--prefix", fleet.prefix, "--dir", elsewhere)
