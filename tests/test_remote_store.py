@@ -340,6 +340,12 @@ def test_backup_and_restore_of_a_remote_store_through_modelctl(sshd, authoritati
         [modelctl(), "list", "--store", url], env=env, capture_output=True, text=True, timeout=60
     )
     assert IRIS in listing.stdout and "production=1" in listing.stdout
+    shown = subprocess.run(
+        [modelctl(), "show", f"{IRIS}@production", "--store", url],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    assert f"{IRIS}@1  (production)" in shown.stdout
 
 
 # -- helpers -----------------------------------------------------------------------------
