@@ -195,6 +195,19 @@ def test_a_corrupt_version_is_never_taken_and_its_alias_does_not_move(mirror, au
     assert not list((mirror.local.root / IRIS).glob(".tmp-*"))
 
 
+def test_a_copy_damaged_on_the_hosts_disk_is_fetched_again_at_start(mirror, remote):
+    mirror.sync_once()
+    pickle_path = mirror.local.root / IRIS / "1" / "model.pkl"
+    good = pickle_path.read_bytes()
+    pickle_path.write_bytes(good + b"x")
+    mirror.sync_once()  # a running agent trusts what it verified itself
+    assert pickle_path.read_bytes() != good
+    restarted = StoreMirror(remote, mirror.local, verify=LoadedModel)
+    summary = restarted.sync_once()
+    assert summary["fetched"] == [f"{IRIS}@1"]
+    assert pickle_path.read_bytes() == good
+
+
 def test_an_unreachable_store_changes_nothing_and_says_so(mirror, sshd):
     mirror.sync_once()
     before = sorted(p.relative_to(mirror.local.root) for p in mirror.local.root.rglob("*"))

@@ -35,7 +35,7 @@ from service.errors import ServiceError, StoreError
 from service.store import metadata as metadata_io
 from service.store.layout import TEMP_PREFIX, is_version_dir
 from service.store.remote import RemoteStore
-from service.store.store import ModelStore, StoredArtifact, remove_tree
+from service.store.store import ModelStore, StoredArtifact, read_verified, remove_tree
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,10 @@ class StoreMirror:
         self.local = local
         self.verify = verify
         self.last_success: float | None = None
+        # The first pass also checks the pickles this host already holds against their
+        # metadata, so a copy damaged on this disk (while the agent was down) is fetched
+        # again; later passes trust what they verified themselves.
+        self.check_local_files = True
 
     def sync_once(self) -> dict[str, Any]:
         """One pass; returns what changed. Raises when the authoritative store cannot be
@@ -85,6 +89,7 @@ class StoreMirror:
                 self.local.remove_model(name)
                 summary["removed"].append(name)
         self.last_success = time.time()
+        self.check_local_files = False
         return summary
 
     def run(self, interval: float, stop: threading.Event) -> None:
@@ -134,9 +139,20 @@ class StoreMirror:
     def _has(self, name: str, version: int, metadata_digest: str) -> bool:
         path = self.local.layout.metadata_file(name, version)
         try:
-            return hashlib.sha256(path.read_bytes()).hexdigest() == metadata_digest
+            same = hashlib.sha256(path.read_bytes()).hexdigest() == metadata_digest
         except (FileNotFoundError, NotADirectoryError):
             return False
+        if same and self.check_local_files:
+            artifact = yaml.safe_load(path.read_text(encoding="utf-8"))["artifact"]
+            try:
+                read_verified(
+                    path.parent, artifact["file"], artifact["sha256"], artifact["size"],
+                    where=f"{name}@{version}",
+                )  # fmt: skip
+            except ServiceError as exc:
+                log.warning("%s; fetching it again", exc.message)
+                return False
+        return same
 
     def _fetch(self, name: str, version: int) -> None:
         """Fetch into a scratch directory, verify there, then rename into place."""
