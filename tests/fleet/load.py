@@ -21,6 +21,7 @@ class BoundedLoad:
         threads: int = 4,
         max_requests: int = 200_000,
         max_seconds: float = 300.0,
+        rate: float = 60.0,
         headers: dict[str, str] | None = None,
     ):
         parts = urlsplit(url)
@@ -30,6 +31,10 @@ class BoundedLoad:
         self.threads = threads
         self.max_requests = max_requests
         self.max_seconds = max_seconds
+        # Requests a second, all threads together: steady traffic that leaves the shared
+        # cores to the fleet and the deploy under test (a saturating load would mostly
+        # measure how slowly everything else then runs).
+        self.interval = threads / rate
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._workers: list[threading.Thread] = []
@@ -56,17 +61,32 @@ class BoundedLoad:
 
     def wait_for(self, requests: int, timeout: float = 60.0) -> None:
         """Until at least ``requests`` more answers are in (load is flowing)."""
-        target = self.sent + requests
+        target = self.answered + requests
         deadline = time.monotonic() + timeout
-        while self.sent < target:
+        while self.answered < target:
             if time.monotonic() > deadline:
-                raise AssertionError(f"load stalled at {self.sent} requests")
+                raise AssertionError(f"load stalled at {self.answered} answers")
             time.sleep(0.05)
+
+    def wait_done(self, timeout: float = 120.0) -> None:
+        """Until every request of a load bounded by ``max_requests`` has its answer."""
+        for worker in self._workers:
+            worker.join(timeout)
+        assert self.answered == self.sent == self.max_requests, (self.answered, self.sent)
+
+    @property
+    def answered(self) -> int:
+        return sum(self.served_by.values()) + len(self.failures)
 
     def _run(self) -> None:
         connection = None
         deadline = self.started + self.max_seconds
+        next_at = time.monotonic()
         while not self._stop.is_set() and time.monotonic() < deadline:
+            next_at += self.interval
+            pause = next_at - time.monotonic()
+            if pause > 0 and self._stop.wait(pause):
+                break
             with self._lock:
                 if self.sent >= self.max_requests:
                     return

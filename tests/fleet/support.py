@@ -39,12 +39,16 @@ def require_fleet_support() -> None:
         pytest.skip(reason)
 
 
+# A deployed fleet's services get their graceful stop: down can take a while on busy cores.
+DOWN_TIMEOUT_S = 240
+
+
 def fleet_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     result = subprocess.run(
         [sys.executable, str(FLEET_SCRIPT), *args],
         capture_output=True,
         text=True,
-        timeout=COMMAND_TIMEOUT_S,
+        timeout=DOWN_TIMEOUT_S if args[0] == "down" else COMMAND_TIMEOUT_S,
     )
     if check:
         assert result.returncode == 0, f"fleet.py {args[0]}: {result.stdout}{result.stderr}"
