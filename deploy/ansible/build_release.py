@@ -6,6 +6,7 @@ Writes, under OUT:
   wheelhouse/    the project's wheel and a wheel of every runtime dependency, at the versions
                  constraints.txt pins (the ones the test suite passes with), plus the host
                  tools of deploy/ansible/requirements-host.txt (supervisord)
+  bundles/       (made by the deploy) archives of the wheels some host lacked
   release.yaml   the release's name, the project wheel, every wheel with its sha256, and the
                  requirements the hosts install with (deploy.yml reads it)
 
@@ -205,6 +206,8 @@ def build(out: Path, release: str | None) -> dict:
         fill_wheelhouse(wheelhouse / project_wheel.name, wheelhouse, cache)
     shutil.rmtree(cache)
     wheelhouse.rename(cache)
+    # Archives of wheels the deploy made for hosts that lacked them: of the previous release.
+    shutil.rmtree(out / "bundles", ignore_errors=True)
     description = describe(cache, project_wheel.name, project_version(ROOT), release)
     header = "# Written by deploy/ansible/build_release.py; read by deploy/ansible/deploy.yml.\n"
     (out / "release.yaml").write_text(header + yaml.safe_dump(description, sort_keys=False))
