@@ -8,7 +8,6 @@ import json
 import logging
 import math
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
@@ -50,7 +49,7 @@ def deploy_file(name: str) -> Path:
 
 
 def register(cli: click.Group) -> None:
-    for command in (deploy_path, store_sync, store_serve, gate, backup, restore):
+    for command in (deploy_path, store_sync, gate, backup, restore):
         cli.add_command(command)
 
 
@@ -73,9 +72,8 @@ def store_sync(once: bool) -> None:
     if not settings.store_remote:
         raise click.ClickException("store-sync needs the setting store_remote (ssh://…)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    mirror = StoreMirror(
-        RemoteStore.from_settings(settings), ModelStore(settings.store), verify=LoadedModel
-    )
+    remote = RemoteStore.from_settings(settings, multiplex=not once)
+    mirror = StoreMirror(remote, ModelStore(settings.store), verify=LoadedModel)
     if once:
         summary = mirror.sync_once()
         click.echo(json.dumps(summary))
@@ -85,33 +83,10 @@ def store_sync(once: bool) -> None:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    mirror.run(settings.store_sync_interval, stop)
-
-
-@click.command("store-serve")
-@click.option(
-    "--store",
-    "store_path",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="The authoritative store on this host.",
-)
-def store_serve(store_path: Path) -> None:
-    """Answer one store request from SSH_ORIGINAL_COMMAND (the forced command of the keys
-    in the store host's authorized_keys)."""
-    from service.store.serve import main
-
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    sys.exit(main(store_path, verify=_verify_loaded))
-
-
-def _verify_loaded(artifact: Any) -> None:
-    """A published version must load and replay its golden example (as a local publish).
-    Imported only when a version is published: every store request is a new process, and
-    most (a manifest, an alias change) need no model runtime."""
-    from service.runtime.model import LoadedModel
-
-    LoadedModel(artifact)
+    try:
+        mirror.run(settings.store_sync_interval, stop)
+    finally:
+        remote.close()
 
 
 @click.command()

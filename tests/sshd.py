@@ -124,3 +124,7 @@ def wait_for_port(port: int, process: subprocess.Popen, log: Path, timeout: floa
 
 def modelctl() -> str:
     return str(Path(sys.executable).with_name("modelctl"))
+
+
+def store_serve() -> str:
+    return str(Path(sys.executable).with_name("model-store-serve"))

@@ -1,5 +1,5 @@
 """The authoritative store over SSH (a real sshd on loopback, its key forced to
-`modelctl store-serve`), the mirror a host keeps of it, and backup and restore."""
+`model-store-serve`), the mirror a host keeps of it, and backup and restore."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from service.runtime.model import LoadedModel
 from service.store import ModelStore, archive
 from service.store.mirror import StoreMirror, describe, read_status
 from service.store.remote import RemoteStore
-from tests.sshd import loopback_sshd, modelctl
+from tests.sshd import loopback_sshd, modelctl, store_serve
 
 IRIS = "iris-classifier"
 
@@ -36,7 +36,7 @@ def authoritative(trained_store_dir, tmp_path) -> Path:
 
 @pytest.fixture
 def sshd(authoritative, tmp_path):
-    command = f"{modelctl()} store-serve --store {authoritative}"
+    command = f"{store_serve()} --store {authoritative}"
     with loopback_sshd(tmp_path / "sshd", command) as server:
         yield server
 
@@ -167,6 +167,29 @@ def test_a_mirror_takes_every_version_and_the_aliases_byte_for_byte(mirror, auth
             ).read_bytes()
         local.load_artifact(name, 1)  # sha256-verified
     assert mirror.sync_once() == {"fetched": [], "aliases": [], "removed": [], "problems": []}
+
+
+def test_a_mirror_that_keeps_its_connection_open_leaves_nothing_running(
+    sshd, authoritative, tmp_path
+):
+    shared = RemoteStore(
+        sshd.url(authoritative), key=sshd.key, known_hosts=sshd.known_hosts, multiplex=True
+    )
+    mirror = StoreMirror(shared, ModelStore(tmp_path / "local"), verify=LoadedModel)
+    mirror.sync_once()
+    check = [*shared.ssh_command(), "-O", "check"]
+    assert subprocess.run(check, capture_output=True, timeout=10).returncode == 0
+    assert mirror.sync_once()["problems"] == []
+    control_dir = Path(shared.control_dir)
+    assert any(control_dir.iterdir())  # the shared connection's socket
+    shared.close()
+    assert shared.control_dir is None and not control_dir.exists()
+    masters = subprocess.run(["pgrep", "-f", "ControlPersist=30"], capture_output=True, text=True)
+    assert str(shared.url.port) not in "".join(
+        Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
+        for pid in masters.stdout.split()
+        if Path(f"/proc/{pid}/cmdline").exists()
+    )
 
 
 def test_a_promotion_reaches_the_mirror_at_its_next_pass(mirror, remote, authoritative):

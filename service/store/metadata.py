@@ -6,12 +6,12 @@ published in API docs, and reports mistakes with the path of the bad field.
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jsonschema
 import yaml
 
 from service.errors import InvalidMetadata
@@ -226,7 +226,17 @@ METADATA_SCHEMA: dict[str, Any] = {
     ],
 }
 
-_validator = jsonschema.Draft202012Validator(METADATA_SCHEMA)
+if TYPE_CHECKING:
+    import jsonschema
+
+
+@functools.cache
+def _validator() -> jsonschema.Draft202012Validator:
+    # Built at first use: a store host answers most requests (a manifest, an alias change)
+    # without validating metadata, and each request is a new process.
+    import jsonschema
+
+    return jsonschema.Draft202012Validator(METADATA_SCHEMA)
 
 
 def onnx_backend(metadata: dict[str, Any]) -> dict[str, Any]:
@@ -243,7 +253,7 @@ def validate(metadata: Any, *, partial: bool = False) -> dict[str, Any]:
     if not isinstance(metadata, dict):
         raise InvalidMetadata("metadata must be a mapping")
     problems = []
-    for error in sorted(_validator.iter_errors(metadata), key=lambda e: list(e.absolute_path)):
+    for error in sorted(_validator().iter_errors(metadata), key=lambda e: list(e.absolute_path)):
         if partial and _is_filled_at_publish(error):
             continue
         where = "/".join(str(part) for part in error.absolute_path) or "(top level)"

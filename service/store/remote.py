@@ -1,8 +1,8 @@
 """The authoritative store on another host, reached over SSH.
 
 A fleet serves from one store: a directory on a store host, written only by
-``modelctl store-serve`` running there as the forced command of every key that
-may reach it (``restrict,command="modelctl store-serve --store PATH"`` in
+``model-store-serve`` running there as the forced command of every key that
+may reach it (``restrict,command="model-store-serve --store PATH"`` in
 authorized_keys). So the store host's own locks and atomic renames keep it
 consistent whoever writes, and a key can do nothing on that host but the store
 operations of :mod:`service.store.serve`. Each request is one ``ssh`` exchange:
@@ -16,12 +16,15 @@ checks host keys strictly against a known_hosts file, and the same store code
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
 import shlex
+import shutil
 import subprocess
 import tarfile
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
@@ -88,20 +91,37 @@ class RemoteStore:
         key: str | Path | None = None,
         known_hosts: str | Path | None = None,
         timeout: float = 10.0,
+        multiplex: bool = False,
     ):
         self.url = parse_store_url(url)
         self.key = Path(key) if key else None
         self.known_hosts = Path(known_hosts) if known_hosts else None
         self.timeout = timeout
+        # A long-lived client (a host's mirror, asking every second) keeps one SSH connection
+        # open and runs each request as a new session on it: no key exchange per request.
+        self.control_dir = tempfile.mkdtemp(prefix="model-store-ssh-") if multiplex else None
 
     @classmethod
-    def from_settings(cls, settings: Any, url: str | None = None) -> RemoteStore:
+    def from_settings(
+        cls, settings: Any, url: str | None = None, *, multiplex: bool = False
+    ) -> RemoteStore:
         return cls(
             url or settings.store_remote,
             key=settings.store_remote_key or None,
             known_hosts=settings.store_remote_known_hosts or None,
             timeout=settings.store_remote_timeout,
+            multiplex=multiplex,
         )
+
+    def close(self) -> None:
+        """End the shared connection, if one was kept (``ssh -O exit``)."""
+        if self.control_dir is None:
+            return
+        subprocess.run(
+            [*self.ssh_command(), "-O", "exit"], capture_output=True, timeout=10, check=False
+        )
+        shutil.rmtree(self.control_dir, ignore_errors=True)
+        self.control_dir = None
 
     def __str__(self) -> str:
         return str(self.url)
@@ -234,6 +254,10 @@ class RemoteStore:
         ]  # fmt: skip
         if self.known_hosts:
             options += ["-o", f"UserKnownHostsFile={self.known_hosts}"]
+        if self.control_dir:
+            # Requests use the shared connection when it is there and connect on their own
+            # when it is not; _ensure_master starts it.
+            options += ["-o", "ControlMaster=no", "-o", f"ControlPath={self.control_dir}/%C"]
         if self.key:
             options += ["-i", str(self.key), "-o", "IdentitiesOnly=yes"]
         return [SSH_BINARY, *options, "-p", str(self.url.port), f"{self.url.user}@{self.url.host}"]
@@ -247,6 +271,8 @@ class RemoteStore:
         timeout: float | None = ...,  # type: ignore[assignment]
     ) -> bytes:
         remote = shlex.join([PROTOCOL, "--store-path", self.url.path, *args])
+        if self.control_dir:
+            self._ensure_master()
         command = [*self.ssh_command(), "--", remote]
         timeout = self.timeout if timeout is ... else timeout
         feed = stdin if isinstance(stdin, bytes) else None
@@ -276,6 +302,25 @@ class RemoteStore:
                 + (reason[-1] if reason else f"ssh exited with {result.returncode}")
             )
         return output
+
+    def _ensure_master(self) -> None:
+        """Start the shared connection unless it runs. It goes in the background on its own
+        (-f) with no stdio of ours, so no pipe of a request waits for it; it ends 30 s after
+        its last request, or at close()."""
+        check = [*self.ssh_command(), "-O", "check"]
+        if subprocess.run(check, capture_output=True, timeout=5, check=False).returncode == 0:
+            return
+        options = ["-o", "ControlMaster=yes", "-o", "ControlPersist=30", "-M", "-N", "-f"]
+        # On a timeout, the request that follows connects on its own and says what is wrong.
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            subprocess.run(
+                [*self.ssh_command(), *options],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=self.timeout,
+                check=False,
+            )
 
 
 def _remote_error(output: bytes) -> ServiceError:

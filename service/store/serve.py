@@ -1,7 +1,7 @@
-"""The store host's side of :mod:`service.store.remote`: ``modelctl store-serve``.
+"""The store host's side of :mod:`service.store.remote`: ``model-store-serve``.
 
 It runs as the forced command of every key allowed to reach the store
-(``restrict,command="modelctl store-serve --store PATH"`` in authorized_keys),
+(``restrict,command="model-store-serve --store PATH"`` in authorized_keys),
 so the command a client asked for arrives in ``SSH_ORIGINAL_COMMAND`` and is
 parsed here, never handed to a shell: a key can run these operations on this
 store and nothing else. Answers are JSON on stdout; an error is JSON too, with
@@ -204,6 +204,25 @@ def _error_body(exc: ServiceError) -> dict[str, Any]:
 def _write_json(stdout: IO[bytes], value: Any) -> None:
     stdout.write(json.dumps(value, default=str).encode() + b"\n")
     stdout.flush()
+
+
+def console() -> None:
+    """``model-store-serve --store PATH``: the forced command of the keys that may reach a
+    fleet's store. A console script of its own, lighter than modelctl: it runs once for
+    every request, and each host's mirror asks every second."""
+    parser = argparse.ArgumentParser(prog="model-store-serve", description=console.__doc__)
+    parser.add_argument("--store", required=True, type=Path, help="the store on this host")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    sys.exit(main(args.store, verify=verify_loaded))
+
+
+def verify_loaded(artifact: StoredArtifact) -> None:
+    """A published version must load and replay its golden example, as a local publish.
+    Imported only when a version is published: most requests need no model runtime."""
+    from service.runtime.model import LoadedModel
+
+    LoadedModel(artifact)
 
 
 def main(store_root: Path, verify: Verify | None) -> int:
