@@ -39,6 +39,7 @@ class BoundedLoad:
         self._lock = threading.Lock()
         self._workers: list[threading.Thread] = []
         self.sent = 0
+        self.reconnects = 0
         self.failures: list[str] = []
         self.served_by: collections.Counter[str] = collections.Counter()
         self.versions: collections.Counter[int] = collections.Counter()
@@ -92,11 +93,7 @@ class BoundedLoad:
                     return
                 self.sent += 1
             try:
-                if connection is None:
-                    connection = http.client.HTTPConnection(self.host, self.port, timeout=30)
-                connection.request("POST", self.path, self.body, self.headers)
-                answer = connection.getresponse()
-                data = answer.read()
+                connection, answer, data = self._post(connection)
                 if answer.status != 200:
                     self._fail(f"{answer.status}: {data[:200]!r}")
                     continue
@@ -110,6 +107,26 @@ class BoundedLoad:
                 connection = None
         if connection is not None:
             connection.close()
+
+    def _post(self, connection):
+        """One request. On a kept-alive connection that the balancer closed while it was idle
+        (Nginx's old workers close theirs at a reload), the request never reached it: sent
+        again once on a new connection, as HTTP clients do, and counted in ``reconnects``.
+        Any other error, and any error on a new connection, is a failure."""
+        reused = connection is not None
+        try:
+            if connection is None:
+                connection = http.client.HTTPConnection(self.host, self.port, timeout=30)
+            connection.request("POST", self.path, self.body, self.headers)
+            answer = connection.getresponse()
+            return connection, answer, answer.read()
+        except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+            connection.close()
+            if not reused:
+                raise
+        with self._lock:
+            self.reconnects += 1
+        return self._post(None)
 
     def _fail(self, reason: str) -> None:
         with self._lock:
