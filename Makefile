@@ -116,8 +116,12 @@ rollback-release: $(ANSIBLE_INSTALLED)
 
 # A fleet of network namespaces on this machine (root only): HOSTS app hosts, a balancer
 # and a store host, each with its own sshd; its inventory is $(FLEET_DIR)/inventory.yaml.
+# Its first deploy seeds the fleet's store with the demo models (trained here if $(STORE)
+# holds none, as make run does).
 fleet-up: $(INSTALLED)
-	$(BIN)/python deploy/testfleet/fleet.py up --hosts $(HOSTS) --dir $(FLEET_DIR)
+	$(BIN)/modelctl train-demo --if-empty --store $(STORE)
+	$(BIN)/python deploy/testfleet/fleet.py up --hosts $(HOSTS) --dir $(FLEET_DIR) \
+		--seed-store $(STORE)
 
 fleet-down:
 	$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) deploy/testfleet/fleet.py down --dir $(FLEET_DIR)

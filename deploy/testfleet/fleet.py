@@ -598,6 +598,21 @@ def build(fleet: Fleet) -> None:
     wait_for_logins(fleet, UP_TIMEOUT_S)
 
 
+def add_seed_store(directory: Path, seed_store: Path) -> None:
+    """Name in the inventory the store a first deploy seeds the fleet's store from, and let
+    the controller's key reach that store too (as `modelctl --store ssh://...` does)."""
+    import yaml
+
+    path = directory / "inventory.yaml"
+    text = path.read_text()
+    header = "".join(line for line in text.splitlines(keepends=True) if line.startswith("#"))
+    data = yaml.safe_load(text)
+    data["all"]["vars"]["seed_store"] = str(seed_store)
+    public_key = (directory / "id_ed25519.pub").read_text().strip()
+    data["all"]["vars"]["store_admin_public_key"] = public_key
+    path.write_text(header + yaml.safe_dump(data, sort_keys=False, width=1000))
+
+
 # --- down -----------------------------------------------------------------------------------
 
 
@@ -758,6 +773,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     up_parser.add_argument("--hosts", type=int, default=3, help="app hosts (default 3)")
     up_parser.add_argument("--prefix", default=DEFAULT_PREFIX, help="namespace/interface prefix")
     up_parser.add_argument("--subnet", default=DEFAULT_SUBNET, help="first three octets")
+    up_parser.add_argument(
+        "--seed-store",
+        type=Path,
+        help="a store on this machine whose models fill the fleet's store at its first deploy",
+    )
     down_parser = commands.add_parser("down", help="tear the fleet down (idempotent)")
     down_parser.add_argument(
         "--prefix",
@@ -777,6 +797,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "up":
             started = time.monotonic()
             fleet = up(directory, args.hosts, args.prefix, args.subnet)
+            if args.seed_store is not None:
+                add_seed_store(directory, args.seed_store.resolve())
             elapsed = time.monotonic() - started
             print(f"{len(fleet.hosts)} hosts up in {elapsed:.1f} s; inventory:")
             print(f"  {directory / 'inventory.yaml'}")

@@ -91,17 +91,25 @@ class RunningFleet:
         return result
 
 
-def up_args(directory: Path | str, prefix: str, subnet: str, app_hosts: int) -> tuple[str, ...]:
+def up_args(
+    directory: Path | str, prefix: str, subnet: str, app_hosts: int, seed_store: Path | None = None
+) -> tuple[str, ...]:
     hosts = str(app_hosts)
-    return ("up", "--hosts", hosts, "--prefix", prefix, "--subnet", subnet, "--dir", str(directory))
+    seed = ("--seed-store", str(seed_store)) if seed_store else ()
+    return (
+        "up", "--hosts", hosts, "--prefix", prefix, "--subnet", subnet, "--dir", str(directory),
+        *seed,
+    )  # fmt: skip
 
 
 @contextlib.contextmanager
-def fleet_up(directory: Path, prefix: str, subnet: str, app_hosts: int) -> Iterator[RunningFleet]:
+def fleet_up(
+    directory: Path, prefix: str, subnet: str, app_hosts: int, seed_store: Path | None = None
+) -> Iterator[RunningFleet]:
     """A fleet for the duration of the block, torn down however the block ends."""
     require_fleet_support()
     try:
-        fleet_cli(*up_args(directory, prefix, subnet, app_hosts))
+        fleet_cli(*up_args(directory, prefix, subnet, app_hosts, seed_store))
         yield RunningFleet(directory, prefix, subnet)
     finally:
         # A failed teardown fails the test too; Python keeps the test's own error as its context.

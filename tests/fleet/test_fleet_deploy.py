@@ -42,17 +42,12 @@ def figure(name: str, value: str) -> None:
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory, trained_store_dir):
     directory = tmp_path_factory.mktemp("deploy-fleet") / "fleet"
-    with fleet_up(directory, "msd", "10.234.0", len(APP_HOSTS)) as running:
-        seed = directory.parent / "seed_store"
-        shutil.copytree(trained_store_dir, seed)
-        republish(ModelStore(seed), IRIS)  # a second version to promote to
-        inventory = directory / "inventory.yaml"
-        data = yaml.safe_load(inventory.read_text())
-        data["all"]["vars"]["seed_store"] = str(seed)
-        data["all"]["vars"]["store_admin_public_key"] = (
-            (directory / "id_ed25519.pub").read_text().strip()
-        )
-        inventory.write_text(yaml.safe_dump(data, sort_keys=False))
+    seed = directory.parent / "seed_store"
+    shutil.copytree(trained_store_dir, seed)
+    republish(ModelStore(seed), IRIS)  # a second version to promote to
+    with fleet_up(directory, "msd", "10.234.0", len(APP_HOSTS), seed_store=seed) as running:
+        inventory = yaml.safe_load((directory / "inventory.yaml").read_text())
+        assert inventory["all"]["vars"]["seed_store"] == str(seed)
         yield running
 
 
