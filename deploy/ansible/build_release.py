@@ -139,11 +139,8 @@ def fill_wheelhouse(project_wheel: Path, wheelhouse: Path, cache: Path) -> None:
 
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def wheel_requirement(filename: str) -> str:

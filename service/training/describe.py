@@ -29,11 +29,8 @@ def estimator_description(estimator: Any) -> dict[str, Any]:
 
 
 def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def golden_example(estimator: Any, rows: np.ndarray, task: str) -> dict[str, Any]:
