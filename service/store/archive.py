@@ -15,8 +15,8 @@ see each model's old state or its new one, never half of either.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -261,11 +261,4 @@ def _add(tar: tarfile.TarFile, member: str, data: bytes) -> None:
     info.size = len(data)
     info.mode = 0o644
     info.mtime = 0  # the same store gives the same members
-    with contextlib.closing(_reader(data)) as stream:
-        tar.addfile(info, stream)
-
-
-def _reader(data: bytes):
-    import io
-
-    return io.BytesIO(data)
+    tar.addfile(info, io.BytesIO(data))

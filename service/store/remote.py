@@ -136,18 +136,9 @@ class RemoteStore:
         return True  # an unreachable store raises; a reachable one exists, if empty
 
     def resolve(self, ref: Any, default_alias: str = "production") -> int:
-        from service.errors import AliasNotFound, VersionNotFound
+        from service.store.store import resolve_ref
 
-        if ref.version is not None:
-            versions = self.versions(ref.name)
-            if ref.version not in versions:
-                raise VersionNotFound(f"model {ref.name!r} has no version {ref.version}")
-            return ref.version
-        alias = ref.alias or default_alias
-        aliases = self.aliases(ref.name)
-        if alias not in aliases:
-            raise AliasNotFound(f"model {ref.name!r} has no alias {alias!r}")
-        return int(aliases[alias])
+        return resolve_ref(self, ref, default_alias)
 
     def names(self) -> list[str]:
         return sorted(self.manifest()["models"])

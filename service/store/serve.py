@@ -47,8 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     ops.add_parser("manifest", add_help=False)
     ops.add_parser("backup", add_help=False)
     ops.add_parser("restore", add_help=False)
-    for op in ("aliases",):
-        ops.add_parser(op, add_help=False).add_argument("name")
+    ops.add_parser("aliases", add_help=False).add_argument("name")
     for op in ("metadata", "export"):
         sub = ops.add_parser(op, add_help=False)
         sub.add_argument("name")

@@ -157,21 +157,7 @@ class ModelStore:
 
     def resolve(self, ref: ModelRef, default_alias: str = "production") -> int:
         """The version number a reference points at."""
-        if ref.version is not None:
-            if ref.version not in self.versions(ref.name):
-                raise VersionNotFound(
-                    f"model {ref.name!r} has no version {ref.version}",
-                    details={"model": ref.name, "versions": self.versions(ref.name)},
-                )
-            return ref.version
-        alias = ref.alias or default_alias
-        aliases = self.aliases(ref.name)
-        if alias not in aliases:
-            raise AliasNotFound(
-                f"model {ref.name!r} has no alias {alias!r}",
-                details={"model": ref.name, "aliases": sorted(aliases)},
-            )
-        return int(aliases[alias])
+        return resolve_ref(self, ref, default_alias)
 
     def metadata(self, name: str, version: int) -> dict[str, Any]:
         path = self.layout.metadata_file(name, version)
@@ -574,6 +560,27 @@ class ModelStore:
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def resolve_ref(store: Any, ref: ModelRef, default_alias: str = "production") -> int:
+    """The version a reference points at in ``store`` (this store, or a fleet's remote one:
+    anything with ``versions(name)`` and ``aliases(name)``)."""
+    if ref.version is not None:
+        versions = store.versions(ref.name)
+        if ref.version not in versions:
+            raise VersionNotFound(
+                f"model {ref.name!r} has no version {ref.version}",
+                details={"model": ref.name, "versions": versions},
+            )
+        return ref.version
+    alias = ref.alias or default_alias
+    aliases = store.aliases(ref.name)
+    if alias not in aliases:
+        raise AliasNotFound(
+            f"model {ref.name!r} has no alias {alias!r}",
+            details={"model": ref.name, "aliases": sorted(aliases)},
+        )
+    return int(aliases[alias])
 
 
 def _is_name(text: str) -> bool:

@@ -95,7 +95,7 @@ def check_make(result: subprocess.CompletedProcess) -> None:
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
 
 
-def iris_body(store: ModelStore | None = None) -> dict:
+def iris_body() -> dict:
     return {"instances": [[5.1, 3.5, 1.4, 0.2]]}
 
 
