@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import shutil
 import tarfile
 import uuid
@@ -42,6 +41,7 @@ from service.store.store import (
     FILE_NAME_PATTERN,
     ModelStore,
     now_iso,
+    put_version_in_place,
     read_verified,
     remove_tree,
 )
@@ -243,11 +243,7 @@ def _replace_dir(source: Path, target: Path) -> None:
         return
     staged = target.with_name(f"{TEMP_PREFIX}{uuid.uuid4().hex}")
     shutil.copytree(source, staged)
-    for path in staged.iterdir():
-        os.chmod(path, 0o644)
-    if target.exists():
-        remove_tree(target)
-    os.rename(staged, target)
+    put_version_in_place(staged, target)
 
 
 def _same_files(a: Path, b: Path) -> bool:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 import threading
 import time
@@ -35,7 +34,13 @@ from service.errors import ServiceError, StoreError
 from service.store import metadata as metadata_io
 from service.store.layout import TEMP_PREFIX, is_version_dir
 from service.store.remote import RemoteStore
-from service.store.store import ModelStore, StoredArtifact, read_verified, remove_tree
+from service.store.store import (
+    ModelStore,
+    StoredArtifact,
+    put_version_in_place,
+    read_verified,
+    remove_tree,
+)
 
 log = logging.getLogger(__name__)
 
@@ -164,13 +169,7 @@ class StoreMirror:
             artifact = self.local.load_from_directory(staged, name=name, version=version)
             if self.verify is not None:
                 self.verify(artifact)
-            for path in staged.iterdir():
-                os.chmod(path, 0o644)
-            os.chmod(staged, 0o755)
-            target = self.local.layout.version_dir(name, version)
-            if target.exists():
-                remove_tree(target)
-            os.rename(staged, target)
+            put_version_in_place(staged, self.local.layout.version_dir(name, version))
         except BaseException:
             shutil.rmtree(staged, ignore_errors=True)
             raise

@@ -635,6 +635,17 @@ def read_verified(
     return data
 
 
+def put_version_in_place(staged: Path, target: Path) -> None:
+    """A version directory prepared under a temporary name becomes ``target`` (replacing an
+    older copy there) by renames, readable by every worker user."""
+    for path in staged.iterdir():
+        os.chmod(path, 0o644)
+    os.chmod(staged, 0o755)
+    if target.exists():
+        remove_tree(target)
+    os.rename(staged, target)
+
+
 def remove_tree(path: Path) -> None:
     """Renamed away first, so a version (or a model) disappears at once and whole."""
     doomed = path.with_name(f"{TEMP_PREFIX}gone-{uuid.uuid4().hex}")
