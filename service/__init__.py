@@ -36,7 +36,7 @@ def load_model(ref: str, store: str | os.PathLike[str] | None = None) -> LoadedM
     from service.store import ModelStore, parse_ref
 
     settings = Settings.load(overrides=None if store is None else {"store": store})
-    model_store = ModelStore(settings.store)
+    model_store = ModelStore.from_settings(settings)
     parsed = parse_ref(ref)
     version = model_store.resolve(parsed, settings.default_alias)
     return load(

@@ -47,7 +47,7 @@ def build_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app = Flask("service")
     settings = Settings.load(overrides=test_config)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    store = ModelStore(settings.store)
+    store = ModelStore.from_settings(settings)
     registry = ModelRegistry(store, settings)
     # Metrics and the request log, as the settings say; before the first load, so load
     # times are counted.

@@ -16,8 +16,9 @@ from pathlib import Path
 import click
 import yaml
 
-from service import cli_fleet
+from service import cli_fleet, cli_signing
 from service.cli_fleet import open_store, store_location_option
+from service.cli_signing import signing_key_option
 from service.errors import ServiceError
 from service.store import ModelStore, parse_ref
 from service.store import metadata as metadata_io
@@ -107,8 +108,14 @@ def show(ref: str, store_location: str, full: bool) -> None:
     help="Publish the pickle only: no ONNX form (by default the model is converted and "
     "checked against the pickle; `modelctl optimize` can add it later).",
 )
+@signing_key_option
 def train(
-    spec_path: Path, store_location: str, force_reason: str | None, dry_run: bool, no_onnx: bool
+    spec_path: Path,
+    store_location: str,
+    force_reason: str | None,
+    dry_run: bool,
+    no_onnx: bool,
+    signing_key: Path | None,
 ) -> None:
     """Train, evaluate and publish a model from a training spec (YAML)."""
     from service.training import spec as specs
@@ -118,7 +125,7 @@ def train(
     spec = specs.load(spec_path)
     result = run_training(
         spec,
-        open_store(store_location),
+        open_store(store_location, sign=True, signing_key=signing_key),
         force_reason=force_reason,
         progress=sys.stderr.isatty(),
         publish=not dry_run,
@@ -204,13 +211,19 @@ def _short(value: float | None) -> str:
 )
 @click.option("--alias", "aliases", multiple=True, help="Point these aliases at the new version.")
 @store_location_option
+@signing_key_option
 def publish(
-    name: str, model_path: Path, metadata_path: Path, aliases: tuple[str, ...], store_location: str
+    name: str,
+    model_path: Path,
+    metadata_path: Path,
+    aliases: tuple[str, ...],
+    store_location: str,
+    signing_key: Path | None,
 ) -> None:
     """Publish a pickle and its metadata as a new version of NAME (atomically)."""
     from service.runtime.model import LoadedModel
 
-    store = open_store(store_location)
+    store = open_store(store_location, sign=True, signing_key=signing_key)
     meta = metadata_io.read(metadata_path)
     if not isinstance(meta, dict):
         raise click.ClickException(f"{metadata_path}: expected a YAML mapping")
@@ -274,7 +287,7 @@ def optimize(ref: str, store_path: Path, spec_path: Path | None) -> None:
     services switch to onnxruntime at their next look at the store."""
     from service.training.optimize import optimize_version
 
-    store = ModelStore(store_path)
+    store = open_store(store_path, sign=True)
     model_ref = parse_ref(ref)
     version = store.resolve(model_ref)
     compiled = optimize_version(store, model_ref.name, version, spec_path=spec_path)
@@ -424,7 +437,7 @@ def predict(
     from service.batch import predict_csv
     from service.runtime import model as model_runtime
 
-    store = ModelStore(store_path)
+    store = open_store(store_path)
     model_ref = parse_ref(ref)
     model = model_runtime.load(store, model_ref.name, store.resolve(model_ref), backend=backend)
     result = predict_csv(
@@ -504,11 +517,12 @@ def export_log(
 @cli.command("train-demo")
 @store_location_option
 @click.option("--if-empty", is_flag=True, help="Do nothing when the store holds any model.")
-def train_demo(store_location: str, if_empty: bool) -> None:
+@signing_key_option
+def train_demo(store_location: str, if_empty: bool, signing_key: Path | None) -> None:
     """Train the demo models (iris, breast cancer, diabetes) into the store."""
     from service.training.demo import train_demo_models
 
-    store = open_store(store_location)
+    store = open_store(store_location, sign=True, signing_key=signing_key)
     if if_empty and store.exists() and store.names():
         click.echo(f"{store_location} already holds models: {', '.join(store.names())}")
         return
@@ -625,6 +639,7 @@ def hash_key(key: str | None) -> None:
 
 
 cli_fleet.register(cli)
+cli_signing.register(cli)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,6 +3,7 @@ rolling upgrade's gate, and the deploy files an installed package carries."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -32,10 +33,20 @@ store_location_option = click.option(
 )
 
 
-def open_store(location: str | Path) -> ModelStore | RemoteStore:
+def open_store(
+    location: str | Path, *, sign: bool = False, signing_key: str | Path | None = None
+) -> ModelStore | RemoteStore:
+    """A local store trusts the settings' signing keys; with ``sign`` it signs what it
+    publishes with ``signing_key`` (default: the signing_key setting)."""
+    try:
+        settings = Settings.load()
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
     if is_remote(location):
-        return RemoteStore.from_settings(Settings.load(), url=str(location))
-    return ModelStore(location)
+        return RemoteStore.from_settings(settings, url=str(location))
+    if signing_key:
+        settings = dataclasses.replace(settings, signing_key=str(signing_key))
+    return ModelStore.from_settings(settings, location, sign=sign)
 
 
 def deploy_file(name: str) -> Path:
@@ -73,7 +84,7 @@ def store_sync(once: bool) -> None:
         raise click.ClickException("store-sync needs the setting store_remote (ssh://…)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     remote = RemoteStore.from_settings(settings, multiplex=not once)
-    mirror = StoreMirror(remote, ModelStore(settings.store), verify=LoadedModel)
+    mirror = StoreMirror(remote, ModelStore.from_settings(settings), verify=LoadedModel)
     if once:
         summary = mirror.sync_once()
         click.echo(json.dumps(summary))

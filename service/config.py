@@ -47,6 +47,15 @@ class Settings:
     # host name.
     instance_name: str = ""
 
+    # -- signed models (service.store.signing) ---------------------------------------
+    # Paths of PEM public keys (EC P-256/384/521): a version is unpickled only when its
+    # model-signing signature (model.sig) verifies against one of them. Empty: only its
+    # sha256 is checked, which detects damage but not someone who can write the store.
+    trusted_signing_keys: tuple[str, ...] = ()
+    # Path of the PEM private key modelctl signs what it publishes with (train, publish,
+    # train-demo, optimize); empty: versions are published unsigned.
+    signing_key: str = ""
+
     # -- a fleet: one authoritative store, mirrored on every host --------------------
     # ssh://user@host[:port]/path of the authoritative store; empty: `store` is the only
     # store (one machine). When set, `modelctl store-sync` mirrors it into `store`, verifying

@@ -129,6 +129,18 @@ class IntegrityError(StoreError):
     code = "integrity_error"
 
 
+class SignatureRefused(IntegrityError):
+    """A version whose signature does not verify against any trusted key (or that has
+    none) while trusted keys are configured: it is never unpickled."""
+
+    code = "signature_refused"
+
+    def __init__(self, message: str, *, reason: str, details: Any = None):
+        super().__init__(message, details)
+        # unsigned | untrusted_key | mismatch | invalid: the metric's label.
+        self.reason = reason
+
+
 class StoreUnreachable(StoreError):
     """The authoritative store (a remote one) cannot be reached or did not answer."""
 

@@ -182,7 +182,7 @@ def create_server(
     settings: Settings, *, address: str, threads: int | None = None
 ) -> tuple[grpc.Server, ModelRegistry, int]:
     """A started-but-not-yet-serving server: the registry loaded, the port bound."""
-    registry = ModelRegistry(ModelStore(settings.store), settings)
+    registry = ModelRegistry(ModelStore.from_settings(settings), settings)
     registry.refresh()
     # Served predictions join feedback, count for drift and reach the prediction log,
     # in the same state as the HTTP workers'.

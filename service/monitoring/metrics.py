@@ -37,6 +37,7 @@ from prometheus_client.registry import Collector
 
 from service import monitoring
 from service.runtime import hooks
+from service.store import signing
 
 if TYPE_CHECKING:
     from service.config import Settings
@@ -89,6 +90,13 @@ MODEL_LOAD = Histogram(
     "one observation per load in any process.",
     ["model", "version"],
     buckets=LOAD_BUCKETS,
+)
+SIGNATURE_REFUSALS = Counter(
+    "model_service_signature_refusals_total",
+    "Versions refused before unpickling because their signature did not verify against a "
+    "trusted key (trusted_signing_keys), by reason: unsigned, untrusted_key, mismatch (a "
+    "file changed after signing), invalid; one per attempt to load, in any process.",
+    ["model", "version", "reason"],
 )
 PREDICTIONS = Counter(
     "model_service_predictions_total",
@@ -220,6 +228,10 @@ def observe_load(model: LoadedModel, seconds: float) -> None:
     MODEL_LOAD.labels(model.name, str(model.version)).observe(seconds)
 
 
+def observe_signature_refusal(name: str, version: int, reason: str) -> None:
+    SIGNATURE_REFUSALS.labels(name, str(version), reason).inc()
+
+
 # -- requests (called by service.api.observe) --------------------------------------
 
 _request_counters: dict[tuple[str, str, str, int], Any] = {}
@@ -266,11 +278,15 @@ def init_process(settings: Settings, registry: ModelRegistry | None = None) -> b
     _state.enabled = settings.metrics
     if not settings.metrics:
         hooks.remove_observer(observe_prediction)
+        if observe_signature_refusal in signing.refusal_listeners:
+            signing.refusal_listeners.remove(observe_signature_refusal)
         _state.registry = None
         if registry is not None and observe_load in registry.load_listeners:
             registry.load_listeners.remove(observe_load)
         return False
     hooks.add_observer(observe_prediction)
+    if observe_signature_refusal not in signing.refusal_listeners:
+        signing.refusal_listeners.append(observe_signature_refusal)
     if registry is not None:
         _state.registry = weakref.ref(registry)
         if observe_load not in registry.load_listeners:

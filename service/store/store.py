@@ -22,7 +22,7 @@ import re
 import shutil
 import uuid
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ from service.errors import (
     VersionNotFound,
 )
 from service.store import metadata as metadata_io
+from service.store import signing
 from service.store.layout import (
     COUNTER_FILE,
     LOCK_FILE,
@@ -103,9 +104,32 @@ def now_iso() -> str:
 
 
 class ModelStore:
-    def __init__(self, root: str | os.PathLike[str]):
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        trusted_keys: Sequence[str | os.PathLike[str]] = (),
+        signing_key: str | os.PathLike[str] | None = None,
+    ):
         self.layout = StoreLayout(Path(root))
         self.root = self.layout.root
+        # Public keys a version's signature must verify against before it is unpickled
+        # (none: the sha256 alone is checked), and the private key this store's publishes
+        # and amendments are signed with (none: unsigned). See service.store.signing.
+        self.trusted_keys = signing.check_trusted_keys(trusted_keys)
+        self.signing_key = signing.check_private_key(signing_key) if signing_key else None
+
+    @classmethod
+    def from_settings(
+        cls, settings: Any, root: str | os.PathLike[str] | None = None, *, sign: bool = False
+    ) -> ModelStore:
+        """The store at ``root`` (default: the ``store`` setting), trusting the keys the
+        settings name; what it publishes is signed with their ``signing_key`` if ``sign``."""
+        return cls(
+            settings.store if root is None else root,
+            trusted_keys=settings.trusted_signing_keys,
+            signing_key=(settings.signing_key or None) if sign else None,
+        )
 
     # -- reading ---------------------------------------------------------------
 
@@ -193,6 +217,7 @@ class ModelStore:
         meta_path = directory / METADATA_FILE
         if not meta_path.is_file():
             raise VersionNotFound(f"model {name!r} has no version {version}")
+        signing.verify_version(directory, self.trusted_keys, name=name, version=version)
         meta = metadata_io.validate(metadata_io.read(meta_path))
         if meta["name"] != name or meta["version"] != version:
             raise IntegrityError(
@@ -317,6 +342,8 @@ class ModelStore:
                 for file_name, data in extra_files.items():
                     _write_synced(temp_dir / file_name, data)
                 _write_synced(temp_dir / METADATA_FILE, metadata_io.dump(meta).encode())
+                if self.signing_key is not None:
+                    signing.sign_version(temp_dir, self.signing_key)
                 loaded = self._load_from_dir(
                     temp_dir, name=name, version=version, refuse_version_mismatch=True
                 )
@@ -360,20 +387,48 @@ class ModelStore:
             for key in ("name", "version", "created_at", "artifact"):
                 if new.get(key) != current.get(key):
                     raise IntegrityError(f"{name}@{version}: an amendment cannot change {key!r}")
+            signed = (directory / signing.SIGNATURE_FILE).is_file()
+            if signed and self.signing_key is None:
+                raise StoreError(
+                    f"{name}@{version} is signed: amending it needs the signing key "
+                    "(setting signing_key), else its signature would no longer verify"
+                )
             for file_name, data in checked.items():
                 _replace_synced(directory / file_name, data)
             metadata_io.write_atomic(meta_path, metadata_io.dump(new))
+            if self.signing_key is not None:
+                signing.sign_version(directory, self.signing_key)
             _fsync_dir(directory)
         log.info("amended %s@%d: %s", name, version, ", ".join(checked) or "metadata")
         return new
 
-    def metadata_signature(self, name: str, version: int) -> tuple[int, int, int] | None:
-        """Changes whenever a version's metadata.yaml is replaced (by ``amend``)."""
+    def metadata_signature(self, name: str, version: int) -> tuple[int, ...] | None:
+        """Changes whenever a version's metadata.yaml is replaced (by ``amend``), or its
+        signature is (``modelctl sign``): a version refused before may verify now."""
         try:
             st = os.stat(self.layout.metadata_file(name, version))
         except (FileNotFoundError, NotADirectoryError):
             return None
-        return (st.st_ino, st.st_mtime_ns, st.st_size)
+        try:
+            sig = os.stat(self.layout.version_dir(name, version) / signing.SIGNATURE_FILE)
+            signed: tuple[int, ...] = (sig.st_ino, sig.st_mtime_ns, sig.st_size)
+        except FileNotFoundError:
+            signed = ()
+        return (st.st_ino, st.st_mtime_ns, st.st_size, *signed)
+
+    def sign(self, name: str, version: int) -> Path:
+        """Sign a published version (one published unsigned, or signed by another key)
+        with this store's signing key, under the model's lock."""
+        if self.signing_key is None:
+            raise StoreError("signing needs a signing key (setting signing_key)")
+        version = check_version(version)
+        with self._locked(name):
+            directory = self.layout.version_dir(name, version)
+            if not (directory / METADATA_FILE).is_file():
+                raise VersionNotFound(f"model {name!r} has no version {version}")
+            path = signing.sign_version(directory, self.signing_key)
+        log.info("signed %s@%d", name, version)
+        return path
 
     def promote(
         self,
@@ -591,7 +646,7 @@ def _is_name(text: str) -> bool:
     return True
 
 
-RESERVED_FILES = frozenset({ARTIFACT_FILE, METADATA_FILE})
+RESERVED_FILES = frozenset({ARTIFACT_FILE, METADATA_FILE, signing.SIGNATURE_FILE})
 
 
 def _checked_files(files: Mapping[str, bytes] | None) -> dict[str, bytes]:

@@ -1,0 +1,249 @@
+"""Signed versions: OpenSSF model signing (``model-signing``) with elliptic-curve keys.
+
+A version's publisher signs its whole directory (model.pkl, metadata.yaml and every
+other file, such as model.onnx) with a private key; the signature, a Sigstore bundle
+with a DSSE envelope over an in-toto statement listing each file's sha256, is written
+next to them as ``model.sig``, the one file the signature leaves out. No network and no
+Sigstore service are involved: trust is the list of public keys a server is given.
+
+The sha256 in metadata.yaml detects a damaged pickle; it cannot stop someone who can
+write the store, who rewrites the pickle and its sha256 together. A signature can: with
+trusted keys configured, :func:`verify_version` runs before every unpickling (it is
+called from ``ModelStore``'s one loading path) and refuses a version that is unsigned,
+signed by a key not trusted, or changed in any file since it was signed. With no
+trusted key configured nothing is checked beyond the sha256, as before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+from service.errors import SignatureRefused, StoreError
+from service.store.layout import TEMP_PREFIX
+
+log = logging.getLogger(__name__)
+
+SIGNATURE_FILE = "model.sig"
+PRIVATE_KEY_FILE = "signing-key.pem"
+PUBLIC_KEY_FILE = "signing-key.pub.pem"
+
+# Told of each refusal (model name, version, reason): the Prometheus counter listens here,
+# so the store needs no monitoring import.
+RefusalListener = Callable[[str, int, str], None]
+refusal_listeners: list[RefusalListener] = []
+
+
+def _hashing_config():
+    """Every file of the version by its sha256, except the signature; symlinks refused.
+    A fresh object each time: the library's verify adds to the config it is given."""
+    from model_signing import hashing
+
+    return (
+        hashing.Config()
+        .use_file_serialization(hashing_algorithm="sha256", allow_symlinks=False)
+        .set_ignored_paths(paths=[SIGNATURE_FILE], ignore_git_paths=False)
+    )
+
+
+# -- keys ------------------------------------------------------------------------------
+
+
+def generate_key_pair(out_dir: Path) -> tuple[Path, Path]:
+    """A new P-256 key pair in ``out_dir``: the private key (PEM, PKCS#8, mode 0600) and
+    its public key (PEM). Refuses to replace an existing key."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    private_path, public_path = out_dir / PRIVATE_KEY_FILE, out_dir / PUBLIC_KEY_FILE
+    for path in (private_path, public_path):
+        if path.exists():
+            raise StoreError(f"{path} exists; not replacing a signing key")
+    key = ec.generate_private_key(ec.SECP256R1())
+    private_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    public_pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    # Created with its final mode (O_EXCL): the private key is never readable by others.
+    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(private_pem)
+    public_path.write_bytes(public_pem)
+    return private_path, public_path
+
+
+def key_id(public_key: Path) -> str:
+    """The first 16 hex digits of the sha256 of a public key's PEM: how logs name a key."""
+    return hashlib.sha256(Path(public_key).read_bytes()).hexdigest()[:16]
+
+
+def private_key_id(private_key: Path) -> str:
+    """The key id of a private key's public half (what verifiers will log)."""
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_private_key(Path(private_key).read_bytes(), None)
+    pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(pem).hexdigest()[:16]
+
+
+def check_trusted_keys(paths: Iterable[str | os.PathLike[str]]) -> tuple[Path, ...]:
+    """The trusted public keys as paths, each read and checked now (an EC key on a curve
+    model-signing supports), so a wrong setting fails at start, not at the first load."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    keys = []
+    for text in paths:
+        path = Path(text)
+        try:
+            key = serialization.load_pem_public_key(path.read_bytes())
+        except OSError as exc:
+            raise StoreError(f"trusted signing key {path}: {exc.strerror}") from None
+        except ValueError:
+            raise StoreError(f"trusted signing key {path}: not a PEM public key") from None
+        if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name not in (
+            "secp256r1",
+            "secp384r1",
+            "secp521r1",
+        ):
+            raise StoreError(f"trusted signing key {path}: not a P-256/384/521 EC public key")
+        keys.append(path)
+    return tuple(keys)
+
+
+def check_private_key(path: str | os.PathLike[str]) -> Path:
+    """A signing key that can sign: read and checked before anything is published."""
+    from model_signing._signing.sign_ec_key import Signer
+
+    try:
+        Signer(Path(path))
+    except OSError as exc:
+        raise StoreError(f"signing key {path}: {exc.strerror}") from None
+    except (ValueError, TypeError) as exc:
+        raise StoreError(f"signing key {path}: not a usable EC private key ({exc})") from None
+    return Path(path)
+
+
+# -- signing and verifying ------------------------------------------------------------
+
+
+def sign_version(directory: Path, private_key: Path) -> Path:
+    """Sign every file of a version directory; the signature goes in it as model.sig,
+    written under a temporary name and renamed (a reader sees the old one or the new)."""
+    from model_signing import signing
+
+    target = directory / SIGNATURE_FILE
+    fd, temp_name = tempfile.mkstemp(prefix="model-sig-", suffix=".sig", dir=tempfile.gettempdir())
+    os.close(fd)
+    temp = Path(temp_name)
+    try:
+        (
+            signing.Config()
+            .use_elliptic_key_signer(private_key=private_key)
+            .set_hashing_config(_hashing_config())
+            .sign(directory, temp)
+        )
+        data = temp.read_bytes()
+    finally:
+        temp.unlink(missing_ok=True)
+    # Written next to its target only now: a temporary file in the version directory
+    # while it is hashed would be signed as one of its files.
+    staged = directory / f"{TEMP_PREFIX}{os.getpid()}-{SIGNATURE_FILE}"
+    try:
+        with open(staged, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(staged, 0o644)
+        os.replace(staged, target)
+    except BaseException:
+        staged.unlink(missing_ok=True)
+        raise
+    return target
+
+
+def verify_version(
+    directory: Path, trusted_keys: Sequence[Path], *, name: str, version: int
+) -> str | None:
+    """Refuse (SignatureRefused) a version directory whose model.sig does not verify
+    against one of ``trusted_keys``: the key's id when it does, None when no key is
+    trusted (nothing checked). Called before anything of the version is unpickled."""
+    if not trusted_keys:
+        return None
+    where = f"{name}@{version}"
+    signature = directory / SIGNATURE_FILE
+    if not signature.is_file():
+        _refuse(
+            name, version, "unsigned", f"{where} has no signature ({SIGNATURE_FILE}) and "
+            "trusted signing keys are configured; refusing to unpickle it",
+        )  # fmt: skip
+    from model_signing import verifying
+
+    mismatches, others = [], []
+    for key in trusted_keys:
+        try:
+            (
+                verifying.Config()
+                .use_elliptic_key_verifier(public_key=key)
+                .set_hashing_config(_hashing_config())
+                .verify(directory, signature)
+            )
+        except Exception as exc:  # the library raises ValueError and cryptography's errors
+            text = str(exc) or type(exc).__name__
+            if text.startswith("Signature mismatch"):
+                mismatches.append(_what_changed(text))
+            else:
+                others.append(text)
+            continue
+        return key_id(key)
+    if mismatches:
+        _refuse(
+            name, version, "mismatch", f"{where} was changed after it was signed "
+            f"({mismatches[0]}); refusing to unpickle it",
+        )  # fmt: skip
+    if any(text.startswith("Key mismatch") for text in others):
+        _refuse(
+            name, version, "untrusted_key", f"{where} is signed by a key that is not trusted "
+            f"(trusted: {', '.join(key_id(k) for k in trusted_keys)}); refusing to unpickle it",
+        )  # fmt: skip
+    _refuse(
+        name, version, "invalid", f"{where}: its signature cannot be verified "
+        f"({'; '.join(others)}); refusing to unpickle it",
+    )  # fmt: skip
+    return None  # unreachable: _refuse raises
+
+
+def _what_changed(text: str) -> str:
+    """The files named in model-signing's "Signature mismatch" message, without digests
+    (a version's file names are plain: letters, digits, '_', '.', '-')."""
+    changed = re.findall(r"Hash mismatch for \\?'([\w.-]+)\\?'", text)
+    added = re.findall(r"Extra files found in model \\?'[^']*?\\?': ([\w.,\s-]+)", text)
+    missing = re.findall(r"Missing files in model \\?'[^']*?\\?': ([\w.,\s-]+)", text)
+    parts = [
+        f"{label}: {', '.join(n.strip(', ') for n in names)}"
+        for label, names in (("changed", changed), ("added", added), ("missing", missing))
+        if names
+    ]
+    return "; ".join(parts) or text
+
+
+def _refuse(name: str, version: int, reason: str, message: str) -> None:
+    # Not logged here: the caller says what it does instead (keeps serving, skips it).
+    for listener in tuple(refusal_listeners):
+        try:
+            listener(name, version, reason)
+        except Exception:
+            log.exception("signature refusal listener %r failed", listener)
+    raise SignatureRefused(message, reason=reason, details={"model": name, "version": version})
