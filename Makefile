@@ -6,6 +6,9 @@ STORE ?= model_store
 RUNTIME_DIR ?= .run
 PYTHON ?= python3
 GRPC_PORT ?= 8081
+SIGNING_DIR ?= .signing
+SIGNING_KEY := $(SIGNING_DIR)/signing-key.pem
+SIGNING_PUBLIC_KEY := $(SIGNING_DIR)/signing-key.pub.pem
 
 VENV := .venv
 BIN := $(VENV)/bin
@@ -29,9 +32,17 @@ $(INSTALLED): setup.cfg pyproject.toml constraints.txt
 
 install: $(INSTALLED)
 
-run: $(INSTALLED)
-	$(BIN)/modelctl train-demo --if-empty --store $(STORE)
+# The key pair that signs this machine's store: made once, outside model_store/ and the
+# runtime dir (make clean keeps it, as it keeps model_store/); git ignores it.
+$(SIGNING_KEY): | $(INSTALLED)
+	$(BIN)/modelctl signing keygen --out $(SIGNING_DIR)
+
+run: $(INSTALLED) $(SIGNING_KEY)
+	$(BIN)/modelctl train-demo --if-empty --store $(STORE) --signing-key $(SIGNING_KEY)
+	@# Versions this machine published before it signed (a store from an older make run).
+	$(BIN)/modelctl sign --unsigned --store $(STORE) --key $(SIGNING_KEY)
 	@# modelctl serve prints the URL and a curl example that works against this store.
+	MODEL_SERVICE_TRUSTED_SIGNING_KEYS=$(abspath $(SIGNING_PUBLIC_KEY)) \
 	$(BIN)/modelctl serve --store $(STORE) --port $(PORT) --runtime-dir $(RUNTIME_DIR) \
 		--grpc-port $(GRPC_PORT) $(WORKERS_FLAG)
 
@@ -118,10 +129,11 @@ rollback-release: $(ANSIBLE_INSTALLED)
 # and a store host, each with its own sshd; its inventory is $(FLEET_DIR)/inventory.yaml.
 # Its first deploy seeds the fleet's store with the demo models (trained here if $(STORE)
 # holds none, as make run does).
-fleet-up: $(INSTALLED)
-	$(BIN)/modelctl train-demo --if-empty --store $(STORE)
+fleet-up: $(INSTALLED) $(SIGNING_KEY)
+	$(BIN)/modelctl train-demo --if-empty --store $(STORE) --signing-key $(SIGNING_KEY)
+	$(BIN)/modelctl sign --unsigned --store $(STORE) --key $(SIGNING_KEY)
 	$(BIN)/python deploy/testfleet/fleet.py up --hosts $(HOSTS) --dir $(FLEET_DIR) \
-		--seed-store $(STORE)
+		--seed-store $(STORE) --trusted-key $(SIGNING_PUBLIC_KEY)
 
 fleet-down:
 	$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) deploy/testfleet/fleet.py down --dir $(FLEET_DIR)

@@ -613,6 +613,19 @@ def add_seed_store(directory: Path, seed_store: Path) -> None:
     path.write_text(header + yaml.safe_dump(data, sort_keys=False, width=1000))
 
 
+def add_trusted_keys(directory: Path, public_keys: list[Path]) -> None:
+    """Have the app hosts trust these signing keys (service.store.signing): only versions
+    signed by one of them are served."""
+    import yaml
+
+    path = directory / "inventory.yaml"
+    text = path.read_text()
+    header = "".join(line for line in text.splitlines(keepends=True) if line.startswith("#"))
+    data = yaml.safe_load(text)
+    data["all"]["vars"]["trusted_signing_keys"] = [p.read_text() for p in public_keys]
+    path.write_text(header + yaml.safe_dump(data, sort_keys=False, width=1000))
+
+
 # --- down -----------------------------------------------------------------------------------
 
 
@@ -778,6 +791,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         type=Path,
         help="a store on this machine whose models fill the fleet's store at its first deploy",
     )
+    up_parser.add_argument(
+        "--trusted-key",
+        type=Path,
+        action="append",
+        default=[],
+        help="a PEM public key the app hosts trust for signed versions (repeatable)",
+    )
     down_parser = commands.add_parser("down", help="tear the fleet down (idempotent)")
     down_parser.add_argument(
         "--prefix",
@@ -799,6 +819,8 @@ def main(argv: list[str] | None = None) -> int:
             fleet = up(directory, args.hosts, args.prefix, args.subnet)
             if args.seed_store is not None:
                 add_seed_store(directory, args.seed_store.resolve())
+            if args.trusted_key:
+                add_trusted_keys(directory, args.trusted_key)
             elapsed = time.monotonic() - started
             print(f"{len(fleet.hosts)} hosts up in {elapsed:.1f} s; inventory:")
             print(f"  {directory / 'inventory.yaml'}")

@@ -426,6 +426,16 @@ class ModelStore:
             directory = self.layout.version_dir(name, version)
             if not (directory / METADATA_FILE).is_file():
                 raise VersionNotFound(f"model {name!r} has no version {version}")
+            # A pickle that no longer matches its sha256 is damaged: not signed as good.
+            artifact = metadata_io.read(directory / METADATA_FILE)["artifact"]
+            read_verified(
+                directory,
+                artifact["file"],
+                artifact["sha256"],
+                artifact["size"],
+                where=f"{name}@{version}",
+                refusal="not signing it",
+            )
             path = signing.sign_version(directory, self.signing_key)
         log.info("signed %s@%d", name, version)
         return path
