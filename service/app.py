@@ -12,6 +12,7 @@ from flask import Flask
 from service.api import (
     EXTENSION,
     admin,
+    auth,
     docs,
     errors,
     health,
@@ -72,4 +73,6 @@ def build_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         add_scrape_collector(StoreSyncCollector(settings))
     app.register_blueprint(metrics.bp)
     app.register_blueprint(status.bp)
+    # Last: it checks that every route registered above has a scope.
+    auth.init_app(app, settings)
     return app

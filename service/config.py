@@ -40,6 +40,14 @@ class Settings:
     backend: str = "auto"
     # sha256 hex digests of the admin keys; no key configured means no admin access.
     admin_key_hashes: tuple[str, ...] = ()
+    # Scopes any caller has without a key (of predict, read, feedback; admin never): on one
+    # machine prediction and reading what is served stay open as before, while feedback,
+    # which moves live quality, needs a key. `make deploy` sets none open. The keys are in
+    # the store's keys.yaml (`modelctl keys`).
+    open_scopes: tuple[str, ...] = ("predict", "read")
+    # sha256 hex digests of keys with scopes read and predict given by this host's settings
+    # rather than the store: `make deploy` writes one per app host for its rollout's gate.
+    gate_key_hashes: tuple[str, ...] = ()
     # The model MLflow's POST /invocations serves (name[@version|@alias]); empty: the only
     # served model, when exactly one is served.
     default_model: str = ""
@@ -140,6 +148,12 @@ class Settings:
         for name in ("quality_tolerance", "drift_threshold"):
             if getattr(self, name) < 0:
                 raise ValueError(f"setting {name}: must be 0 or more")
+        keyless = set(self.open_scopes) - {"predict", "read", "feedback"}
+        if keyless:
+            raise ValueError(
+                f"setting open_scopes: {', '.join(sorted(keyless))} cannot be open "
+                "(choose from predict, read, feedback; admin always needs a key)"
+            )
         if self.backend not in ("auto", "sklearn"):
             raise ValueError(f"setting backend: {self.backend!r} is not auto or sklearn")
         for name in ("store_sync_interval", "store_remote_timeout"):

@@ -307,7 +307,7 @@ class KeyVerifier:
         self._checked = float("-inf")
         self._lock = threading.Lock()
 
-    def keys(self) -> tuple[ApiKey, ...]:
+    def known(self) -> tuple[ApiKey, ...]:
         if time.monotonic() - self._checked >= self.check_interval:
             self._refresh()
         return self._keys + self.extra
@@ -318,7 +318,7 @@ class KeyVerifier:
         found = None
         # Every key is compared, in constant time each: the time taken says nothing of
         # which digest came close.
-        for key in self.keys():
+        for key in self.known():
             if hmac.compare_digest(presented, key.sha256):
                 found = key
         if found is None:
@@ -333,7 +333,11 @@ class KeyVerifier:
         """The key ``token`` is, when it grants ``scope``; else Unauthorized (no key, not a
         valid one) or Forbidden (a valid key without that scope)."""
         if not token:
-            raise Unauthorized(f"this route needs a key with scope {scope!r}")
+            raise Unauthorized(
+                f"this route needs a key with scope {scope!r}, sent as "
+                "'Authorization: Bearer <key>'",
+                details={"scope": scope},
+            )
         key = self.authenticate(token)
         if scope not in key.scopes:
             raise Forbidden(
@@ -367,13 +371,21 @@ class KeyVerifier:
             return self._keys
 
 
-def settings_keys(admin_key_hashes: Iterable[str]) -> list[ApiKey]:
-    """The admin keys the settings name by digest (``admin_key_hashes``)."""
+def settings_keys(
+    admin_key_hashes: Iterable[str], gate_key_hashes: Iterable[str] = ()
+) -> list[ApiKey]:
+    """The keys the settings name by digest: ``admin_key_hashes`` (scope admin) and
+    ``gate_key_hashes`` (scopes read and predict, for a host's rollout gate)."""
+    given = [("admin_key_hashes", h, {"admin"}) for h in admin_key_hashes]
+    given += [("gate_key_hashes", h, {"read", "predict"}) for h in gate_key_hashes]
     return [
         ApiKey(
-            name=f"admin_key_hashes[{i}]", scopes=frozenset({"admin"}), sha256=h.lower(), created=""
+            name=f"settings:{setting}",
+            scopes=frozenset(scopes),
+            sha256=h.strip().lower(),
+            created="",
         )
-        for i, h in enumerate(admin_key_hashes)
+        for setting, h, scopes in given
     ]
 
 

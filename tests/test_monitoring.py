@@ -18,6 +18,7 @@ from service import create_app
 from service.cli import main as modelctl
 from service.config import Settings
 from service.grpc_server import create_server
+from service.keys import KeyRing, digest
 from service.monitoring import SCRAPE_COLLECTORS, drift, live, predlog
 from service.protocols.grpc import open_inference_pb2 as pb
 from service.protocols.grpc import open_inference_pb2_grpc as pb_grpc
@@ -25,6 +26,7 @@ from service.training.demo import demo_specs
 from service.training.trainer import prepare
 
 IRIS = "iris-classifier"
+FEEDBACK_KEY = "msk_feedback-key-of-the-monitoring-tests"
 DIABETES = "diabetes-regressor"
 
 # Two clear examples of each iris species, and what the demo model predicts for them.
@@ -51,6 +53,9 @@ def short_feedback_wait(monkeypatch):
 @pytest.fixture
 def make_app(store_dir, tmp_path):
     apps = []
+
+    # Feedback needs a key with scope feedback (it moves live quality).
+    KeyRing(store_dir).add("labeller", ["feedback"], digest(FEEDBACK_KEY))
 
     def make(**settings):
         config = {"store": store_dir, "state_dir": tmp_path / "state", "reload_interval": 0.1}
@@ -82,7 +87,11 @@ def predict(client, model: str, rows, request_id: str) -> list:
 
 
 def feedback(client, model: str, body):
-    return client.post(f"/v1/models/{model}/feedback", json=body)
+    return client.post(
+        f"/v1/models/{model}/feedback",
+        json=body,
+        headers={"Authorization": f"Bearer {FEEDBACK_KEY}"},
+    )
 
 
 def performance(client, model: str, version: int = 1) -> dict:

@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from service.keys import KeyRing
 from service.store import ModelStore
 
 DEMO_MODELS = ["breast-cancer-classifier", "diabetes-regressor", "iris-classifier"]
@@ -169,13 +170,19 @@ def test_traffic_figures_count_the_requests_sent(client):
         )
 
 
-def test_live_quality_and_drift_follow_feedback_and_rows(client):
+def test_live_quality_and_drift_follow_feedback_and_rows(client, store_dir):
     shifted = dict(IRIS_ROW, petal_length_cm=30.0, petal_width_cm=20.0)
     response = client.post("/v1/models/iris-classifier/predict", json={"instances": [shifted] * 20})
     assert response.status_code == 200
     request_id = response.get_json()["request_id"]
     feedback = [{"request_id": request_id, "index": i, "label": "setosa"} for i in range(20)]
-    assert client.post("/v1/models/iris-classifier/feedback", json=feedback).status_code == 200
+    key = KeyRing(store_dir).create("labeller", ["feedback"])
+    answer = client.post(
+        "/v1/models/iris-classifier/feedback",
+        json=feedback,
+        headers={"Authorization": f"Bearer {key}"},
+    )
+    assert answer.status_code == 200
 
     iris = model(status(client), "iris-classifier")
     (quality,) = iris["quality"]["versions"]

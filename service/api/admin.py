@@ -1,40 +1,16 @@
-"""Admin endpoints (promote, roll back, reload), behind an admin key.
-
-Keys are never stored: settings hold their sha256 digests
-(``modelctl hash-key``), and requests present the key as a bearer token.
-"""
+"""Admin endpoints (promote, roll back, reload): a key with scope admin (service.api.auth;
+``modelctl keys create NAME --scopes admin``, or a digest in the setting admin_key_hashes)."""
 
 from __future__ import annotations
-
-import hashlib
-import hmac
 
 from flask import Blueprint, request
 
 from service.api import json_response, state
-from service.errors import BadRequest, Forbidden, PromotionRefused, Unauthorized
+from service.errors import BadRequest, PromotionRefused
 from service.protocols.native import parse_json
 from service.store.layout import check_alias, check_name, check_version
 
 bp = Blueprint("admin", __name__, url_prefix="/v1/admin")
-
-
-@bp.before_request
-def require_admin_key() -> None:
-    hashes = state().settings.admin_key_hashes
-    if not hashes:
-        raise Forbidden(
-            "the admin API is disabled: no admin key is configured "
-            "(set MODEL_SERVICE_ADMIN_KEY_HASHES to the output of 'modelctl hash-key')"
-        )
-    header = request.headers.get("Authorization", "")
-    scheme, _, key = header.partition(" ")
-    if scheme.lower() != "bearer" or not key:
-        raise Unauthorized("send the admin key as 'Authorization: Bearer <key>'")
-    presented = hashlib.sha256(key.strip().encode()).hexdigest()
-    # Compare against every configured digest, in constant time for each.
-    if not any(hmac.compare_digest(presented, known.lower()) for known in hashes):
-        raise Unauthorized("the admin key is not valid")
 
 
 def _body() -> dict:
