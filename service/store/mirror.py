@@ -34,6 +34,7 @@ from service.errors import ServiceError, StoreError
 from service.store import metadata as metadata_io
 from service.store.layout import TEMP_PREFIX, is_version_dir
 from service.store.remote import RemoteStore
+from service.store.signing import SIGNATURE_FILE
 from service.store.store import (
     ModelStore,
     StoredArtifact,
@@ -75,7 +76,8 @@ class StoreMirror:
     def sync_once(self) -> dict[str, Any]:
         """One pass; returns what changed. Raises when the authoritative store cannot be
         read; per-model problems are reported in the summary and leave that model as it was."""
-        models = self.remote.manifest()["models"]
+        manifest = self.remote.manifest()
+        models = manifest["models"]
         if not models:
             raise StoreError(
                 f"the authoritative store {self.remote} holds no model; "
@@ -83,6 +85,13 @@ class StoreMirror:
             )
         self.local.root.mkdir(parents=True, exist_ok=True)
         summary: dict[str, Any] = {"fetched": [], "aliases": [], "removed": [], "problems": []}
+        # A store host of an older release sends no key file: the keys here stay as they are.
+        if "keys" in manifest:
+            try:
+                summary["keys"] = self._take_keys(manifest["keys"])
+            except StoreError as exc:
+                summary["problems"].append(f"keys: {exc.message}")
+                log.error("the API keys are not in step: %s", exc.message)
         for name, entry in sorted(models.items()):
             try:
                 self._sync_model(name, entry, summary)
@@ -108,7 +117,7 @@ class StoreMirror:
                 log.warning("authoritative store not reached: %s", exc.message)
             else:
                 self._write_status(started, problems=summary["problems"])
-                if any(summary[k] for k in ("fetched", "aliases", "removed")):
+                if any(summary.get(k) for k in ("fetched", "aliases", "removed", "keys")):
                     log.info("in step with %s: %s", self.remote, json.dumps(summary))
             if stop.wait(max(0.0, interval - (time.time() - started))):
                 return
@@ -120,9 +129,12 @@ class StoreMirror:
         model_dir.mkdir(exist_ok=True)
         verified: set[int] = set()
         with self.local.locked_models([name]):
+            # A store host of an older release sends no "signatures": signatures not compared.
+            signatures = entry.get("signatures")
             for text, digest in sorted(entry["versions"].items(), key=lambda kv: int(kv[0])):
                 version = int(text)
-                if self._has(name, version, digest):
+                signed = None if signatures is None else signatures.get(text, "")
+                if self._has(name, version, digest) and self._has_signature(name, version, signed):
                     verified.add(version)
                     continue
                 try:
@@ -158,6 +170,17 @@ class StoreMirror:
                 log.warning("%s; fetching it again", exc.message)
                 return False
         return same
+
+    def _has_signature(self, name: str, version: int, digest: str | None) -> bool:
+        """This host's model.sig of a version is the authoritative one ("" for none): a
+        version signed (or signed again) after it was fetched is fetched again."""
+        if digest is None:
+            return True
+        path = self.local.layout.version_dir(name, version) / SIGNATURE_FILE
+        try:
+            return hashlib.sha256(path.read_bytes()).hexdigest() == digest
+        except (FileNotFoundError, NotADirectoryError):
+            return digest == ""
 
     def _fetch(self, name: str, version: int) -> None:
         """Fetch into a scratch directory, verify there, then rename into place."""
@@ -195,6 +218,30 @@ class StoreMirror:
                 f"its aliases name version(s) {missing}, not verified here; "
                 "serving the aliases as they were"
             )
+        metadata_io.write_atomic(path, text)
+        return True
+
+    def _take_keys(self, text: str | None) -> bool:
+        """Copy the authoritative key file byte for byte (remove it where it has none), once
+        it parses: a revoked key stops working here within a pass and the workers' reload."""
+        from service.keys import KEYS_FILE, parse_keys
+
+        path = self.local.root / KEYS_FILE
+        try:
+            current = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            current = None
+        if text == current:
+            return False
+        if text is None:
+            path.unlink(missing_ok=True)
+            return True
+        try:
+            parse_keys(text)
+        except (ValueError, yaml.YAMLError) as exc:
+            raise StoreError(
+                f"the authoritative key file is not valid ({exc}); keeping this host's"
+            ) from None
         metadata_io.write_atomic(path, text)
         return True
 

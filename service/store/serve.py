@@ -28,6 +28,7 @@ from service.errors import BadRequest, PromotionRefused, ServiceError, StoreErro
 from service.store import archive
 from service.store.layout import METADATA_FILE, check_alias, check_name, check_version
 from service.store.remote import ERROR_EXIT, PROTOCOL, extract_version_tar, version_tar
+from service.store.signing import SIGNATURE_FILE
 from service.store.store import ARTIFACT_FILE, ModelStore, StoredArtifact
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,14 @@ def _parser() -> argparse.ArgumentParser:
     sub = ops.add_parser("publish", add_help=False)
     sub.add_argument("name")
     sub.add_argument("--alias", action="append", default=[])
+    # API keys (service.keys): only digests cross, the keys are made by the client.
+    ops.add_parser("keys-list", add_help=False)
+    sub = ops.add_parser("keys-add", add_help=False)
+    sub.add_argument("name")
+    sub.add_argument("--scopes", required=True)
+    sub.add_argument("--sha256", required=True)
+    sub.add_argument("--expires")
+    ops.add_parser("keys-revoke", add_help=False).add_argument("name")
     return parser
 
 
@@ -131,6 +140,8 @@ def _carry_out(
         return {"from": before, "to": after}
     if op == "publish":
         return {"version": _publish(store, check_name(args.name), args.alias, stdin, verify)}
+    if op.startswith("keys-"):
+        return _keys(store, args)
     if op == "backup":
         archive.write_backup(store, stdout)
         return None
@@ -139,9 +150,23 @@ def _carry_out(
     raise BadRequest(f"unknown store request {op!r}")  # the parser allows no other
 
 
+def _keys(store: ModelStore, args: argparse.Namespace) -> dict[str, Any]:
+    from service.keys import KeyRing
+
+    ring = KeyRing(store.root)
+    if args.op == "keys-list":
+        return {"keys": [key.describe() for key in ring.list()]}
+    if args.op == "keys-add":
+        added = ring.add(args.name, args.scopes.split(","), args.sha256, args.expires)
+        return {"added": added}
+    ring.revoke(args.name)
+    return {"revoked": args.name}
+
+
 def manifest(store: ModelStore) -> dict[str, Any]:
-    """What a mirror needs to know what changed: each model's aliases.yaml, and a digest
-    of each version's metadata.yaml (which records the digest of every other file)."""
+    """What a mirror needs to know what changed: each model's aliases.yaml, a digest of
+    each version's metadata.yaml (which records the digest of every other file), and of
+    its signature where it has one (a version may be signed after it was published)."""
     models: dict[str, Any] = {}
     for name in store.names() if store.exists() else []:
         aliases_path = store.layout.aliases_file(name)
@@ -149,15 +174,28 @@ def manifest(store: ModelStore) -> dict[str, Any]:
             text = aliases_path.read_text(encoding="utf-8")
         except FileNotFoundError:
             text = None
-        versions = {}
+        versions, signatures = {}, {}
         for version in store.versions(name):
             try:
                 data = store.layout.metadata_file(name, version).read_bytes()
             except FileNotFoundError:
                 continue
             versions[str(version)] = hashlib.sha256(data).hexdigest()
-        models[name] = {"aliases": text, "versions": versions}
-    return {"models": models}
+            signature = store.layout.version_dir(name, version) / SIGNATURE_FILE
+            if signature.is_file():
+                signatures[str(version)] = hashlib.sha256(signature.read_bytes()).hexdigest()
+        models[name] = {"aliases": text, "versions": versions, "signatures": signatures}
+    # The key file (digests of the API keys), which every host copies as it is.
+    return {"models": models, "keys": _keys_text(store)}
+
+
+def _keys_text(store: ModelStore) -> str | None:
+    from service.keys import KEYS_FILE
+
+    try:
+        return (store.root / KEYS_FILE).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
 
 
 def export_version(store: ModelStore, name: str, version: int) -> bytes:
