@@ -212,6 +212,9 @@ class RemoteStore:
     def restore(self, archive: IO[bytes]) -> dict[str, Any]:
         return self._json("restore", stdin=archive, timeout=None)
 
+    def keyring(self) -> RemoteKeyRing:
+        return RemoteKeyRing(self)
+
     # -- the exchange ----------------------------------------------------------
 
     def _model_entry(self, name: str) -> dict[str, Any]:
@@ -312,6 +315,53 @@ class RemoteStore:
                 timeout=self.timeout,
                 check=False,
             )
+
+
+class RemoteKeyRing:
+    """The authoritative store's API keys, as :class:`service.keys.KeyRing` offers them for a
+    local store. A key is made here: only its digest goes to the store host."""
+
+    def __init__(self, remote: RemoteStore):
+        self.remote = remote
+
+    def list(self) -> list[Any]:
+        from service.keys import ApiKey
+
+        return [
+            ApiKey(
+                name=entry["name"],
+                scopes=frozenset(entry["scopes"]),
+                sha256="",  # the store host never sends digests
+                created=entry["created"],
+                expires=entry["expires"],
+            )
+            for entry in self.remote._json("keys-list")["keys"]
+        ]
+
+    def create(self, name: str, scopes: Any, expires: Any = None) -> str:
+        from service.keys import digest, generate_token
+
+        token = generate_token()
+        self.add(name, scopes, digest(token), expires)
+        return token
+
+    def add(self, name: str, scopes: Any, sha256: str, expires: Any = None) -> bool:
+        from service.keys import check_key_name, check_scopes, iso, parse_expiry
+
+        args = [
+            "keys-add",
+            check_key_name(name),
+            "--scopes",
+            ",".join(sorted(check_scopes(scopes))),
+        ]
+        args += ["--sha256", sha256]
+        if expires is not None:
+            moment = parse_expiry(expires) if isinstance(expires, str) else expires
+            args += ["--expires", iso(moment)]
+        return bool(self.remote._json(*args)["added"])
+
+    def revoke(self, name: str) -> None:
+        self.remote._json("keys-revoke", name)
 
 
 def _remote_error(output: bytes) -> ServiceError:
