@@ -32,6 +32,7 @@ import grpc
 
 from service.config import Settings
 from service.errors import BadRequest, ServiceError
+from service.grpc_auth import KeyInterceptor
 from service.monitoring import live as monitoring
 from service.monitoring import logs, metrics
 from service.protocols import v2
@@ -195,6 +196,8 @@ def create_server(
             ("grpc.max_receive_message_length", settings.max_body_bytes),
             ("grpc.so_reuseport", 0),
         ],
+        # The API keys (service.grpc_auth), checked before any method runs.
+        interceptors=[KeyInterceptor(settings)],
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(
         InferenceServicer(registry, settings), server
