@@ -14,6 +14,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 WORKERS_FLAG := $(if $(WORKERS),--workers $(WORKERS),)
+# The edge (Nginx), each optional: RATE_LIMIT=50r/s (or off), RATE_LIMIT_BURST, CONN_LIMIT
+# (0: none), ADMIN_NETWORKS="10.0.0.0/8 192.168.1.0/24", and HTTPS with TLS_CERT=... TLS_KEY=...
+# [TLS_PORT=8443]. Unset: the settings' defaults (README "Security").
+EDGE_FLAGS := $(if $(RATE_LIMIT),--rate-limit $(RATE_LIMIT),) \
+	$(if $(RATE_LIMIT_BURST),--rate-limit-burst $(RATE_LIMIT_BURST),) \
+	$(if $(CONN_LIMIT),--conn-limit $(CONN_LIMIT),) \
+	$(foreach network,$(ADMIN_NETWORKS),--admin-network $(network)) \
+	$(if $(TLS_CERT),--tls-cert $(TLS_CERT) --tls-key $(TLS_KEY),) \
+	$(if $(TLS_PORT),--tls-port $(TLS_PORT),)
 PROTO_DIR := service/protocols/grpc
 BENCH_JSON ?= loadtests/reports/bench.json
 PEERS_VENV := .bench-peers
@@ -44,7 +53,7 @@ run: $(INSTALLED) $(SIGNING_KEY)
 	@# modelctl serve prints the URL and a curl example that works against this store.
 	MODEL_SERVICE_TRUSTED_SIGNING_KEYS=$(abspath $(SIGNING_PUBLIC_KEY)) \
 	$(BIN)/modelctl serve --store $(STORE) --port $(PORT) --runtime-dir $(RUNTIME_DIR) \
-		--grpc-port $(GRPC_PORT) $(WORKERS_FLAG)
+		--grpc-port $(GRPC_PORT) $(WORKERS_FLAG) $(EDGE_FLAGS)
 
 stop:
 	@if test -x $(BIN)/modelctl; then $(BIN)/modelctl stop --runtime-dir $(RUNTIME_DIR); \

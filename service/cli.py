@@ -549,6 +549,34 @@ def train_demo(store_location: str, if_empty: bool, signing_key: Path | None) ->
     type=click.IntRange(0, 65535),
     help="The Open Inference Protocol's gRPC server on 127.0.0.1; 0: none.",
 )
+@click.option(
+    "--rate-limit",
+    help="Requests per API key, or per client address without a key, at Nginx: NNNr/s, "
+    "NNNr/m or off (setting rate_limit, default 20000r/s).",
+)
+@click.option(
+    "--rate-limit-burst",
+    type=click.IntRange(0),
+    help="Requests above the rate served at once before a 429 (default 2000).",
+)
+@click.option(
+    "--conn-limit",
+    type=click.IntRange(0),
+    help="Requests in progress per client address at Nginx; 0: none (default 512).",
+)
+@click.option(
+    "--admin-network",
+    "admin_networks",
+    multiple=True,
+    help="A network (CIDR) that may reach /v1/admin/ besides loopback; repeatable.",
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False, exists=True),
+    help="PEM certificate (chain): Nginx answers HTTPS on --tls-port and redirects HTTP there.",
+)
+@click.option("--tls-key", type=click.Path(dir_okay=False, exists=True), help="Its PEM key.")
+@click.option("--tls-port", type=click.IntRange(1, 65535), help="HTTPS port (default 8443).")
 def serve(
     store_path: Path,
     port: int,
@@ -556,10 +584,36 @@ def serve(
     runtime_dir: Path,
     no_nginx: bool,
     grpc_port: int,
+    rate_limit: str | None,
+    rate_limit_burst: int | None,
+    conn_limit: int | None,
+    admin_networks: tuple[str, ...],
+    tls_cert: str | None,
+    tls_key: str | None,
+    tls_port: int | None,
 ) -> None:
     """Start Gunicorn behind Nginx on 127.0.0.1:PORT (and gRPC) in the background."""
+    from service.config import ENV_PREFIX, Settings
     from service.localstack import NGINX_INSTALL_HINT, LocalStack, nginx_binary
 
+    # The edge's options are its settings (MODEL_SERVICE_*), checked here as they would be.
+    edge_env = {
+        f"{ENV_PREFIX}{name.upper()}": str(value)
+        for name, value in (
+            ("rate_limit", rate_limit),
+            ("rate_limit_burst", rate_limit_burst),
+            ("conn_limit_per_client", conn_limit),
+            ("admin_networks", ",".join(admin_networks) or None),
+            ("tls_certificate", tls_cert and os.path.abspath(tls_cert)),
+            ("tls_certificate_key", tls_key and os.path.abspath(tls_key)),
+            ("tls_port", tls_port),
+        )
+        if value is not None
+    }
+    try:
+        Settings.load(environ={**os.environ, **edge_env})
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     use_nginx = not no_nginx
     if use_nginx and nginx_binary() is None:
         click.echo(
@@ -574,6 +628,7 @@ def serve(
         workers=workers,
         use_nginx=use_nginx,
         grpc_port=grpc_port or None,
+        extra_env=edge_env,
     )
     stack.start()
     front = "Nginx -> Gunicorn" if use_nginx else "Gunicorn"
@@ -581,6 +636,8 @@ def serve(
         f"model-service is up at {stack.url} ({front}, {workers or os.cpu_count()} workers; "
         f"logs in {stack.runtime_dir})"
     )
+    if stack.tls_url:
+        click.echo(f"HTTPS at {stack.tls_url} ({stack.url} redirects there)")
     if stack.grpc_address:
         click.echo(f"gRPC (Open Inference Protocol) at {stack.grpc_address}")
     example = _curl_example(ModelStore(store_path), stack.url)

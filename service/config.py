@@ -8,7 +8,9 @@ environment wins over the file so that one host can override a shared file.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -79,6 +81,29 @@ class Settings:
     # Seconds one SSH exchange with the store host may take before it counts as unreachable.
     store_remote_timeout: float = 10.0
 
+    # -- the edge: Nginx in front of Gunicorn (deploy/nginx.conf) --------------------
+    # `modelctl serve` renders these into Nginx's configuration; the fleet's balancer takes
+    # the same from its inventory variables (balancer_*, deploy/ansible/roles/balancer).
+    # Requests a second ("NNNr/s") or a minute ("NNNr/m") from one API key (the bearer
+    # token), or from one client address when a request has none; "off": no limit. Far
+    # above what one client of a healthy deployment sends (loadtests/bench.py peaks near
+    # 4,000 req/s on 2 cores), so it only stops a runaway client.
+    rate_limit: str = "20000r/s"
+    # Requests above the rate that are still served at once (a burst) before a JSON 429.
+    rate_limit_burst: int = 2000
+    # Requests in progress at once from one client address (idle keep-alive connections do
+    # not count); 0: no limit.
+    conn_limit_per_client: int = 512
+    # Networks (CIDR) that may reach /v1/admin/ besides loopback; others get a JSON 403.
+    admin_networks: tuple[str, ...] = ()
+    # HTTPS: PEM certificate (chain) and key paths; both empty: plain HTTP only. With them,
+    # Nginx answers HTTPS on tls_port and redirects plain HTTP there.
+    tls_certificate: str = ""
+    tls_certificate_key: str = ""
+    tls_port: int = 8443
+    # Strict-Transport-Security max-age on HTTPS answers (seconds); 0: no HSTS header.
+    hsts_max_age: int = 31_536_000
+
     # -- monitoring ----------------------------------------------------------------
     # Prometheus metrics (GET /metrics) and the one-JSON-line-per-request log.
     metrics: bool = True
@@ -128,6 +153,7 @@ class Settings:
         converted = {name: _convert(known[name], value) for name, value in values.items()}
         settings = cls(**converted)
         settings._check_ranges()
+        settings._check_edge()
         return settings
 
     def _check_ranges(self) -> None:
@@ -177,6 +203,32 @@ class Settings:
                 parse_ref(self.default_model)
             except ServiceError as exc:
                 raise ValueError(f"setting default_model: {exc.message}") from None
+
+    def _check_edge(self) -> None:
+        """What Nginx's configuration is rendered from: anything that is not plainly a rate,
+        a count, a network or a path is refused before it reaches the file."""
+        rate = re.fullmatch(r"[1-9][0-9]{0,8}r/[sm]", self.rate_limit)
+        if self.rate_limit != "off" and not rate:
+            raise ValueError(
+                f"setting rate_limit: {self.rate_limit!r} is not like 20000r/s, 600r/m or off"
+            )
+        for name in ("rate_limit_burst", "conn_limit_per_client", "hsts_max_age"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"setting {name}: must be 0 or more")
+        for network in self.admin_networks:
+            try:
+                ipaddress.ip_network(network)
+            except ValueError as exc:
+                raise ValueError(f"setting admin_networks: {exc}") from None
+        if bool(self.tls_certificate) != bool(self.tls_certificate_key):
+            raise ValueError("settings tls_certificate and tls_certificate_key go together")
+        for name in ("tls_certificate", "tls_certificate_key"):
+            if re.search(r"[\s;{}$\"'\\#]", getattr(self, name)):
+                raise ValueError(
+                    f"setting {name}: a path without spaces, quotes, ; {{ }} $ # or \\"
+                )
+        if not 0 < self.tls_port < 65536:
+            raise ValueError("setting tls_port: must be a TCP port (1-65535)")
 
 
 def _convert(field: dataclasses.Field, value: Any) -> Any:

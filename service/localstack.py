@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -24,6 +25,7 @@ from importlib import resources
 from pathlib import Path
 
 from service.config import Settings
+from service.edge import https_url, render_nginx_config
 from service.errors import ServiceError
 
 # deploy/ ships inside the package (setup.cfg), so an installed wheel finds its files.
@@ -41,39 +43,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def render_nginx_config(
-    template: str,
-    *,
-    listen: str,
-    upstreams: list[str],
-    runtime_dir: Path,
-    max_body_bytes: int,
-) -> str:
-    user_directive = ""
-    if os.geteuid() == 0:
-        # Started as root (CI, containers): keep the workers as this user so they
-        # can use the runtime dir; Nginx would otherwise switch them to "nobody".
-        import pwd
-
-        user_directive = f"user {pwd.getpwuid(os.geteuid()).pw_name};"
-    values = {
-        "user_directive": user_directive,
-        "runtime_dir": str(runtime_dir),
-        "listen": listen,
-        "upstream_servers": "\n        ".join(
-            f"server {address} max_fails=3 fail_timeout=5s;" for address in upstreams
-        ),
-        "max_body_bytes": str(max_body_bytes),
-    }
-    rendered = template
-    for key, value in values.items():
-        rendered = rendered.replace("{{" + key + "}}", value)
-    if "{{" in rendered:
-        leftover = rendered[rendered.index("{{") :].split("}}")[0] + "}}"
-        raise StackError(f"nginx template has an unknown placeholder {leftover}")
-    return rendered
 
 
 @dataclasses.dataclass
@@ -101,6 +70,17 @@ class LocalStack:
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def tls_url(self) -> str | None:
+        """https://host:tls_port when the settings turn HTTPS on (Nginx then redirects
+        ``url`` there); else None."""
+        return https_url(self.edge_settings(), self.host) if self.use_nginx else None
+
+    def edge_settings(self) -> Settings:
+        """The settings Nginx's configuration is rendered from: the environment the stack's
+        processes get (extra_env included)."""
+        return Settings.load(overrides={"store": self.store}, environ=self._env())
 
     @property
     def grpc_address(self) -> str | None:
@@ -177,13 +157,13 @@ class LocalStack:
             raise StackError(f"nginx is not installed (install it with: {NGINX_INSTALL_HINT})")
         for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
             (self.runtime_dir / "nginx-tmp" / sub).mkdir(parents=True, exist_ok=True)
-        settings = Settings.load(overrides={"store": self.store})
+        settings = self.edge_settings()
         config = render_nginx_config(
             NGINX_TEMPLATE.read_text(),
             listen=f"{self.host}:{self.port}",
             upstreams=[f"127.0.0.1:{self._gunicorn_port()}"],
             runtime_dir=self.runtime_dir,
-            max_body_bytes=settings.max_body_bytes,
+            settings=settings,
         )
         config_path = self.runtime_dir / "nginx.conf"
         config_path.write_text(config)
@@ -226,7 +206,7 @@ class LocalStack:
                 raise StackError(f"only {len(self.worker_pids())} of {expected} workers started")
             time.sleep(0.05)
         if self.use_nginx:
-            self._wait_url(self.url + "/readyz", deadline, timeout)
+            self._wait_url((self.tls_url or self.url) + "/readyz", deadline, timeout)
         if self.grpc_port is not None:
             self._wait_grpc(deadline, timeout)
 
@@ -235,7 +215,10 @@ class LocalStack:
         while time.monotonic() < deadline:
             self._check_started()
             try:
-                with urllib.request.urlopen(url, timeout=2) as response:
+                # Our own Nginx on loopback: whether it answers, not who it is (the
+                # certificate may be self-signed).
+                context = _unverified_tls() if url.startswith("https:") else None
+                with urllib.request.urlopen(url, timeout=2, context=context) as response:
                     if response.status == 200:
                         return
             except urllib.error.HTTPError as exc:
@@ -330,6 +313,13 @@ class LocalStack:
                 stopped.append(f"{what} (pid {pid})")
             self.pidfile(what).unlink(missing_ok=True)
         return stopped
+
+
+def _unverified_tls() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 def nginx_binary() -> str | None:

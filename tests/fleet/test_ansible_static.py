@@ -27,6 +27,19 @@ ROOT = Path(__file__).resolve().parents[2]
 ANSIBLE_DIR = ROOT / "deploy" / "ansible"
 SYSTEMD_DIR = ROOT / "deploy" / "systemd"
 INVENTORY = ROOT / "deploy" / "inventory.example.yaml"
+# The one Nginx template: the balancer's, and the local stack's.
+NGINX_TEMPLATE = ROOT / "deploy" / "nginx.conf"
+# The balancer variables that mirror service/config.py's edge settings (balancer_<name>).
+EDGE_SETTINGS = (
+    "rate_limit",
+    "rate_limit_burst",
+    "conn_limit_per_client",
+    "admin_networks",
+    "tls_certificate",
+    "tls_certificate_key",
+    "tls_port",
+    "hsts_max_age",
+)
 PLAYBOOKS = ("deploy.yml", "rollback-release.yml")
 # Where the units find the installed release; the test machine has none.
 RELEASE_BIN = "/opt/model-service/current/venv/bin/"
@@ -302,7 +315,7 @@ UPSTREAMS = ["10.0.0.11:8000", "10.0.0.12:8000", "10.0.0.13:8000"]
 @pytest.fixture
 def balancer_config(tmp_path) -> str:
     return render(
-        ANSIBLE_DIR / "roles" / "balancer" / "templates" / "nginx.conf.j2",
+        NGINX_TEMPLATE,
         nginx_user="",
         nginx_pid=str(tmp_path / "nginx.pid"),
         nginx_error_log=str(tmp_path / "error.log"),
@@ -315,7 +328,21 @@ def balancer_config(tmp_path) -> str:
         nginx_fail_timeout="10s",
         nginx_keepalive=32,
         nginx_max_body_bytes=16777216,
+        **balancer_edge_defaults(),
     )
+
+
+def balancer_edge_defaults() -> dict:
+    """The edge variables as render.yml passes them with the role's defaults (TLS off)."""
+    defaults = yaml.safe_load(
+        (ANSIBLE_DIR / "roles" / "balancer" / "defaults" / "main.yml").read_text()
+    )
+    edge = {
+        f"nginx_{name.removeprefix('balancer_')}": value
+        for name, value in defaults.items()
+        if name.removeprefix("balancer_") in EDGE_SETTINGS
+    }
+    return {**edge, "nginx_tls_listen": ""}
 
 
 def test_the_balancer_config_passes_nginx_t(balancer_config, tmp_path):
@@ -350,21 +377,28 @@ def test_the_upstream_has_every_host_with_passive_health_and_the_drained_one_dow
 
 def locations(config: str) -> list[tuple[str, str, str]]:
     """(modifier, pattern, body) of each location block of the server."""
-    return re.findall(r"location (=|~)?\s*(\S+) \{(.*?)\n        \}", config, re.DOTALL)
+    return re.findall(r"location (=|~|\^~)?\s*(\S+) \{(.*?)\n        \}", config, re.DOTALL)
 
 
 def location_for(config: str, path: str) -> str:
-    """The body of the location Nginx picks for a path: an exact match, else the first regex
-    that matches, else the longest prefix (here only /)."""
+    """The body of the location Nginx picks for a path: an exact match, else the longest
+    prefix if it is a ^~ one, else the first regex that matches, else the longest prefix."""
     blocks = locations(config)
     for modifier, pattern, body in blocks:
         if modifier == "=" and pattern == path:
             return body
+    prefixes = [
+        (pattern, modifier, body)
+        for modifier, pattern, body in blocks
+        if modifier in ("", "^~") and path.startswith(pattern)
+    ]
+    _, modifier, longest = max(prefixes, key=lambda item: len(item[0]))
+    if modifier == "^~":
+        return longest
     for modifier, pattern, body in blocks:
         if modifier == "~" and re.search(pattern, path):
             return body
-    prefixes = [(pattern, body) for modifier, pattern, body in blocks if not modifier]
-    return max((item for item in prefixes if path.startswith(item[0])), key=lambda i: len(i[0]))[1]
+    return longest
 
 
 def post_routes(tmp_path) -> list[str]:
@@ -407,13 +441,15 @@ def test_the_balancer_keeps_the_single_host_stacks_behaviour(balancer_config):
         "proxy_buffering on;",
         "add_header X-Request-ID $model_service_request_id always;",
         "proxy_hide_header X-Request-ID;",
-        "error_page 502 503 504 =503 @upstream_unavailable;",
+        "error_page 502 503 =503 /_edge/503;",
         "client_max_body_size 16777216;",
     ):
         assert line in balancer_config
     # The JSON bodies Nginx answers with itself are valid JSON.
-    for body in re.findall(r"return 41?\d+ '(.*)\\n';", balancer_config):
-        json.loads(body.replace("$model_service_request_id", "rid"))
+    bodies = re.findall(r"return \d+ '(.*)\\n';", balancer_config)
+    assert len(bodies) >= 10
+    for body in bodies:
+        json.loads(re.sub(r"\$[a-z_]+", "x", body))
 
 
 # -- the release -------------------------------------------------------------------------------
