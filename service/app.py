@@ -13,6 +13,7 @@ from service.api import (
     EXTENSION,
     admin,
     auth,
+    content_encoding,
     docs,
     errors,
     health,
@@ -61,6 +62,8 @@ def build_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     request_ids.init_app(app, settings.instance_name or socket.gethostname())
     errors.init_app(app)
+    # Request bodies in gzip or deflate are decoded (bounded by max_body_bytes), others refused.
+    content_encoding.init_app(app)
     for blueprint in (health.bp, models.bp, predict.bp, admin.bp, mlflow.bp, docs.bp, v2.bp):
         app.register_blueprint(blueprint)
     app.register_blueprint(monitoring.bp)

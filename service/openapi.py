@@ -29,6 +29,18 @@ import jinja2
 from markupsafe import Markup, escape
 
 from service import pages
+from service.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    ModelNotReady,
+    NotFound,
+    ServiceError,
+    TooManyInstances,
+    Unauthorized,
+    UnsupportedMediaType,
+)
 from service.store import layout
 from service.store.metadata import FEATURE_SCHEMA, METADATA_SCHEMA
 
@@ -48,8 +60,13 @@ TAGS = [
 NAME_PATTERN = f"^{layout.NAME_PATTERN.pattern}$"
 VERSION_OR_ALIAS = f"(?:{layout.VERSION_PATTERN.pattern}|{layout.ALIAS_PATTERN.pattern})"
 REF_PATTERN = f"^{layout.NAME_PATTERN.pattern}(?:@{VERSION_OR_ALIAS})?$"
+# A version number as the store writes it: 1 to 9 digits.
+_VERSION_NUMBER = {"type": "integer", "minimum": 1, "maximum": 10**9 - 1}
 REQUEST_ID_HEADER = "X-Request-ID"
 BINARY_HEADER = "Inference-Header-Content-Length"
+
+# At most this many labels in one feedback request (service.api.monitoring refuses more).
+MAX_FEEDBACK_ITEMS = 10_000
 
 _RULE_VARIABLE = re.compile(r"<(?:[^<>:]+:)?([^<>:]+)>")
 
@@ -116,7 +133,7 @@ P_MODEL_REF = _path_param(
     "`iris-classifier@staging`). The name alone means the default alias (`production`).",
     {"type": "string", "pattern": REF_PATTERN},
 )
-P_VERSION = _path_param("version", "A version number.", {"type": "integer", "minimum": 1})
+P_VERSION = _path_param("version", "A version number.", _VERSION_NUMBER)
 P_V2_VERSION = _path_param(
     "version",
     "A version number or an alias (e.g. `2`, `staging`).",
@@ -126,8 +143,9 @@ P_REQUEST_ID = {
     "name": REQUEST_ID_HEADER,
     "in": "header",
     "required": False,
-    "description": "Your own request id (1 to 128 of `A-Za-z0-9._:-`); kept and echoed back.",
-    "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"},
+    "description": "Your own request id: kept and echoed back when it is 1 to 128 of "
+    "`A-Za-z0-9._:-`, else replaced by one the service makes (never refused).",
+    "schema": {"type": "string"},
 }
 
 
@@ -140,7 +158,6 @@ def _op(
     description: str | None = None,
     parameters: Iterable[dict[str, Any]] = (),
     body: dict[str, Any] | None = None,
-    security: list[dict[str, list[str]]] | None = None,
 ) -> dict[str, Any]:
     operation: dict[str, Any] = {"tags": [tag], "operationId": operation_id, "summary": summary}
     if description:
@@ -149,8 +166,6 @@ def _op(
     if body is not None:
         operation["requestBody"] = body
     operation["responses"] = responses
-    if security is not None:
-        operation["security"] = security
     return operation
 
 
@@ -182,6 +197,12 @@ def _metadata_schemas() -> dict[str, Any]:
 
 
 _SCALAR = {"type": ["number", "string", "boolean", "null"]}
+_ALIAS = {
+    "type": "string",
+    "pattern": f"^{layout.ALIAS_PATTERN.pattern}$",
+    "default": "production",
+}
+_REASON = {"description": "Why, kept in the alias history (any JSON value is kept as text)."}
 _CLASS_LABEL = {"type": ["string", "integer", "boolean"]}
 _BACKEND = {
     "enum": ["onnxruntime", "sklearn"],
@@ -374,9 +395,9 @@ def _fixed_schemas() -> dict[str, Any]:
             "type": "object",
             "required": ["version"],
             "properties": {
-                "version": {"type": "integer", "minimum": 1},
-                "alias": {"type": "string", "default": "production"},
-                "reason": {"type": "string"},
+                "version": _VERSION_NUMBER,
+                "alias": _ALIAS,
+                "reason": _REASON,
                 "force": {
                     "type": "boolean",
                     "default": False,
@@ -386,10 +407,7 @@ def _fixed_schemas() -> dict[str, Any]:
         },
         "RollbackRequest": {
             "type": "object",
-            "properties": {
-                "alias": {"type": "string", "default": "production"},
-                "reason": {"type": "string"},
-            },
+            "properties": {"alias": _ALIAS, "reason": _REASON},
         },
         "AliasChange": {
             "type": "object",
@@ -410,6 +428,11 @@ def _fixed_schemas() -> dict[str, Any]:
                 "ready": {"type": "boolean"},
                 "models": {"type": "object", "additionalProperties": _ref("ModelReadiness")},
             },
+        },
+        "MlflowReady": {
+            "type": "object",
+            "required": ["status"],
+            "properties": {"status": {"const": "ready"}},
         },
         "OpenAPIDocument": {
             "type": "object",
@@ -521,6 +544,15 @@ def _v2_schemas() -> dict[str, Any]:
                 "parameters": _ref("V2Parameters"),
                 "data": tensor_data,
             },
+            "description": "The values are in `data`, or (binary tensor extension) in the "
+            "body after the JSON, `parameters.binary_data_size` bytes.",
+            "anyOf": [
+                {"required": ["data"]},
+                {
+                    "required": ["parameters"],
+                    "properties": {"parameters": {"required": ["binary_data_size"]}},
+                },
+            ],
         },
         "V2RequestOutput": {
             "type": "object",
@@ -625,49 +657,78 @@ def _mlflow_schemas() -> dict[str, Any]:
 # The same failures in each protocol's error shape: native {"error": {...}},
 # Open Inference Protocol v2 {"error": "..."}, MLflow {"error_code", "message"}.
 ERROR_FORMATS = {"": "Error", "V2": "V2Error", "Mlflow": "MlflowError"}
-_FAILURES = {
-    "BadRequest": "A malformed request: not JSON, a payload of the wrong shape, a malformed "
-    "model name or version (`invalid_json`, `invalid_payload`, `missing_instances`, ...).",
-    "NotFound": "Unknown model, version or alias (`model_not_found`, `version_not_found`, "
-    "`alias_not_found`).",
-    "UnsupportedMediaType": "A `Content-Type` this route does not take, or a charset other "
-    "than UTF-8.",
-    "InvalidInput": "The instances do not fit the model's input schema (`invalid_input`); "
-    "the details list each problem with its instance and feature (InputProblem).",
-    "TooLarge": "Too many instances (`too_many_instances`), or a body over the size limit "
-    "(`body_too_large`).",
-    "Conflict": "A conflict: the promotion gate refused (`promotion_refused`), or "
-    "/invocations has several models and no default (`default_model_not_set`).",
-    "NotReady": "The model cannot be served now (`model_not_ready`, `not_ready`).",
-    "Internal": "An unexpected fault; quote the request id when reporting it.",
+# The error shape of each tag's routes (the others answer the native one).
+TAG_ERROR_FORMATS = {"v2": "V2", "mlflow": "Mlflow"}
+# Each kind of failure: the error the service raises for it, whose status is the response's
+# status, and what it means.
+_FAILURES: dict[str, tuple[type[ServiceError], str]] = {
+    "BadRequest": (
+        BadRequest,
+        "A malformed request: not JSON, a payload of the wrong shape, a malformed model "
+        "name or version, a body in a Content-Encoding that does not decode "
+        "(`invalid_json`, `invalid_payload`, `missing_instances`, `invalid_model_name`, ...).",
+    ),
+    "Unauthorized": (
+        Unauthorized,
+        "No key, or not a valid one (`unauthorized`); `WWW-Authenticate` says how to send one.",
+    ),
+    "Forbidden": (
+        Forbidden,
+        "A valid key that does not grant this route's scope, or the admin API while no admin "
+        "key is configured (`forbidden`).",
+    ),
+    "NotFound": (
+        NotFound,
+        "Unknown model, version or alias (`model_not_found`, `version_not_found`, "
+        "`alias_not_found`).",
+    ),
+    "Conflict": (
+        Conflict,
+        "A conflict: the promotion gate refused (`promotion_refused`), or /invocations has "
+        "several models and no default (`default_model_not_set`).",
+    ),
+    "TooLarge": (
+        TooManyInstances,
+        "Too many instances (`too_many_instances`), or a body over the size limit, decoded "
+        "or not (`body_too_large`).",
+    ),
+    "UnsupportedMediaType": (
+        UnsupportedMediaType,
+        "A `Content-Type` this route does not take, a charset other than UTF-8, or a "
+        "`Content-Encoding` other than gzip and deflate.",
+    ),
+    "InvalidInput": (
+        InvalidInput,
+        "The instances do not fit the model's input schema (`invalid_input`); the details "
+        "list each problem with its instance and feature (InputProblem).",
+    ),
+    "Internal": (
+        ServiceError,
+        "An unexpected fault; quote the request id when reporting it.",
+    ),
+    "NotReady": (
+        ModelNotReady,
+        "The model cannot be served now (`model_not_ready`, `not_ready`), or no worker "
+        "answered in time (`upstream_unavailable`, from Nginx).",
+    ),
 }
+STATUSES = {kind: str(int(error.status)) for kind, (error, _) in _FAILURES.items()}
+# What any operation may answer, whatever it does: an unexpected fault, and no worker free.
+_ALWAYS = ("Internal", "NotReady")
+# What an operation that needs a key answers without one, or with one lacking its scope.
+_KEY_FAILURES = ("Unauthorized", "Forbidden")
 
 
 def _fixed_responses() -> dict[str, Any]:
-    responses = {
+    return {
         prefix + kind: _error(description, schema)
         for prefix, schema in ERROR_FORMATS.items()
-        for kind, description in _FAILURES.items()
+        for kind, (_, description) in _FAILURES.items()
     }
-    responses["Unauthorized"] = _error("No admin key, or not a valid one (`unauthorized`).")
-    responses["Forbidden"] = _error(
-        "The admin API is disabled: no admin key is configured (`forbidden`)."
-    )
-    return responses
 
 
 def _errors(prefix: str, *kinds: str) -> dict[str, Any]:
-    statuses = {
-        "BadRequest": "400",
-        "NotFound": "404",
-        "Conflict": "409",
-        "TooLarge": "413",
-        "UnsupportedMediaType": "415",
-        "InvalidInput": "422",
-        "Internal": "500",
-        "NotReady": "503",
-    }
-    return {statuses[kind]: _r(prefix + kind) for kind in sorted(kinds, key=statuses.get)}
+    return {STATUSES[kind]: _r(prefix + kind) for kind in sorted(kinds, key=STATUSES.get)}
 
 
 def _r(name: str) -> dict[str, str]:
@@ -677,18 +738,8 @@ def _r(name: str) -> dict[str, str]:
 # --- fixed paths ---------------------------------------------------------------------
 
 
-_PREDICT_FAILURES = (
-    "BadRequest",
-    "NotFound",
-    "TooLarge",
-    "UnsupportedMediaType",
-    "InvalidInput",
-    "Internal",
-    "NotReady",
-)
-_PREDICT_ERRORS = _errors("", *_PREDICT_FAILURES)
-_ADMIN_ERRORS = {"401": _r("Unauthorized"), "403": _r("Forbidden"), "500": _r("Internal")}
-_ADMIN_SECURITY = [{"adminKey": []}]
+# Besides what every operation may answer (see _complete): a prediction's own failures.
+_PREDICT_FAILURES = ("TooLarge", "InvalidInput")
 _HTML = {"text/html": {"schema": {"type": "string"}}}
 
 
@@ -706,7 +757,10 @@ def _predict_op(
         "native",
         operation_id,
         summary,
-        {"200": _response("The predictions.", _json(_ref(answer))), **_PREDICT_ERRORS},
+        {
+            "200": _response("The predictions.", _json(_ref(answer))),
+            **_errors("", "NotFound", *_PREDICT_FAILURES),
+        },
         description=description,
         parameters=parameters,
         body={"required": True, "content": _json(_ref(request), example)},
@@ -732,7 +786,6 @@ def _native_paths() -> dict[str, Any]:
 
 def _models_paths() -> dict[str, Any]:
     card = _response("The model card: a self-contained HTML page.", _HTML)
-    not_found = {"400": _r("BadRequest"), "404": _r("NotFound"), "500": _r("Internal")}
     return {
         "/v1/models": {
             "get": _op(
@@ -747,7 +800,9 @@ def _models_paths() -> dict[str, Any]:
                 "models",
                 "show_model",
                 "One model: its versions, alias history and the default version's metadata",
-                {"200": _response("The model.", _json(_ref("ModelDetail"))), **not_found},
+                {
+                    "200": _response("The model.", _json(_ref("ModelDetail"))),
+                },
                 parameters=[P_NAME],
             )
         },
@@ -756,7 +811,9 @@ def _models_paths() -> dict[str, Any]:
                 "models",
                 "show_version",
                 "One version's summary and its complete metadata",
-                {"200": _response("The version.", _json(_ref("VersionDetail"))), **not_found},
+                {
+                    "200": _response("The version.", _json(_ref("VersionDetail"))),
+                },
                 parameters=[P_NAME, P_VERSION],
             )
         },
@@ -765,7 +822,9 @@ def _models_paths() -> dict[str, Any]:
                 "models",
                 "version_card",
                 "The model card of one version (HTML)",
-                {"200": card, **not_found},
+                {
+                    "200": card,
+                },
                 parameters=[P_NAME, P_VERSION],
             )
         },
@@ -774,7 +833,9 @@ def _models_paths() -> dict[str, Any]:
                 "models",
                 "model_card",
                 "The model card of the default alias, or of NAME@VERSION / NAME@ALIAS (HTML)",
-                {"200": card, **not_found},
+                {
+                    "200": card,
+                },
                 parameters=[P_MODEL_REF],
             )
         },
@@ -789,16 +850,9 @@ def _admin_paths() -> dict[str, Any]:
                 "admin",
                 "promote",
                 "Point an alias at a version (through the promotion gate)",
-                {
-                    "200": alias_change,
-                    "400": _r("BadRequest"),
-                    "404": _r("NotFound"),
-                    "409": _r("Conflict"),
-                    **_ADMIN_ERRORS,
-                },
+                {"200": alias_change, **_errors("", "Conflict")},
                 parameters=[P_NAME],
                 body={"required": True, "content": _json(_ref("PromoteRequest"))},
-                security=_ADMIN_SECURITY,
             )
         },
         "/v1/admin/models/{name}/rollback": {
@@ -806,16 +860,9 @@ def _admin_paths() -> dict[str, Any]:
                 "admin",
                 "rollback",
                 "Move an alias back to the version it pointed at before",
-                {
-                    "200": alias_change,
-                    "400": _r("BadRequest"),
-                    "404": _r("NotFound"),
-                    "409": _r("Conflict"),
-                    **_ADMIN_ERRORS,
-                },
+                {"200": alias_change, **_errors("", "Conflict")},
                 parameters=[P_NAME],
                 body={"required": False, "content": _json(_ref("RollbackRequest"))},
-                security=_ADMIN_SECURITY,
             )
         },
         "/v1/admin/reload": {
@@ -823,11 +870,7 @@ def _admin_paths() -> dict[str, Any]:
                 "admin",
                 "reload",
                 "Forget load failures and look at the store again",
-                {
-                    "200": _response("Readiness after the reload.", _json(_ref("ReloadResult"))),
-                    **_ADMIN_ERRORS,
-                },
-                security=_ADMIN_SECURITY,
+                {"200": _response("Readiness after the reload.", _json(_ref("ReloadResult")))},
             )
         },
     }
@@ -877,7 +920,6 @@ def _health_paths() -> dict[str, Any]:
 
 
 def _v2_paths() -> dict[str, Any]:
-    errors = _errors("V2", "BadRequest", "NotFound", "Internal", "NotReady")
     infer_errors = _errors("V2", *_PREDICT_FAILURES)
 
     def infer(operation_id: str, parameters: list[dict[str, Any]]) -> dict[str, Any]:
@@ -931,7 +973,7 @@ def _v2_paths() -> dict[str, Any]:
             "v2",
             operation_id,
             summary,
-            {"200": _response(summary + ".", _json(_ref(schema))), **errors},
+            {"200": _response(summary + ".", _json(_ref(schema)))},
             parameters=params,
         )
 
@@ -943,9 +985,6 @@ def _v2_paths() -> dict[str, Any]:
             "Model readiness",
             {
                 "200": _response("Ready.", ready),
-                "400": _r("V2BadRequest"),
-                "404": _r("V2NotFound"),
-                "500": _r("V2Internal"),
                 "503": _response("It cannot serve now.", ready),
             },
             parameters=params,
@@ -1039,10 +1078,9 @@ def _mlflow_paths() -> dict[str, Any]:
             {
                 "200": _response(
                     "Ready: every served model's default version is loaded and /invocations' "
-                    "model can be served. The body is a single newline, as MLflow's.",
-                    {"application/json": {"schema": {"type": "string", "maxLength": 1}}},
+                    "model can be served.",
+                    _json(_ref("MlflowReady")),
                 ),
-                **_errors("Mlflow", "NotReady"),
             },
         )
 
@@ -1118,9 +1156,11 @@ def _status_paths() -> dict[str, Any]:
                         "type": "array",
                         "description": "[upper bound in seconds (null: +Inf), cumulative "
                         "count], bounds ascending.",
+                        # A pair as items of one schema, not prefixItems: tools that read
+                        # response schemas as Draft 4 turn prefixItems into a list of items.
                         "items": {
                             "type": "array",
-                            "prefixItems": [nullable_number, {"type": "integer"}],
+                            "items": nullable_number,
                             "minItems": 2,
                             "maxItems": 2,
                         },
@@ -1356,9 +1396,7 @@ def _monitoring_paths() -> dict[str, Any]:
                 "Labels for served predictions, joined by request id and row index",
                 {
                     "200": _response("Every label was stored.", _json(accepted)),
-                    "400": _r("BadRequest"),
                     "404": unknown,
-                    "415": _r("UnsupportedMediaType"),
                     "422": bad_label,
                 },
                 description="One object or a list of them, all or nothing. A second label "
@@ -1366,7 +1404,19 @@ def _monitoring_paths() -> dict[str, Any]:
                 parameters=[P_NAME],
                 body={
                     "required": True,
-                    "content": _json({"oneOf": [item, {"type": "array", "items": item}]}),
+                    "content": _json(
+                        {
+                            "oneOf": [
+                                item,
+                                {
+                                    "type": "array",
+                                    "items": item,
+                                    "minItems": 1,
+                                    "maxItems": MAX_FEEDBACK_ITEMS,
+                                },
+                            ]
+                        }
+                    ),
                 },
             )
         },
@@ -1375,7 +1425,7 @@ def _monitoring_paths() -> dict[str, Any]:
                 "models",
                 "performance",
                 "Live quality per version from feedback, next to the test score",
-                {"200": _response("Live quality.", _json(performance)), "404": _r("NotFound")},
+                {"200": _response("Live quality.", _json(performance))},
                 parameters=[P_NAME],
             )
         },
@@ -1384,7 +1434,7 @@ def _monitoring_paths() -> dict[str, Any]:
                 "models",
                 "drift",
                 "Population stability index of every feature per version",
-                {"200": _response("Drift.", _json(drift)), "404": _r("NotFound")},
+                {"200": _response("Drift.", _json(drift))},
                 parameters=[P_NAME],
             )
         },
@@ -1604,15 +1654,64 @@ def _model_parts(
 
 # --- the document --------------------------------------------------------------------
 
+SECURITY_SCHEME = "apiKey"
+GENERIC_PREDICT = ("/v1/models/{model_ref}/predict", "post")
+MODEL_NAME_PARAMETERS = frozenset({"name", "model_ref"})
+
+
+def _complete(operation: dict[str, Any], scope: str | None) -> None:
+    """Add what an operation may answer whatever it does: a fault or no worker free (500,
+    503); with a body, a malformed or too large one or an unknown encoding (400, 413, 415);
+    with path parameters, malformed or unknown names (400, 404); and when it needs a key
+    (``scope``), no valid key or one without the scope (401, 403)."""
+    kinds = list(_ALWAYS)
+    if "requestBody" in operation:
+        kinds += ["BadRequest", "TooLarge", "UnsupportedMediaType"]
+    if any(p["in"] == "path" for p in operation["parameters"]):
+        kinds += ["BadRequest", "NotFound"]
+    if scope is not None:
+        operation["security"] = [{SECURITY_SCHEME: [scope]}]
+        kinds += _KEY_FAILURES
+    prefix = TAG_ERROR_FORMATS.get(operation["tags"][0], "")
+    responses = operation["responses"]
+    for kind in kinds:
+        responses.setdefault(STATUSES[kind], _r(prefix + kind))
+    operation["responses"] = dict(sorted(responses.items()))
+
+
+def _name_examples(paths: dict[str, Any], names: list[str]) -> None:
+    """The served names as examples of every model name parameter: a client (or a fuzzer)
+    finds something that exists."""
+    if not names:
+        return
+    for item in paths.values():
+        for operation in item.values():
+            operation["parameters"] = [
+                {**p, "schema": {**p["schema"], "examples": names}}
+                if p["name"] in MODEL_NAME_PARAMETERS
+                else p
+                for p in operation["parameters"]
+            ]
+
 
 def build_document(
-    served: Iterable[Any], *, version: str, max_instances: int | None = None
+    served: Iterable[Any],
+    *,
+    version: str,
+    max_instances: int | None = None,
+    scopes: Mapping[tuple[str, str], str] | None = None,
 ) -> dict[str, Any]:
     """The OpenAPI 3.1 document: every route, plus typed paths for the served models
-    (loaded models or their metadata, one per name)."""
+    (loaded models or their metadata, one per name). ``scopes`` gives, for each operation
+    (path, lowercase method) that needs a key, the scope the key must grant; the others
+    are open."""
+    scopes = scopes or {}
     fixed_paths, fixed_schemas, fixed_responses = _fixed()
     paths = copy.deepcopy(fixed_paths)
     schemas = copy.deepcopy(fixed_schemas)
+    for path, item in paths.items():
+        for method, operation in item.items():
+            _complete(operation, scopes.get((path, method)))
     seen: set[str] = set()
     for model in sorted(served, key=lambda m: model_metadata(m)["name"]):
         name = model_metadata(model)["name"]
@@ -1620,8 +1719,11 @@ def build_document(
             raise ValueError(f"{name} is listed twice; pass one model per name")
         seen.add(name)
         path, item, model_schemas = _model_parts(model, max_instances)
+        # A model's own predict path is the generic one with its name filled in.
+        _complete(item["post"], scopes.get(GENERIC_PREDICT))
         paths[path] = item
         schemas.update(model_schemas)
+    _name_examples(paths, sorted(seen))
     return {
         "openapi": OPENAPI_VERSION,
         "info": {
@@ -1650,11 +1752,13 @@ def build_document(
                 }
             },
             "securitySchemes": {
-                "adminKey": {
+                SECURITY_SCHEME: {
                     "type": "http",
                     "scheme": "bearer",
-                    "description": "An admin key; the service stores only its sha256 "
-                    "(`modelctl hash-key`, `MODEL_SERVICE_ADMIN_KEY_HASHES`).",
+                    "description": "An API key granting the operation's scope (predict, "
+                    "feedback, read or admin), as `Authorization: Bearer <key>`; the "
+                    "service stores only its sha256. Operations without `security` need "
+                    "no key as this service is configured.",
                 }
             },
         },

@@ -244,8 +244,8 @@ def test_default_model_setting():
 def test_ping_and_health_answer_200_when_ready(client, make_client, path):
     response = client.get(path)
     assert response.status_code == 200
-    assert response.data == b"\n"
     assert response.mimetype == "application/json"
+    assert response.get_json() == {"status": "ready"}
     assert make_client(default_model=IRIS).get(path).status_code == 200
 
 

@@ -4,6 +4,7 @@ typed per served model, and the same document as a self-contained HTML page."""
 from __future__ import annotations
 
 import copy
+import hashlib
 import html as html_module
 import json
 import re
@@ -14,7 +15,10 @@ import pytest
 from openapi_spec_validator import OpenAPIV31SpecValidator, validate
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
-from service import openapi
+from service import create_app, openapi
+from service.api import auth
+from service.errors import TooManyInstances
+from service.keys import KeyRing
 
 IRIS = "iris-classifier"
 CANCER = "breast-cancer-classifier"
@@ -118,13 +122,67 @@ def test_path_parameters_are_declared_for_every_template(document):
             assert declared == names, f"{method} {path}"
 
 
-def test_admin_operations_need_the_bearer_key(document):
-    scheme = document["components"]["securitySchemes"]["adminKey"]
+def endpoint_of(adapter, path: str, method: str) -> str:
+    concrete = re.sub(r"\{(\w+)\}", lambda m: SAMPLE_VALUES[m.group(1)], path)
+    return adapter.match(concrete, method=method)[0]
+
+
+def check_security(app, document: dict, open_scopes: set[str]) -> set[str]:
+    """Each operation declares the key scope service.api.auth asks for, unless it is open,
+    and then 401 and 403 too. Returns the scopes seen."""
+    scheme = document["components"]["securitySchemes"]["apiKey"]
     assert scheme == {**scheme, "type": "http", "scheme": "bearer"}
+    adapter = app.url_map.bind("localhost")
+    seen = set()
+    for path, method in sorted(documented_operations(document)):
+        operation = document["paths"][path][method.lower()]
+        scope = auth.scope_of(endpoint_of(adapter, path, method))
+        needed = scope is not None and scope not in open_scopes
+        expected = [{"apiKey": [scope]}] if needed else None
+        assert operation.get("security") == expected, f"{method} {path}"
+        assert ({"401", "403"} <= set(operation["responses"])) == needed, f"{method} {path}"
+        if needed:
+            seen.add(scope)
+    return seen
+
+
+def test_operations_that_need_a_key_declare_its_scope(app, document):
+    # By default prediction and reading are open; feedback and admin need a key.
+    assert check_security(app, document, {"predict", "read"}) == {"feedback", "admin"}
+    assert document["paths"]["/v1/admin/reload"]["post"]["security"] == [{"apiKey": ["admin"]}]
+    assert "security" not in document["paths"]["/healthz"]["get"]
+
+
+def test_with_no_open_scope_every_route_but_health_declares_its_key(store_dir, tmp_path):
+    key = KeyRing(store_dir).create("reader", ["read"])
+    app = create_app({"store": store_dir, "state_dir": tmp_path / "monitoring", "open_scopes": ()})
+    try:
+        answer = app.test_client().get("/openapi.json", headers={"Authorization": f"Bearer {key}"})
+        document = answer.get_json()
+        scopes = check_security(app, document, set())
+        assert scopes == {"predict", "feedback", "read", "admin"}
+        typed = document["paths"][f"/v1/models/{IRIS}/predict"]["post"]
+        assert typed["security"] == [{"apiKey": ["predict"]}]
+        for public in ("/healthz", "/readyz", "/ping", "/health", "/v2/health/live"):
+            assert "security" not in document["paths"][public]["get"], public
+    finally:
+        app.extensions["model_service"].registry.stop()
+
+
+def test_every_declared_status_is_a_failure_the_service_knows(document):
+    """Each status an operation declares is 200 or the status of one kind of failure, and
+    each kind's status is that of the error class the service raises for it."""
+    known = {"200", *openapi.STATUSES.values()}
     for path, item in document["paths"].items():
-        for operation in item.values():
-            secured = operation.get("security") == [{"adminKey": []}]
-            assert secured == path.startswith("/v1/admin/"), path
+        for method, operation in item.items():
+            undeclared = set(operation["responses"]) - known
+            assert not undeclared, f"{method} {path}: {undeclared}"
+            for status, response in operation["responses"].items():
+                ref = response.get("$ref", "")
+                kind = ref.rsplit("/", 1)[-1].removeprefix("V2").removeprefix("Mlflow")
+                if kind:
+                    assert openapi.STATUSES[kind] == status, f"{method} {path} {status}"
+    assert openapi.STATUSES["TooLarge"] == str(int(TooManyInstances.status)) == "413"
 
 
 def test_each_protocol_documents_its_own_error_shape(document):
@@ -308,6 +366,99 @@ def test_mlflow_answers_fit_their_documented_schemas(client, document):
     component_validator(document, "MlflowError").validate(bad.get_json())
     two_formats = {"instances": [IRIS_ROW], "inputs": [IRIS_ROW]}
     assert not component_validator(document, "MlflowRequest").is_valid(two_formats)
+
+
+ADMIN_KEY = "openapi-test-admin-key"
+TOO_MANY = {"instances": [IRIS_ROW] * 11}
+
+
+def tampered(store_dir):
+    (store_dir / IRIS / "1" / "model.pkl").write_bytes(b"tampered")
+    return {}
+
+
+# (kind, method, path, request keywords, settings): a request that gets each kind of failure.
+FAILURES = [
+    ("BadRequest", "get", "/v1/models/Not_A_Name", {}, {}),
+    (
+        "BadRequest",
+        "post",
+        f"/v1/models/{IRIS}/predict",
+        {"data": b"{", "content_type": "application/json"},
+        {},
+    ),
+    (
+        "Unauthorized",
+        "post",
+        "/v1/admin/reload",
+        {},
+        {"admin_key_hashes": [hashlib.sha256(ADMIN_KEY.encode()).hexdigest()]},
+    ),
+    ("Forbidden", "post", "/v1/admin/reload", {}, {}),
+    ("NotFound", "get", "/v1/models/no-such-model", {}, {}),
+    ("NotFound", "get", "/v2/models/no-such-model", {}, {}),
+    ("Conflict", "post", "/invocations", {"json": {"instances": [IRIS_ROW]}}, {}),
+    ("TooLarge", "post", f"/v1/models/{IRIS}/predict", {"json": TOO_MANY}, {"max_instances": 10}),
+    (
+        "TooLarge",
+        "post",
+        f"/v2/models/{IRIS}/infer",
+        {"data": b"x" * 2048, "content_type": "application/json"},
+        {"max_body_bytes": 1024},
+    ),
+    (
+        "UnsupportedMediaType",
+        "post",
+        f"/v1/models/{IRIS}/predict",
+        {"data": "x", "content_type": "text/plain"},
+        {},
+    ),
+    (
+        "UnsupportedMediaType",
+        "post",
+        f"/v1/models/{IRIS}/invocations",
+        {"data": "x", "content_type": "application/xml"},
+        {},
+    ),
+    ("InvalidInput", "post", f"/v1/models/{IRIS}/predict", {"json": {"instances": [{"x": 1}]}}, {}),
+    ("NotReady", "get", "/ping", {}, "tampered"),
+]
+
+
+@pytest.mark.parametrize(("kind", "method", "path", "request_args", "settings"), FAILURES)
+def test_each_kind_of_failure_is_produced_as_documented(
+    store_dir, tmp_path, kind, method, path, request_args, settings
+):
+    if settings == "tampered":
+        settings = tampered(store_dir)
+    app = create_app({"store": store_dir, "state_dir": tmp_path / "state", **settings})
+    try:
+        client = app.test_client()
+        document = client.get("/openapi.json").get_json()
+        response = getattr(client, method)(path, **request_args)
+        status = openapi.STATUSES[kind]
+        assert str(response.status_code) == status, response.get_json()
+        template = next(
+            p for p in document["paths"] if re.fullmatch(re.sub(r"\{\w+\}", "[^/]+", p), path)
+        )
+        declared = document["paths"][template][method]["responses"][status]
+        name = declared["$ref"].rsplit("/", 1)[-1]
+        assert name.removeprefix("V2").removeprefix("Mlflow") == kind
+        schema = document["components"]["responses"][name]["content"]["application/json"]
+        component = schema["schema"]["$ref"].rsplit("/", 1)[-1]
+        component_validator(document, component).validate(response.get_json())
+    finally:
+        app.extensions["model_service"].registry.stop()
+
+
+def test_an_unexpected_fault_is_the_documented_500(app, client, document, monkeypatch):
+    registry = app.extensions["model_service"].registry
+    monkeypatch.setattr(registry, "served_names", lambda: 1 / 0)
+    response = client.get("/v1/models")
+    assert str(response.status_code) == openapi.STATUSES["Internal"] == "500"
+    declared = document["paths"]["/v1/models"]["get"]["responses"]["500"]
+    assert declared == {"$ref": "#/components/responses/Internal"}
+    component_validator(document, "Error").validate(response.get_json())
 
 
 # --- build_document without Flask --------------------------------------------------------

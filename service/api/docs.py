@@ -10,16 +10,18 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response, current_app, request
 
 import service
 from service import openapi
-from service.api import state
+from service.api import auth, state
 from service.api.cache import LRUCache, app_cache
 
 bp = Blueprint("docs", __name__)
 
 CACHE_EXTENSION = "model_service.openapi"
+# Methods Werkzeug answers for every route; the document leaves them out.
+IMPLICIT_METHODS = frozenset({"HEAD", "OPTIONS"})
 CACHE_SIZE = 32
 # The page loads nothing: inline styles only, no scripts, no frames, no forms.
 DOCS_HEADERS = {
@@ -75,10 +77,27 @@ def _document(key: tuple, served: list[Any]) -> dict[str, Any]:
     document = cache.get(("document", key))
     if document is None:
         document = openapi.build_document(
-            served, version=service.__version__, max_instances=state().settings.max_instances
+            served,
+            version=service.__version__,
+            max_instances=state().settings.max_instances,
+            scopes=_scopes(),
         )
         cache.put(("document", key), document)
     return document
+
+
+def _scopes() -> dict[tuple[str, str], str]:
+    """The scope of each operation that needs a key as this service is configured: the
+    one service.api.auth asks for, unless the settings leave it open."""
+    open_scopes = set(state().settings.open_scopes)
+    scopes = {}
+    for rule in current_app.url_map.iter_rules():
+        scope = auth.scope_of(rule.endpoint)
+        if scope is None or scope in open_scopes:
+            continue
+        for method in sorted(rule.methods - IMPLICIT_METHODS):
+            scopes[(openapi.path_template(rule.rule), method.lower())] = scope
+    return scopes
 
 
 def _cache() -> LRUCache:

@@ -3,7 +3,8 @@
 - ``POST /invocations``: the default model (setting ``default_model``; when unset and
   exactly one model is served, that one);
 - ``POST /v1/models/<name[@version|@alias]>/invocations``: any served model;
-- ``GET /ping`` and ``GET /health``: 200 when ready, 503 with the reason otherwise.
+- ``GET /ping`` and ``GET /health``: 200 ``{"status": "ready"}`` when ready, 503 with the
+  reason otherwise (MLflow's clients look at the status only).
 
 Bodies are MLflow's (see service/protocols/mlflow.py), answers ``{"predictions": [...]}``,
 errors MLflow's ``{"error_code": ..., "message": ...}`` with our HTTP statuses.
@@ -108,5 +109,6 @@ def ping():
                 details={"model": str(ref)},
                 code="not_ready",
             ) from None
-    # What MLflow's scoring server answers when healthy.
-    return Response("\n", status=200, mimetype="application/json")
+    # MLflow's own server answers a bare newline labelled application/json; clients look at
+    # the status only, so this answers JSON that is what its Content-Type says.
+    return json_response({"status": "ready"})

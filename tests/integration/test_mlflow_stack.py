@@ -85,7 +85,7 @@ def test_every_model_through_nginx_equals_in_process(mlflow_stack, name, form):
 def test_ping_and_health(mlflow_stack, path):
     response = requests.get(mlflow_stack.url + path)
     assert response.status_code == 200
-    assert response.text == "\n"
+    assert response.json() == {"status": "ready"}
 
 
 def test_invocations_without_a_default_model_says_how_to_set_it(stack):

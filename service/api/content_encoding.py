@@ -1,0 +1,111 @@
+"""Content-Encoding of request bodies: gzip and deflate are decoded before a view reads the
+body, any other coding is refused (415), never ignored.
+
+The compressed body is bounded by max_body_bytes like any body (Nginx and Werkzeug check
+it), and so is the decoded one: a few kilobytes of gzip can inflate to gigabytes, so
+decoding stops one byte past the limit and the request gets the same 413 as a large body.
+"""
+
+from __future__ import annotations
+
+import io
+import zlib
+from typing import IO
+
+from flask import Flask, Request, request
+from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.utils import cached_property
+from werkzeug.wsgi import get_input_stream
+
+from service.errors import BadRequest, UnsupportedMediaType
+
+HEADER = "Content-Encoding"
+IDENTITY = "identity"
+# zlib's window bits for each coding (RFC 9110 8.4.1): gzip's header and trailer, and the
+# zlib format that HTTP's "deflate" names.
+WINDOW_BITS = {
+    "gzip": 16 + zlib.MAX_WBITS,
+    "x-gzip": 16 + zlib.MAX_WBITS,
+    "deflate": zlib.MAX_WBITS,
+}
+SUPPORTED = (*WINDOW_BITS, IDENTITY)
+
+
+def codings(header: str) -> list[str]:
+    """The codings of a Content-Encoding header in the order they were applied, without
+    identity."""
+    names = [part.strip().lower() for part in header.split(",")]
+    return [name for name in names if name and name != IDENTITY]
+
+
+def check(header: str) -> list[str]:
+    """The codings to undo, or UnsupportedMediaType for one this service cannot undo."""
+    found = codings(header)
+    unknown = [name for name in found if name not in WINDOW_BITS]
+    if unknown:
+        raise UnsupportedMediaType(
+            f"Content-Encoding {', '.join(unknown)} is not supported: send gzip, deflate "
+            "or an unencoded body",
+            details={"content_encoding": header, "supported": list(SUPPORTED)},
+            code="unsupported_content_encoding",
+        )
+    return found
+
+
+def decode(data: bytes, coding: str, limit: int | None) -> bytes:
+    """One coding undone, the result at most ``limit`` bytes (RequestEntityTooLarge past it).
+    A gzip body may hold several members, one after the other."""
+    out = bytearray()
+    remaining = data
+    while True:
+        decoder = zlib.decompressobj(WINDOW_BITS[coding])
+        budget = 0 if limit is None else limit + 1 - len(out)
+        try:
+            out += decoder.decompress(remaining, budget)
+        except zlib.error as exc:
+            raise _invalid(coding, exc) from None
+        if limit is not None and len(out) > limit:
+            raise RequestEntityTooLarge()
+        if not decoder.eof:
+            raise _invalid(coding, "the compressed data ends early")
+        remaining = decoder.unused_data
+        if not remaining or coding == "deflate":
+            break
+    if remaining:
+        raise _invalid(coding, "data follows the compressed stream")
+    return bytes(out)
+
+
+def _invalid(coding: str, reason: object) -> BadRequest:
+    return BadRequest(
+        f"the body is not valid {coding} data ({reason})",
+        details={"content_encoding": coding},
+        code="invalid_content_encoding",
+    )
+
+
+class DecodingRequest(Request):
+    """A Flask request whose body stream is the decoded body."""
+
+    @cached_property
+    def stream(self) -> IO[bytes]:
+        raw = get_input_stream(self.environ, max_content_length=self.max_content_length)
+        found = check(self.headers.get(HEADER, ""))
+        if not found:
+            return raw
+        data = raw.read()
+        # Undone in the reverse order of the header (RFC 9110: listed as applied).
+        for coding in reversed(found):
+            data = decode(data, coding, self.max_content_length)
+        return io.BytesIO(data)
+
+
+def init_app(app: Flask) -> None:
+    app.request_class = DecodingRequest
+
+    @app.before_request
+    def refuse_unknown_codings() -> None:
+        # Before any view runs, so that a route which reads no body refuses one too.
+        header = request.headers.get(HEADER)
+        if header and (request.content_length or request.headers.get("Transfer-Encoding")):
+            check(header)
