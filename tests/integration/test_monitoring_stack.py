@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
+from service.keys import KeyRing, digest
 from service.monitoring import predlog
 from service.training.demo import demo_specs
 from service.training.trainer import prepare
@@ -19,12 +20,21 @@ from tests.integration.conftest import demo_stack
 pytestmark = pytest.mark.integration
 
 IRIS = "iris-classifier"
+# Feedback needs a key with scope feedback.
+FEEDBACK_KEY = "msk_feedback-key-of-the-monitoring-stack"
+FEEDBACK_HEADERS = {"Authorization": f"Bearer {FEEDBACK_KEY}"}
+
+
+def add_feedback_key(stack) -> None:
+    KeyRing(stack.store).add("labeller", ["feedback"], digest(FEEDBACK_KEY))
 
 
 @pytest.fixture(scope="module")
 def monitored_stack(trained_store_dir, tmp_path_factory):
     env = {"MODEL_SERVICE_RELOAD_INTERVAL": "0.2", "MODEL_SERVICE_PREDICTION_LOG": "1"}
-    with demo_stack(trained_store_dir, tmp_path_factory, "monitoring-stack", env) as started:
+    with demo_stack(
+        trained_store_dir, tmp_path_factory, "monitoring-stack", env, before_start=add_feedback_key
+    ) as started:
         yield started
 
 
@@ -87,7 +97,7 @@ def test_feedback_and_drift_across_workers(monitored_stack):
         return requests.post(
             f"{url}/v1/models/{IRIS}/feedback",
             json=body,
-            headers={"Connection": "close"},
+            headers={"Connection": "close", **FEEDBACK_HEADERS},
             timeout=30,
         )
 
@@ -119,6 +129,7 @@ def test_unknown_request_ids_are_404_through_nginx(monitored_stack):
     answer = requests.post(
         f"{monitored_stack.url}/v1/models/{IRIS}/feedback",
         json={"request_id": "never-served", "index": 0, "label": "setosa"},
+        headers=FEEDBACK_HEADERS,
         timeout=30,
     )
     assert answer.status_code == 404

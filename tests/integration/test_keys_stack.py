@@ -1,0 +1,157 @@
+"""API keys on the real stack (Nginx -> 2 Gunicorn workers, and the gRPC server) with every
+scope keyed, as `make deploy` sets it: the 401/403 answers through Nginx, a key revoked or
+created while it runs taking effect on every worker within seconds, and no key in any log."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+import requests
+
+from service.keys import KeyRing, digest
+from service.localstack import free_port
+from service.protocols.grpc import open_inference_pb2 as pb
+from service.protocols.grpc import open_inference_pb2_grpc as pb_grpc
+from tests.integration.conftest import demo_stack
+
+IRIS = "iris-classifier"
+ROW = [5.1, 3.5, 1.4, 0.2]
+# Requests on fresh connections after a change: with 2 workers, each gets some of them.
+SPREAD = 30
+RELOAD_DEADLINE_S = 5.0
+
+
+@pytest.fixture(scope="module")
+def keyed(trained_store_dir, tmp_path_factory):
+    keys: dict[str, str] = {}
+
+    def make_keys(stack) -> None:
+        ring = KeyRing(stack.store)
+        keys["predict"] = ring.create("predictor", ["predict"])
+        keys["read"] = ring.create("reader", ["read"])
+        keys["feedback"] = ring.create("labeller", ["feedback"])
+
+    env = {
+        "MODEL_SERVICE_OPEN_SCOPES": "",
+        "MODEL_SERVICE_RELOAD_INTERVAL": "0.2",
+    }
+    with demo_stack(
+        trained_store_dir,
+        tmp_path_factory,
+        "keys",
+        env,
+        grpc_port=free_port(),
+        before_start=make_keys,
+    ) as stack:
+        yield stack, keys
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def predict(url: str, headers: dict[str, str]) -> requests.Response:
+    # A new connection each time (no Session), so the requests spread over the workers.
+    return requests.post(
+        f"{url}/v1/models/{IRIS}/predict", json={"instances": [ROW]}, headers=headers, timeout=10
+    )
+
+
+def test_refusals_through_nginx_in_each_protocols_shape(keyed):
+    stack, keys = keyed
+    url = stack.url
+    native = predict(url, {})
+    assert native.status_code == 401
+    assert native.headers["WWW-Authenticate"] == 'Bearer realm="model-service"'
+    assert native.json()["error"]["code"] == "unauthorized"
+    v2 = requests.post(f"{url}/v2/models/{IRIS}/infer", json={}, timeout=10)
+    assert v2.status_code == 401
+    assert "needs a key with scope 'predict'" in v2.json()["error"]
+    mlflow = requests.post(
+        f"{url}/v1/models/{IRIS}/invocations",
+        json={"instances": [ROW]},
+        headers=bearer(keys["read"]),
+        timeout=10,
+    )
+    assert mlflow.status_code == 403
+    assert mlflow.json()["error_code"] == "PERMISSION_DENIED"
+    assert predict(url, bearer(keys["predict"])).status_code == 200
+    assert requests.get(f"{url}/readyz", timeout=10).status_code == 200
+
+
+def test_feedback_is_refused_without_a_feedback_key(keyed):
+    stack, keys = keyed
+    served = predict(stack.url, bearer(keys["predict"]))
+    label = {"request_id": served.json()["request_id"], "index": 0, "label": "setosa"}
+    feedback_url = f"{stack.url}/v1/models/{IRIS}/feedback"
+    assert requests.post(feedback_url, json=label, timeout=10).status_code == 401
+    refused = requests.post(feedback_url, json=label, headers=bearer(keys["predict"]), timeout=10)
+    assert refused.status_code == 403
+    accepted = requests.post(feedback_url, json=label, headers=bearer(keys["feedback"]), timeout=10)
+    assert accepted.status_code == 200, accepted.text
+
+
+def test_grpc_refuses_without_a_key_and_serves_with_one(keyed):
+    stack, keys = keyed
+    request = pb.ModelInferRequest(model_name=IRIS)
+    tensor = request.inputs.add(name="input-0", datatype="FP64", shape=[1, 4])
+    tensor.contents.fp64_contents.extend(ROW)
+    with grpc.insecure_channel(stack.grpc_address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.ModelInfer(request, timeout=10)
+        assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
+        answer = stub.ModelInfer(
+            request, metadata=(("authorization", f"Bearer {keys['predict']}"),), timeout=10
+        )
+        assert answer.model_name == IRIS
+
+
+def test_a_revoked_key_is_refused_and_a_new_one_served_on_every_worker(keyed):
+    stack, _ = keyed
+    ring = KeyRing(stack.store)
+    key = ring.create("short-lived", ["predict"])
+    _wait_all(stack.url, bearer(key), 200)
+
+    revoked_at = time.monotonic()
+    ring.revoke("short-lived")
+    took = _wait_all(stack.url, bearer(key), 401)
+    print(f"\nrevocation refused on every worker {took - revoked_at:.2f} s after the file changed")
+
+    created_at = time.monotonic()
+    fresh = ring.create("fresh", ["predict"])
+    took = _wait_all(stack.url, bearer(fresh), 200)
+    print(f"a new key served on every worker {took - created_at:.2f} s after it was created")
+
+
+def test_no_key_and_no_digest_reach_any_log(keyed):
+    stack, keys = keyed
+    # Traffic with every key, valid or not, so each has had its chance to be logged.
+    for key in keys.values():
+        predict(stack.url, bearer(key))
+        requests.get(f"{stack.url}/v1/models", headers=bearer(key), timeout=10)
+    predict(stack.url, bearer("msk_a-wrong-key-that-must-not-be-logged"))
+    time.sleep(1.5)  # Nginx flushes its buffered access log every second
+    secrets = [*keys.values(), "msk_a-wrong-key-that-must-not-be-logged"]
+    secrets += [digest(key) for key in keys.values()]
+    base = Path(stack.runtime_dir).parent
+    logs = [p for p in base.rglob("*") if p.is_file() and p.name != "keys.yaml"]
+    assert any(p.suffix == ".log" for p in logs)
+    for path in logs:
+        data = path.read_bytes()
+        for secret in secrets:
+            assert secret.encode() not in data, f"{path} holds a key or its digest"
+
+
+def _wait_all(url: str, headers: dict[str, str], status: int) -> float:
+    """Wait until SPREAD requests in a row answer ``status``; the time the streak began."""
+    deadline = time.monotonic() + RELOAD_DEADLINE_S
+    while True:
+        began = time.monotonic()
+        if all(predict(url, headers).status_code == status for _ in range(SPREAD)):
+            return began
+        assert time.monotonic() < deadline, f"not every worker answers {status} yet"
+        time.sleep(0.1)
