@@ -42,10 +42,10 @@ def open_store(
         settings = Settings.load()
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
-    if is_remote(location):
-        return RemoteStore.from_settings(settings, url=str(location))
     if signing_key:
         settings = dataclasses.replace(settings, signing_key=str(signing_key))
+    if is_remote(location):
+        return RemoteStore.from_settings(settings, url=str(location), sign=sign)
     return ModelStore.from_settings(settings, location, sign=sign)
 
 

@@ -70,26 +70,17 @@ def keygen(out_dir: Path) -> None:
 @store_location_option
 def sign(refs: tuple[str, ...], key_path: Path | None, all_unsigned: bool, store_location: str):
     """Sign published versions (NAME@VERSION or NAME@ALIAS; NAME: its production version),
-    e.g. those published before signing was turned on. Signs what the store holds now:
-    check it first (modelctl verify, or its sha256s) if the store may have been written
-    by others."""
+    e.g. those published before signing was turned on, here or on a fleet's store (signed
+    here, the signature placed there). A pickle must match its sha256; beyond that, what
+    the store holds now is signed: check it first if others may have written the store."""
     if not refs and not all_unsigned:
         raise click.UsageError("name versions to sign, or --unsigned")
     store = open_store(store_location, sign=True, signing_key=key_path)
-    if isinstance(store, RemoteStore):
-        raise click.ClickException(
-            "sign a fleet's versions where they are published: a remote store is not signed "
-            "from here (its store host holds no private key)"
-        )
     if store.signing_key is None:
         raise click.ClickException("signing needs --key or the signing_key setting")
     targets = [(ref.name, store.resolve(ref)) for ref in map(parse_ref, refs)]
     if all_unsigned:
-        for name in store.names():
-            for version in store.versions(name):
-                directory = store.layout.version_dir(name, version)
-                if not (directory / signing.SIGNATURE_FILE).is_file():
-                    targets.append((name, version))
+        targets += _unsigned_versions(store)
     key = signing.private_key_id(store.signing_key)
     for name, version in targets:
         store.sign(name, version)
@@ -129,6 +120,23 @@ def verify(refs: tuple[str, ...], trusted: tuple[Path, ...], store_location: str
                 click.echo(f"ok {ref.name}@{version} (signed by key {signer})")
     if refused:
         raise click.ClickException(f"{refused} version(s) refused")
+
+
+def _unsigned_versions(store: ModelStore | RemoteStore) -> list[tuple[str, int]]:
+    if isinstance(store, RemoteStore):
+        models = store.manifest()["models"]
+        return [
+            (name, int(version))
+            for name, entry in sorted(models.items())
+            for version in sorted(entry["versions"], key=int)
+            if version not in entry.get("signatures", {})
+        ]
+    return [
+        (name, version)
+        for name in store.names()
+        for version in store.versions(name)
+        if not (store.layout.version_dir(name, version) / signing.SIGNATURE_FILE).is_file()
+    ]
 
 
 def _verify_one(

@@ -247,3 +247,30 @@ def test_a_version_signed_after_a_mirror_took_it_is_fetched_again(
     authoritative.sign(IRIS, unsigned)
     assert mirror.sync_once()["fetched"] == [f"{IRIS}@{unsigned}"]
     assert trusting(mirror.local.root, keys).load_artifact(IRIS, unsigned)
+
+
+def test_a_publisher_signs_what_it_publishes_to_a_fleets_store(
+    authoritative, remote, keys, tmp_path, monkeypatch
+):
+    directory = authoritative.layout.version_dir(IRIS, 1)
+    meta = yaml.safe_load((directory / "metadata.yaml").read_text())
+    for key in ("version", "artifact", "created_at"):
+        meta.pop(key)
+    extra = {"model.onnx": (directory / "model.onnx").read_bytes()}
+    publisher = RemoteStore(
+        str(remote.url), key=remote.key, known_hosts=remote.known_hosts,
+        signing_key=keys["trusted"][0],
+    )  # fmt: skip
+    version = publisher.publish(
+        IRIS, (directory / "model.pkl").read_bytes(), meta, extra_files=extra
+    )
+    assert trusting(authoritative.root, keys).load_artifact(IRIS, version)
+    # modelctl sign --store ssh://… signs what was published unsigned.
+    unsigned = remote.publish(IRIS, (directory / "model.pkl").read_bytes(), meta)
+    monkeypatch.setenv("MODEL_SERVICE_STORE_REMOTE_KEY", str(remote.key))
+    monkeypatch.setenv("MODEL_SERVICE_STORE_REMOTE_KNOWN_HOSTS", str(remote.known_hosts))
+    key = str(keys["trusted"][0])
+    assert modelctl(["sign", "--unsigned", "--key", key, "--store", str(remote.url)]) == 0
+    assert trusting(authoritative.root, keys).load_artifact(IRIS, unsigned)
+    public = str(keys["trusted"][1])
+    assert modelctl(["verify", IRIS, "--trusted", public, "--store", str(remote.url)]) == 0

@@ -92,8 +92,12 @@ class RemoteStore:
         known_hosts: str | Path | None = None,
         timeout: float = 10.0,
         multiplex: bool = False,
+        signing_key: str | Path | None = None,
     ):
         self.url = parse_store_url(url)
+        # What this client publishes is signed here (the store host holds no private key):
+        # see publish and sign.
+        self.signing_key = Path(signing_key) if signing_key else None
         self.key = Path(key) if key else None
         self.known_hosts = Path(known_hosts) if known_hosts else None
         self.timeout = timeout
@@ -103,7 +107,7 @@ class RemoteStore:
 
     @classmethod
     def from_settings(
-        cls, settings: Any, url: str | None = None, *, multiplex: bool = False
+        cls, settings: Any, url: str | None = None, *, multiplex: bool = False, sign: bool = False
     ) -> RemoteStore:
         return cls(
             url or settings.store_remote,
@@ -111,6 +115,7 @@ class RemoteStore:
             known_hosts=settings.store_remote_known_hosts or None,
             timeout=settings.store_remote_timeout,
             multiplex=multiplex,
+            signing_key=(settings.signing_key or None) if sign else None,
         )
 
     def close(self) -> None:
@@ -192,7 +197,12 @@ class RemoteStore:
     ) -> int:
         """Publish on the store host, which verifies the version as a local publish does
         (sha256, unpickling and the golden replay) before it appears there; ``verify`` is
-        the store host's, so it is not used here."""
+        the store host's, so it is not used here.
+
+        With a signing key, the version is then signed here: it is fetched back, checked to
+        be exactly what was sent (plus what the store host fills in: version, artifact,
+        created_at, environment), signed, and its signature placed. Until then hosts that
+        trust keys refuse it, and keep their aliases where they were."""
         import yaml
 
         body = version_tar(
@@ -203,7 +213,30 @@ class RemoteStore:
             }
         )
         alias_args = [arg for alias in aliases for arg in ("--alias", alias)]
-        return int(self._json("publish", name, *alias_args, stdin=body)["version"])
+        version = int(self._json("publish", name, *alias_args, stdin=body)["version"])
+        if self.signing_key is not None:
+            sent = {"model.pkl": artifact_bytes, **dict(extra_files or {})}
+            self._sign(name, version, lambda d: _check_published(d, name, version, sent, metadata))
+        return version
+
+    def sign(self, name: str, version: int) -> None:
+        """Sign a version of the authoritative store with this client's key (fetched,
+        its pickle checked against its sha256, signed here, the signature placed there)."""
+        if self.signing_key is None:
+            raise StoreError("signing needs a signing key (setting signing_key)")
+        self._sign(name, version, lambda d: _check_sha256(d, name, version))
+
+    def _sign(self, name: str, version: int, check: Any) -> None:
+        from service.store import signing
+
+        assert self.signing_key is not None
+        with tempfile.TemporaryDirectory(prefix="model-sign-") as scratch:
+            directory = Path(scratch)
+            self.export_version(name, version, directory)
+            (directory / signing.SIGNATURE_FILE).unlink(missing_ok=True)
+            check(directory)
+            data = signing.signature_of(directory, self.signing_key)
+        self._json("put-signature", name, str(version), stdin=data)
 
     def backup(self, out: IO[bytes]) -> None:
         """Stream a backup archive of the whole store into ``out``."""
@@ -362,6 +395,57 @@ class RemoteKeyRing:
 
     def revoke(self, name: str) -> None:
         self.remote._json("keys-revoke", name)
+
+
+# What the store host writes into a published version's metadata itself.
+HOST_FILLED = frozenset({"schema_version", "name", "version", "created_at", "environment"})
+
+
+def _check_sha256(directory: Path, name: str, version: int) -> dict[str, Any]:
+    import yaml
+
+    from service.store.store import read_verified
+
+    meta = yaml.safe_load((directory / "metadata.yaml").read_text(encoding="utf-8"))
+    if meta.get("name") != name or meta.get("version") != version:
+        raise StoreError(f"{name}@{version}: the store sent another version's metadata")
+    artifact = meta["artifact"]
+    where = f"{name}@{version}"
+    read_verified(
+        directory, artifact["file"], artifact["sha256"], artifact["size"], where=where,
+        refusal="not signing it",
+    )  # fmt: skip
+    return meta
+
+
+def _check_published(
+    directory: Path, name: str, version: int, sent: Mapping[str, bytes], metadata: dict
+) -> None:
+    """Sign only what this client published: the same files byte for byte, and the same
+    metadata but for what the store host fills in."""
+    meta = _check_sha256(directory, name, version)
+    where = f"{name}@{version}"
+    held = {p.name for p in directory.iterdir()} - {"metadata.yaml"}
+    if held != set(sent) or any((directory / f).read_bytes() != sent[f] for f in sent):
+        raise StoreError(f"{where}: the store holds other files than were published; not signed")
+    import yaml
+
+    # As the store host read it: through YAML.
+    ours = yaml.safe_load(
+        yaml.safe_dump({k: v for k, v in metadata.items() if k not in {"version", "artifact"}})
+    )
+    changed = sorted(
+        key
+        for key in set(meta) | set(ours)
+        if key != "artifact"
+        and meta.get(key) != ours.get(key)
+        and not (key in HOST_FILLED and key not in ours)
+    )
+    if changed:
+        raise StoreError(
+            f"{where}: the store's metadata differs from what was published in "
+            f"{', '.join(changed)}; not signed"
+        )
 
 
 def _remote_error(output: bytes) -> ServiceError:

@@ -28,7 +28,7 @@ from service.errors import BadRequest, PromotionRefused, ServiceError, StoreErro
 from service.store import archive
 from service.store.layout import METADATA_FILE, check_alias, check_name, check_version
 from service.store.remote import ERROR_EXIT, PROTOCOL, extract_version_tar, version_tar
-from service.store.signing import SIGNATURE_FILE
+from service.store.signing import MAX_SIGNATURE_BYTES, SIGNATURE_FILE
 from service.store.store import ARTIFACT_FILE, ModelStore, StoredArtifact
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     ops.add_parser("backup", add_help=False)
     ops.add_parser("restore", add_help=False)
     ops.add_parser("aliases", add_help=False).add_argument("name")
-    for op in ("metadata", "export"):
+    for op in ("metadata", "export", "put-signature"):
         sub = ops.add_parser(op, add_help=False)
         sub.add_argument("name")
         sub.add_argument("version")
@@ -126,6 +126,10 @@ def _carry_out(
     if op == "export":
         stdout.write(export_version(store, check_name(args.name), check_version(args.version)))
         return None
+    if op == "put-signature":
+        data = stdin.read(MAX_SIGNATURE_BYTES + 1)
+        store.put_signature(check_name(args.name), check_version(args.version), data)
+        return {"signed": f"{args.name}@{args.version}"}
     if op == "check-promotion":
         refusal = store.check_promotion(args.name, check_version(args.version), args.alias)
         return {"refusal": None if refusal is None else vars(refusal)}

@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 SIGNATURE_FILE = "model.sig"
 PRIVATE_KEY_FILE = "signing-key.pem"
 PUBLIC_KEY_FILE = "signing-key.pub.pem"
+# A signature lists one digest per file of a version: a few kilobytes.
+MAX_SIGNATURE_BYTES = 1024 * 1024
 
 # Told of each refusal (model name, version, reason): the Prometheus counter listens here,
 # so the store needs no monitoring import.
@@ -140,12 +142,17 @@ def check_private_key(path: str | os.PathLike[str]) -> Path:
 
 
 def sign_version(directory: Path, private_key: Path) -> Path:
-    """Sign every file of a version directory; the signature goes in it as model.sig,
-    written under a temporary name and renamed (a reader sees the old one or the new)."""
+    """Sign every file of a version directory; the signature goes in it as model.sig."""
+    return write_signature(directory, signature_of(directory, private_key))
+
+
+def signature_of(directory: Path, private_key: Path) -> bytes:
+    """The signature of a version directory's files (all but model.sig), as bytes."""
     from model_signing import signing
 
-    target = directory / SIGNATURE_FILE
-    fd, temp_name = tempfile.mkstemp(prefix="model-sig-", suffix=".sig", dir=tempfile.gettempdir())
+    # Written outside the directory: a temporary file in it while it is hashed would be
+    # signed as one of its files.
+    fd, temp_name = tempfile.mkstemp(prefix="model-sig-", suffix=".sig")
     os.close(fd)
     temp = Path(temp_name)
     try:
@@ -155,11 +162,17 @@ def sign_version(directory: Path, private_key: Path) -> Path:
             .set_hashing_config(_hashing_config())
             .sign(directory, temp)
         )
-        data = temp.read_bytes()
+        return temp.read_bytes()
     finally:
         temp.unlink(missing_ok=True)
-    # Written next to its target only now: a temporary file in the version directory
-    # while it is hashed would be signed as one of its files.
+
+
+def write_signature(directory: Path, data: bytes) -> Path:
+    """model.sig, written under a temporary name and renamed: a reader sees the old
+    signature or the new one, never part of one."""
+    if not data or len(data) > MAX_SIGNATURE_BYTES:
+        raise StoreError(f"a signature is 1 to {MAX_SIGNATURE_BYTES} bytes, not {len(data)}")
+    target = directory / SIGNATURE_FILE
     staged = directory / f"{TEMP_PREFIX}{os.getpid()}-{SIGNATURE_FILE}"
     try:
         with open(staged, "wb") as handle:

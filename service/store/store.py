@@ -440,6 +440,17 @@ class ModelStore:
         log.info("signed %s@%d", name, version)
         return path
 
+    def put_signature(self, name: str, version: int, data: bytes) -> None:
+        """Place a signature made elsewhere (a publisher signing what it published to this
+        store over SSH); whoever loads the version verifies it."""
+        version = check_version(version)
+        with self._locked(name):
+            directory = self.layout.version_dir(name, version)
+            if not (directory / METADATA_FILE).is_file():
+                raise VersionNotFound(f"model {name!r} has no version {version}")
+            signing.write_signature(directory, data)
+        log.info("signature placed on %s@%d", name, version)
+
     def promote(
         self,
         name: str,
