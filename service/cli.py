@@ -640,11 +640,16 @@ def serve(
         click.echo(f"HTTPS at {stack.tls_url} ({stack.url} redirects there)")
     if stack.grpc_address:
         click.echo(f"gRPC (Open Inference Protocol) at {stack.grpc_address}")
-    example = _curl_example(ModelStore(store_path), stack.url)
+    # With HTTPS on, plain HTTP only redirects: show the URL that answers.
+    url = stack.tls_url or stack.url
+    example = _curl_example(ModelStore(store_path), url)
     if example:
+        if stack.tls_url:
+            certificate = stack.edge_settings().tls_certificate
+            example += f" \\\n       --cacert {certificate}  # if it is self-signed"
         click.echo(
-            f"\nTry it:\n{example}\n\nStatus: {stack.url}/    API docs: {stack.url}/docs    "
-            f"Metrics: {stack.url}/metrics    Stop: make stop"
+            f"\nTry it:\n{example}\n\nStatus: {url}/    API docs: {url}/docs    "
+            f"Metrics: {url}/metrics    Stop: make stop"
         )
 
 

@@ -9,6 +9,7 @@ balancer runs.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,13 +30,18 @@ LOCAL_KEEPALIVE = 32
 def render(template: str, variables: Mapping[str, Any]) -> str:
     """The template rendered as Ansible's template module does (trim_blocks); a variable the
     template uses and ``variables`` lacks is an error, not an empty string."""
+    return _compiled(template).render(**variables)
+
+
+@functools.lru_cache(maxsize=4)
+def _compiled(template: str) -> jinja2.Template:
     environment = jinja2.Environment(
         trim_blocks=True,
         keep_trailing_newline=True,
         undefined=jinja2.StrictUndefined,
         autoescape=False,  # an Nginx configuration, not HTML
     )
-    return environment.from_string(template).render(**variables)
+    return environment.from_string(template)
 
 
 def edge_variables(settings: Settings, *, listen: str) -> dict[str, Any]:

@@ -105,22 +105,26 @@ def balancer_config(settings: Settings, runtime_dir: Path) -> str:
     )
 
 
-EDGE_CHOICES = {
-    "rate_limit": ("20000r/s", "off", "600r/m"),
-    "conn_limit_per_client": (512, 0),
-    "admin_networks": ((), ("10.1.0.0/16", "2001:db8::/32")),
-    "tls": (False, True),
-    "hsts_max_age": (31_536_000, 0),
-}
+# Each state of each part of the template that the settings switch: the rate limit (off, per
+# second with and without a burst, per minute), the connection limit, the admin networks, TLS
+# (off, with and without HSTS). The parts are independent blocks; every combination is made.
+RATE_STATES = (
+    {"rate_limit": "off"},
+    {"rate_limit": "20000r/s", "rate_limit_burst": 2000},
+    {"rate_limit": "20000r/s", "rate_limit_burst": 0},
+    {"rate_limit": "600r/m", "rate_limit_burst": 10},
+)
+CONN_STATES = ({"conn_limit_per_client": 512}, {"conn_limit_per_client": 0})
+ADMIN_STATES = ({"admin_networks": ()}, {"admin_networks": ("10.1.0.0/16", "2001:db8::/32")})
+TLS_STATES = ({}, {"tls": True, "hsts_max_age": 31_536_000}, {"tls": True, "hsts_max_age": 0})
 
 
 def every_edge_setting(certificate) -> list[Settings]:
     cert, key = certificate
     combinations = []
-    for values in itertools.product(*EDGE_CHOICES.values()):
-        chosen = dict(zip(EDGE_CHOICES, values, strict=True))
-        tls = chosen.pop("tls")
-        if tls:
+    for parts in itertools.product(RATE_STATES, CONN_STATES, ADMIN_STATES, TLS_STATES):
+        chosen = {name: value for part in parts for name, value in part.items()}
+        if chosen.pop("tls", False):
             chosen.update(tls_certificate=str(cert), tls_certificate_key=str(key))
         combinations.append(Settings.from_mapping(chosen))
     return combinations
@@ -138,7 +142,7 @@ def test_nginx_accepts_every_configuration_the_settings_can_make(certificate, tm
             result = nginx_t(binary, make(settings, runtime_dir), runtime_dir)
             assert result.returncode == 0, f"{name} with {settings}: {result.stderr}"
             checked += 1
-    assert checked == 2 * (3 * 2 * 2 * 2 * 2)
+    assert checked == 2 * (4 * 2 * 2 * 3)
 
 
 def answers(config: str) -> list[str]:
