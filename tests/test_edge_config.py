@@ -257,3 +257,21 @@ def test_without_tls_there_is_no_https_and_no_hsts(tmp_path):
 def test_edge_settings_that_would_not_make_a_valid_configuration_are_refused(values, message):
     with pytest.raises(ValueError, match=message):
         Settings.from_mapping(values)
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--rate-limit", "5r/h"], "rate_limit"),
+        (["--admin-network", "10.0.0.1/8"], "admin_networks"),
+        (["--tls-cert", __file__], "go together"),
+    ],
+)
+def test_serve_refuses_edge_options_before_starting_anything(option, message, tmp_path, capsys):
+    from service.cli import main
+
+    runtime_dir = tmp_path / "run"
+    code = main(["serve", "--store", str(tmp_path), "--runtime-dir", str(runtime_dir), *option])
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not runtime_dir.exists()
