@@ -165,9 +165,15 @@ def _golden_problem(requests: Any, url: str, name: str) -> str | None:
 @click.command()
 @click.argument("destination", type=click.Path(dir_okay=False, path_type=Path))
 @store_location_option
-def backup(destination: Path, store_location: str) -> None:
+@click.option(
+    "--no-keys",
+    is_flag=True,
+    help="Leave out the key file (the API keys' digests), e.g. for a store that seeds another.",
+)
+def backup(destination: Path, store_location: str, no_keys: bool) -> None:
     """Write a consistent archive of the whole store (every version, the aliases and their
-    history) with a sha256 manifest to DESTINATION (.tar.gz); safe while others publish."""
+    history, the key file) with a sha256 manifest to DESTINATION (.tar.gz); safe while
+    others publish."""
     from service.store import archive
 
     destination = destination.resolve()
@@ -176,9 +182,11 @@ def backup(destination: Path, store_location: str) -> None:
         with open(partial, "wb") as out:
             store = open_store(store_location)
             if isinstance(store, RemoteStore):
+                if no_keys:
+                    raise click.UsageError("--no-keys is for a store on this machine")
                 store.backup(out)
             else:
-                archive.write_backup(store, out)
+                archive.write_backup(store, out, keys=not no_keys)
         partial.replace(destination)
     finally:
         partial.unlink(missing_ok=True)
@@ -200,7 +208,11 @@ def restore(source: Path, store_location: str) -> None:
         else:
             summary = archive.restore(store, stream)
     removed = f"; removed {', '.join(summary['removed'])}" if summary["removed"] else ""
+    keys = {
+        "restored": "; the key file put back",
+        "kept": "; the store's own key file kept (a restore brings back no revoked key)",
+    }.get(summary.get("keys") or "", "")
     click.echo(
         f"restored {len(summary['models'])} models ({summary['versions']} versions) "
-        f"into {store_location}{removed}"
+        f"into {store_location}{removed}{keys}"
     )

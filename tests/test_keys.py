@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import os
+import shutil
+import subprocess
 import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -30,6 +34,10 @@ from service.keys import (
 )
 from service.protocols.grpc import open_inference_pb2 as pb
 from service.protocols.grpc import open_inference_pb2_grpc as pb_grpc
+from service.store import ModelStore, archive
+from service.store.mirror import StoreMirror
+from service.store.remote import RemoteStore
+from tests.sshd import loopback_sshd, modelctl, store_serve
 
 IRIS = "iris-classifier"
 IRIS_ROW = [5.1, 3.5, 1.4, 0.2]
@@ -421,3 +429,89 @@ def test_modelctl_keys(tmp_path, monkeypatch):
     assert runner.invoke(cli, ["keys", "revoke", "ci", "--store", store]).exit_code == 0
     again = runner.invoke(cli, ["keys", "revoke", "ci", "--store", store])
     assert again.exit_code != 0 and "no key named 'ci'" in again.output
+
+
+# -- a fleet's authoritative store, its mirrors, backups ------------------------------------
+
+
+@pytest.fixture
+def fleet_store(trained_store_dir, tmp_path):
+    """The authoritative store behind a real sshd on loopback (key forced to
+    model-store-serve), and a host's mirror of it."""
+    authoritative = tmp_path / "authoritative"
+    shutil.copytree(trained_store_dir, authoritative)
+    command = f"{store_serve()} --store {authoritative}"
+    with loopback_sshd(tmp_path / "sshd", command) as server:
+        remote = RemoteStore(
+            server.url(authoritative), key=server.key, known_hosts=server.known_hosts
+        )
+        yield server, remote, StoreMirror(remote, ModelStore(tmp_path / "local"))
+
+
+def test_keys_over_ssh_reach_every_mirror_and_a_wiped_file_keeps_them(fleet_store, tmp_path):
+    server, remote, mirror = fleet_store
+    env = {
+        **os.environ,
+        "MODEL_SERVICE_STORE_REMOTE_KEY": str(server.key),
+        "MODEL_SERVICE_STORE_REMOTE_KNOWN_HOSTS": str(server.known_hosts),
+        "MODEL_SERVICE_STATE_DIR": str(tmp_path / "state"),
+    }
+    url = str(remote)
+    created = subprocess.run(
+        [modelctl(), "keys", "create", "ops", "--scopes", "admin", "--store", url],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip()
+    listed = subprocess.run(
+        [modelctl(), "keys", "list", "--store", url],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert "ops" in listed.stdout and key not in listed.stdout
+    assert digest(key) not in listed.stdout
+
+    local = mirror.local.root
+    assert mirror.sync_once().get("keys") is True
+    assert KeyVerifier(local).authorize(key, "admin").name == "ops"
+    assert "keys" not in mirror.sync_once()  # in step: nothing written
+
+    remote.keyring().revoke("ops")
+    mirror.sync_once()
+    with pytest.raises(Unauthorized):
+        KeyVerifier(local).authorize(key, "admin")
+
+    # A store wiped of its key file leaves the hosts' keys as they were.
+    kept = remote.keyring().create("kept", ["read"])
+    mirror.sync_once()
+    (remote_root(remote) / KEYS_FILE).unlink()
+    assert "keys" not in mirror.sync_once()
+    assert KeyVerifier(local).authorize(kept, "read").name == "kept"
+
+
+def remote_root(remote: RemoteStore) -> Path:
+    return Path(remote.url.path)
+
+
+def test_a_backup_carries_the_keys_and_a_restore_brings_no_revoked_key_back(store, tmp_path):
+    ring = KeyRing(store.root)
+    revoked = ring.create("revoked-later", ["predict"])
+    archive_path = tmp_path / "backup.tar.gz"
+    with open(archive_path, "wb") as out:
+        archive.write_backup(store, out)
+    ring.revoke("revoked-later")
+
+    # Into the live store: its own, newer key file is kept.
+    with open(archive_path, "rb") as source:
+        assert archive.restore(store, source)["keys"] == "kept"
+    assert [key.name for key in ring.list()] == []
+
+    # Into a wiped one: the archive's key file is put back.
+    wiped = ModelStore(tmp_path / "wiped")
+    with open(archive_path, "rb") as source:
+        assert archive.restore(wiped, source)["keys"] == "restored"
+    assert KeyVerifier(wiped.root).authorize(revoked, "predict").name == "revoked-later"
+
+    # Left out on request (a store that seeds another).
+    with open(tmp_path / "no-keys.tar.gz", "wb") as out:
+        manifest = archive.write_backup(store, out, keys=False)
+    assert f"store/{KEYS_FILE}" not in manifest["files"]

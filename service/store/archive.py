@@ -1,8 +1,9 @@
 """Backup and restore of a whole store: one gzip'd tar with a sha256 manifest.
 
 A backup holds every model's aliases.yaml (aliases, their history, the
-rollback stacks), its version counter and every file of every version, then
-``MANIFEST.json`` with the sha256 and size of each. It is taken under every
+rollback stacks), its version counter and every file of every version, the key
+file (digests of the API keys) unless told not to, then ``MANIFEST.json`` with
+the sha256 and size of each. It is taken under every
 model's lock, so no publish or promote lands half inside it.
 
 A restore reads the whole archive into a scratch directory inside the store
@@ -10,7 +11,9 @@ and checks all of it (the manifest, every file's digest, every version's
 metadata and artifact, every alias's target) before it changes anything. Then
 it puts the store in the archive's state model by model, under each model's
 lock and through renames, so readers (the workers, the mirrors of a fleet)
-see each model's old state or its new one, never half of either.
+see each model's old state or its new one, never half of either. The key file
+is put back only into a store that has none (a wiped or new one): a live store's
+keys are newer than any backup, and a restore must not bring back a revoked key.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import IO, Any
 import yaml
 
 from service.errors import StoreError
+from service.keys import KEYS_FILE, parse_keys
 from service.store import metadata as metadata_io
 from service.store.layout import (
     ALIASES_FILE,
@@ -53,11 +57,18 @@ FORMAT = 1
 MODEL_FILES = (ALIASES_FILE, COUNTER_FILE)
 
 
-def write_backup(store: ModelStore, out: IO[bytes]) -> dict[str, Any]:
-    """Write the archive of ``store`` to ``out`` (a stream: no seeking); return its manifest."""
+def write_backup(store: ModelStore, out: IO[bytes], *, keys: bool = True) -> dict[str, Any]:
+    """Write the archive of ``store`` to ``out`` (a stream: no seeking); return its manifest.
+    ``keys``: with the key file, where the store has one."""
     files: dict[str, dict[str, Any]] = {}
     names = store.names() if store.exists() else []
     with store.locked_models(names), tarfile.open(fileobj=out, mode="w|gz") as tar:
+        keys_path = store.root / KEYS_FILE
+        if keys and keys_path.is_file():
+            data = keys_path.read_bytes()
+            member = f"{ARCHIVE_ROOT}/{KEYS_FILE}"
+            _add(tar, member, data)
+            files[member] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
         for name in names:
             model_dir = store.layout.model_dir(name)
             paths = [model_dir / f for f in MODEL_FILES if (model_dir / f).is_file()]
@@ -91,10 +102,11 @@ def restore(store: ModelStore, archive: IO[bytes]) -> dict[str, Any]:
         removed = [name for name in store.names() if name not in models]
         for name in removed:
             store.remove_model(name)
+        keys = _apply_keys(store, scratch / ARCHIVE_ROOT / KEYS_FILE)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     versions = sum(len(v) for v in models.values())
-    return {"models": sorted(models), "versions": versions, "removed": removed}
+    return {"models": sorted(models), "versions": versions, "removed": removed, "keys": keys}
 
 
 # -- reading an archive ------------------------------------------------------------------
@@ -136,8 +148,11 @@ def _parse_manifest(data: bytes) -> dict[str, Any]:
 
 
 def _checked_member_path(member: str) -> str:
-    """store/<name>/(aliases.yaml|.last_version|<version>/<file>), nothing else."""
+    """store/keys.yaml, store/<name>/(aliases.yaml|.last_version|<version>/<file>), nothing
+    else."""
     parts = member.split("/")
+    if parts == [ARCHIVE_ROOT, KEYS_FILE]:
+        return member
     ok = len(parts) >= 3 and parts[0] == ARCHIVE_ROOT and NAME_PATTERN.fullmatch(parts[1])
     if ok and len(parts) == 3:
         ok = parts[2] in MODEL_FILES
@@ -176,6 +191,12 @@ def _verify(scratch: Path, manifest: dict[str, Any]) -> dict[str, list[int]]:
             "size"
         ):
             raise StoreError(f"{member}: its sha256 or size is not the manifest's")
+    keys_file = root / KEYS_FILE
+    if keys_file.is_file():
+        try:
+            parse_keys(keys_file.read_text(encoding="utf-8"))
+        except (ValueError, yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise StoreError(f"the archive's {KEYS_FILE} is not a key file: {exc}") from None
     models: dict[str, list[int]] = {}
     for name in manifest["models"]:
         model_dir = root / str(name)
@@ -235,6 +256,18 @@ def _apply_model(store: ModelStore, name: str, source: Path) -> None:
             (target / ALIASES_FILE).unlink(missing_ok=True)
         for stale in [p for p in target.iterdir() if is_version_dir(p) and p.name not in wanted]:
             remove_tree(stale)
+
+
+def _apply_keys(store: ModelStore, source: Path) -> str | None:
+    """The archive's key file into a store that has none: "restored"; "kept" where the store
+    has its own; None where the archive has none."""
+    if not source.is_file():
+        return None
+    target = store.root / KEYS_FILE
+    if target.exists():
+        return "kept"
+    metadata_io.write_atomic(target, source.read_text(encoding="utf-8"))
+    return "restored"
 
 
 def _replace_dir(source: Path, target: Path) -> None:

@@ -88,7 +88,8 @@ class StoreMirror:
         # A store host of an older release sends no key file: the keys here stay as they are.
         if "keys" in manifest:
             try:
-                summary["keys"] = self._take_keys(manifest["keys"])
+                if self._take_keys(manifest["keys"]):
+                    summary["keys"] = True
             except StoreError as exc:
                 summary["problems"].append(f"keys: {exc.message}")
                 log.error("the API keys are not in step: %s", exc.message)
@@ -222,8 +223,10 @@ class StoreMirror:
         return True
 
     def _take_keys(self, text: str | None) -> bool:
-        """Copy the authoritative key file byte for byte (remove it where it has none), once
-        it parses: a revoked key stops working here within a pass and the workers' reload."""
+        """Copy the authoritative key file byte for byte, once it parses: a revoked key stops
+        working here within a pass and the workers' reload. A revocation rewrites the file,
+        so an authoritative store without one was wiped: this host keeps the keys it has,
+        as it keeps its models."""
         from service.keys import KEYS_FILE, parse_keys
 
         path = self.local.root / KEYS_FILE
@@ -231,11 +234,8 @@ class StoreMirror:
             current = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             current = None
-        if text == current:
+        if text is None or text == current:
             return False
-        if text is None:
-            path.unlink(missing_ok=True)
-            return True
         try:
             parse_keys(text)
         except (ValueError, yaml.YAMLError) as exc:
