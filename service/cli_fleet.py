@@ -103,18 +103,25 @@ def store_sync(once: bool) -> None:
 @click.command()
 @click.argument("url")
 @click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait for /readyz.")
-def gate(url: str, timeout: float) -> None:
+@click.option(
+    "--key-file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="A file holding a key with scopes read and predict, where those need one.",
+)
+def gate(url: str, timeout: float, key_file: Path | None) -> None:
     """Exit 0 when URL is ready and every served model answers its golden example as
     recorded at training; else say why and exit 1 (the rolling upgrade's gate)."""
-    problems = check_gate(url.rstrip("/"), timeout)
+    key = key_file.read_text().strip() if key_file else None
+    problems = check_gate(url.rstrip("/"), timeout, key=key)
     if problems:
         raise click.ClickException(f"{url} fails its gate: " + "; ".join(problems))
     click.echo(f"{url}: ready, every served model answers its golden example")
 
 
-def check_gate(url: str, timeout: float) -> list[str]:
+def check_gate(url: str, timeout: float, *, key: str | None = None) -> list[str]:
     import requests
 
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
     deadline = time.monotonic() + timeout
     last = "no answer"
     while True:
@@ -129,23 +136,30 @@ def check_gate(url: str, timeout: float) -> list[str]:
             return [f"not ready after {timeout:g}s ({last})"]
         time.sleep(0.5)
     problems = []
-    names = [m["name"] for m in requests.get(f"{url}/v1/models", timeout=10).json()["models"]]
+    listing = requests.get(f"{url}/v1/models", headers=headers, timeout=10)
+    if listing.status_code != 200:
+        return [f"/v1/models answered {listing.status_code}: {listing.text.strip()[:300]}"]
+    names = [m["name"] for m in listing.json()["models"]]
     if not names:
         problems.append("it serves no model")
     for name in names:
-        problem = _golden_problem(requests, url, name)
+        problem = _golden_problem(requests, url, name, headers)
         if problem:
             problems.append(f"{name}: {problem}")
     return problems
 
 
-def _golden_problem(requests: Any, url: str, name: str) -> str | None:
-    meta = requests.get(f"{url}/v1/models/{name}", timeout=10).json().get("metadata") or {}
+def _golden_problem(requests: Any, url: str, name: str, headers: dict[str, str]) -> str | None:
+    answer = requests.get(f"{url}/v1/models/{name}", headers=headers, timeout=10)
+    meta = answer.json().get("metadata") or {}
     golden = meta.get("golden")
     if not golden:
         return "its metadata has no golden example"
     answer = requests.post(
-        f"{url}/v1/models/{name}/predict", json={"instances": golden["instances"]}, timeout=30
+        f"{url}/v1/models/{name}/predict",
+        json={"instances": golden["instances"]},
+        headers=headers,
+        timeout=30,
     )
     if answer.status_code != 200:
         return f"the golden example answered {answer.status_code}: {answer.text.strip()[:300]}"

@@ -55,6 +55,22 @@ def create(name: str, scopes: str, expires: str | None, store_location: str) -> 
     )
 
 
+@keys.command()
+@click.argument("name")
+@click.option("--scopes", required=True, help=f"Comma-separated, of {', '.join(SCOPES)}.")
+@click.option("--sha256", "digest", required=True, help="The key's sha256 hex digest.")
+@click.option("--expires", help="As for create.")
+@store_location_option
+def add(name: str, scopes: str, digest: str, expires: str | None, store_location: str) -> None:
+    """Record key NAME by its digest (a key made elsewhere, e.g. by a deploy's inventory);
+    the same key again changes nothing. Prints 'added NAME' or 'unchanged NAME'."""
+    try:
+        added = keyring(store_location).add(name, scopes.split(","), digest.lower(), expires)
+    except ServiceError as exc:
+        raise click.ClickException(exc.message) from None
+    click.echo(f"{'added' if added else 'unchanged'} {name}")
+
+
 @keys.command("list")
 @store_location_option
 def list_keys(store_location: str) -> None:

@@ -269,6 +269,11 @@ def write_private_file(path: Path, text: str) -> None:
         file.write(text)
 
 
+# The fleet's API keys (keys.yaml, mode 0600) and their scopes: what a client of the fleet
+# needs, and what an operator needs.
+SERVICE_KEY_SCOPES = {"predict": ["predict", "read"], "admin": ["admin"]}
+
+
 def sha256_hex(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -276,7 +281,7 @@ def sha256_hex(text: str) -> str:
 def write_service_keys(fleet: Fleet) -> dict[str, str]:
     import yaml  # here, not at the top: `down` and `status` run without PyYAML
 
-    keys = {"admin": secrets.token_urlsafe(32), "predict": secrets.token_urlsafe(32)}
+    keys = {name: "msk_" + secrets.token_urlsafe(32) for name in SERVICE_KEY_SCOPES}
     write_private_file(fleet.directory / "keys.yaml", yaml.safe_dump(keys, sort_keys=False))
     return keys
 
@@ -304,8 +309,11 @@ def inventory(fleet: Fleet, keys: dict[str, str]) -> dict:
                 ),
                 "ansible_python_interpreter": HOST_PYTHON,
                 "service_manager": "supervisor",
-                "admin_key_hashes": [sha256_hex(keys["admin"])],
-                "predict_key_hashes": [sha256_hex(keys["predict"])],
+                # The first deploy puts them in the fleet's store (by digest).
+                "service_keys": [
+                    {"name": name, "scopes": scopes, "sha256": sha256_hex(keys[name])}
+                    for name, scopes in SERVICE_KEY_SCOPES.items()
+                ],
                 "balancer_url": f"http://{balancer.address}:{BALANCER_PORT}",
                 "store_url": f"ssh://model-service@{store.address}:22{STORE_PATH}",
             },

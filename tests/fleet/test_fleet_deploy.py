@@ -53,7 +53,7 @@ def fleet(tmp_path_factory, trained_store_dir):
 
 @pytest.fixture(scope="module")
 def keys(fleet) -> dict[str, str]:
-    return yaml.safe_load((fleet.directory / "keys.yaml").read_text())
+    return fleet_keys(fleet)
 
 
 @pytest.fixture(scope="module")
@@ -118,9 +118,31 @@ def eventually(condition: Callable[[], object], timeout: float, what: str, step:
     raise AssertionError(f"{what} not within {timeout}s (last: {last!r})")
 
 
+def fleet_keys(fleet: RunningFleet) -> dict[str, str]:
+    return yaml.safe_load((fleet.directory / "keys.yaml").read_text())
+
+
+def predict_headers(fleet: RunningFleet) -> dict[str, str]:
+    """Every request but the health checks needs a key on a fleet: the fleet's predict key
+    (scopes predict and read)."""
+    return {"Authorization": f"Bearer {fleet_keys(fleet)['predict']}"}
+
+
+def store_env(fleet: RunningFleet) -> dict[str, str]:
+    """modelctl's environment for the fleet's store over SSH, with the controller's key."""
+    return {
+        **os.environ,
+        "MODEL_SERVICE_STORE_REMOTE_KEY": str(fleet.directory / "id_ed25519"),
+        "MODEL_SERVICE_STORE_REMOTE_KNOWN_HOSTS": str(fleet.directory / "known_hosts"),
+    }
+
+
 def serving_version(fleet: RunningFleet, host: str) -> int:
     answer = requests.post(
-        f"{host_url(fleet, host)}/v1/models/{IRIS}/predict", json=iris_body(), timeout=5
+        f"{host_url(fleet, host)}/v1/models/{IRIS}/predict",
+        json=iris_body(),
+        headers=predict_headers(fleet),
+        timeout=5,
     )
     answer.raise_for_status()
     return int(answer.json()["version"])
@@ -137,7 +159,12 @@ def test_a_fresh_deploy_serves_from_every_host(fleet, balancer):
     result, seconds = make(fleet, "deploy")
     check_make(result)
     figure("first deploy of 3 app hosts", f"{seconds:.0f} s (make deploy)")
-    with BoundedLoad(f"{balancer}/v1/models/{IRIS}/predict", iris_body(), max_requests=300) as load:
+    with BoundedLoad(
+        f"{balancer}/v1/models/{IRIS}/predict",
+        iris_body(),
+        headers=predict_headers(fleet),
+        max_requests=300,
+    ) as load:
         load.wait_done()
     assert load.failures == []
     assert set(load.served_by) == set(APP_HOSTS)
@@ -177,11 +204,60 @@ def test_a_promote_through_one_hosts_admin_api_reaches_every_host(fleet, keys):
     assert seconds < PROMOTION_BOUND_S
 
 
+# -- an API key made on the store host reaches every host, and so does its revocation ------
+
+
+def test_a_key_made_in_the_fleets_store_works_on_every_host_and_its_revocation_too(
+    fleet, authoritative
+):
+    modelctl = str(ROOT / ".venv" / "bin" / "modelctl")
+    store = ["--store", str(authoritative)]
+    for host in APP_HOSTS:  # without a key, only the health checks answer
+        assert requests.get(f"{host_url(fleet, host)}/v1/models", timeout=5).status_code == 401
+    created = subprocess.run([modelctl, "keys", "create", "fleet-reader", "--scopes", "read",
+                              *store], env=store_env(fleet), capture_output=True, text=True,
+                             timeout=60)  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip()
+    started = time.monotonic()
+
+    def status(host: str) -> int:
+        return requests.get(
+            f"{host_url(fleet, host)}/v1/models",
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=5,
+        ).status_code
+
+    for host in APP_HOSTS:
+        eventually(lambda h=host: status(h) == 200, 30, f"{host} takes the new key")
+    figure("a key created in the fleet's store, accepted on every host",
+           f"{time.monotonic() - started:.2f} s")  # fmt: skip
+    revoked = subprocess.run(
+        [modelctl, "keys", "revoke", "fleet-reader", *store],
+        env=store_env(fleet),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert revoked.returncode == 0, revoked.stderr
+    started = time.monotonic()
+    for host in APP_HOSTS:
+        eventually(lambda h=host: status(h) == 401, 30, f"{host} refuses the revoked key")
+    seconds = time.monotonic() - started
+    figure("a key revoked in the fleet's store, refused on every host", f"{seconds:.2f} s")
+    assert seconds < PROMOTION_BOUND_S
+
+
 # -- 4. a host's whole Gunicorn killed under load --------------------------------------------
 
 
 def test_sigkill_of_a_hosts_gunicorn_under_load_fails_no_prediction(fleet, balancer):
-    with BoundedLoad(f"{balancer}/v1/models/{IRIS}/predict", iris_body(), max_seconds=300) as load:
+    with BoundedLoad(
+        f"{balancer}/v1/models/{IRIS}/predict",
+        iris_body(),
+        headers=predict_headers(fleet),
+        max_seconds=300,
+    ) as load:
         load.wait_for(200)
         victims = gunicorn_pids(fleet, "app1")
         assert victims
@@ -203,14 +279,21 @@ def test_sigkill_of_a_hosts_gunicorn_under_load_fails_no_prediction(fleet, balan
 
 def test_with_the_store_host_down_serving_goes_on_and_catches_up(fleet, balancer, keys):
     link = store_link(fleet)
-    with BoundedLoad(f"{balancer}/v1/models/{IRIS}/predict", iris_body(), max_seconds=300) as load:
+    with BoundedLoad(
+        f"{balancer}/v1/models/{IRIS}/predict",
+        iris_body(),
+        headers=predict_headers(fleet),
+        max_seconds=300,
+    ) as load:
         set_link(fleet, link, "down")
         try:
             for host in APP_HOSTS:
                 eventually(
                     lambda h=host: not sync_view(fleet, h)["reachable"], 30, f"{host} notices"
                 )
-            scraped = requests.get(f"{host_url(fleet, 'app3')}/metrics", timeout=5).text
+            scraped = requests.get(
+                f"{host_url(fleet, 'app3')}/metrics", headers=predict_headers(fleet), timeout=5
+            ).text
             assert "model_service_store_reachable 0.0" in scraped
             refused = requests.post(
                 f"{host_url(fleet, 'app1')}/v1/admin/models/{IRIS}/rollback",
@@ -253,11 +336,7 @@ def test_with_the_store_host_down_serving_goes_on_and_catches_up(fleet, balancer
 def test_backup_wipe_restore_gives_the_same_store_and_every_host_serves(
     fleet, balancer, authoritative, tmp_path
 ):
-    env = {
-        **os.environ,
-        "MODEL_SERVICE_STORE_REMOTE_KEY": str(fleet.directory / "id_ed25519"),
-        "MODEL_SERVICE_STORE_REMOTE_KNOWN_HOSTS": str(fleet.directory / "known_hosts"),
-    }
+    env = store_env(fleet)
     modelctl = str(ROOT / ".venv" / "bin" / "modelctl")
     url = str(authoritative)
     manifest_before = authoritative.manifest()
@@ -268,7 +347,12 @@ def test_backup_wipe_restore_gives_the_same_store_and_every_host_serves(
     fleet.ssh("store", f"rm -rf {STORE_PATH}/*")
     assert authoritative.manifest()["models"] == {}
     # An emptied store does not empty the hosts: they keep their verified versions.
-    with BoundedLoad(f"{balancer}/v1/models/{IRIS}/predict", iris_body(), max_requests=200) as load:
+    with BoundedLoad(
+        f"{balancer}/v1/models/{IRIS}/predict",
+        iris_body(),
+        headers=predict_headers(fleet),
+        max_requests=200,
+    ) as load:
         load.wait_done()
     assert load.failures == []
     run = subprocess.run([modelctl, "restore", str(archive), "--store", url], env=env,
@@ -279,7 +363,12 @@ def test_backup_wipe_restore_gives_the_same_store_and_every_host_serves(
         eventually(lambda h=host: sync_view(fleet, h)["reachable"], 30, f"{host} in step")
         local = fleet.ssh(host, f"cat /var/lib/model-service/store/{IRIS}/aliases.yaml").stdout
         assert local == manifest_before["models"][IRIS]["aliases"]
-    with BoundedLoad(f"{balancer}/v1/models/{IRIS}/predict", iris_body(), max_requests=300) as load:
+    with BoundedLoad(
+        f"{balancer}/v1/models/{IRIS}/predict",
+        iris_body(),
+        headers=predict_headers(fleet),
+        max_requests=300,
+    ) as load:
         load.wait_done()
     assert load.failures == [] and set(load.served_by) == set(APP_HOSTS)
 
@@ -289,7 +378,12 @@ def test_backup_wipe_restore_gives_the_same_store_and_every_host_serves(
 
 def test_a_rolling_upgrade_under_load_fails_no_request(fleet, balancer):
     before = {host: current_release(fleet, host) for host in APP_HOSTS}
-    with BoundedLoad(f"{balancer}/v1/models/{IRIS}/predict", iris_body(), max_seconds=3000) as load:
+    with BoundedLoad(
+        f"{balancer}/v1/models/{IRIS}/predict",
+        iris_body(),
+        headers=predict_headers(fleet),
+        max_seconds=3000,
+    ) as load:
         load.wait_for(100)
         result, seconds = make(fleet, "deploy", "RELEASE=upgrade-2")
         load.wait_for(100)
@@ -323,7 +417,10 @@ def test_a_host_failing_its_gate_stops_the_rollout_and_the_release_rolls_back(fl
     inventory.write_text(yaml.safe_dump(broken, sort_keys=False))
     try:
         with BoundedLoad(
-            f"{balancer}/v1/models/{IRIS}/predict", iris_body(), max_seconds=3000
+            f"{balancer}/v1/models/{IRIS}/predict",
+            iris_body(),
+            headers=predict_headers(fleet),
+            max_seconds=3000,
         ) as load:
             load.wait_for(100)
             result, seconds = make(fleet, "deploy", "RELEASE=release-3")
@@ -344,7 +441,12 @@ def test_a_host_failing_its_gate_stops_the_rollout_and_the_release_rolls_back(fl
     assert load.served_by["app3"] > 0
     # The fleet back to the release before the stopped one: app1 and app2 go back (app2 with
     # the settings it last passed its gate with), app3 is not touched.
-    with BoundedLoad(f"{balancer}/v1/models/{IRIS}/predict", iris_body(), max_seconds=3000) as load:
+    with BoundedLoad(
+        f"{balancer}/v1/models/{IRIS}/predict",
+        iris_body(),
+        headers=predict_headers(fleet),
+        max_seconds=3000,
+    ) as load:
         load.wait_for(100)
         result, seconds = make(fleet, "rollback-release")
         load.wait_for(100)
@@ -353,7 +455,12 @@ def test_a_host_failing_its_gate_stops_the_rollout_and_the_release_rolls_back(fl
            f"{len(load.failures)} failed, {load.reconnects} sent again")  # fmt: skip
     assert load.failures == []
     assert {host: current_release(fleet, host) for host in APP_HOSTS} == first
-    with BoundedLoad(f"{balancer}/v1/models/{IRIS}/predict", iris_body(), max_requests=300) as load:
+    with BoundedLoad(
+        f"{balancer}/v1/models/{IRIS}/predict",
+        iris_body(),
+        headers=predict_headers(fleet),
+        max_requests=300,
+    ) as load:
         load.wait_done()
     assert load.failures == [] and set(load.served_by) == set(APP_HOSTS)
 

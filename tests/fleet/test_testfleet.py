@@ -157,11 +157,14 @@ def test_keys_are_private_and_the_inventory_holds_only_their_digests(fleet):
     keys = yaml.safe_load(keys_file.read_text())
     variables = yaml.safe_load((fleet.directory / "inventory.yaml").read_text())["all"]["vars"]
 
-    for scope in ("admin", "predict"):
-        assert len(keys[scope]) >= 43
-        digest = hashlib.sha256(keys[scope].encode()).hexdigest()
-        assert variables[f"{scope}_key_hashes"] == [digest]
-        assert keys[scope] not in (fleet.directory / "inventory.yaml").read_text()
+    service_keys = {entry["name"]: entry for entry in variables["service_keys"]}
+    assert service_keys["predict"]["scopes"] == ["predict", "read"]
+    assert service_keys["admin"]["scopes"] == ["admin"]
+    for name in ("admin", "predict"):
+        assert len(keys[name]) >= 43
+        digest = hashlib.sha256(keys[name].encode()).hexdigest()
+        assert service_keys[name]["sha256"] == digest
+        assert keys[name] not in (fleet.directory / "inventory.yaml").read_text()
 
 
 def test_known_hosts_lists_each_address_with_its_own_key(fleet):

@@ -4,6 +4,7 @@ created while it runs taking effect on every worker within seconds, and no key i
 
 from __future__ import annotations
 
+import subprocess
 import time
 from pathlib import Path
 
@@ -16,12 +17,14 @@ from service.localstack import free_port
 from service.protocols.grpc import open_inference_pb2 as pb
 from service.protocols.grpc import open_inference_pb2_grpc as pb_grpc
 from tests.integration.conftest import demo_stack
+from tests.sshd import modelctl
 
 IRIS = "iris-classifier"
 ROW = [5.1, 3.5, 1.4, 0.2]
 # Requests on fresh connections after a change: with 2 workers, each gets some of them.
 SPREAD = 30
 RELOAD_DEADLINE_S = 5.0
+GATE_KEY = "msk_the-gate-key-of-this-host"
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +40,8 @@ def keyed(trained_store_dir, tmp_path_factory):
     env = {
         "MODEL_SERVICE_OPEN_SCOPES": "",
         "MODEL_SERVICE_RELOAD_INTERVAL": "0.2",
+        # The key a deploy's gate uses, given by the host's settings rather than the store.
+        "MODEL_SERVICE_GATE_KEY_HASHES": digest(GATE_KEY),
     }
     with demo_stack(
         trained_store_dir,
@@ -108,6 +113,24 @@ def test_grpc_refuses_without_a_key_and_serves_with_one(keyed):
             request, metadata=(("authorization", f"Bearer {keys['predict']}"),), timeout=10
         )
         assert answer.model_name == IRIS
+
+
+def test_the_rollout_gate_passes_with_the_hosts_gate_key_only(keyed, tmp_path):
+    stack, _ = keyed
+    refused = subprocess.run(
+        [modelctl(), "gate", stack.url, "--timeout", "30"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert refused.returncode != 0
+    assert "/v1/models answered 401" in refused.stderr
+    key_file = tmp_path / "gate.key"
+    key_file.write_text(GATE_KEY + "\n")
+    passed = subprocess.run(
+        [modelctl(), "gate", stack.url, "--timeout", "30", "--key-file", str(key_file)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert passed.returncode == 0, passed.stderr
+    assert "every served model answers its golden example" in passed.stdout
 
 
 def test_a_revoked_key_is_refused_and_a_new_one_served_on_every_worker(keyed):
