@@ -18,7 +18,7 @@ import base64
 import binascii
 import logging
 
-from flask import Flask, current_app, request
+from flask import Flask, current_app, g, request
 
 from service.config import Settings
 from service.errors import Forbidden, Unauthorized
@@ -124,7 +124,7 @@ def init_app(app: Flask, settings: Settings) -> KeyVerifier:
                 "the admin API is disabled: no admin key is configured (modelctl keys create "
                 "NAME --scopes admin, or the setting admin_key_hashes)"
             )
-        keys.authorize(token, scope)
+        g.api_key_name = keys.authorize(token, scope).name
 
     @app.after_request
     def challenge(response):

@@ -96,20 +96,22 @@ def init_app(app: Flask, settings: Settings, registry: ModelRegistry) -> None:
                 metrics.observe_validation_failure(model, failure_reason(error, status))
         if write_log:
             method = current.method
-            request_log.write(
-                f"{method} {route} {status}",
-                {
-                    "request_id": request_ids.of(context),
-                    "method": method,
-                    "route": route,
-                    "path": current.path,
-                    "model": model,
-                    "version": version,
-                    "status": status,
-                    "instances": instances,
-                    "latency_ms": round(seconds * 1000.0, 3),
-                },
-            )
+            fields = {
+                "request_id": request_ids.of(context),
+                "method": method,
+                "route": route,
+                "path": current.path,
+                "model": model,
+                "version": version,
+                "status": status,
+                "instances": instances,
+                "latency_ms": round(seconds * 1000.0, 3),
+            }
+            # Who asked: the name of the key that was accepted (never the key itself).
+            key_name = getattr(context, "api_key_name", None)
+            if key_name is not None:
+                fields["key"] = key_name
+            request_log.write(f"{method} {route} {status}", fields)
         return response
 
 

@@ -4,6 +4,7 @@ created while it runs taking effect on every worker within seconds, and no key i
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from pathlib import Path
@@ -167,6 +168,13 @@ def test_no_key_and_no_digest_reach_any_log(keyed):
         data = path.read_bytes()
         for secret in secrets:
             assert secret.encode() not in data, f"{path} holds a key or its digest"
+    # What the request log does say: the name of the key each request was accepted with.
+    names = set()
+    for path in logs:
+        for line in path.read_text(errors="replace").splitlines():
+            if line.startswith("{") and '"key"' in line:
+                names.add(json.loads(line).get("key"))
+    assert {"predictor", "reader"} <= names
 
 
 def _wait_all(url: str, headers: dict[str, str], status: int) -> float:
