@@ -103,6 +103,9 @@ def private_key_id(private_key: Path) -> str:
 def check_trusted_keys(paths: Iterable[str | os.PathLike[str]]) -> tuple[Path, ...]:
     """The trusted public keys as paths, each read and checked now (an EC key on a curve
     model-signing supports), so a wrong setting fails at start, not at the first load."""
+    paths = list(paths)
+    if not paths:
+        return ()  # no import: the store host's every request builds a ModelStore
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
