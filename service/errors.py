@@ -48,6 +48,13 @@ class InvalidInput(ServiceError):
     code = "invalid_input"
 
 
+class NonFiniteOutput(InvalidInput):
+    """The model cannot score these instances: its output for them is NaN or infinite
+    (their values are too large for its arithmetic). Refused, never served."""
+
+    code = "non_finite_output"
+
+
 class TooManyInstances(InvalidInput):
     status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
     code = "too_many_instances"

@@ -29,7 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
+from service import safejson
 from service.config import Settings
 from service.errors import BadRequest, ServiceError
 from service.grpc_auth import KeyInterceptor
@@ -150,6 +152,58 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return response
 
 
+# -- registration ------------------------------------------------------------------
+
+SERVICE = "inference.GRPCInferenceService"
+
+
+class _Undecodable:
+    """What bytes that are no message of a method's request type parse to."""
+
+    def __init__(self, problem: str):
+        self.problem = problem
+
+
+def add_servicer(servicer: InferenceServicer, server: grpc.Server) -> None:
+    """Register the servicer as the generated ``add_GRPCInferenceServiceServicer_to_server``
+    does, except that a request that does not parse is INVALID_ARGUMENT (``error-code``
+    invalid_message), where grpcio answers INTERNAL and logs a traceback."""
+    handlers = {}
+    for method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods:
+        request_type = getattr(pb, method.input_type.name)
+        response_type = getattr(pb, method.output_type.name)
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            _refusing_undecodable(getattr(servicer, method.name), method.input_type.full_name),
+            request_deserializer=_lenient(request_type.FromString),
+            response_serializer=response_type.SerializeToString,
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_registered_method_handlers(SERVICE, handlers)
+
+
+def _lenient(parse: Any) -> Any:
+    def deserialize(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except DecodeError as exc:
+            return _Undecodable(str(exc))
+
+    return deserialize
+
+
+def _refusing_undecodable(handler: Any, type_name: str) -> Any:
+    def handle(request: Any, context: grpc.ServicerContext) -> Any:
+        if isinstance(request, _Undecodable):
+            context.set_trailing_metadata((("error-code", "invalid_message"),))
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the request is not a valid {type_name} message: {request.problem}",
+            )
+        return handler(request, context)
+
+    return handle
+
+
 def _tensor_metadata(tensor: dict[str, Any]) -> Any:
     return pb.ModelMetadataResponse.TensorMetadata(
         name=tensor["name"], datatype=tensor["datatype"], shape=list(tensor["shape"])
@@ -173,7 +227,8 @@ def _call(context: grpc.ServicerContext, handler: Any) -> Any:
         )
     # Outside the except blocks: abort raises, and the handled error is no cause of it.
     context.set_trailing_metadata((("error-code", error_code),))
-    context.abort(code, message)
+    # grpcio sends the message as UTF-8: a lone surrogate would fail the call as INTERNAL.
+    context.abort(code, safejson.text(message))
 
 
 # -- the process ---------------------------------------------------------------
@@ -199,9 +254,7 @@ def create_server(
         # The API keys (service.grpc_auth), checked before any method runs.
         interceptors=[KeyInterceptor(settings)],
     )
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(
-        InferenceServicer(registry, settings), server
-    )
+    add_servicer(InferenceServicer(registry, settings), server)
     port = server.add_insecure_port(address)
     return server, registry, port
 

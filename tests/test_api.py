@@ -4,6 +4,7 @@ mistake getting its 4xx with a JSON error that says what is wrong and where."""
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -216,12 +217,77 @@ BAD_INPUTS = [
         "invalid_input",
         "instance 1, feature 'petal_length_cm': is null",
     ),
+    # A number beyond float range would parse to an infinity nobody sent: refused where it is.
     (
         b'{"instances": [[5.1, 3.5, 1.4, 1e999]]}',
         "application/json",
-        422,
-        "invalid_input",
-        "feature 'petal_width_cm': is Infinity",
+        400,
+        "number_out_of_range",
+        "the number 1e999 at line 1 column 32 is beyond the range of a 64-bit float",
+    ),
+    (
+        b'{"instances": [[NaN, 3.5, 1.4, -1' + b"0" * 400 + b"]]}",
+        "application/json",
+        400,
+        "number_out_of_range",
+        "the number -100000000000000...00000000 at line 1 column 32 is beyond the range",
+    ),
+    # Bytes that are no UTF-8 JSON text say so, and where.
+    (
+        b'\xef\xbb\xbf{"instances": [[5.1, 3.5, 1.4, 0.2]]}',
+        "application/json",
+        400,
+        "invalid_encoding",
+        "starts with a UTF-8 byte order mark",
+    ),
+    (
+        b'{"instances": [{"sepal_length_cm\xff": 1}]}',
+        "application/json",
+        400,
+        "invalid_encoding",
+        "not valid UTF-8: invalid start byte at byte 32",
+    ),
+    (
+        '{"instances": [[5.1, 3.5, 1.4, 0.2]]}'.encode("utf-16"),
+        "application/json",
+        400,
+        "invalid_encoding",
+        "not valid UTF-8",
+    ),
+    (
+        b'{"instances": [[5.1, 3.5, 1.4, 0.2]]}\x00',
+        "application/json",
+        400,
+        "invalid_json",
+        "unexpected content after document: line 1 column 38",
+    ),
+    (
+        b'{"instances": [["5.1\x00", 3.5, 1.4, 0.2]]}',
+        "application/json",
+        400,
+        "invalid_json",
+        "unexpected control character in string: line 1 column 21",
+    ),
+    (
+        b'{"instances": [[5.1, 3.5, 1.4, 0.2]], "instances": [[1, 2, 3, 4]]}',
+        "application/json",
+        400,
+        "duplicate_key",
+        "the key 'instances' appears more than once in the object at $",
+    ),
+    (
+        json.dumps({"instances": [IRIS_OBJECT]})[:-3].encode() + b', "petal_width_cm": 9}]}',
+        "application/json",
+        400,
+        "duplicate_key",
+        "the key 'petal_width_cm' appears more than once in the object at $.instances[0]",
+    ),
+    (
+        b'{"instances": ' + b"[" * 2000 + b"]" * 2000 + b"}",
+        "application/json",
+        400,
+        "invalid_json",
+        "depth limit exceeded",
     ),
     (
         json.dumps({"instances": [IRIS_ROW, IRIS_OBJECT]}),
@@ -398,3 +464,90 @@ def test_may_hold_booleans_is_false_only_without_a_boolean_literal():
     assert not native.may_hold_booleans(b'{"instances": [[1, 2.5, null]]}')
     assert native.may_hold_booleans(b'{"instances": [{"a": 1, "b": false}]}')
     assert not native.may_hold_booleans(b'{"instances": [{"a": 1, "bl": 2}]}')
+
+
+# -- hostile bytes and values -------------------------------------------------------
+
+
+def test_a_lone_surrogate_in_a_feature_name_is_named_in_the_422(client):
+    # JSON may spell a lone surrogate as an escape; the 422 quotes the unknown name, and
+    # its body is still valid UTF-8 JSON: the surrogate is written as the text \ud800.
+    response = post(client, f"/v1/models/{IRIS}/predict", b'{"instances": [{"\\ud800": 1}]}')
+    assert response.status_code == 422
+    error = json.loads(response.get_data().decode("utf-8", "strict"))["error"]
+    assert error["code"] == "invalid_input"
+    assert error["details"][1]["problem"] == "unknown features ['\\ud800']"
+    assert error["details"][1]["unknown"] == ["\\ud800"]
+
+
+HUGE = 1.7976931348623157e308
+
+
+def test_non_finite_outputs_are_refused_and_never_recorded(store_dir, tmp_path):
+    from service import create_app
+
+    app = create_app({"store": store_dir, "state_dir": tmp_path / "state", "prediction_log": True})
+    client = app.test_client()
+    try:
+        kept = post(
+            client,
+            f"/v1/models/{IRIS}/predict",
+            {"instances": [IRIS_ROW]},
+            headers={"X-Request-ID": "kept"},
+        )
+        assert kept.status_code == 200
+        # onnxruntime computes in float32 (HUGE is infinity there) and gives NaN; the
+        # pickle, asked next, overflows in its scaler: no finite answer exists.
+        refused = post(
+            client,
+            f"/v1/models/{IRIS}/predict",
+            {"instances": [IRIS_ROW, [HUGE, 3.5, 1.3, 0.2], IRIS_ROW, [1.0, 1.0, -HUGE, 1.0]]},
+            headers={"X-Request-ID": "refused"},
+        )
+        assert refused.status_code == 422
+        error = refused.json["error"]
+        assert error["code"] == "non_finite_output"
+        assert error["message"].startswith("instance 1: the model cannot score it")
+        assert [problem["instance"] for problem in error["details"]] == [1, 3]
+        assert "null" not in refused.get_data(as_text=True).replace('"feature":null', "")
+        client.get(f"/v1/models/{IRIS}/performance")  # flushes the prediction log
+        logged = [
+            json.loads(line)["request_id"]
+            for path in (tmp_path / "state" / "predictions").glob("*.jsonl")
+            for line in path.open()
+        ]
+        assert logged == ["kept"]
+        metrics = client.get("/metrics").get_data(as_text=True)
+        assert 'reason="non_finite_output"' in metrics
+    finally:
+        app.extensions["model_service.monitoring"].stop()
+        app.extensions["model_service"].registry.stop()
+
+
+def test_huge_but_finite_values_are_valid_input(client):
+    # A forest routes any finite value; its outputs are finite, so they are served.
+    response = post(
+        client,
+        "/v1/models/breast-cancer-classifier/predict",
+        {"instances": [[HUGE] * 30, [-HUGE] * 30]},
+    )
+    assert response.status_code == 200, response.json
+    assert all(math.isfinite(p) for row in response.json["probabilities"] for p in row)
+
+
+def test_the_pickle_refusing_values_too_large_is_a_422_naming_the_rows(store_dir):
+    from service import create_app
+
+    # scikit-learn's trees take float32: it refuses larger values (a ValueError, once a 500).
+    app = create_app({"store": store_dir, "backend": "sklearn"})
+    try:
+        rows = [[1.0] * 30] * 5
+        rows[3] = [1e39] * 30
+        response = post(
+            app.test_client(), "/v1/models/breast-cancer-classifier/predict", {"instances": rows}
+        )
+        assert response.status_code == 422
+        assert response.json["error"]["code"] == "non_finite_output"
+        assert [p["instance"] for p in response.json["error"]["details"]] == [3]
+    finally:
+        app.extensions["model_service"].registry.stop()

@@ -421,7 +421,10 @@ def _raw_request(**changes):
     [
         ({"shape": [2, 5]}, "[2, 5]"),
         ({"shape": [-1, 4]}, "negative dimension"),
-        ({"shape": [10**12, 10**6]}, "holds more elements than its 64 raw bytes can"),
+        ({"shape": [10**6, 10**5]}, "holds more elements than its 64 raw bytes can"),
+        ({"shape": [10**12, 10**6]}, "is larger than any tensor can be"),
+        ({"shape": [2**63 - 1, 2**63 - 1, 0]}, "is larger than any tensor can be"),
+        ({"shape": [1] * 40}, "has 40 dimensions; at most 32"),
         ({"shape": []}, "has no shape"),
         ({"datatype": "FP128"}, "unsupported datatype 'FP128'"),
         ({"raw": [b"\x00" * 64, b"\x00" * 8]}, "raw_input_contents has 2 entries for 1 inputs"),
@@ -476,3 +479,25 @@ def test_too_many_instances(grpc_store):
     finally:
         server.stop(None)
         registry.stop()
+
+
+def test_bytes_that_are_no_request_are_invalid_arguments(stub, address):
+    # grpcio itself answers INTERNAL ("Exception deserializing request!") for these.
+    with grpc.insecure_channel(address) as channel:
+        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        with pytest.raises(grpc.RpcError) as caught:
+            call(b"\x0a\xff\xff", timeout=10)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a valid inference.ModelInferRequest message" in caught.value.details()
+    assert ("error-code", "invalid_message") in tuple(caught.value.trailing_metadata())
+    assert stub.ServerLive(pb.ServerLiveRequest(), timeout=5).live is True
+
+
+def test_non_finite_outputs_are_invalid_arguments(stub):
+    huge = 1.7976931348623157e308
+    request = _raw_request(raw=[np.array([IRIS_ROWS[0], [huge, 3.5, 1.3, 0.2]], "<f8").tobytes()])
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.ModelInfer(request, timeout=10)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details().startswith("instance 1: the model cannot score it")
+    assert ("error-code", "non_finite_output") in tuple(caught.value.trailing_metadata())

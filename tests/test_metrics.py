@@ -475,6 +475,18 @@ def test_stopping_the_request_log_writes_what_it_holds(file_request_log):
     assert [line["request_id"] for line in _lines(path)] == ["last"]
 
 
+def test_a_lone_surrogate_never_costs_a_log_line(file_request_log):
+    # A client's JSON may spell one as \ud800 and orjson refuses it: written as that text.
+    record = logging.makeLogRecord(
+        {"name": "service.x", "levelname": "WARNING", "msg": "unknown name %s", "args": ("\ud800",)}
+    )
+    assert json.loads(logs.JsonFormatter().format(record))["message"] == "unknown name \\ud800"
+    request_log, path = file_request_log()
+    request_log.write("POST /x 422", {"request_id": "r", "path": "/\udc80"})
+    request_log.stop()
+    assert _lines(path)[0]["path"] == "/\\udc80"
+
+
 def test_a_forked_child_writes_only_its_own_lines_even_if_the_lock_was_held(file_request_log):
     request_log, path = file_request_log()
     request_log.write("POST /x 200", {"request_id": "parent", "status": 200})

@@ -471,6 +471,55 @@ BAD_REQUESTS = [
         "BAD_REQUEST",
         "charset must be utf-8",
     ),
+    (
+        "a CSV integer of 5000 digits",
+        (CSV_HEADER + "\n5.1,3.5,1.4," + "1" * 5000 + "\n").encode(),
+        "text/csv",
+        400,
+        "BAD_REQUEST",
+        "CSV row 0 (line 2), column 'petal_width_cm': the number 1111111111111111...11111111 "
+        "(5000 characters) is beyond the range of a 64-bit float",
+    ),
+    (
+        "a CSV number beyond float range",
+        (CSV_HEADER + "\n5.1,3.5,1.4,0.2\n5.1,-1e400,1.4,0.2\n").encode(),
+        "text/csv",
+        400,
+        "BAD_REQUEST",
+        "CSV row 1 (line 3), column 'sepal_width_cm': the number -1e400 is beyond the range",
+    ),
+    (
+        "a JSON number beyond float range",
+        b'{"dataframe_split": {"columns": [], "data": [[1e400]]}}',
+        None,
+        400,
+        "BAD_REQUEST",
+        "the number 1e400 at line 1 column 47 is beyond the range of a 64-bit float",
+    ),
+    (
+        "a JSON byte order mark",
+        b"\xef\xbb\xbf" + json.dumps({"instances": IRIS_ROWS}).encode(),
+        None,
+        400,
+        "BAD_REQUEST",
+        "starts with a UTF-8 byte order mark",
+    ),
+    (
+        "a repeated key in a record",
+        b'{"dataframe_records": [{"sepal_length_cm": 5.1, "sepal_length_cm": 5.2}]}',
+        None,
+        400,
+        "BAD_REQUEST",
+        "the key 'sepal_length_cm' appears more than once in the object at $.dataframe_records[0]",
+    ),
+    (
+        "a label from non-finite scores",
+        {"instances": [[1.7976931348623157e308, 3.5, 1.3, 0.2]]},
+        None,
+        422,
+        "INVALID_PARAMETER_VALUE",
+        "instance 0: the model cannot score it: its output is not a finite number",
+    ),
 ]
 
 

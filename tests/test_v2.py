@@ -651,7 +651,8 @@ ERRORS = [
         IRIS,
         *binary_request(with_header=False),
         400,
-        "not valid JSON",
+        "not valid UTF-8: invalid start byte at byte 130; a body with binary tensor data needs "
+        "the Inference-Header-Content-Length header",
     ),
     (
         IRIS,
@@ -689,6 +690,72 @@ ERRORS = [
     (IRIS, iris_inputs(), "application/json; charset=latin-1", {}, 415, "charset"),
     (IRIS, iris_inputs(), "application/json", {"Content-Encoding": "br"}, 415, "'br'"),
     (IRIS, b"not gzip", "application/json", {"Content-Encoding": "gzip"}, 400, "not valid gzip"),
+    # Hostile bytes and values: each a 4xx saying what and where, none a 500.
+    (IRIS, iris_inputs(), "application/json", {HEADER: "\u00b2"}, 400, "must be the length"),
+    (IRIS, iris_inputs(), "application/json", {HEADER: "9" * 5000}, 400, "must be the length"),
+    (
+        IRIS,
+        b'{"id": "\\ud800", ' + json.dumps(iris_inputs()).encode()[1:],
+        "application/json",
+        {},
+        400,
+        '"id" holds a lone surrogate',
+    ),
+    (IRIS, iris_inputs(shape=[1] * 40), "application/json", {}, 400, "has 40 dimensions"),
+    (
+        IRIS,
+        iris_inputs(shape=[2**63 - 1, 2**63 - 1, 0], data=[]),
+        "application/json",
+        {},
+        400,
+        "larger than any tensor can be",
+    ),
+    (
+        IRIS,
+        b'{"inputs": [{"name": "x", "datatype": "FP64", "data": [1], "shape": '
+        + b"[" * 900
+        + b"]" * 900
+        + b"}]}",
+        "application/json",
+        {},
+        400,
+        "has shape of type list; a shape is a list of non-negative integers",
+    ),
+    (
+        IRIS,
+        b'{"inputs": [{"name": "x", "datatype": "FP64", "shape": [1, 4], '
+        b'"data": [1, 2, 3, 1e400]}]}',
+        "application/json",
+        {},
+        400,
+        "the number 1e400 at line 1 column 82 is beyond the range of a 64-bit float",
+    ),
+    (
+        IRIS,
+        b'{"inputs": [], "inputs": [{"name": "x", "datatype": "FP64", "shape": [1, 4]}]}',
+        "application/json",
+        {},
+        400,
+        "the key 'inputs' appears more than once in the object at $",
+    ),
+    (
+        IRIS,
+        b"\xef\xbb\xbf" + json.dumps(iris_inputs()).encode(),
+        "application/json",
+        {},
+        400,
+        "starts with a UTF-8 byte order mark",
+    ),
+    (
+        IRIS,
+        json.dumps(iris_inputs(datatype="BYTES", data=["\xff"] * 4))
+        .encode()
+        .replace(b"\\u00ff", b"\xff"),
+        "application/json",
+        {},
+        400,
+        "not valid UTF-8: invalid start byte at byte",
+    ),
 ]
 
 
@@ -779,3 +846,29 @@ def test_a_huge_bytes_shape_on_a_small_body_is_refused_before_allocating():
     raw = struct.pack("<I", 1) + b"a"
     with pytest.raises(BadRequest, match="takes at least 4000000000000 bytes, but 5 bytes"):
         v2.tensor_from_bytes("sex", "BYTES", [10**12], raw)
+
+
+def test_non_finite_outputs_are_refused_in_json_and_binary(client):
+    huge = 1.7976931348623157e308
+    rows = [IRIS_ROW, [huge, 3.5, 1.3, 0.2]]
+    by_json = infer(client, IRIS, {"inputs": [matrix_input(rows)]})
+    raw = np.array(rows, dtype="<f8").tobytes()
+    header = {
+        "inputs": [
+            {
+                "name": "input",
+                "shape": [2, 4],
+                "datatype": "FP64",
+                "parameters": {"binary_data_size": len(raw)},
+            }
+        ],
+        "parameters": {"binary_data_output": True},
+    }
+    body, headers = binary_body(header, [raw])
+    by_binary = post(client, f"/v2/models/{IRIS}/infer", body, "application/octet-stream", headers)
+    for response in (by_json, by_binary):
+        assert response.status_code == 422
+        assert response.json == {
+            "error": "instance 1: the model cannot score it: its output is not a finite number "
+            "(NaN or infinity); its values are too large for the model's arithmetic"
+        }

@@ -13,6 +13,7 @@ native API would use. The codec lives in ``service.protocols.v2``.
 
 from __future__ import annotations
 
+import re
 import zlib
 
 from flask import Blueprint, Response, current_app, request
@@ -35,6 +36,7 @@ errors.register_format(
 # tensor data extension (application/octet-stream) are the two formats.
 BODY_MIMETYPES = frozenset({"", "application/json", "application/octet-stream"})
 STATUS_NOT_READY = 503
+HEADER_LENGTH_PATTERN = re.compile(r"[0-9]{1,19}")
 
 
 @bp.get("")
@@ -149,7 +151,9 @@ def _header_length() -> int | None:
     value = request.headers.get(v2.HEADER_LENGTH)
     if value is None:
         return None
-    if not value.strip().isdigit():
+    # ASCII digits only (str.isdigit takes "²", which int() refuses), and few enough that
+    # int() takes them (it refuses more than 4300).
+    if not HEADER_LENGTH_PATTERN.fullmatch(value.strip()):
         raise BadRequest(
             f"{v2.HEADER_LENGTH} must be the length of the JSON header in bytes, got {value!r}",
             code="invalid_header_length",

@@ -26,6 +26,7 @@ from typing import Any, TextIO
 import orjson
 from pythonjsonlogger.orjson import OrjsonFormatter
 
+from service import safejson
 from service.monitoring.flusher import ProcessFlusher
 
 REQUEST_LOGGER = "service.requests"
@@ -47,6 +48,13 @@ class JsonFormatter(OrjsonFormatter):
     ) -> None:
         log_data["timestamp"] = _timestamp(record.created)
         super().add_fields(log_data, record, message_dict)
+
+    def jsonify_log_record(self, log_data: dict[str, Any]) -> str:
+        try:
+            return super().jsonify_log_record(log_data)
+        except TypeError:
+            # A message or field holding a client's lone surrogate: escaped, never lost.
+            return super().jsonify_log_record(safejson.printable(log_data))
 
 
 def request_logger() -> logging.Logger:
@@ -124,7 +132,7 @@ class RequestLog:
             logger.info("%s", message, extra=fields)
             return
         pid = os.getpid()
-        line = orjson.dumps(
+        line = safejson.dumps(
             {
                 "timestamp": self._stamp(time.time()),
                 "level": "INFO",

@@ -27,6 +27,7 @@ import io
 import logging
 import math
 import re
+import sys
 from typing import Any
 
 from service.errors import BadRequest, TooManyInstances, UnsupportedMediaType
@@ -59,6 +60,7 @@ _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 _INTEGER = re.compile(r"[+-]?\d+")
 _NON_FINITE = {"nan": math.nan, "-nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 _NON_FINITE.update({"+inf": math.inf, "infinity": math.inf, "-infinity": -math.inf})
+_MAX_FLOAT_DIGITS = len(str(int(sys.float_info.max)))
 
 
 @dataclasses.dataclass
@@ -300,21 +302,52 @@ def instances_from_csv(body: bytes, schema: InputSchema, max_instances: int) -> 
                 details={"row": i, "fields": len(record), "columns": len(header)},
                 code="invalid_csv",
             )
-        rows.append([parse(value) for parse, value in zip(parsers, record, strict=True)])
+        try:
+            rows.append([parse(value) for parse, value in zip(parsers, record, strict=True)])
+        except _OutOfRange as exc:
+            column = header[next(j for j, v in enumerate(record) if v.strip() == exc.literal)]
+            raise BadRequest(
+                f"CSV row {i} (line {i + 2}), column {column!r}: the number "
+                f"{_shown(exc.literal)} is beyond the range of a 64-bit float",
+                details={"row": i, "column": column},
+                code="number_out_of_range",
+            ) from None
     return _rows_in_feature_order(header, rows, schema)
+
+
+class _OutOfRange(ValueError):
+    def __init__(self, literal: str):
+        super().__init__(literal)
+        self.literal = literal
 
 
 def _number(text: str) -> Any:
     """A field for a numeric feature: int, float, None (empty), or the text as it was
-    (for validation to refuse as 'expected a number')."""
+    (for validation to refuse as 'expected a number'). A number beyond the range of a
+    float raises _OutOfRange (it would otherwise become an infinity nobody wrote)."""
     stripped = text.strip()
     if not stripped:
         return None
     if _INTEGER.fullmatch(stripped):
+        # More digits than the largest float has is out of range (and int() refuses
+        # more than 4300 digits with an error of its own).
+        if len(stripped.lstrip("+-")) > _MAX_FLOAT_DIGITS:
+            raise _OutOfRange(stripped)
         return int(stripped)
     if _NUMBER.fullmatch(stripped):
-        return float(stripped)
+        number = float(stripped)
+        if math.isinf(number):
+            raise _OutOfRange(stripped)
+        return number
     return _NON_FINITE.get(stripped.lower(), text)
+
+
+def _shown(literal: str) -> str:
+    return (
+        literal
+        if len(literal) <= 32
+        else f"{literal[:16]}...{literal[-8:]} ({len(literal)} characters)"
+    )
 
 
 def _text(text: str) -> Any:
@@ -338,6 +371,7 @@ def predict(model: LoadedModel, request: ScoringRequest) -> dict[str, Any]:
 # HTTP statuses) for our codes; the HTTP status stays ours (422 for values, 413, 415 ...).
 _MLFLOW_CODES = {
     "invalid_input": "INVALID_PARAMETER_VALUE",
+    "non_finite_output": "INVALID_PARAMETER_VALUE",
     "too_many_instances": "INVALID_PARAMETER_VALUE",
     "body_too_large": "INVALID_PARAMETER_VALUE",
     "model_not_found": "RESOURCE_DOES_NOT_EXIST",

@@ -7,10 +7,14 @@ model is touched and no web framework is needed to test or reuse them.
 from __future__ import annotations
 
 import json
+import math
+import re
+import sys
 from typing import Any
 
 import orjson
 
+from service import safejson
 from service.errors import BadRequest, InvalidJSON, TooManyInstances
 from service.runtime.model import LoadedModel, Prediction
 
@@ -19,16 +23,180 @@ INSTANCES_KEY = "instances"
 
 def parse_json(body: bytes) -> Any:
     """Parse a JSON body. NaN and Infinity (not JSON, but sent by Python and JavaScript
-    clients) parse to floats so that validation can say which feature carried them."""
+    clients) parse to floats so that validation can say which feature carried them.
+
+    Refused with InvalidJSON, saying where: text that is not UTF-8 (or starts with a
+    byte order mark, which RFC 8259 forbids), a number beyond the range of a 64-bit
+    float (it would otherwise become an infinity nobody sent), and an object that
+    repeats a key (JSON parsers disagree on which value wins)."""
     if not body:
         raise InvalidJSON("the request body is empty; send a JSON object")
     try:
-        return orjson.loads(body)
+        payload = orjson.loads(body)
     except orjson.JSONDecodeError as fast_error:
-        try:
-            return json.loads(body)
-        except (ValueError, RecursionError):
-            raise InvalidJSON(f"the request body is not valid JSON: {fast_error}") from None
+        return _parse_leniently(body, fast_error)
+    if not _keys_surely_unique(body, payload):
+        _parse_leniently(body, None)  # raises when a key is repeated
+    return payload
+
+
+UTF8_BOM = b"\xef\xbb\xbf"
+_CONTAINERS = (dict, list)
+_MAX_FLOAT_DIGITS = len(str(int(sys.float_info.max)))
+_NUMBER = re.compile(r"-?[0-9][0-9.eE+-]*")
+_NUMBER_AFTER = r"(?![0-9.eE+-])"
+_NUMBER_BEFORE = r"(?<![0-9.eE+-])"
+
+
+class _OutOfRange(ValueError):
+    def __init__(self, literal: str):
+        super().__init__(literal)
+        self.literal = literal
+
+
+class _Repeated:
+    """What an object that repeats a key parses to, so its place can be found."""
+
+    def __init__(self, key: str):
+        self.key = key
+
+
+def _parse_leniently(body: bytes, fast_error: orjson.JSONDecodeError | None) -> Any:
+    """What orjson refused, parsed by the standard library (which takes NaN and
+    Infinity), or checked for repeated keys (``fast_error`` None)."""
+    if body.startswith(UTF8_BOM):
+        raise InvalidJSON(
+            "the request body starts with a UTF-8 byte order mark (bytes EF BB BF); "
+            "send the JSON without it",
+            code="invalid_encoding",
+        )
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidJSON(
+            f"the request body is not valid UTF-8: {exc.reason} at byte {exc.start}",
+            details={"byte": exc.start},
+            code="invalid_encoding",
+        ) from None
+    if fast_error is not None and fast_error.msg.startswith("number is infinity"):
+        number = _NUMBER.match(text, fast_error.pos)
+        if number:
+            raise _out_of_range(number.group(), fast_error.pos, text)
+    repeated: list[_Repeated] = []
+
+    def unique_keys(pairs: list[tuple[str, Any]]) -> Any:
+        result = dict(pairs)
+        if len(result) == len(pairs):
+            return result
+        seen: set[str] = set()
+        marker = _Repeated(next(k for k, _ in pairs if k in seen or seen.add(k)))  # type: ignore[func-returns-value]
+        repeated.append(marker)
+        return marker
+
+    try:
+        payload = json.loads(
+            text, parse_float=_finite_float, parse_int=_int_in_range, object_pairs_hook=unique_keys
+        )
+    except _OutOfRange as exc:
+        found = re.search(_NUMBER_BEFORE + re.escape(exc.literal) + _NUMBER_AFTER, text)
+        raise _out_of_range(exc.literal, found.start() if found else None, text) from None
+    except (ValueError, RecursionError) as slow_error:
+        raise InvalidJSON(
+            f"the request body is not valid JSON: {fast_error or slow_error}"
+        ) from None
+    if repeated:
+        key = repeated[0].key
+        raise InvalidJSON(
+            f"the key {safejson.text(key)[:64]!r} appears more than once in the object at "
+            f"{_path_to(payload, repeated[0])}; a JSON object must not repeat a key",
+            code="duplicate_key",
+        )
+    return payload
+
+
+def _finite_float(literal: str) -> float:
+    value = float(literal)
+    if math.isinf(value):
+        raise _OutOfRange(literal)
+    return value
+
+
+def _int_in_range(literal: str) -> int:
+    # More digits than the largest float has: out of range, before int() works on it
+    # (it refuses more than 4300 digits with a ValueError of its own).
+    if len(literal.lstrip("-")) > _MAX_FLOAT_DIGITS:
+        raise _OutOfRange(literal)
+    value = int(literal)
+    try:
+        float(value)
+    except OverflowError:
+        raise _OutOfRange(literal) from None
+    return value
+
+
+def _out_of_range(literal: str, position: int | None, text: str) -> InvalidJSON:
+    shown = literal if len(literal) <= 32 else literal[:16] + "..." + literal[-8:]
+    where = ""
+    if position is not None:
+        line = text.count("\n", 0, position) + 1
+        column = position - (text.rfind("\n", 0, position) + 1) + 1
+        where = f" at line {line} column {column}"
+    return InvalidJSON(
+        f"the number {shown}{where} is beyond the range of a 64-bit float "
+        f"(about ±{sys.float_info.max:.4g})",
+        code="number_out_of_range",
+    )
+
+
+def _keys_surely_unique(body: bytes, payload: Any) -> bool:
+    """Whether no object in the body repeats a key, decided without a second parse in
+    the usual case: every member of an object has a colon, so when the colons in the text
+    are as many as the members of the parsed objects, none were merged. A colon inside a
+    string, or members this quick count skips, leave it undecided (False)."""
+    colons = body.count(b":")
+    if colons == 0:
+        return True
+    return colons in (_members_at_least(payload, deep=False), _members_at_least(payload, deep=True))
+
+
+def _members_at_least(payload: Any, *, deep: bool) -> int:
+    """How many members the objects of ``payload`` have, at least: all of them when
+    ``deep``, those of the outer object and of the objects right under it (records)
+    otherwise. Lists are looked into only when their first element is a list or an
+    object, so a list of numbers costs nothing."""
+    if type(payload) is not dict:
+        return 0
+    total = len(payload)
+    if not deep:
+        for value in payload.values():
+            if type(value) is dict:
+                total += len(value)
+            elif type(value) is list and value and type(value[0]) is dict:
+                total += sum(len(item) for item in value if type(item) is dict)
+        return total
+    stack = [v for v in payload.values() if type(v) in _CONTAINERS]
+    while stack:
+        value = stack.pop()
+        if type(value) is dict:
+            total += len(value)
+            stack.extend(v for v in value.values() if type(v) in _CONTAINERS)
+        elif value and type(value[0]) in _CONTAINERS:
+            stack.extend(v for v in value if type(v) in _CONTAINERS)
+    return total
+
+
+def _path_to(payload: Any, target: Any) -> str:
+    """Where ``target`` sits in ``payload``, as a JSONPath (``$.instances[3]``)."""
+    stack: list[tuple[Any, str]] = [(payload, "$")]
+    while stack:
+        value, path = stack.pop()
+        if value is target:
+            return path
+        if type(value) is dict:
+            stack.extend((v, f"{path}.{safejson.text(str(k))[:64]}") for k, v in value.items())
+        elif type(value) is list:
+            stack.extend((v, f"{path}[{i}]") for i, v in enumerate(value))
+    return "$"
 
 
 def may_hold_booleans(body: bytes) -> bool:

@@ -40,7 +40,8 @@ import numpy as np
 import orjson
 
 import service
-from service.errors import BadRequest, TooManyInstances
+from service import safejson
+from service.errors import BadRequest, InvalidJSON, TooManyInstances
 from service.protocols.native import parse_json
 from service.runtime.model import LoadedModel, Prediction
 
@@ -79,6 +80,9 @@ FLOAT_DATATYPES = frozenset({"FP16", "FP32", "FP64"})
 NUMERIC_DATATYPES = INTEGER_DATATYPES | FLOAT_DATATYPES
 _FEATURE_DATATYPES = {"float64": "FP64", "int64": "INT64", "category": "BYTES"}
 _LENGTH = struct.Struct("<I")
+# Bounds of a tensor's shape, far beyond any body's size (which bounds the real ones).
+MAX_DIMS = 32
+MAX_ELEMENTS = 2**40
 _REQUEST_KEYS = frozenset({"id", "parameters", "inputs", "outputs"})
 # Sent by some clients (Triton's own examples put model_name in the body); the path decides.
 _IGNORED_REQUEST_KEYS = frozenset({"model_name", "model_version"})
@@ -125,7 +129,7 @@ def numpy_dtype(datatype: str) -> np.dtype:
         return _DTYPES[datatype]
     except (KeyError, TypeError):
         raise BadRequest(
-            f"unsupported datatype {datatype!r}; supported: {list(DATATYPES)}",
+            f"unsupported datatype {shown(datatype)}; supported: {list(DATATYPES)}",
             code="unsupported_datatype",
         ) from None
 
@@ -518,11 +522,40 @@ def _element_count(name: str, shape: Any) -> int:
         or not all(type(d) is int and d >= 0 for d in shape)
     ):
         raise BadRequest(
-            f"input tensor {name!r} has shape {shape!r}; a shape is a list of "
+            f"input tensor {name!r} has shape {shown(shape)}; a shape is a list of "
             "non-negative integers",
             code="invalid_shape",
         )
+    if len(shape) > MAX_DIMS:
+        raise BadRequest(
+            f"input tensor {name!r} has {len(shape)} dimensions; at most {MAX_DIMS} are taken",
+            code="invalid_shape",
+        )
+    if too_large(shape):
+        raise BadRequest(
+            f"input tensor {name!r} has shape {shown(shape)}, larger than any tensor "
+            f"can be (at most {MAX_ELEMENTS} elements, zero dimensions left out)",
+            code="invalid_shape",
+        )
     return math.prod(shape)
+
+
+def too_large(shape: list[int]) -> bool:
+    """Whether numpy could not even make an empty array of this shape: it refuses one
+    whose non-zero dimensions multiply past its index range, even with a zero among them."""
+    return math.prod(d for d in shape if d) > MAX_ELEMENTS
+
+
+def shown(value: Any) -> str:
+    """A client's value as an error message may quote it: short, and never its nesting
+    (repr of a deeply nested list fails, and the payload is not echoed back)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        text = repr(value)
+    elif isinstance(value, list) and all(type(v) is int for v in value[: MAX_DIMS + 1]):
+        text = repr(value[: MAX_DIMS + 1])
+    else:
+        return f"of type {type(value).__name__}"
+    return text if len(text) <= 80 else text[:60] + "..." + text[-12:]
 
 
 def _flatten(data: list[Any]) -> list[Any]:
@@ -593,7 +626,14 @@ def parse_infer_request(body: bytes, header_length: int | None = None) -> Infere
                 code="invalid_header_length",
             )
         header, binary = body[:header_length], body[header_length:]
-    payload = parse_json(header)
+    try:
+        payload = parse_json(header)
+    except InvalidJSON as exc:
+        if header_length is None and exc.code == "invalid_encoding":
+            # Most likely binary tensor data after JSON sent without saying where it ends.
+            exc.message += f"; a body with binary tensor data needs the {HEADER_LENGTH} header"
+            exc.args = (exc.message,)
+        raise
     if not isinstance(payload, dict):
         raise BadRequest(
             'the body must be a JSON object like {"inputs": [...]}', code="invalid_payload"
@@ -608,6 +648,9 @@ def parse_infer_request(body: bytes, header_length: int | None = None) -> Infere
     request_id = payload.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise BadRequest('"id" must be a string', code="invalid_payload")
+    if request_id is not None and safejson.text(request_id) is not request_id:
+        # The answer echoes it, and no UTF-8 text can hold a lone surrogate.
+        raise BadRequest('"id" holds a lone surrogate (\\ud800-\\udfff)', code="invalid_payload")
     parameters = _parameters(payload.get("parameters"), "the request")
     binary_output = parameters.get(BINARY_DATA_OUTPUT, False)
     if not isinstance(binary_output, bool):

@@ -10,7 +10,9 @@ golden example recorded at training time through it.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import math
 import time
 from typing import Any
 
@@ -19,7 +21,7 @@ import pandas as pd
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
 
-from service.errors import ModelLoadError, ServiceError
+from service.errors import ModelLoadError, NonFiniteOutput, ServiceError
 from service.runtime import hooks
 from service.runtime.backends import (
     SKLEARN,
@@ -28,7 +30,7 @@ from service.runtime.backends import (
     SklearnBackend,
     to_list,
 )
-from service.runtime.schema import InputSchema
+from service.runtime.schema import MAX_REPORTED_PROBLEMS, InputSchema
 from service.store.metadata import onnx_backend
 from service.store.store import ModelStore, StoredArtifact
 
@@ -82,7 +84,15 @@ class LoadedModel:
         served this way."""
         started = time.perf_counter()
         values = self.validate(instances, may_hold_booleans=may_hold_booleans)
-        prediction = self.predict_prepared(values, with_proba=with_proba)
+        # Probabilities whenever the model has them, asked for or not: a label argmaxed
+        # from NaN scores is no answer either, and only they show it.
+        prediction = self.predict_prepared(values, with_proba=True)
+        refused = non_finite_rows(prediction)
+        if refused:
+            # Before the observers: a refused prediction is neither logged nor monitored.
+            raise _non_finite_output(refused)
+        if not with_proba and prediction.probabilities is not None:
+            prediction = Prediction(prediction.predictions, None, prediction.backend)
         if hooks.observed():
             hooks.notify(
                 hooks.PredictionEvent(
@@ -112,22 +122,63 @@ class LoadedModel:
 
     def predict_prepared(self, model_input: Any, *, with_proba: bool = True) -> Prediction:
         """Predict from ``validate``'s or ``prepare``'s output, through the backend; a
-        request the compiled backend fails on is answered by the pickle."""
+        request the compiled backend fails on, or gives NaN or infinite outputs for (it
+        computes in float32, where large values overflow), is answered by the pickle.
+        Raises NonFiniteOutput naming the instances when scikit-learn refuses values too
+        large for its arithmetic; NaN or infinite outputs are returned as they are
+        (``predict`` refuses them; batch prediction writes them)."""
         with_proba = with_proba and self.has_proba
         backend = self.backend
         if backend is not self.sklearn_backend:
             try:
-                return backend.run(model_input, with_proba)
+                prediction = backend.run(model_input, with_proba)
             except Exception as exc:  # onnxruntime raises its own types; never a 500
-                self.fallbacks += 1
-                log.warning(
-                    "%s@%d: onnxruntime could not serve a request (%s: %s); the pickle did",
-                    self.name,
-                    self.version,
-                    type(exc).__name__,
-                    str(exc).splitlines()[0] if str(exc) else "",
-                )
-        return self.sklearn_backend.run(model_input, with_proba)
+                self._fell_back(f"{type(exc).__name__}: {str(exc).partition(chr(10))[0]}")
+            else:
+                if not non_finite_rows(prediction):
+                    return prediction
+                self._fell_back("NaN or infinite outputs")
+        try:
+            # Overflow is what the output check and the refusal below are for: numpy's
+            # warnings about it would only fill the log.
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                return self.sklearn_backend.run(model_input, with_proba)
+        except ValueError as exc:
+            if TOO_LARGE_FOR_SKLEARN not in str(exc):
+                raise
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            rows = self._unscorable_rows(model_input, with_proba)
+        raise _non_finite_output(rows)
+
+    def _fell_back(self, problem: str) -> None:
+        self.fallbacks += 1
+        log.warning(
+            "%s@%d: onnxruntime could not serve a request (%s); asking the pickle",
+            self.name,
+            self.version,
+            problem,
+        )
+
+    def _unscorable_rows(self, model_input: Any, with_proba: bool) -> list[int]:
+        """The instances scikit-learn refuses or gives non-finite outputs for, found by
+        halving the request (a bad request's cost only), at most MAX_REPORTED_PROBLEMS."""
+        found: list[int] = []
+        pending = [np.arange(_row_count(model_input))]
+        while pending and len(found) < MAX_REPORTED_PROBLEMS:
+            rows = pending.pop()
+            try:
+                prediction = self.sklearn_backend.run(_take(model_input, rows), with_proba)
+            except ValueError as exc:
+                if TOO_LARGE_FOR_SKLEARN not in str(exc):
+                    raise
+                if len(rows) == 1:
+                    found.append(int(rows[0]))
+                else:
+                    half = len(rows) // 2
+                    pending += [rows[half:], rows[:half]]  # the first half is looked at first
+                continue
+            found.extend(int(rows[i]) for i in non_finite_rows(prediction))
+        return sorted(found)[:MAX_REPORTED_PROBLEMS]
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -257,6 +308,62 @@ class LoadedModel:
             "gives other outputs than at training time "
             f"(expected {expected}, got {got.predictions})"
         )
+
+
+# How scikit-learn's input check words a value its arithmetic cannot take: beyond float32
+# for trees, or an infinity a scaler made of a value near the float64 limit.
+TOO_LARGE_FOR_SKLEARN = "infinity or a value too large"
+
+
+def non_finite_rows(prediction: Prediction) -> list[int]:
+    """The instances whose regression value or probabilities are NaN or infinite. A sum
+    in C over all outputs answers the usual case: finite, so every term is."""
+    bad: set[int] = set()
+    values = prediction.predictions
+    if values and isinstance(values[0], float):
+        try:
+            total = sum(
+                values
+            )  # large finite values may add up to infinity: then each is looked at
+        except TypeError:
+            total = math.nan
+        if not math.isfinite(total):
+            bad.update(
+                i for i, v in enumerate(values) if not (isinstance(v, float) and math.isfinite(v))
+            )
+    probabilities = prediction.probabilities
+    if probabilities and not math.isfinite(sum(itertools.chain.from_iterable(probabilities))):
+        bad.update(i for i, row in enumerate(probabilities) if not all(map(math.isfinite, row)))
+    return sorted(bad)
+
+
+def _non_finite_output(rows: list[int]) -> NonFiniteOutput:
+    shown = rows[:MAX_REPORTED_PROBLEMS]
+    problem = (
+        "the model cannot score it: its output is not a finite number (NaN or infinity); "
+        "its values are too large for the model's arithmetic"
+    )
+    where = f"instance {shown[0]}" if shown else "these instances"
+    if len(shown) > 1:
+        problem += f" ({len(shown) - 1} more in details)"
+    return NonFiniteOutput(
+        f"{where}: {problem}",
+        details=[{"instance": i, "feature": None, "problem": problem} for i in shown],
+    )
+
+
+def _row_count(model_input: Any) -> int:
+    if isinstance(model_input, (np.ndarray, pd.DataFrame)):
+        return len(model_input)
+    return len(model_input[0])  # one array per feature
+
+
+def _take(model_input: Any, rows: np.ndarray) -> Any:
+    if isinstance(model_input, np.ndarray):
+        return model_input[rows]
+    if isinstance(model_input, pd.DataFrame):
+        return model_input.iloc[rows]
+    return [column[rows] for column in model_input]
 
 
 def load(

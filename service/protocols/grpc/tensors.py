@@ -116,9 +116,20 @@ def _shape(name: str, dims: Sequence[int]) -> list[int]:
     shape = [int(d) for d in dims]
     if not shape:
         raise BadRequest(f"input {name!r} has no shape", code="invalid_tensor")
+    if len(shape) > v2.MAX_DIMS:
+        raise BadRequest(
+            f"input {name!r} has {len(shape)} dimensions; at most {v2.MAX_DIMS} are taken",
+            code="invalid_tensor",
+        )
     if any(d < 0 for d in shape):
         raise BadRequest(
             f"input {name!r}: shape {shape} has a negative dimension", code="invalid_tensor"
+        )
+    if v2.too_large(shape):
+        raise BadRequest(
+            f"input {name!r}: shape {shape} is larger than any tensor can be (at most "
+            f"{v2.MAX_ELEMENTS} elements, zero dimensions left out)",
+            code="invalid_tensor",
         )
     return shape
 
