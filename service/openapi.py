@@ -23,6 +23,7 @@ import json
 import re
 import shlex
 from collections.abc import Iterable, Mapping
+from http import HTTPStatus
 from typing import Any
 
 import jinja2
@@ -478,6 +479,8 @@ V2_DATATYPES = [
 def _v2_schemas() -> dict[str, Any]:
     parameters = {"type": "object", "additionalProperties": True}
     shape = {"type": "array", "items": {"type": "integer", "minimum": -1}}
+    # A request's tensor has a shape of one dimension or more, each known.
+    request_shape = {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0}}
     tensor_data = {
         "description": "The tensor's values, flat in row-major order or nested by shape.",
         "type": "array",
@@ -539,7 +542,7 @@ def _v2_schemas() -> dict[str, Any]:
             "required": ["name", "shape", "datatype"],
             "properties": {
                 "name": {"type": "string"},
-                "shape": shape,
+                "shape": request_shape,
                 "datatype": {"enum": V2_DATATYPES},
                 "parameters": _ref("V2Parameters"),
                 "data": tensor_data,
@@ -600,7 +603,24 @@ def _v2_schemas() -> dict[str, Any]:
 
 
 def _mlflow_schemas() -> dict[str, Any]:
-    records = {"type": "array", "items": {"type": "object", "additionalProperties": _SCALAR}}
+    records = {
+        "type": "array",
+        "minItems": 1,
+        "items": {"type": "object", "additionalProperties": _SCALAR},
+    }
+    # Rows (lists in feature order or objects), or columns: {name: [values]} or, for one
+    # row, {name: value}.
+    tensor_input = {
+        "oneOf": [
+            {"type": "array", "minItems": 1},
+            {
+                "type": "object",
+                "minProperties": 1,
+                "additionalProperties": {"type": "array", "minItems": 1},
+            },
+            {"type": "object", "minProperties": 1, "additionalProperties": _SCALAR},
+        ]
+    }
     params = {"type": "object", "description": "Inference parameters (accepted, not used)."}
     return {
         "MlflowRequest": {
@@ -610,14 +630,24 @@ def _mlflow_schemas() -> dict[str, Any]:
                     "title": "dataframe_split",
                     "type": "object",
                     "required": ["dataframe_split"],
+                    "additionalProperties": False,
                     "properties": {
                         "dataframe_split": {
                             "type": "object",
                             "required": ["columns", "data"],
+                            "additionalProperties": False,
                             "properties": {
-                                "columns": {"type": "array", "items": {"type": "string"}},
+                                "columns": {
+                                    "type": "array",
+                                    "items": {"type": "string"},
+                                    "uniqueItems": True,
+                                },
                                 "index": {"type": "array"},
-                                "data": {"type": "array", "items": {"type": "array"}},
+                                "data": {
+                                    "type": "array",
+                                    "minItems": 1,
+                                    "items": {"type": "array"},
+                                },
                             },
                         },
                         "params": params,
@@ -627,19 +657,22 @@ def _mlflow_schemas() -> dict[str, Any]:
                     "title": "dataframe_records",
                     "type": "object",
                     "required": ["dataframe_records"],
+                    "additionalProperties": False,
                     "properties": {"dataframe_records": records, "params": params},
                 },
                 {
                     "title": "instances",
                     "type": "object",
                     "required": ["instances"],
-                    "properties": {"instances": {"type": "array"}, "params": params},
+                    "additionalProperties": False,
+                    "properties": {"instances": tensor_input, "params": params},
                 },
                 {
                     "title": "inputs",
                     "type": "object",
                     "required": ["inputs"],
-                    "properties": {"inputs": {}, "params": params},
+                    "additionalProperties": False,
+                    "properties": {"inputs": tensor_input, "params": params},
                 },
             ],
         },
@@ -712,23 +745,59 @@ _FAILURES: dict[str, tuple[type[ServiceError], str]] = {
         "answered in time (`upstream_unavailable`, from Nginx).",
     ),
 }
-STATUSES = {kind: str(int(error.status)) for kind, (error, _) in _FAILURES.items()}
-# What any operation may answer, whatever it does: an unexpected fault, and no worker free.
-_ALWAYS = ("Internal", "NotReady")
+# Answers only Nginx makes, in the native shape on every route: no error class raises them.
+_EDGE_FAILURES: dict[str, tuple[HTTPStatus, str]] = {
+    "TooManyRequests": (
+        HTTPStatus.TOO_MANY_REQUESTS,
+        "Over the rate limit of this key or address, or too many requests in progress "
+        "from this address (`rate_limited`, `too_many_connections`); `Retry-After` says "
+        "when to try again.",
+    ),
+    "GatewayTimeout": (
+        HTTPStatus.GATEWAY_TIMEOUT,
+        "No worker answered in time (`upstream_timeout`).",
+    ),
+}
+STATUSES = {
+    **{kind: str(int(error.status)) for kind, (error, _) in _FAILURES.items()},
+    **{kind: str(int(status)) for kind, (status, _) in _EDGE_FAILURES.items()},
+}
+# What any operation may answer, whatever it does: an unexpected fault, no worker free or
+# none in time, and Nginx's limits.
+_ALWAYS = ("Internal", "NotReady", "TooManyRequests", "GatewayTimeout")
 # What an operation that needs a key answers without one, or with one lacking its scope.
 _KEY_FAILURES = ("Unauthorized", "Forbidden")
 
 
 def _fixed_responses() -> dict[str, Any]:
-    return {
+    responses = {
         prefix + kind: _error(description, schema)
         for prefix, schema in ERROR_FORMATS.items()
         for kind, (_, description) in _FAILURES.items()
     }
+    for kind, (_, description) in _EDGE_FAILURES.items():
+        responses[kind] = _error(description)
+    for prefix, schema in ERROR_FORMATS.items():
+        if prefix:
+            # What Nginx answers itself (a body too large, no worker free) has the native
+            # shape whatever the route.
+            for kind in _FAILURES:
+                media = responses[prefix + kind]["content"]["application/json"]
+                media["schema"] = _or_edge(schema)
+    return responses
 
 
 def _errors(prefix: str, *kinds: str) -> dict[str, Any]:
     return {STATUSES[kind]: _r(prefix + kind) for kind in sorted(kinds, key=STATUSES.get)}
+
+
+def _or_edge(schema: str) -> dict[str, Any]:
+    """A 503's schema: the route's own, or Nginx's error when no worker answered."""
+    return {"oneOf": [_ref(schema), _ref("Error")]}
+
+
+def _kind_response(prefix: str, kind: str) -> dict[str, str]:
+    return _r(kind if kind in _EDGE_FAILURES else prefix + kind)
 
 
 def _r(name: str) -> dict[str, str]:
@@ -894,7 +963,9 @@ def _health_paths() -> dict[str, Any]:
                 "Every served model's default version is loaded in this worker",
                 {
                     "200": _response("Ready.", readiness),
-                    "503": _response("Not ready; the reason per model.", readiness),
+                    "503": _response(
+                        "Not ready; the reason per model.", _json(_or_edge("Readiness"))
+                    ),
                 },
             )
         },
@@ -985,7 +1056,7 @@ def _v2_paths() -> dict[str, Any]:
             "Model readiness",
             {
                 "200": _response("Ready.", ready),
-                "503": _response("It cannot serve now.", ready),
+                "503": _response("It cannot serve now.", _json(_or_edge("V2ModelReady"))),
             },
             parameters=params,
         )
@@ -1015,7 +1086,7 @@ def _v2_paths() -> dict[str, Any]:
                 "Server readiness",
                 {
                     "200": _response("Ready.", _json(_ref("V2Ready"))),
-                    "503": _response("Not ready.", _json(_ref("V2Ready"))),
+                    "503": _response("Not ready.", _json(_or_edge("V2Ready"))),
                 },
             )
         },
@@ -1675,7 +1746,7 @@ def _complete(operation: dict[str, Any], scope: str | None) -> None:
     prefix = TAG_ERROR_FORMATS.get(operation["tags"][0], "")
     responses = operation["responses"]
     for kind in kinds:
-        responses.setdefault(STATUSES[kind], _r(prefix + kind))
+        responses.setdefault(STATUSES[kind], _kind_response(prefix, kind))
     operation["responses"] = dict(sorted(responses.items()))
 
 

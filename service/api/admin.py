@@ -29,7 +29,10 @@ def promote(name: str):
     body = _body()
     if "version" not in body:
         raise BadRequest('send {"version": N} (and optionally "alias", "reason" and "force")')
-    version = check_version(body["version"])
+    version = body["version"]
+    if isinstance(version, float) and version.is_integer():
+        version = int(version)  # 3.0 is the JSON number 3, as the documented schema says
+    version = check_version(version)
     alias = check_alias(body.get("alias", service.settings.default_alias))
     force = body.get("force", False)
     if not isinstance(force, bool):

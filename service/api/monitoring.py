@@ -98,6 +98,8 @@ def _feedback_items(payload: Any) -> list[tuple[str, int, Any]]:
                 details={"item": i},
             )
         index = entry.get("index", 0)
+        if isinstance(index, float) and index.is_integer():
+            index = int(index)  # 3.0 is the JSON number 3, as the documented schema says
         if isinstance(index, bool) or not isinstance(index, int) or index < 0:
             raise BadRequest(
                 f"{where}: index must be the row's position in the request (0 or more)",
