@@ -757,14 +757,30 @@ _EDGE_FAILURES: dict[str, tuple[HTTPStatus, str]] = {
         HTTPStatus.GATEWAY_TIMEOUT,
         "No worker answered in time (`upstream_timeout`).",
     ),
+    "UriTooLong": (
+        HTTPStatus.REQUEST_URI_TOO_LONG,
+        "A request line longer than Nginx's header buffer (`request_uri_too_large`).",
+    ),
+    "HeadersTooLarge": (
+        HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+        "A header, or all of them together, larger than Nginx's header buffers "
+        "(`request_header_fields_too_large`).",
+    ),
 }
 STATUSES = {
     **{kind: str(int(error.status)) for kind, (error, _) in _FAILURES.items()},
     **{kind: str(int(status)) for kind, (status, _) in _EDGE_FAILURES.items()},
 }
 # What any operation may answer, whatever it does: an unexpected fault, no worker free or
-# none in time, and Nginx's limits.
-_ALWAYS = ("Internal", "NotReady", "TooManyRequests", "GatewayTimeout")
+# none in time, and Nginx's limits on rates, request lines and headers.
+_ALWAYS = (
+    "Internal",
+    "NotReady",
+    "TooManyRequests",
+    "GatewayTimeout",
+    "UriTooLong",
+    "HeadersTooLarge",
+)
 # What an operation that needs a key answers without one, or with one lacking its scope.
 _KEY_FAILURES = ("Unauthorized", "Forbidden")
 
