@@ -141,13 +141,16 @@ def _unsigned_versions(store: ModelStore | RemoteStore) -> list[tuple[str, int]]
 
 def _verify_one(
     store: ModelStore | RemoteStore, keys: tuple[Path, ...], name: str, version: int
-) -> str | None:
+) -> str:
     if isinstance(store, ModelStore):
         directory = store.layout.version_dir(name, version)
-        return signing.verify_version(directory, keys, name=name, version=version)
-    scratch = Path(tempfile.mkdtemp(prefix="model-verify-"))
-    try:
-        store.export_version(name, version, scratch)
-        return signing.verify_version(scratch, keys, name=name, version=version)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        verified = signing.verify_version(directory, keys, name=name, version=version)
+    else:
+        scratch = Path(tempfile.mkdtemp(prefix="model-verify-"))
+        try:
+            store.export_version(name, version, scratch)
+            verified = signing.verify_version(scratch, keys, name=name, version=version)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    assert verified is not None  # keys are given
+    return verified.key_id

@@ -20,6 +20,8 @@ from tests.signing_support import edit_metadata, key_pair, replace_pickle_and_it
 from tests.sshd import loopback_sshd, store_serve
 
 IRIS = "iris-classifier"
+# A publish over SSH replays the golden example on the store host: slow on a busy machine.
+REMOTE_TIMEOUT = 60.0
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +214,10 @@ def remote(authoritative, tmp_path):
     command = f"{store_serve()} --store {authoritative.root}"
     with loopback_sshd(tmp_path / "sshd", command) as server:
         yield RemoteStore(
-            server.url(authoritative.root), key=server.key, known_hosts=server.known_hosts
+            server.url(authoritative.root),
+            key=server.key,
+            known_hosts=server.known_hosts,
+            timeout=REMOTE_TIMEOUT,
         )
 
 
@@ -259,7 +264,7 @@ def test_a_publisher_signs_what_it_publishes_to_a_fleets_store(
     extra = {"model.onnx": (directory / "model.onnx").read_bytes()}
     publisher = RemoteStore(
         str(remote.url), key=remote.key, known_hosts=remote.known_hosts,
-        signing_key=keys["trusted"][0],
+        timeout=REMOTE_TIMEOUT, signing_key=keys["trusted"][0],
     )  # fmt: skip
     version = publisher.publish(
         IRIS, (directory / "model.pkl").read_bytes(), meta, extra_files=extra
@@ -269,8 +274,28 @@ def test_a_publisher_signs_what_it_publishes_to_a_fleets_store(
     unsigned = remote.publish(IRIS, (directory / "model.pkl").read_bytes(), meta)
     monkeypatch.setenv("MODEL_SERVICE_STORE_REMOTE_KEY", str(remote.key))
     monkeypatch.setenv("MODEL_SERVICE_STORE_REMOTE_KNOWN_HOSTS", str(remote.known_hosts))
+    monkeypatch.setenv("MODEL_SERVICE_STORE_REMOTE_TIMEOUT", str(REMOTE_TIMEOUT))
     key = str(keys["trusted"][0])
     assert modelctl(["sign", "--unsigned", "--key", key, "--store", str(remote.url)]) == 0
     assert trusting(authoritative.root, keys).load_artifact(IRIS, unsigned)
     public = str(keys["trusted"][1])
     assert modelctl(["verify", IRIS, "--trusted", public, "--store", str(remote.url)]) == 0
+
+
+def test_what_is_unpickled_is_what_was_verified_even_if_the_disk_changes_after(
+    signed, keys, tmp_path, monkeypatch
+):
+    publisher, version = signed
+    directory = publisher.layout.version_dir(IRIS, version)
+    marker = tmp_path / "unpickled"
+    check = signing.verify_version
+
+    def then_swapped(*args, **kwargs):
+        verified = check(*args, **kwargs)
+        replace_pickle_and_its_sha256(directory, marker)  # the instant after the check
+        return verified
+
+    monkeypatch.setattr(signing, "verify_version", then_swapped)
+    artifact = trusting(publisher.root, keys).load_artifact(IRIS, version)
+    assert not marker.exists()
+    assert type(artifact.estimator).__name__ == "Pipeline"

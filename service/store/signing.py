@@ -16,6 +16,7 @@ trusted key configured nothing is checked beyond the sha256, as before.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -23,6 +24,7 @@ import re
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from service.errors import SignatureRefused, StoreError
 from service.store.layout import TEMP_PREFIX
@@ -190,23 +192,56 @@ def write_signature(directory: Path, data: bytes) -> Path:
     return target
 
 
+@dataclasses.dataclass(frozen=True)
+class VerifiedVersion:
+    """What a signature was checked against: the files' contents as read once, so the
+    caller unpickles the very bytes that were verified, whatever happens on disk after."""
+
+    key_id: str
+    files: dict[str, bytes]
+
+
 def verify_version(
     directory: Path, trusted_keys: Sequence[Path], *, name: str, version: int
-) -> str | None:
+) -> VerifiedVersion | None:
     """Refuse (SignatureRefused) a version directory whose model.sig does not verify
-    against one of ``trusted_keys``: the key's id when it does, None when no key is
-    trusted (nothing checked). Called before anything of the version is unpickled."""
+    against one of ``trusted_keys``; None when no key is trusted (nothing checked).
+    Called before anything of the version is unpickled.
+
+    Each file is read once into memory and the signature checked against a private copy
+    of those bytes (a directory only this process can write), so a file swapped in the
+    version directory after the check cannot be what is loaded."""
     if not trusted_keys:
         return None
     where = f"{name}@{version}"
-    signature = directory / SIGNATURE_FILE
-    if not signature.is_file():
+    if not (directory / SIGNATURE_FILE).is_file():
         _refuse(
             name, version, "unsigned", f"{where} has no signature ({SIGNATURE_FILE}) and "
             "trusted signing keys are configured; refusing to unpickle it",
         )  # fmt: skip
+    files = {}
+    for path in sorted(directory.iterdir()):
+        if path.is_symlink() or not path.is_file():
+            _refuse(
+                name, version, "mismatch", f"{where} holds {path.name!r}, which is not a "
+                "plain file (a version holds only files); refusing to unpickle it",
+            )  # fmt: skip
+        files[path.name] = path.read_bytes()
+    with tempfile.TemporaryDirectory(prefix="model-verify-") as scratch:
+        snapshot = Path(scratch) / directory.name
+        snapshot.mkdir()
+        for file_name, data in files.items():
+            (snapshot / file_name).write_bytes(data)
+        key = _verified_by(snapshot, trusted_keys, name=name, version=version)
+    files.pop(SIGNATURE_FILE)
+    return VerifiedVersion(key_id=key, files=files)
+
+
+def _verified_by(directory: Path, trusted_keys: Sequence[Path], *, name: str, version: int) -> str:
+    """The id of the trusted key the directory's signature verifies with, else refused."""
     from model_signing import verifying
 
+    where = f"{name}@{version}"
     mismatches, others = [], []
     for key in trusted_keys:
         try:
@@ -214,7 +249,7 @@ def verify_version(
                 verifying.Config()
                 .use_elliptic_key_verifier(public_key=key)
                 .set_hashing_config(_hashing_config())
-                .verify(directory, signature)
+                .verify(directory, directory / SIGNATURE_FILE)
             )
         except Exception as exc:  # the library raises ValueError and cryptography's errors
             text = str(exc) or type(exc).__name__
@@ -238,7 +273,6 @@ def verify_version(
         name, version, "invalid", f"{where}: its signature cannot be verified "
         f"({'; '.join(others)}); refusing to unpickle it",
     )  # fmt: skip
-    return None  # unreachable: _refuse raises
 
 
 def _what_changed(text: str) -> str:
@@ -255,7 +289,7 @@ def _what_changed(text: str) -> str:
     return "; ".join(parts) or text
 
 
-def _refuse(name: str, version: int, reason: str, message: str) -> None:
+def _refuse(name: str, version: int, reason: str, message: str) -> NoReturn:
     # Not logged here: the caller says what it does instead (keeps serving, skips it).
     for listener in tuple(refusal_listeners):
         try:

@@ -217,8 +217,12 @@ class ModelStore:
         meta_path = directory / METADATA_FILE
         if not meta_path.is_file():
             raise VersionNotFound(f"model {name!r} has no version {version}")
-        signing.verify_version(directory, self.trusted_keys, name=name, version=version)
-        meta = metadata_io.validate(metadata_io.read(meta_path))
+        # With trusted keys, what follows reads the verified bytes, not the disk again.
+        verified = signing.verify_version(directory, self.trusted_keys, name=name, version=version)
+        if verified is None:
+            meta = metadata_io.validate(metadata_io.read(meta_path))
+        else:
+            meta = metadata_io.validate(yaml.safe_load(verified.files[METADATA_FILE]))
         if meta["name"] != name or meta["version"] != version:
             raise IntegrityError(
                 f"{where}: metadata says {meta['name']}@{meta['version']}; refusing to load"
@@ -233,6 +237,7 @@ class ModelStore:
             where=where,
             refusal="refusing to unpickle it",
             what="artifact",
+            data=None if verified is None else verified.files.get(artifact["file"], b""),
         )
         path = directory / artifact["file"]
         from sklearn.exceptions import InconsistentVersionWarning
@@ -692,16 +697,19 @@ def read_verified(
     where: str,
     refusal: str = "refusing to use it",
     what: str = "file",
+    data: bytes | None = None,
 ) -> bytes:
-    """A file of a version directory whose sha256 and size are the expected ones."""
+    """A file of a version directory whose sha256 and size are the expected ones (``data``:
+    its contents as read already, e.g. by the signature check)."""
     directory = directory.resolve()
     path = (directory / file_name).resolve()
     if path.parent != directory:
         raise IntegrityError(f"{where}: {what} {file_name!r} is outside its version")
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ModelLoadError(f"{where}: cannot read {path.name}: {exc.strerror}") from None
+    if data is None:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ModelLoadError(f"{where}: cannot read {path.name}: {exc.strerror}") from None
     digest = sha256_of(data)
     if digest != sha256 or len(data) != size:
         raise IntegrityError(
