@@ -4,9 +4,12 @@ Run: gunicorn -c deploy/gunicorn.conf.py service.wsgi:app
 Environment knobs (set by `modelctl serve`, systemd units or by hand):
   MODEL_SERVICE_BIND      address to listen on (default 127.0.0.1:8000)
   MODEL_SERVICE_WORKERS   worker processes (default: one per CPU core)
+  MODEL_SERVICE_HOST_WORKERS  workers of all the instances on this host (default: WORKERS)
   MODEL_SERVICE_WORKER_CLASS  sync (the default) or gthread
   MODEL_SERVICE_THREADS   request threads per gthread worker (default 1)
   MODEL_SERVICE_PIDFILE   where the master writes its pid
+  MODEL_SERVICE_WORKER_TIMEOUT  seconds a request may hold a worker (default 60)
+  MODEL_SERVICE_MAX_REQUESTS    requests before a worker is recycled (default 20000; 0: never)
   MODEL_SERVICE_ACCESS_LOG  Gunicorn's text access log ("-": stdout; off by default)
   MODEL_SERVICE_ERROR_LOG   where the JSON logs go ("-": stderr, the default)
   PROMETHEUS_MULTIPROC_DIR  an empty directory the workers share their metrics through;
@@ -18,6 +21,8 @@ import gc
 import os
 
 from gunicorn.glogging import Logger as GunicornLogger
+
+from service import gunicorn_send
 
 # --- Server socket -----------------------------------------------------------
 # Loopback only by default: Nginx is the public face and the one that buffers.
@@ -44,23 +49,34 @@ threads = int(os.environ.get("MODEL_SERVICE_THREADS") or 1)
 # forking: workers share the models' memory copy-on-write instead of each
 # unpickling its own copy.
 preload_app = True
-# Loading large models at start-up can take a while; a worker stuck in one
-# request for longer than this is killed and replaced.
-timeout = 60
+# A worker stuck in one request for longer than this is killed and replaced. Model loads
+# never count against it: the master loads before it forks, and a worker loads a newly
+# promoted version in a background thread (service/runtime/registry.py), so a model that
+# takes longer than this to load cannot make the workers time out, again and again.
+timeout = int(os.environ.get("MODEL_SERVICE_WORKER_TIMEOUT") or 60)
 # On shutdown or HUP, in-flight requests get this long to finish.
 graceful_timeout = 30
 # Ignored by sync workers; how long a gthread worker keeps an idle connection.
 keepalive = 5
 # Recycle workers now and then so slow leaks (in any native library) stay
 # bounded; jitter keeps them from all restarting at once.
-max_requests = 20000
-max_requests_jitter = 2000
+max_requests = int(os.environ.get("MODEL_SERVICE_MAX_REQUESTS") or 20000)
+max_requests_jitter = max_requests // 10
+
+# --- Responses -------------------------------------------------------------------
+# A response's head goes out in one send with its body, so a worker killed mid-answer
+# leaves Nginx nothing it has passed on, and Nginx retries on the other instance
+# (service/gunicorn_send.py says why).
+gunicorn_send.install()
 
 # --- Native thread pools -----------------------------------------------------
 # BLAS/OpenMP pools default to one thread per core *per process*: with N
 # workers that is N x cores threads fighting over the cores. Give each worker
 # its share. Set before the app (and numpy) is imported by preload_app.
-threads_per_worker = max(1, (os.cpu_count() or 1) // workers)
+# MODEL_SERVICE_HOST_WORKERS: the workers of every instance on this host (the local stack
+# runs two instances), when this instance has only part of them.
+host_workers = int(os.environ.get("MODEL_SERVICE_HOST_WORKERS") or workers)
+threads_per_worker = max(1, (os.cpu_count() or 1) // host_workers)
 for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(variable, str(threads_per_worker))
 
@@ -151,6 +167,10 @@ def when_ready(server):
 
 
 def post_fork(server, worker):
+    # A worker whose master died (SIGKILL, OOM) leaves at once, gracefully: orphans would
+    # keep the listening socket, so the master that supervisord starts again could not bind
+    # it, while they no longer get replaced. Its requests in flight still finish.
+    _terminate_with_parent(server.pid)
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(limits=threads_per_worker)
@@ -167,6 +187,37 @@ def post_request(worker, req, environ, resp):
     from service.runtime import heap
 
     heap.after_request(environ.get("CONTENT_LENGTH"))
+
+
+def worker_exit(server, worker):
+    # A worker is a fork of the master, which imported onnxruntime (preload_app): the C++
+    # runtime started a thread of its own at import, and its static destructor joins that
+    # thread at process exit. In the fork the thread does not exist, so the join throws
+    # (std::system_error, "Invalid argument") and the worker dies of SIGABRT, or hangs
+    # until SIGKILL, at every stop and max_requests recycle. Like multiprocessing's forked
+    # children, a worker leaves through os._exit once Python's own exit work is done (atexit:
+    # the flushers of the prediction log and of the metrics, logging's handlers), so only
+    # the master, which owns those threads, runs the C++ destructors.
+    import atexit
+    import sys
+
+    exiting = sys.exc_info()[1]
+    code = exiting.code if isinstance(exiting, SystemExit) else 0 if exiting is None else 1
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code if isinstance(code, int) else 1)
+
+
+def _terminate_with_parent(master_pid):
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != master_pid:  # the master died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def worker_abort(worker):

@@ -657,18 +657,20 @@ def smaps_rollup_kib(pid: int) -> dict[str, int]:
 
 
 def stack_memory(stack: LocalStack) -> dict[str, Any]:
-    master = stack.running_pids().get("gunicorn")
+    masters = list(stack.master_pids().values())
     workers = stack.worker_pids()
-    if master is None or not workers:
+    if not masters or not workers:
         raise BenchError(f"no Gunicorn master or workers to measure in {stack.runtime_dir}")
-    master_kib = smaps_rollup_kib(master)
+    # Every instance's master (the local stack runs two, each with half the workers).
+    master_pss = sum(smaps_rollup_kib(pid)["Pss"] for pid in masters)
     worker_kib = [smaps_rollup_kib(pid) for pid in workers]
     # The largest worker stands for "one worker": the others differ only by what they touched.
     largest = max(worker_kib, key=lambda kib: kib["Pss"])
     return {
         "workers": len(workers),
-        "total_pss_mib": (master_kib["Pss"] + sum(k["Pss"] for k in worker_kib)) / 1024,
-        "master_pss_mib": master_kib["Pss"] / 1024,
+        "instances": len(masters),
+        "total_pss_mib": (master_pss + sum(k["Pss"] for k in worker_kib)) / 1024,
+        "master_pss_mib": master_pss / 1024,
         "worker_pss_mib": largest["Pss"] / 1024,
         "worker_rss_mib": largest["Rss"] / 1024,
     }

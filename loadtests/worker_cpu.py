@@ -87,13 +87,16 @@ def _children_of(pids: set[int]) -> set[int]:
 
 def cpu_seconds(stack: LocalStack) -> dict[str, dict[int, tuple[float, float]]]:
     """(user, system) CPU seconds of each process of each side of the stack."""
-    masters = stack.running_pids()
+    running = stack.running_pids()
+    # Gunicorn's side: every instance's master (the local stack runs two).
+    masters = {"gunicorn": set(stack.master_pids().values())}
+    masters["nginx"] = {running["nginx"]} if "nginx" in running else set()
     seconds: dict[str, dict[int, tuple[float, float]]] = {}
     for side in SIDES:
         seconds[side] = {}
-        if side not in masters:
+        if not masters[side]:
             continue
-        for pid in _children_of({masters[side]}):
+        for pid in _children_of(masters[side]):
             try:
                 fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             except OSError:

@@ -685,7 +685,11 @@ def stop(runtime_dir: Path) -> None:
     """Stop the processes `modelctl serve` started (by their pid files)."""
     from service.localstack import LocalStack
 
-    stopped = LocalStack(runtime_dir=runtime_dir, store=Path(".")).stop()
+    stopped, findings = LocalStack(runtime_dir=runtime_dir, store=Path(".")).stop_and_report()
+    # What had died before (and what supervisord started again) comes first: a reason to look
+    # at the logs.
+    for finding in findings:
+        click.echo(finding)
     click.echo("stopped " + ", ".join(stopped) if stopped else "nothing was running")
 
 

@@ -7,15 +7,21 @@ metadata.yaml per interval) and, when an alias moves, loads the new version
 a half-loaded model. A served version whose metadata.yaml was replaced
 (``modelctl optimize`` adds an ONNX form) is loaded again the same way and the
 new LoadedModel takes the old one's place. Requests for an explicit version that
-is not loaded yet load it on demand, which blocks only that request.
+is not loaded yet load it on demand, which blocks only that request, and for at most
+REQUEST_LOAD_WAIT_SECONDS: a longer load goes on in the background and the request gets
+a 503 that says so.
 
 Under Gunicorn with ``preload_app`` the master calls :meth:`refresh` once so
 workers inherit the models copy-on-write; the watcher thread is started lazily
-in each worker (threads do not survive ``fork``).
+in each worker (threads do not survive ``fork``). A request never loads longer than
+REQUEST_LOAD_WAIT_SECONDS: Gunicorn kills a worker that holds one request past its
+timeout, and a worker that loaded a slow model in its first request would be killed,
+and its successor too, forever.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import os
 import threading
@@ -35,6 +41,9 @@ log = logging.getLogger(__name__)
 IDLE_VERSION_SECONDS = 600.0
 # A version that failed to load is tried again after this long (or on reload).
 RETRY_FAILED_SECONDS = 30.0
+# The longest a request waits for a model to load (a new worker's catch-up with the store,
+# a version asked for by number): well under Gunicorn's worker timeout (60 s).
+REQUEST_LOAD_WAIT_SECONDS = 5.0
 
 # Told of every model this registry loads, with the seconds the load took (monitoring).
 LoadListener = Callable[[LoadedModel, float], None]
@@ -55,6 +64,13 @@ class ModelRegistry:
         # The stat of each loaded version's metadata.yaml when it was loaded.
         self._meta_signatures: dict[tuple[str, int], Any] = {}
         self._load_lock = threading.Lock()
+        # (name, version) -> when its load started, while it runs (readiness says so).
+        self._loading: dict[tuple[str, int], float] = {}
+        # Loads requests asked for, running in threads of their own.
+        self._pending: dict[tuple[str, int], concurrent.futures.Future[LoadedModel]] = {}
+        self._pending_lock = threading.Lock()
+        self._catch_up_until = 0.0
+        self._caught_up = threading.Event()
         self._refresh_lock = threading.Lock()
         self._watcher_pid: int | None = None
         self._stop = threading.Event()
@@ -88,7 +104,13 @@ class ModelRegistry:
                 )
             version = self.store.resolve(ModelRef(name, version=version))
             try:
-                loaded = self._load(name, version)
+                loaded = self._load_soon(name, version).result(REQUEST_LOAD_WAIT_SECONDS)
+            except concurrent.futures.TimeoutError:
+                raise ModelNotReady(
+                    f"{name}@{version} is loading ({self._loading_seconds(key):.0f} s so far); "
+                    "try again shortly",
+                    details={"model": name, "version": version},
+                ) from None
             except ServiceError as exc:
                 raise ModelNotReady(
                     f"{name}@{version} cannot be served: {exc.message}",
@@ -129,6 +151,10 @@ class ModelRegistry:
                 failure = self._failures.get((name, wanted))
                 if failure:
                     entry["error"] = failure[0]
+                elif (name, wanted) in self._loading:
+                    # Why not ready, while a slow load goes on (none of it in a request).
+                    seconds = self._loading_seconds((name, wanted))
+                    entry["reason"] = f"loading {name}@{wanted} ({seconds:.0f} s so far)"
             models[name] = entry
             ready = ready and entry["ready"]
         return ready, models
@@ -206,6 +232,7 @@ class ModelRegistry:
             # Taken before reading: a change while loading shows at the next look.
             signature = self.store.metadata_signature(name, version)
             started = time.perf_counter()
+            self._loading[key] = time.monotonic()
             try:
                 loaded = model_runtime.load(
                     self.store,
@@ -227,6 +254,8 @@ class ModelRegistry:
                     exc.message if isinstance(exc, ServiceError) else exc,
                 )
                 return current
+            finally:
+                self._loading.pop(key, None)
             self._failures.pop(key, None)
             self._meta_signatures[key] = signature
             # One assignment: requests get the old LoadedModel or the new one.
@@ -247,6 +276,36 @@ class ModelRegistry:
                 except Exception:
                     log.exception("load listener %r failed; the model is served anyway", listener)
             return loaded
+
+    def _load_soon(self, name: str, version: int) -> concurrent.futures.Future[LoadedModel]:
+        """The load of one version in a thread of its own (one per version at a time), so a
+        request can stop waiting for it."""
+        key = (name, version)
+        with self._pending_lock:
+            future = self._pending.get(key)
+            if future is None:
+                future = concurrent.futures.Future()
+                self._pending[key] = future
+                threading.Thread(
+                    target=self._load_into,
+                    args=(key, future),
+                    name=f"model-load-{name}@{version}",
+                    daemon=True,
+                ).start()
+        return future
+
+    def _load_into(self, key: tuple[str, int], future: concurrent.futures.Future) -> None:
+        try:
+            future.set_result(self._load(*key))
+        except BaseException as exc:
+            future.set_exception(exc)
+        finally:
+            with self._pending_lock:
+                self._pending.pop(key, None)
+
+    def _loading_seconds(self, key: tuple[str, int]) -> float:
+        started = self._loading.get(key)
+        return 0.0 if started is None else time.monotonic() - started
 
     def _load_failed(self, key: tuple[str, int], exc: Exception) -> NoReturn:
         name, version = key
@@ -286,28 +345,37 @@ class ModelRegistry:
 
     def _ensure_watcher(self) -> None:
         pid = os.getpid()
-        if self._watcher_pid == pid:
-            return
-        with self._refresh_lock:
-            if self._watcher_pid == pid:
-                return
-            self._watcher_pid = pid
-            self._stop = threading.Event()
-            thread = threading.Thread(
-                target=self._watch, args=(self._stop,), name="model-store-watcher", daemon=True
-            )
-            thread.start()
+        if self._watcher_pid != pid:
+            with self._refresh_lock:
+                if self._watcher_pid != pid:
+                    self._watcher_pid = pid
+                    self._stop = threading.Event()
+                    self._caught_up = threading.Event()
+                    self._catch_up_until = time.monotonic() + REQUEST_LOAD_WAIT_SECONDS
+                    thread = threading.Thread(
+                        target=self._watch,
+                        args=(self._stop, self._caught_up),
+                        name="model-store-watcher",
+                        daemon=True,
+                    )
+                    thread.start()
         # A worker forked long after the master loaded the models (max_requests recycling)
-        # must not serve an alias that moved since: catch up once before the first answer.
-        self.refresh()
+        # must not serve an alias that moved since: its first requests wait for the
+        # watcher's first look at the store. A load longer than that wait goes on; meanwhile
+        # the worker serves what it has, as every worker does while a promoted version loads.
+        if not self._caught_up.is_set():
+            self._caught_up.wait(max(0.0, self._catch_up_until - time.monotonic()))
 
-    def _watch(self, stop: threading.Event) -> None:
+    def _watch(self, stop: threading.Event, caught_up: threading.Event) -> None:
         interval = max(0.05, float(self.settings.reload_interval))
-        while not stop.wait(interval):
+        while True:
             try:
                 self.refresh()
             except Exception:
                 log.exception("refreshing from the model store failed; will try again")
+            caught_up.set()
+            if stop.wait(interval):
+                return
 
     def stop(self) -> None:
         self._stop.set()

@@ -341,8 +341,8 @@ class ModelStore:
             }
             metadata_io.validate(meta)
             temp_dir = model_dir / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
-            temp_dir.mkdir()
             try:
+                temp_dir.mkdir()
                 _write_synced(temp_dir / ARTIFACT_FILE, artifact_bytes)
                 for file_name, data in extra_files.items():
                     _write_synced(temp_dir / file_name, data)
@@ -357,8 +357,13 @@ class ModelStore:
                 self._write_counter(name, version)
                 os.rename(temp_dir, self.layout.version_dir(name, version))
                 _fsync_dir(model_dir)
-            except BaseException:
+            except BaseException as exc:
                 shutil.rmtree(temp_dir, ignore_errors=True)
+                if isinstance(exc, OSError):  # a full disk, a read-only store
+                    raise StoreError(
+                        f"cannot publish {name}@{version}: {exc.strerror or exc}; "
+                        "the store is as it was"
+                    ) from exc
                 raise
             for alias in aliases:
                 self._set_alias_locked(name, alias, version, action="publish", reason="published")

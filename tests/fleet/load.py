@@ -1,6 +1,7 @@
 """Bounded prediction load for the fleet tests: a few threads posting one body to one URL
 (the balancer's address only), until stopped, a request cap or a time cap, whichever comes
-first. Every answer is counted: its status, and the host that served it (X-Served-By)."""
+first. Every answer is counted: its status, and the host that served it (X-Served-By); a
+``check`` may refuse a 200 answer's body (a wrong prediction for the version it names)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import http.client
 import json
 import threading
 import time
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 
@@ -23,12 +25,14 @@ class BoundedLoad:
         max_seconds: float = 300.0,
         rate: float = 60.0,
         headers: dict[str, str] | None = None,
+        check: Callable[[dict], str | None] | None = None,
     ):
         parts = urlsplit(url)
         self.host, self.port, self.path = parts.hostname, parts.port or 80, parts.path
         self.body = json.dumps(body).encode()
         self.headers = {"Content-Type": "application/json", **(headers or {})}
         self.threads = threads
+        self.check = check
         self.max_requests = max_requests
         self.max_seconds = max_seconds
         # Requests a second, all threads together: steady traffic that leaves the shared
@@ -97,9 +101,14 @@ class BoundedLoad:
                 if answer.status != 200:
                     self._fail(f"{answer.status}: {data[:200]!r}")
                     continue
+                answered = json.loads(data)
+                problem = self.check(answered) if self.check is not None else None
+                if problem:
+                    self._fail(problem)
+                    continue
                 with self._lock:
                     self.served_by[answer.getheader("X-Served-By", "?")] += 1
-                    self.versions[json.loads(data).get("version", 0)] += 1
+                    self.versions[answered.get("version", 0)] += 1
             except (OSError, http.client.HTTPException) as exc:
                 self._fail(f"{type(exc).__name__}: {exc}")
                 if connection is not None:

@@ -60,7 +60,7 @@ def test_http_and_grpc_from_one_stack(trained_store_dir, tmp_path):
         stack.start(ready_timeout=90)
         pids = stack.running_pids()
         workers = stack.worker_pids()
-        assert set(pids) == {"gunicorn", "nginx", "grpc"}
+        assert set(pids) == {"gunicorn-a", "gunicorn-b", "nginx", "grpc", "supervisord"}
         assert len(workers) == 2
         assert stack.grpc_address == f"127.0.0.1:{stack.grpc_port}"
 
@@ -83,7 +83,13 @@ def test_http_and_grpc_from_one_stack(trained_store_dir, tmp_path):
         assert f"listening on 127.0.0.1:{stack.grpc_port}" in log
     finally:
         stopped = stack.stop()
-    assert [s.split()[0] for s in stopped] == ["nginx", "grpc", "gunicorn"]
+    assert [s.split()[0] for s in stopped] == [
+        "nginx",
+        "grpc",
+        "gunicorn-a",
+        "gunicorn-b",
+        "supervisord",
+    ]
     assert pids and workers
     assert not [pid for pid in [*pids.values(), *workers] if pid_alive(pid)]
     assert stack.running_pids() == {}

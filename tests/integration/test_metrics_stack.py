@@ -147,8 +147,10 @@ def test_counts_are_exact_across_workers_and_survive_a_killed_worker(metrics_sta
     classes = value(families, "model_service_predictions_total", model=IRIS, version="1")
     assert classes == (n + m) * len(ROWS)
     assert value(families, "model_service_instances_per_request_count", model=IRIS) == n + m
-    # Loaded once, in the Gunicorn master (preload_app); the workers share it.
-    assert value(families, "model_service_model_load_seconds_count", model=IRIS) == 1
+    # Loaded once per Gunicorn instance, in its master (preload_app); its workers share it.
+    assert value(families, "model_service_model_load_seconds_count", model=IRIS) == len(
+        metrics_stack.master_pids()
+    )
     info = [s.labels for s in families["model_service_model_info"].samples]
     assert {labels["model"] for labels in info} == {
         IRIS,

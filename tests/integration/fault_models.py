@@ -1,0 +1,49 @@
+"""Estimators for the fault tests, pickled into store versions: the Gunicorn workers unpickle
+them, so they live in a module of their own (importable with the repository root on
+PYTHONPATH), not in a test module."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sklearn.base import BaseEstimator, RegressorMixin
+
+
+class Shifted(RegressorMixin, BaseEstimator):
+    """A fitted regressor whose predictions are moved by ``shift``: a version told apart from
+    its base by every answer it gives."""
+
+    def __init__(self, base: Any = None, shift: float = 0.0):
+        self.base = base
+        self.shift = shift
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return True  # the base is
+
+    @property
+    def n_features_in_(self) -> int:
+        return self.base.n_features_in_
+
+    @property
+    def feature_names_in_(self) -> Any:
+        return self.base.feature_names_in_
+
+    def fit(self, rows: Any, target: Any = None) -> Shifted:
+        return self  # built from a fitted base, never fitted itself
+
+    def predict(self, rows: Any) -> Any:
+        return self.base.predict(rows) + self.shift
+
+
+class SlowToUnpickle(Shifted):
+    """A regressor that takes ``seconds`` to unpickle (a large model on a slow disk), and
+    predicts as its base does."""
+
+    def __init__(self, base: Any = None, seconds: float = 0.0):
+        super().__init__(base, 0.0)
+        self.seconds = seconds
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        time.sleep(state["seconds"])
+        super().__setstate__(state)
