@@ -302,8 +302,8 @@ def test_what_is_unpickled_is_what_was_verified_even_if_the_disk_changes_after(
 
 
 def test_signing_a_served_version_is_a_change_the_workers_see(store_dir, keys):
-    """A version refused as unsigned is loaded again once signed: the registry polls
-    metadata_signature, which covers model.sig."""
+    """A served version signed again (modelctl optimize re-signs what it amends) is loaded
+    again by the workers: they poll metadata_signature, which covers model.sig."""
     store = ModelStore(store_dir, signing_key=keys["trusted"][0])
     before = store.metadata_signature(IRIS, 1)
     store.sign(IRIS, 1)
