@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -22,8 +24,8 @@ from tests.sshd import modelctl
 
 IRIS = "iris-classifier"
 ROW = [5.1, 3.5, 1.4, 0.2]
-# Requests on fresh connections after a change: with 2 workers, each gets some of them.
-SPREAD = 30
+# Requests in a burst after a change, 8 at a time: with 2 workers, each gets some of them.
+SPREAD = 32
 RELOAD_DEADLINE_S = 5.0
 GATE_KEY = "msk_the-gate-key-of-this-host"
 
@@ -60,7 +62,7 @@ def bearer(key: str) -> dict[str, str]:
 
 
 def predict(url: str, headers: dict[str, str]) -> requests.Response:
-    # A new connection each time (no Session), so the requests spread over the workers.
+    # A new connection each time (no Session).
     return requests.post(
         f"{url}/v1/models/{IRIS}/predict", json={"instances": [ROW]}, headers=headers, timeout=10
     )
@@ -138,16 +140,16 @@ def test_a_revoked_key_is_refused_and_a_new_one_served_on_every_worker(keyed):
     stack, _ = keyed
     ring = KeyRing(stack.store)
     key = ring.create("short-lived", ["predict"])
-    _wait_all(stack.url, bearer(key), 200)
+    _wait_all(stack, bearer(key), 200)
 
     revoked_at = time.monotonic()
     ring.revoke("short-lived")
-    took = _wait_all(stack.url, bearer(key), 401)
+    took = _wait_all(stack, bearer(key), 401)
     print(f"\nrevocation refused on every worker {took - revoked_at:.2f} s after the file changed")
 
     created_at = time.monotonic()
     fresh = ring.create("fresh", ["predict"])
-    took = _wait_all(stack.url, bearer(fresh), 200)
+    took = _wait_all(stack, bearer(fresh), 200)
     print(f"a new key served on every worker {took - created_at:.2f} s after it was created")
 
 
@@ -177,12 +179,42 @@ def test_no_key_and_no_digest_reach_any_log(keyed):
     assert {"predictor", "reader"} <= names
 
 
-def _wait_all(url: str, headers: dict[str, str], status: int) -> float:
-    """Wait until SPREAD requests in a row answer ``status``; the time the streak began."""
+def _wait_all(stack, headers: dict[str, str], status: int) -> float:
+    """Wait until a burst of SPREAD concurrent requests (so Nginx opens several upstream
+    connections) all answer ``status``, and the request log shows that every worker answered
+    some of them; the time the burst began."""
     deadline = time.monotonic() + RELOAD_DEADLINE_S
+    workers = set(stack.worker_pids())
+    assert len(workers) == 2
     while True:
         began = time.monotonic()
-        if all(predict(url, headers).status_code == status for _ in range(SPREAD)):
-            return began
+        tag = uuid.uuid4().hex[:12]
+        ids = [f"{tag}-{i}" for i in range(SPREAD)]
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            answers = list(
+                pool.map(lambda i: predict(stack.url, {**headers, "X-Request-ID": i}), ids)
+            )
+        if all(answer.status_code == status for answer in answers):
+            answered_by = _pids_of(stack, set(ids))
+            if answered_by == workers:
+                return began
         assert time.monotonic() < deadline, f"not every worker answers {status} yet"
+        time.sleep(0.1)
+
+
+def _pids_of(stack, request_ids: set[str]) -> set[int]:
+    """The worker pids the request log names for these requests (lines are flushed within
+    half a second)."""
+    log = Path(stack.runtime_dir) / "gunicorn.log"
+    deadline = time.monotonic() + 3
+    while True:
+        pids, seen = set(), set()
+        for line in log.read_text(errors="replace").splitlines():
+            if line.startswith("{") and '"request_id"' in line:
+                entry = json.loads(line)
+                if entry.get("request_id") in request_ids:
+                    seen.add(entry["request_id"])
+                    pids.add(entry["pid"])
+        if seen == request_ids or time.monotonic() > deadline:
+            return pids
         time.sleep(0.1)
