@@ -242,11 +242,7 @@ class LocalStack:
         config = render_nginx_config(
             NGINX_TEMPLATE.read_text(),
             listen=f"{self.host}:{self.port}",
-            # Weighed by workers, so each worker gets its share with an odd count.
-            upstreams=[
-                f"127.0.0.1:{self._gunicorn_port(name)} weight={count}"
-                for name, count in self.instance_workers().items()
-            ],
+            upstreams=self._upstreams(),
             runtime_dir=self.runtime_dir,
             settings=settings,
         )
@@ -266,6 +262,17 @@ class LocalStack:
                 start_new_session=True,
             )
         self.pidfile("nginx").write_text(f"{process.pid}\n")
+
+    def _upstreams(self) -> list[str]:
+        """Nginx's upstream servers: each instance weighed by its workers (so each worker
+        gets its share with an odd count). One instance is listed twice: Nginx passes a
+        request whose worker died to the next entry, the same instance, where another worker
+        (or the one Gunicorn forks in the dead one's place) takes it from the backlog."""
+        servers = [
+            f"127.0.0.1:{self._gunicorn_port(name)} weight={count}"
+            for name, count in self.instance_workers().items()
+        ]
+        return servers * 2 if len(servers) == 1 else servers
 
     def wait_ready(self, timeout: float) -> None:
         """Wait for each Gunicorn instance's /readyz and all its workers, then the same via
