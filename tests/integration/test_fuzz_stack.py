@@ -31,7 +31,11 @@ pytestmark = pytest.mark.integration
 # boundary and negation of the schemas, ignores this bound and takes most of the time.
 MAX_EXAMPLES = int(os.environ.get("MODEL_SERVICE_FUZZ_EXAMPLES", "5"))
 WALL_TIME_LIMIT = 300
-REQUEST_TIMEOUT = 15
+# A model card's first render (matplotlib, per worker) takes seconds, and the machine the
+# tests share may be busy: the response-time check (10 s by default) allows 30 s, and a
+# request is given up after 45 s.
+MAX_RESPONSE_TIME = 30
+REQUEST_TIMEOUT = 45
 # What the checks expect besides schemathesis's defaults, and why:
 # - 413 rejects schema-violating data too: more instances than max_instances (maxItems).
 # - The prediction operations whose schema is the same for every model (the generic native
@@ -65,7 +69,9 @@ def fuzzed_stack(trained_store_dir, tmp_path_factory):
     def create_key(stack: LocalStack) -> None:
         keys.append(KeyRing(stack.store).create("fuzzer", SCOPES))
 
-    env = {"MODEL_SERVICE_OPEN_SCOPES": ""}
+    # The coverage phase sends bodies at the schemas' bounds: 100 instances instead of
+    # 10,000 keep those bodies small (the document's maxItems follows the setting).
+    env = {"MODEL_SERVICE_OPEN_SCOPES": "", "MODEL_SERVICE_MAX_INSTANCES": "100"}
     with demo_stack(
         trained_store_dir, tmp_path_factory, "fuzz", env, before_start=create_key
     ) as stack:
@@ -90,6 +96,8 @@ def schemathesis_command(url: str, key: str, reports: Path, config: Path) -> lis
         # One worker: the shared machine has two cores, and the stack needs them.
         "--workers",
         "1",
+        "--max-response-time",
+        str(MAX_RESPONSE_TIME),
         "--request-timeout",
         str(REQUEST_TIMEOUT),
         "--wait-for-schema",
