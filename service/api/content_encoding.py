@@ -44,8 +44,8 @@ def check(header: str) -> list[str]:
     unknown = [name for name in found if name not in WINDOW_BITS]
     if unknown:
         raise UnsupportedMediaType(
-            f"Content-Encoding {', '.join(unknown)} is not supported: send gzip, deflate "
-            "or an unencoded body",
+            f"Content-Encoding {', '.join(map(repr, unknown))} is not supported: send "
+            "gzip, deflate or an unencoded body",
             details={"content_encoding": header, "supported": list(SUPPORTED)},
             code="unsupported_content_encoding",
         )

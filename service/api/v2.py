@@ -14,10 +14,8 @@ native API would use. The codec lives in ``service.protocols.v2``.
 from __future__ import annotations
 
 import re
-import zlib
 
-from flask import Blueprint, Response, current_app, request
-from werkzeug.exceptions import RequestEntityTooLarge
+from flask import Blueprint, Response, request
 
 from service.api import errors, json_response, state
 from service.errors import BadRequest, ModelNotReady, UnsupportedMediaType
@@ -119,32 +117,9 @@ def _body() -> bytes:
     charset = request.mimetype_params.get("charset", "utf-8").lower()
     if charset not in {"utf-8", "utf8"}:
         raise UnsupportedMediaType(f"charset must be utf-8, got {charset!r}")
-    data = request.get_data(cache=False)
-    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
-    if encoding in ("", "identity"):
-        return data
-    if encoding not in ("gzip", "deflate"):
-        raise UnsupportedMediaType(
-            f"Content-Encoding {encoding!r} is not supported; send gzip, deflate or identity"
-        )
-    return _decompress(data, encoding)
-
-
-def _decompress(data: bytes, encoding: str) -> bytes:
-    """A compressed body (tritonclient's request_compression_algorithm), held to the
-    same size limit as an uncompressed one."""
-    limit = current_app.config.get("MAX_CONTENT_LENGTH") or state().settings.max_body_bytes
-    # gzip: a gzip wrapper; "deflate" in HTTP means the zlib format.
-    decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS)
-    try:
-        body = decompressor.decompress(data, limit + 1)
-    except zlib.error as exc:
-        raise BadRequest(f"the body is not valid {encoding} data: {exc}") from None
-    if len(body) > limit:
-        raise RequestEntityTooLarge()
-    if not decompressor.eof:
-        raise BadRequest(f"the {encoding} body is truncated")
-    return body
+    # Compressed bodies (tritonclient's request_compression_algorithm) arrive decoded:
+    # service.api.content_encoding does it for every route, within max_body_bytes.
+    return request.get_data(cache=False)
 
 
 def _header_length() -> int | None:
