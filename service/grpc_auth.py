@@ -11,7 +11,7 @@ import grpc
 
 from service.config import Settings
 from service.errors import Forbidden, ServiceError, Unauthorized
-from service.keys import KeyUsage, KeyVerifier, settings_keys
+from service.keys import verifier_for
 
 # Liveness and readiness stay public, as /healthz and /readyz do; a method not listed here
 # (one added later) needs the narrowest grant there is until it is.
@@ -28,11 +28,7 @@ UNMAPPED_SCOPE = "admin"
 
 class KeyInterceptor(grpc.ServerInterceptor):
     def __init__(self, settings: Settings):
-        self.verifier = KeyVerifier(
-            settings.store,
-            extra=settings_keys(settings.admin_key_hashes, settings.gate_key_hashes),
-            usage=KeyUsage(settings.state_dir),
-        )
+        self.verifier = verifier_for(settings)
         self.open_scopes = frozenset(settings.open_scopes)
 
     def intercept_service(self, continuation: Any, details: Any) -> Any:

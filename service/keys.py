@@ -389,6 +389,16 @@ def settings_keys(
     ]
 
 
+def verifier_for(settings: Any) -> KeyVerifier:
+    """A process's verifier as its settings say: the store's key file, the keys the settings
+    give by digest, and last use recorded in the monitoring state directory."""
+    return KeyVerifier(
+        settings.store,
+        extra=settings_keys(settings.admin_key_hashes, settings.gate_key_hashes),
+        usage=KeyUsage(settings.state_dir),
+    )
+
+
 class KeyUsage:
     """When each key was last used on this host: one empty file per key under the
     monitoring state directory, its mtime the time. A process writes a key's file at most

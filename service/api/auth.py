@@ -18,11 +18,11 @@ import base64
 import binascii
 import logging
 
-from flask import Flask, current_app, g, request
+from flask import Flask, g, request
 
 from service.config import Settings
 from service.errors import Forbidden, Unauthorized
-from service.keys import KeyUsage, KeyVerifier, settings_keys
+from service.keys import KeyVerifier, verifier_for
 
 log = logging.getLogger(__name__)
 
@@ -96,17 +96,9 @@ def presented_key() -> str | None:
     raise Unauthorized("send the key as 'Authorization: Bearer <key>'")
 
 
-def verifier() -> KeyVerifier:
-    return current_app.extensions[EXTENSION]
-
-
 def init_app(app: Flask, settings: Settings) -> KeyVerifier:
     """Check every request against the keys; call after every blueprint is registered."""
-    keys = KeyVerifier(
-        settings.store,
-        extra=settings_keys(settings.admin_key_hashes, settings.gate_key_hashes),
-        usage=KeyUsage(settings.state_dir),
-    )
+    keys = verifier_for(settings)
     app.extensions[EXTENSION] = keys
     open_scopes = frozenset(settings.open_scopes)
     missing = unmapped_endpoints(app)
