@@ -21,10 +21,12 @@ import math
 import os
 import shutil
 import struct
+from pathlib import Path
 
 import grpc
 import orjson
 import pytest
+import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -36,7 +38,7 @@ from service.protocols.grpc import open_inference_pb2 as pb
 from service.protocols.grpc import open_inference_pb2_grpc as pb_grpc
 from service.store import ModelStore
 
-EXAMPLES = int(os.environ.get("MODEL_SERVICE_CODEC_EXAMPLES", "120"))
+EXAMPLES = int(os.environ.get("MODEL_SERVICE_CODEC_EXAMPLES", "100"))
 settings.register_profile(
     "codecs",
     derandomize=True,
@@ -48,7 +50,9 @@ settings.register_profile(
 )
 FUZZ = settings(settings.get_profile("codecs"))
 
-MODELS = ("iris-classifier", "breast-cancer-classifier", "diabetes-regressor")
+# The demo models, and the cars example: categories, integers and missing values allowed.
+MODELS = ("iris-classifier", "breast-cancer-classifier", "diabetes-regressor", "car-mpg")
+CARS_SPEC = Path(__file__).resolve().parents[1] / "examples" / "cars" / "spec.yaml"
 # Statuses a client mistake may get; anything else (above all a 5xx) fails the property.
 CLIENT_STATUSES = {400, 401, 403, 404, 405, 409, 413, 415, 422}
 GRPC_CLIENT_CODES = {
@@ -66,8 +70,16 @@ GRPC_CLIENT_CODES = {
 
 @pytest.fixture(scope="module")
 def fuzz_store(trained_store_dir, tmp_path_factory):
+    from service.training import spec as specs
+    from service.training import trainer
+
     root = tmp_path_factory.mktemp("codecs-fuzz")
     shutil.copytree(trained_store_dir, root / "model_store")
+    raw = yaml.safe_load(CARS_SPEC.read_text())
+    raw["estimator"]["params"] = {"n_estimators": 30, "max_depth": 2, "random_state": 0}
+    raw["evaluation"] = {"seed": 0, "primary_metric": "rmse", "margin": 0}
+    spec = specs.parse(raw, base_dir=CARS_SPEC.parent)
+    trainer.train(spec, ModelStore(root / "model_store"), aliases=("production",))
     return root
 
 
@@ -97,11 +109,35 @@ def http(fuzz_store):
     app.extensions["model_service"].registry.stop()
 
 
+class Feature(str):
+    """A feature's name, with the strategy of the valid values it takes."""
+
+    values: st.SearchStrategy
+    is_category: bool
+
+    def __deepcopy__(self, memo: dict) -> str:
+        return str(self)  # in a body, only the name
+
+
+def feature(entry: dict) -> Feature:
+    name = Feature(entry["name"])
+    name.is_category = entry["dtype"] == "category"
+    if name.is_category:
+        values = st.sampled_from(entry["categories"])
+    elif entry["dtype"] == "int64":
+        values = st.integers(-5, 100)
+    else:
+        values = st.floats(min_value=-1e3, max_value=1e3)
+    name.values = values | st.none() if entry.get("missing") == "allow" else values
+    return name
+
+
 @pytest.fixture(scope="module")
 def features(fuzz_store):
     store = ModelStore(fuzz_store / "model_store")
     return {
-        name: [f["name"] for f in store.metadata(name, 1)["input"]["features"]] for name in MODELS
+        name: [feature(entry) for entry in store.metadata(name, 1)["input"]["features"]]
+        for name in MODELS
     }
 
 
@@ -273,9 +309,8 @@ def mutated(draw, valid):
     return value
 
 
-def valid_rows(names: list[str], as_records: bool):
-    width = len(names)
-    rows = st.lists(st.lists(FINITE, min_size=width, max_size=width), min_size=1, max_size=3)
+def valid_rows(names: list[Feature], as_records: bool):
+    rows = st.lists(st.tuples(*(name.values for name in names)).map(list), min_size=1, max_size=3)
     if as_records:
         return rows.map(lambda rows: [Obj(zip(names, row, strict=True)) for row in rows])
     return rows
@@ -647,13 +682,15 @@ def test_native_mutated(http, features, data, model, records, raw_utf8):
 
 
 def valid_v2_request(names: list[str]):
+    any_category = any(name.is_category for name in names)
+
     def build(rows, per_feature, request_id, outputs, binary_output):
         if per_feature:
             inputs = [
                 Obj(
                     [
                         ("name", name),
-                        ("datatype", "FP64"),
+                        ("datatype", "BYTES" if name.is_category else "FP64"),
                         ("shape", [len(rows), 1]),
                         ("data", [row[index] for row in rows]),
                     ]
@@ -661,13 +698,15 @@ def valid_v2_request(names: list[str]):
                 for index, name in enumerate(names)
             ]
         else:
+            # With a category among them, every feature as text in one BYTES tensor.
+            data = [[v if v is None else str(v) for v in row] for row in rows]
             inputs = [
                 Obj(
                     [
                         ("name", "input"),
-                        ("datatype", "FP64"),
+                        ("datatype", "BYTES" if any_category else "FP64"),
                         ("shape", [len(rows), len(names)]),
-                        ("data", rows),
+                        ("data", data if any_category else rows),
                     ]
                 )
             ]
@@ -826,15 +865,23 @@ def mutated_grpc_request(draw, model: str, names: list[str]):
     tensor per feature) with a few hostile changes."""
     rows = draw(valid_rows(names, False))
     request = pb.ModelInferRequest(model_name=model, id=draw(PROTO_TEXT))
-    if draw(st.booleans()):
+    rows = [[math.nan if v is None else v for v in row] for row in rows]
+    if draw(st.booleans()) and not any(name.is_category for name in names):
         request.inputs.add(name="input", datatype="FP64", shape=[len(rows), len(names)])
         request.raw_input_contents.append(
             struct.pack(f"<{len(rows) * len(names)}d", *[value for row in rows for value in row])
         )
     else:
         for index, name in enumerate(names):
-            tensor = request.inputs.add(name=name, datatype="FP64", shape=[len(rows), 1])
-            tensor.contents.fp64_contents.extend(row[index] for row in rows)
+            column = [row[index] for row in rows]
+            if name.is_category:
+                tensor = request.inputs.add(name=name, datatype="BYTES", shape=[len(rows), 1])
+                tensor.contents.bytes_contents.extend(
+                    b"" if v != v else str(v).encode() for v in column
+                )
+            else:
+                tensor = request.inputs.add(name=name, datatype="FP64", shape=[len(rows), 1])
+                tensor.contents.fp64_contents.extend(column)
     for output in draw(st.sampled_from([[], [v2.OUTPUT_PREDICT], [v2.OUTPUT_PROBA]])):
         request.outputs.add(name=output)
     for change in draw(st.lists(st.sampled_from(GRPC_CHANGES), max_size=3)):

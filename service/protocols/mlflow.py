@@ -263,7 +263,11 @@ def instances_from_csv(body: bytes, schema: InputSchema, max_instances: int) -> 
     try:
         text = body.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise BadRequest(f"the CSV is not valid UTF-8: {exc.reason}", code="invalid_csv") from None
+        raise BadRequest(
+            f"the CSV is not valid UTF-8: {exc.reason} at byte {exc.start}",
+            details={"byte": exc.start},
+            code="invalid_csv",
+        ) from None
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     try:
         header = next(reader, None)

@@ -42,6 +42,7 @@ def parse_json(body: bytes) -> Any:
 
 UTF8_BOM = b"\xef\xbb\xbf"
 _CONTAINERS = (dict, list)
+FEW_COLONS = 16
 _MAX_FLOAT_DIGITS = len(str(int(sys.float_info.max)))
 _NUMBER = re.compile(r"-?[0-9][0-9.eE+-]*")
 _NUMBER_AFTER = r"(?![0-9.eE+-])"
@@ -153,17 +154,32 @@ def _keys_surely_unique(body: bytes, payload: Any) -> bool:
     the usual case: every member of an object has a colon, so when the colons in the text
     are as many as the members of the parsed objects, none were merged. A colon inside a
     string, or members this quick count skips, leave it undecided (False)."""
-    colons = body.count(b":")
-    if colons == 0:
+    members = _members_at_least(payload, deep=False)
+    if _colons(body, members) == members:
         return True
-    return colons in (_members_at_least(payload, deep=False), _members_at_least(payload, deep=True))
+    deeper = _members_at_least(payload, deep=True)
+    return deeper != members and _colons(body, deeper) == deeper
+
+
+def _colons(body: bytes, expected: int) -> int:
+    """The colons in ``body``, or (when few are expected) as many as ``expected`` + 1:
+    a few searches for the next one skip a body of numbers at memchr's speed, several
+    times faster than counting every byte."""
+    if expected > FEW_COLONS:
+        return body.count(b":")
+    count, at = 0, body.find(b":")
+    while at != -1 and count <= expected:
+        count += 1
+        at = body.find(b":", at + 1)
+    return count
 
 
 def _members_at_least(payload: Any, *, deep: bool) -> int:
-    """How many members the objects of ``payload`` have, at least: all of them when
-    ``deep``, those of the outer object and of the objects right under it (records)
-    otherwise. Lists are looked into only when their first element is a list or an
-    object, so a list of numbers costs nothing."""
+    """How many members the objects of ``payload`` have, at least: those of the outer
+    object and of the objects right under it (records) unless ``deep``. A list is looked
+    into only when it holds objects, or lists that start with a list or an object, so a
+    matrix of numbers costs nothing. Counting less is safe (the exact check runs); more
+    never happens."""
     if type(payload) is not dict:
         return 0
     total = len(payload)
@@ -171,8 +187,13 @@ def _members_at_least(payload: Any, *, deep: bool) -> int:
         for value in payload.values():
             if type(value) is dict:
                 total += len(value)
-            elif type(value) is list and value and type(value[0]) is dict:
-                total += sum(len(item) for item in value if type(item) is dict)
+            elif (
+                type(value) is list
+                and value
+                and type(value[0]) is dict
+                and set(map(type, value)) == {dict}
+            ):
+                total += sum(map(len, value))  # in C: a thousand records in microseconds
         return total
     stack = [v for v in payload.values() if type(v) in _CONTAINERS]
     while stack:
@@ -180,9 +201,16 @@ def _members_at_least(payload: Any, *, deep: bool) -> int:
         if type(value) is dict:
             total += len(value)
             stack.extend(v for v in value.values() if type(v) in _CONTAINERS)
-        elif value and type(value[0]) in _CONTAINERS:
+        elif type(value) is list and value and _holds_containers(value):
             stack.extend(v for v in value if type(v) in _CONTAINERS)
     return total
+
+
+def _holds_containers(items: list[Any]) -> bool:
+    first = items[0]
+    if type(first) is dict:
+        return True
+    return type(first) is list and bool(first) and type(first[0]) in _CONTAINERS
 
 
 def _path_to(payload: Any, target: Any) -> str:

@@ -84,15 +84,11 @@ class LoadedModel:
         served this way."""
         started = time.perf_counter()
         values = self.validate(instances, may_hold_booleans=may_hold_booleans)
-        # Probabilities whenever the model has them, asked for or not: a label argmaxed
-        # from NaN scores is no answer either, and only they show it.
-        prediction = self.predict_prepared(values, with_proba=True)
+        prediction = self.predict_prepared(values, with_proba=with_proba)
         refused = non_finite_rows(prediction)
         if refused:
             # Before the observers: a refused prediction is neither logged nor monitored.
             raise _non_finite_output(refused)
-        if not with_proba and prediction.probabilities is not None:
-            prediction = Prediction(prediction.predictions, None, prediction.backend)
         if hooks.observed():
             hooks.notify(
                 hooks.PredictionEvent(
@@ -131,13 +127,21 @@ class LoadedModel:
         backend = self.backend
         if backend is not self.sklearn_backend:
             try:
-                prediction = backend.run(model_input, with_proba)
+                # Probabilities even when only labels are asked for: they cost onnxruntime
+                # next to nothing, and only they show a label argmaxed from NaN scores.
+                prediction = backend.run(model_input, self.has_proba)
             except Exception as exc:  # onnxruntime raises its own types; never a 500
                 self._fell_back(f"{type(exc).__name__}: {str(exc).partition(chr(10))[0]}")
             else:
                 if not non_finite_rows(prediction):
+                    if not with_proba and prediction.probabilities is not None:
+                        prediction = Prediction(prediction.predictions, None, prediction.backend)
                     return prediction
                 self._fell_back("NaN or infinite outputs")
+        # The pickle computes in float64, and scikit-learn's input checks at each step of a
+        # pipeline refuse an infinity made on the way (below). Scores that overflow in the
+        # last step show only in probabilities, which a request for labels alone (MLflow's)
+        # does not pay for here: they would double its cost.
         try:
             # Overflow is what the output check and the refusal below are for: numpy's
             # warnings about it would only fill the log.
