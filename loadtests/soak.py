@@ -19,14 +19,15 @@ requests are 1,000-row ones), sent by wrk with a Lua script:
 Workers are recycled after max_requests (deploy/gunicorn.conf.py; --max-requests sets
 MODEL_SERVICE_MAX_REQUESTS, 0 never recycles): a recycled worker is a new pid that
 starts from the master's copy-on-write pages. So the figures after warm-up (the first
---warm-up-minutes, default 5, at most a third of the run) are, from the first sample
-after warm-up to the last one:
+--warm-up-minutes, default 5, at most a third of the run) compare the samples of the
+first --window-minutes (5) after warm-up with those of the last ones:
 
-- the mean PSS of the workers alive at each of the two samples;
-- the PSS of each worker pid that was alive at both (none, when every worker was
-  recycled in between: say so rather than compare different processes);
-- the open file descriptors of the Gunicorn masters, of each worker alive at both, and
-  the most any live worker holds.
+- the mean PSS of the workers alive at each sample;
+- the PSS of each worker pid alive from the first sample after warm-up to the last
+  (none, when every worker was recycled in between: say so rather than compare
+  different processes);
+- the open file descriptors of the Gunicorn masters, of each worker alive through it
+  all, and the most a live worker holds.
 
 PASS when each of those PSS figures grew by at most --max-growth (10 %), no file
 descriptor count grew and no request failed; FAIL otherwise (exit status 1). A table
@@ -497,7 +498,9 @@ def judge(
 
     A worker's PSS moves by several MiB between two samples (its heap is given back to the
     system now and then: service/runtime/heap.py), so each end is the mean of the samples
-    in a window (``window_s``, at most half of what follows warm-up) rather than one."""
+    in a window (``window_s``, at most half of what follows warm-up) rather than one. File
+    descriptors are the fewest of a window's samples: one a thread holds open for a moment
+    (a file being read) is not growth, while a leaked one stays in every sample."""
     measured = [s for s in samples if s["workers"]]
     after = [s for s in measured if s["elapsed_s"] >= warm_up_s]
     if len(after) < 2:
@@ -532,7 +535,7 @@ def judge(
     for pid in sorted(lived):
         pss = [mib(statistics.fmean(of_pid(window, pid, "pss_kib"))) for window in (first, last)]
         rss = [mib(statistics.fmean(of_pid(window, pid, "rss_kib"))) for window in (first, last)]
-        fds = [max(of_pid(window, pid, "fds")) for window in (first, last)]
+        fds = [min(of_pid(window, pid, "fds")) for window in (first, last)]
         pss_growth = growth(*pss)
         through.append(
             {
@@ -557,12 +560,12 @@ def judge(
             "none: every worker was recycled (max_requests) in between, so only the mean "
             "over live workers compares",
         )
-    most = [max(w["fds"] for s in window for w in s["workers"]) for window in (first, last)]
+    most = [min(max(w["fds"] for w in s["workers"]) for s in window) for window in (first, last)]
     check("most fds of a live worker", most[1] <= most[0], f"{most[0]} -> {most[1]}")
     masters = {m["pid"] for m in after[0]["masters"]} & {m["pid"] for m in after[-1]["masters"]}
     for pid in sorted(masters):
         fds = [
-            max(m["fds"] for s in window for m in s["masters"] if m["pid"] == pid)
+            min(m["fds"] for s in window for m in s["masters"] if m["pid"] == pid)
             for window in (first, last)
         ]
         check(f"fds of master {pid}", fds[1] <= fds[0], f"{fds[0]} -> {fds[1]}")
