@@ -38,7 +38,7 @@ from service.protocols.grpc import open_inference_pb2 as pb
 from service.protocols.grpc import open_inference_pb2_grpc as pb_grpc
 from service.store import ModelStore
 
-EXAMPLES = int(os.environ.get("MODEL_SERVICE_CODEC_EXAMPLES", "100"))
+EXAMPLES = int(os.environ.get("MODEL_SERVICE_CODEC_EXAMPLES", "80"))
 settings.register_profile(
     "codecs",
     derandomize=True,
