@@ -212,7 +212,10 @@ def worker_exit(server, worker):
 def _terminate_with_parent(master_pid):
     import ctypes
     import signal
+    import sys
 
+    if not sys.platform.startswith("linux"):  # prctl is Linux's
+        return
     pr_set_pdeathsig = 1
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
