@@ -472,14 +472,13 @@ class LocalStack:
             else:
                 why = f"exited; see {self._log_path(name)}"
             found.append(f"{name} was not running ({why})")
-        for name in names:
-            if self._live_pid(name) is None:
-                continue
-            for event in events:
-                if event.program == name and event.kind == "exited":
-                    found.append(
-                        f"{name} exited at {event.clock} ({event.detail}) and was started again"
-                    )
+        live = {name for name in names if self._live_pid(name) is not None}
+        for event in events:  # oldest first
+            if event.kind == "exited" and event.program in live:
+                found.append(
+                    f"{event.program} exited at {event.clock} ({event.detail}) and was started "
+                    "again"
+                )
         return found
 
 
