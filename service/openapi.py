@@ -699,7 +699,10 @@ _FAILURES: dict[str, tuple[type[ServiceError], str]] = {
         BadRequest,
         "A malformed request: not JSON, a payload of the wrong shape, a malformed model "
         "name or version, a body in a Content-Encoding that does not decode "
-        "(`invalid_json`, `invalid_payload`, `missing_instances`, `invalid_model_name`, ...).",
+        "(`invalid_json`, `invalid_payload`, `missing_instances`, `invalid_model_name`, ...); "
+        "JSON that is not UTF-8 or starts with a byte order mark (`invalid_encoding`), a "
+        "number beyond a 64-bit float's range (`number_out_of_range`), an object repeating "
+        "a key (`duplicate_key`).",
     ),
     "Unauthorized": (
         Unauthorized,
@@ -732,8 +735,9 @@ _FAILURES: dict[str, tuple[type[ServiceError], str]] = {
     ),
     "InvalidInput": (
         InvalidInput,
-        "The instances do not fit the model's input schema (`invalid_input`); the details "
-        "list each problem with its instance and feature (InputProblem).",
+        "The instances do not fit the model's input schema (`invalid_input`), or the model "
+        "cannot score them: its outputs would be NaN or infinite (`non_finite_output`); the "
+        "details list each problem with its instance and feature (InputProblem).",
     ),
     "Internal": (
         ServiceError,
