@@ -202,11 +202,7 @@ class StoreMirror:
     def _take_aliases(self, name: str, text: str | None, verified: set[int]) -> bool:
         """Copy the authoritative aliases.yaml once every version it names is verified here."""
         path = self.local.layout.aliases_file(name)
-        try:
-            current = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            current = None
-        if text is None or text == current:
+        if not _replaces(text, path):
             return False
         try:
             state = yaml.safe_load(text) or {}
@@ -230,11 +226,7 @@ class StoreMirror:
         from service.keys import KEYS_FILE, parse_keys
 
         path = self.local.root / KEYS_FILE
-        try:
-            current = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            current = None
-        if text is None or text == current:
+        if not _replaces(text, path):
             return False
         try:
             parse_keys(text)
@@ -262,6 +254,16 @@ class StoreMirror:
             metadata_io.write_atomic(status_path(self.local.root), json.dumps(status) + "\n")
         except OSError as exc:
             log.error("cannot write the sync status: %s", exc)
+
+
+def _replaces(text: str | None, path: Path) -> bool:
+    """Whether the authoritative copy of a file (None: that store has none) differs from
+    the local one: a missing authoritative file never removes the local one."""
+    try:
+        current = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        current = None
+    return text is not None and text != current
 
 
 def describe(status: dict[str, Any] | None, interval: float, now: float) -> dict[str, Any]:
