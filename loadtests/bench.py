@@ -133,38 +133,29 @@ MAX_DURATION_S = 120
 MAX_CONNECTIONS = 256
 MAX_WORKERS = 16
 MAX_ROUNDS = 9
-WRK_RESULT_MARKER = "BENCH_RESULT "
+WRK_RESULT_MARKER = "WRK_RESULT "
 
-# Runs inside wrk: POST the body from $BENCH_WRK_BODY, and print the totals as one
-# JSON line so they need not be scraped from wrk's human-readable report. With
-# $BENCH_WRK_INTERVAL_MS set, each wrk thread paces its connections: delay() hands out
-# send times one interval apart (a slot missed while every connection was busy is
-# dropped, not made up in a burst), so the threads together aim at a fixed rate.
-WRK_SCRIPT = """\
-local body_file = assert(io.open(os.getenv("BENCH_WRK_BODY"), "rb"))
-wrk.method = "POST"
-wrk.body = body_file:read("*a")
-body_file:close()
--- One "Name: value" per line: the request headers (Content-Type among them).
-for line in io.lines(os.getenv("BENCH_WRK_HEADERS")) do
-  local name, value = line:match("^([^:]+):%s*(.*)$")
-  if name then wrk.headers[name] = value end
-end
-
-local interval_ms = tonumber(os.getenv("BENCH_WRK_INTERVAL_MS") or "")
+# The end of every wrk script of the load tests (this one's and loadtests/soak.py's). With
+# $WRK_INTERVAL_MS set, each wrk thread paces its connections: delay() hands out send
+# times one interval apart (a slot missed while every connection was busy is dropped, not
+# made up in a burst; at most $WRK_MAX_LAG_MS is caught up on), so the threads together
+# aim at a fixed rate. done() prints the totals as one JSON line so they need not be
+# scraped from wrk's human-readable report.
+WRK_PACING_AND_TOTALS = """\
+local interval_ms = tonumber(os.getenv("WRK_INTERVAL_MS") or "")
 if interval_ms then
   local ffi = require("ffi")
   ffi.cdef[[
-    typedef struct { long tv_sec; long tv_nsec; } bench_timespec;
-    int clock_gettime(int clock_id, bench_timespec *tp);
+    typedef struct { long tv_sec; long tv_nsec; } wrk_timespec;
+    int clock_gettime(int clock_id, wrk_timespec *tp);
   ]]
   local CLOCK_MONOTONIC = 1
-  local now = ffi.new("bench_timespec")
+  local now = ffi.new("wrk_timespec")
   local function now_ms()
     ffi.C.clock_gettime(CLOCK_MONOTONIC, now)
     return tonumber(now.tv_sec) * 1000 + tonumber(now.tv_nsec) / 1e6
   end
-  local max_lag_ms = tonumber(os.getenv("BENCH_WRK_MAX_LAG_MS"))
+  local max_lag_ms = tonumber(os.getenv("WRK_MAX_LAG_MS"))
   local next_ms = nil
   delay = function()
     local t = now_ms()
@@ -190,6 +181,24 @@ done = function(summary, latency, requests)
     latency:percentile(50), latency:percentile(99)))
 end
 """.replace("MARKER", WRK_RESULT_MARKER)
+
+# Runs inside wrk: POST the body from $BENCH_WRK_BODY with the headers from
+# $BENCH_WRK_HEADERS.
+WRK_SCRIPT = (
+    """\
+local body_file = assert(io.open(os.getenv("BENCH_WRK_BODY"), "rb"))
+wrk.method = "POST"
+wrk.body = body_file:read("*a")
+body_file:close()
+-- One "Name: value" per line: the request headers (Content-Type among them).
+for line in io.lines(os.getenv("BENCH_WRK_HEADERS")) do
+  local name, value = line:match("^([^:]+):%s*(.*)$")
+  if name then wrk.headers[name] = value end
+end
+
+"""
+    + WRK_PACING_AND_TOTALS
+)
 
 
 class BenchError(Exception):
@@ -395,44 +404,16 @@ class WrkLoad:
         headers_file.write_text(
             "".join(f"{name}: {value}\n" for name, value in (headers or JSON_HEADERS).items())
         )
-        command = [
+        totals = run_wrk(
             self.binary,
-            "--threads",
-            str(self.threads),
-            "--connections",
-            str(self.connections),
-            "--duration",
-            f"{duration}s",
-            "--timeout",
-            f"{int(REQUEST_TIMEOUT_S)}s",
-            "--latency",
-            "--script",
-            str(self.script),
+            self.script,
             url,
-        ]
-        env = {
-            **os.environ,
-            "BENCH_WRK_BODY": str(body_file),
-            "BENCH_WRK_HEADERS": str(headers_file),
-        }
-        env.pop("BENCH_WRK_INTERVAL_MS", None)
-        if rate is not None:
-            env["BENCH_WRK_INTERVAL_MS"] = f"{1000.0 * self.threads / rate:.6f}"
-            env["BENCH_WRK_MAX_LAG_MS"] = f"{1000.0 * PACING_MAX_LAG_S:.0f}"
-        done = subprocess.run(
-            command,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=duration + REQUEST_TIMEOUT_S + 30,
-            check=False,
+            self.threads,
+            self.connections,
+            duration,
+            {"BENCH_WRK_BODY": str(body_file), "BENCH_WRK_HEADERS": str(headers_file)},
+            rate,
         )
-        line = next(
-            (ln for ln in done.stdout.splitlines() if ln.startswith(WRK_RESULT_MARKER)), None
-        )
-        if done.returncode != 0 or line is None:
-            raise BenchError(f"wrk failed (exit {done.returncode}): {done.stderr or done.stdout}")
-        totals = json.loads(line[len(WRK_RESULT_MARKER) :])
         return LoadResult(
             requests=totals["requests"],
             errors=totals["status_errors"] + totals["socket_errors"],
@@ -440,6 +421,52 @@ class WrkLoad:
             p50_ms=totals["p50_us"] / 1000,
             p99_ms=totals["p99_us"] / 1000,
         )
+
+
+def run_wrk(
+    binary: str,
+    script: Path,
+    url: str,
+    threads: int,
+    connections: int,
+    duration_s: int,
+    script_env: dict[str, str],
+    rate: float | None = None,
+) -> dict[str, float]:
+    """One wrk run of a script that ends with WRK_PACING_AND_TOTALS: a closed loop, or with
+    ``rate`` (req/s, all threads together) a paced load. The totals its done() printed."""
+    env = {**os.environ, **script_env}
+    env.pop("WRK_INTERVAL_MS", None)
+    if rate is not None:
+        env["WRK_INTERVAL_MS"] = f"{1000.0 * threads / rate:.6f}"
+        env["WRK_MAX_LAG_MS"] = f"{1000.0 * PACING_MAX_LAG_S:.0f}"
+    command = [
+        binary,
+        "--threads",
+        str(threads),
+        "--connections",
+        str(connections),
+        "--duration",
+        f"{duration_s}s",
+        "--timeout",
+        f"{int(REQUEST_TIMEOUT_S)}s",
+        "--latency",
+        "--script",
+        str(script),
+        url,
+    ]
+    done = subprocess.run(
+        command,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=duration_s + REQUEST_TIMEOUT_S + 30,
+        check=False,
+    )
+    line = next((ln for ln in done.stdout.splitlines() if ln.startswith(WRK_RESULT_MARKER)), None)
+    if done.returncode != 0 or line is None:
+        raise BenchError(f"wrk failed (exit {done.returncode}): {done.stderr or done.stdout}")
+    return json.loads(line[len(WRK_RESULT_MARKER) :])
 
 
 def _wrk_version(binary: str) -> str:

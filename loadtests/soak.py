@@ -48,7 +48,6 @@ import os
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -74,16 +73,13 @@ BATCH_ROWS = bench.BATCH_ROWS
 # worker holds one more socket while it answers a request.
 FD_READS = 5
 FD_READ_GAP_S = 0.05
-WRK_MARKER = "SOAK_RESULT "
 STACK_READY_TIMEOUT_S = 120.0
-REQUEST_TIMEOUT_S = 30
 
 # Runs inside each wrk thread. $SOAK_WRK_MANIFEST: the first line is the order requests go
-# out in (indices, repeated), every further line the file of one whole HTTP request. With
-# $SOAK_WRK_INTERVAL_MS, the thread paces its connections (as loadtests/bench.py's P5
-# does): delay() hands out send times one interval apart; one missed while every
-# connection was busy is dropped (at most $SOAK_WRK_MAX_LAG_MS is caught up on).
-WRK_SCRIPT = """\
+# out in (indices, repeated), every further line the file of one whole HTTP request. Paced
+# and summed up as loadtests/bench.py's script is (bench.WRK_PACING_AND_TOTALS).
+WRK_SCRIPT = (
+    """\
 local manifest = assert(io.open(os.getenv("SOAK_WRK_MANIFEST"), "r"))
 local order = {}
 for index in manifest:read("*l"):gmatch("%d+") do order[#order + 1] = tonumber(index) end
@@ -101,45 +97,9 @@ request = function()
   return raw[order[position]]
 end
 
-local interval_ms = tonumber(os.getenv("SOAK_WRK_INTERVAL_MS") or "")
-if interval_ms then
-  local ffi = require("ffi")
-  ffi.cdef[[
-    typedef struct { long tv_sec; long tv_nsec; } soak_timespec;
-    int clock_gettime(int clock_id, soak_timespec *tp);
-  ]]
-  local CLOCK_MONOTONIC = 1
-  local now = ffi.new("soak_timespec")
-  local function now_ms()
-    ffi.C.clock_gettime(CLOCK_MONOTONIC, now)
-    return tonumber(now.tv_sec) * 1000 + tonumber(now.tv_nsec) / 1e6
-  end
-  local max_lag_ms = tonumber(os.getenv("SOAK_WRK_MAX_LAG_MS"))
-  local next_ms = nil
-  delay = function()
-    local t = now_ms()
-    if next_ms == nil then
-      next_ms = t
-    elseif next_ms < t - max_lag_ms then
-      next_ms = t - max_lag_ms
-    end
-    local wait = next_ms - t
-    next_ms = next_ms + interval_ms
-    if wait < 0 then return 0 end
-    return wait
-  end
-end
-
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    "%s{\\"requests\\": %d, \\"duration_us\\": %.0f, \\"status_errors\\": %d, "
-      .. "\\"socket_errors\\": %d, \\"p50_us\\": %.1f, \\"p99_us\\": %.1f}\\n",
-    "MARKER", summary.requests, summary.duration, e.status,
-    e.connect + e.read + e.write + e.timeout,
-    latency:percentile(50), latency:percentile(99)))
-end
-""".replace("MARKER", WRK_MARKER)
+"""
+    + bench.WRK_PACING_AND_TOTALS
+)
 
 
 class SoakError(Exception):
@@ -342,39 +302,16 @@ class Wrk:
 
     def run(self, seconds: float, rate: float | None = None) -> LoadRun:
         """A closed loop, or with ``rate`` (req/s over all threads) a paced load."""
-        duration = max(1, round(seconds))
-        env = {**os.environ, "SOAK_WRK_MANIFEST": str(self.manifest)}
-        env.pop("SOAK_WRK_INTERVAL_MS", None)
-        if rate is not None:
-            env["SOAK_WRK_INTERVAL_MS"] = f"{1000.0 * self.threads / rate:.6f}"
-            env["SOAK_WRK_MAX_LAG_MS"] = f"{1000.0 * bench.PACING_MAX_LAG_S:.0f}"
-        command = [
+        totals = bench.run_wrk(
             self.binary,
-            "--threads",
-            str(self.threads),
-            "--connections",
-            str(self.connections),
-            "--duration",
-            f"{duration}s",
-            "--timeout",
-            f"{REQUEST_TIMEOUT_S}s",
-            "--latency",
-            "--script",
-            str(self.script),
+            self.script,
             self.url + "/",
-        ]
-        done = subprocess.run(
-            command,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=duration + REQUEST_TIMEOUT_S + 30,
-            check=False,
+            self.threads,
+            self.connections,
+            max(1, round(seconds)),
+            {"SOAK_WRK_MANIFEST": str(self.manifest)},
+            rate,
         )
-        line = next((ln for ln in done.stdout.splitlines() if ln.startswith(WRK_MARKER)), None)
-        if done.returncode != 0 or line is None:
-            raise SoakError(f"wrk failed (exit {done.returncode}): {done.stderr or done.stdout}")
-        totals = json.loads(line[len(WRK_MARKER) :])
         return LoadRun(
             requests=totals["requests"],
             status_errors=totals["status_errors"],
@@ -802,7 +739,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         results = soak(args)
-    except (SoakError, StackError) as exc:
+    except (SoakError, bench.BenchError, StackError) as exc:
         print(f"soak: error: {exc}", file=sys.stderr)
         return 1
     print(render(results))
