@@ -16,7 +16,6 @@ import http.client
 import itertools
 import json
 import re
-import shutil
 import signal
 import socket
 import socketserver
@@ -25,7 +24,6 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import NamedTuple
 
 import pytest
@@ -38,7 +36,7 @@ from service.localstack import (
     nginx_binary,
     render_nginx_config,
 )
-from tests.integration.conftest import require_nginx
+from tests.integration.conftest import nginx_stack, require_nginx, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -66,53 +64,21 @@ class Answer(NamedTuple):
 
 
 @pytest.fixture(scope="module")
-def certificate(tmp_path_factory) -> tuple[Path, Path]:
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed")
-    directory = tmp_path_factory.mktemp("tls")
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(
-        [
-            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
-            *("-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"),
-            *("-keyout", str(key), "-out", str(cert)),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    return cert, key
-
-
-@pytest.fixture(scope="module")
 def edge(certificate, tmp_path_factory) -> Iterator[LocalStack]:
     """One Gunicorn worker (an empty store is enough) behind Nginx with HTTPS."""
-    require_nginx()
-    base = tmp_path_factory.mktemp("edge")
-    (base / "store").mkdir()
     cert, key = certificate
-    stack = LocalStack(
-        runtime_dir=base / "run",
-        store=base / "store",
-        port=free_port(),
-        workers=1,
-        use_nginx=True,
-        extra_env={
-            "MODEL_SERVICE_RATE_LIMIT": f"{RATE}r/s",
-            "MODEL_SERVICE_RATE_LIMIT_BURST": str(BURST),
-            "MODEL_SERVICE_CONN_LIMIT_PER_CLIENT": str(CONN_LIMIT),
-            "MODEL_SERVICE_ADMIN_NETWORKS": f"{LISTED_ADMIN_ADDRESS}/32",
-            "MODEL_SERVICE_TLS_CERTIFICATE": str(cert),
-            "MODEL_SERVICE_TLS_CERTIFICATE_KEY": str(key),
-            "MODEL_SERVICE_TLS_PORT": str(free_port()),
-            "MODEL_SERVICE_MAX_BODY_BYTES": str(MAX_BODY_BYTES),
-        },
-    )
-    stack.start(ready_timeout=90)
-    try:
-        yield stack
-    finally:
-        stack.stop()
+    extra_env = {
+        "MODEL_SERVICE_RATE_LIMIT": f"{RATE}r/s",
+        "MODEL_SERVICE_RATE_LIMIT_BURST": str(BURST),
+        "MODEL_SERVICE_CONN_LIMIT_PER_CLIENT": str(CONN_LIMIT),
+        "MODEL_SERVICE_ADMIN_NETWORKS": f"{LISTED_ADMIN_ADDRESS}/32",
+        "MODEL_SERVICE_TLS_CERTIFICATE": str(cert),
+        "MODEL_SERVICE_TLS_CERTIFICATE_KEY": str(key),
+        "MODEL_SERVICE_TLS_PORT": str(free_port()),
+        "MODEL_SERVICE_MAX_BODY_BYTES": str(MAX_BODY_BYTES),
+    }
+    with nginx_stack(tmp_path_factory, "edge", extra_env, workers=1) as started:
+        yield started
 
 
 @pytest.fixture(scope="module")
@@ -175,16 +141,6 @@ def own_bucket(**headers: str) -> dict[str, str]:
 
 
 _KEYS = itertools.count()
-
-
-def wait_for(condition, timeout: float = 15.0, step: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError(f"not true within {timeout}s: {condition.__doc__ or condition}")
 
 
 # -- what Nginx answers itself ---------------------------------------------------------------
