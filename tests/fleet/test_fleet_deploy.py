@@ -99,6 +99,25 @@ def iris_body() -> dict:
     return {"instances": [[5.1, 3.5, 1.4, 0.2]]}
 
 
+def iris_load(fleet: RunningFleet, balancer: str, **limits) -> BoundedLoad:
+    """Iris predictions through the balancer with the fleet's predict key, until ``limits``
+    (max_requests, max_seconds) run out."""
+    return BoundedLoad(
+        f"{balancer}/v1/models/{IRIS}/predict",
+        iris_body(),
+        headers=predict_headers(fleet),
+        **limits,
+    )
+
+
+def check_every_host_serves(fleet: RunningFleet, balancer: str) -> None:
+    """300 predictions through the balancer: none fails, and every app host answers some."""
+    with iris_load(fleet, balancer, max_requests=300) as load:
+        load.wait_done()
+    assert load.failures == []
+    assert set(load.served_by) == set(APP_HOSTS)
+
+
 def host_url(fleet: RunningFleet, host: str) -> str:
     return f"http://{fleet.address(host)}:{APP_PORT}"
 
@@ -159,15 +178,7 @@ def test_a_fresh_deploy_serves_from_every_host(fleet, balancer):
     result, seconds = make(fleet, "deploy")
     check_make(result)
     figure("first deploy of 3 app hosts", f"{seconds:.0f} s (make deploy)")
-    with BoundedLoad(
-        f"{balancer}/v1/models/{IRIS}/predict",
-        iris_body(),
-        headers=predict_headers(fleet),
-        max_requests=300,
-    ) as load:
-        load.wait_done()
-    assert load.failures == []
-    assert set(load.served_by) == set(APP_HOSTS)
+    check_every_host_serves(fleet, balancer)
     for host in APP_HOSTS:
         ready = requests.get(f"{host_url(fleet, host)}/readyz", timeout=5).json()
         assert ready["store_sync"]["reachable"] is True
@@ -252,12 +263,7 @@ def test_a_key_made_in_the_fleets_store_works_on_every_host_and_its_revocation_t
 
 
 def test_sigkill_of_a_hosts_gunicorn_under_load_fails_no_prediction(fleet, balancer):
-    with BoundedLoad(
-        f"{balancer}/v1/models/{IRIS}/predict",
-        iris_body(),
-        headers=predict_headers(fleet),
-        max_seconds=300,
-    ) as load:
+    with iris_load(fleet, balancer, max_seconds=300) as load:
         load.wait_for(200)
         victims = gunicorn_pids(fleet, "app1")
         assert victims
@@ -279,12 +285,7 @@ def test_sigkill_of_a_hosts_gunicorn_under_load_fails_no_prediction(fleet, balan
 
 def test_with_the_store_host_down_serving_goes_on_and_catches_up(fleet, balancer, keys):
     link = store_link(fleet)
-    with BoundedLoad(
-        f"{balancer}/v1/models/{IRIS}/predict",
-        iris_body(),
-        headers=predict_headers(fleet),
-        max_seconds=300,
-    ) as load:
+    with iris_load(fleet, balancer, max_seconds=300) as load:
         set_link(fleet, link, "down")
         try:
             for host in APP_HOSTS:
@@ -347,12 +348,7 @@ def test_backup_wipe_restore_gives_the_same_store_and_every_host_serves(
     fleet.ssh("store", f"rm -rf {STORE_PATH}/*")
     assert authoritative.manifest()["models"] == {}
     # An emptied store does not empty the hosts: they keep their verified versions.
-    with BoundedLoad(
-        f"{balancer}/v1/models/{IRIS}/predict",
-        iris_body(),
-        headers=predict_headers(fleet),
-        max_requests=200,
-    ) as load:
+    with iris_load(fleet, balancer, max_requests=200) as load:
         load.wait_done()
     assert load.failures == []
     run = subprocess.run([modelctl, "restore", str(archive), "--store", url], env=env,
@@ -363,14 +359,7 @@ def test_backup_wipe_restore_gives_the_same_store_and_every_host_serves(
         eventually(lambda h=host: sync_view(fleet, h)["reachable"], 30, f"{host} in step")
         local = fleet.ssh(host, f"cat /var/lib/model-service/store/{IRIS}/aliases.yaml").stdout
         assert local == manifest_before["models"][IRIS]["aliases"]
-    with BoundedLoad(
-        f"{balancer}/v1/models/{IRIS}/predict",
-        iris_body(),
-        headers=predict_headers(fleet),
-        max_requests=300,
-    ) as load:
-        load.wait_done()
-    assert load.failures == [] and set(load.served_by) == set(APP_HOSTS)
+    check_every_host_serves(fleet, balancer)
 
 
 # -- 2. a rolling upgrade under load -----------------------------------------------------------
@@ -378,12 +367,7 @@ def test_backup_wipe_restore_gives_the_same_store_and_every_host_serves(
 
 def test_a_rolling_upgrade_under_load_fails_no_request(fleet, balancer):
     before = {host: current_release(fleet, host) for host in APP_HOSTS}
-    with BoundedLoad(
-        f"{balancer}/v1/models/{IRIS}/predict",
-        iris_body(),
-        headers=predict_headers(fleet),
-        max_seconds=3000,
-    ) as load:
+    with iris_load(fleet, balancer, max_seconds=3000) as load:
         load.wait_for(100)
         result, seconds = make(fleet, "deploy", "RELEASE=upgrade-2")
         load.wait_for(100)
@@ -416,12 +400,7 @@ def test_a_host_failing_its_gate_stops_the_rollout_and_the_release_rolls_back(fl
     broken["all"]["vars"]["gate_timeout"] = 30
     inventory.write_text(yaml.safe_dump(broken, sort_keys=False))
     try:
-        with BoundedLoad(
-            f"{balancer}/v1/models/{IRIS}/predict",
-            iris_body(),
-            headers=predict_headers(fleet),
-            max_seconds=3000,
-        ) as load:
+        with iris_load(fleet, balancer, max_seconds=3000) as load:
             load.wait_for(100)
             result, seconds = make(fleet, "deploy", "RELEASE=release-3")
             load.wait_for(100)
@@ -441,12 +420,7 @@ def test_a_host_failing_its_gate_stops_the_rollout_and_the_release_rolls_back(fl
     assert load.served_by["app3"] > 0
     # The fleet back to the release before the stopped one: app1 and app2 go back (app2 with
     # the settings it last passed its gate with), app3 is not touched.
-    with BoundedLoad(
-        f"{balancer}/v1/models/{IRIS}/predict",
-        iris_body(),
-        headers=predict_headers(fleet),
-        max_seconds=3000,
-    ) as load:
+    with iris_load(fleet, balancer, max_seconds=3000) as load:
         load.wait_for(100)
         result, seconds = make(fleet, "rollback-release")
         load.wait_for(100)
@@ -455,14 +429,7 @@ def test_a_host_failing_its_gate_stops_the_rollout_and_the_release_rolls_back(fl
            f"{len(load.failures)} failed, {load.reconnects} sent again")  # fmt: skip
     assert load.failures == []
     assert {host: current_release(fleet, host) for host in APP_HOSTS} == first
-    with BoundedLoad(
-        f"{balancer}/v1/models/{IRIS}/predict",
-        iris_body(),
-        headers=predict_headers(fleet),
-        max_requests=300,
-    ) as load:
-        load.wait_done()
-    assert load.failures == [] and set(load.served_by) == set(APP_HOSTS)
+    check_every_host_serves(fleet, balancer)
 
 
 # -- helpers -------------------------------------------------------------------------------------
