@@ -21,6 +21,7 @@ from service.api import request_ids
 from service.config import Settings
 from service.edge import edge_variables, render, render_nginx_config
 from service.localstack import NGINX_TEMPLATE, nginx_binary
+from tests.fleet.test_ansible_static import EDGE_SETTINGS
 
 ROOT = Path(__file__).resolve().parent.parent
 BALANCER_DEFAULTS = ROOT / "deploy" / "ansible" / "roles" / "balancer" / "defaults" / "main.yml"
@@ -181,20 +182,12 @@ def test_the_default_limits_stay_clear_of_the_benchmarks(tmp_path):
 def test_the_balancers_defaults_are_the_settings_defaults():
     defaults = yaml.safe_load(BALANCER_DEFAULTS.read_text())
     settings = Settings()
-    for name in (
-        "rate_limit",
-        "rate_limit_burst",
-        "conn_limit_per_client",
-        "admin_networks",
-        "tls_certificate",
-        "tls_certificate_key",
-        "hsts_max_age",
-    ):
+    # HTTPS's own port on a balancer (root binds it); 8443 for `modelctl serve`.
+    assert defaults["balancer_tls_port"] == 443
+    for name in sorted(set(EDGE_SETTINGS) - {"tls_port"}):
         value = defaults[f"balancer_{name}"]
         expected = getattr(settings, name)
         assert (tuple(value) if isinstance(value, list) else value) == expected, name
-    # HTTPS's own port on a balancer (root binds it); 8443 for `modelctl serve`.
-    assert defaults["balancer_tls_port"] == 443
 
 
 def test_tls_listens_next_to_the_plain_listener_and_redirects_there(certificate, tmp_path):
