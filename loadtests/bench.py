@@ -53,7 +53,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -683,13 +683,18 @@ def smaps_rollup_kib(pid: int) -> dict[str, int]:
     return values
 
 
+def total_pss_kib(pids: Iterable[int]) -> int:
+    """The proportional set size of these processes together: shared pages counted once."""
+    return sum(smaps_rollup_kib(pid)["Pss"] for pid in pids)
+
+
 def stack_memory(stack: LocalStack) -> dict[str, Any]:
     masters = list(stack.master_pids().values())
     workers = stack.worker_pids()
     if not masters or not workers:
         raise BenchError(f"no Gunicorn master or workers to measure in {stack.runtime_dir}")
     # Every instance's master (the local stack runs two, each with half the workers).
-    master_pss = sum(smaps_rollup_kib(pid)["Pss"] for pid in masters)
+    master_pss = total_pss_kib(masters)
     worker_kib = [smaps_rollup_kib(pid) for pid in workers]
     # The largest worker stands for "one worker": the others differ only by what they touched.
     largest = max(worker_kib, key=lambda kib: kib["Pss"])

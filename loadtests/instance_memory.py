@@ -23,7 +23,7 @@ import requests
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from loadtests.bench import smaps_rollup_kib  # noqa: E402
+from loadtests.bench import total_pss_kib  # noqa: E402
 from service.localstack import LocalStack, free_port  # noqa: E402
 from service.store import ModelStore  # noqa: E402
 
@@ -67,9 +67,9 @@ def measure(store_dir: Path, workers: int, instances: int, workdir: Path) -> dic
         workers_pids = stack.worker_pids()
         supervisor = stack.running_pids()["supervisord"]
         return {
-            "masters_mib": sum(smaps_rollup_kib(p)["Pss"] for p in masters) / 1024,
-            "workers_mib": sum(smaps_rollup_kib(p)["Pss"] for p in workers_pids) / 1024,
-            "supervisord_mib": smaps_rollup_kib(supervisor)["Pss"] / 1024,
+            "masters_mib": total_pss_kib(masters) / 1024,
+            "workers_mib": total_pss_kib(workers_pids) / 1024,
+            "supervisord_mib": total_pss_kib([supervisor]) / 1024,
         }
     finally:
         stack.stop()
