@@ -25,7 +25,7 @@ import requests
 from service.localstack import LocalStack, free_port
 from service.store import ModelStore
 from tests.fleet.load import BoundedLoad
-from tests.integration.conftest import demo_stack, require_nginx
+from tests.integration.conftest import demo_stack, require_nginx, wait_for
 from tests.integration.fault_models import Shifted, SlowToUnpickle
 from tests.integration.test_hot_swap import publish_copy
 from tests.test_api import IRIS, IRIS_ROW
@@ -44,16 +44,6 @@ FAULT_SECONDS = 20.0
 RATE = 80.0
 # A version's answers are moved this far from version 1's: any answer shows its author.
 SHIFT = 1000.0
-
-
-def wait_for(condition, timeout: float = 30.0, step: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError(f"not true within {timeout}s: {condition.__doc__ or condition}")
 
 
 @pytest.fixture(scope="module")
