@@ -425,10 +425,9 @@ class LocalStack:
         if nginx is not None:
             _terminate(nginx, signal.SIGQUIT, timeout)
             stopped.append(f"nginx (pid {nginx})")
+        known = self._known_names()
         programs = [
-            name
-            for name in ("grpc", "gunicorn", "gunicorn-a", "gunicorn-b")
-            if name in self._known_names()
+            name for name in ("grpc", "gunicorn", "gunicorn-a", "gunicorn-b") if name in known
         ]
         live = {name: self._live_pid(name) for name in programs}
         supervisor = self._live_pid("supervisord")
@@ -460,9 +459,10 @@ class LocalStack:
         if not names:
             return []
         events = supervisor_events(self.supervisor_log)
+        live = {name for name in names if self._live_pid(name) is not None}
         found = []
         for name in names:
-            if self._live_pid(name) is not None:
+            if name in live:
                 continue
             exits = [e for e in events if e.program == name and e.kind in ("exited", "gave up")]
             if name == "supervisord":
@@ -472,7 +472,6 @@ class LocalStack:
             else:
                 why = f"exited; see {self._log_path(name)}"
             found.append(f"{name} was not running ({why})")
-        live = {name for name in names if self._live_pid(name) is not None}
         for event in events:  # oldest first
             if event.kind == "exited" and event.program in live:
                 found.append(
