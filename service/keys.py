@@ -153,8 +153,15 @@ class ApiKey:
 
 
 def parse_keys(text: str | None) -> dict[str, ApiKey]:
-    """The keys of a key file's text; ValueError says what is wrong with it."""
-    data = yaml.safe_load(text or "") or {}
+    """The keys of a key file's text; ValueError says what is wrong with it, without quoting
+    the file (PyYAML's own message shows the offending line, which may hold a digest)."""
+    try:
+        data = yaml.safe_load(text or "") or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise ValueError(f"not valid YAML{where}: {problem}") from None
     entries = data.get("keys") if isinstance(data, dict) else None
     if entries is None:
         entries = {}
@@ -259,7 +266,7 @@ class KeyRing:
             return {}
         try:
             return parse_keys(text)
-        except (ValueError, yaml.YAMLError) as exc:
+        except ValueError as exc:
             raise BadRequest(f"the key file {self.path} cannot be read: {exc}") from None
 
     def _write(self, keys: dict[str, ApiKey]) -> None:
@@ -363,7 +370,7 @@ class KeyVerifier:
     def _load(self) -> tuple[ApiKey, ...]:
         try:
             return tuple(parse_keys(self.path.read_text(encoding="utf-8")).values())
-        except (OSError, ValueError, yaml.YAMLError) as exc:
+        except (OSError, ValueError) as exc:
             # Keep the keys read before: a broken file must not open or close everything.
             log.error(
                 "the key file %s cannot be read (%s); keeping the keys read before", self.path, exc

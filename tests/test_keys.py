@@ -31,6 +31,7 @@ from service.keys import (
     KeyVerifier,
     digest,
     parse_expiry,
+    parse_keys,
 )
 from service.protocols.grpc import open_inference_pb2 as pb
 from service.protocols.grpc import open_inference_pb2_grpc as pb_grpc
@@ -145,6 +146,14 @@ def test_a_broken_file_keeps_the_keys_read_before(tmp_path):
     (tmp_path / KEYS_FILE).write_text("keys: [not, a, mapping")
     time.sleep(0.1)
     assert _allowed(keys, "k", "read")
+
+
+def test_a_broken_file_is_reported_without_quoting_its_digests():
+    sha256 = digest("k")
+    with pytest.raises(ValueError) as caught:
+        parse_keys(f"keys:\n  k:\n    sha256: {sha256}: [read\n")
+    assert str(caught.value).startswith("not valid YAML at line 3")
+    assert sha256 not in str(caught.value)
 
 
 def test_last_use_is_written_at_most_once_per_interval(tmp_path):

@@ -230,7 +230,7 @@ class StoreMirror:
             return False
         try:
             parse_keys(text)
-        except (ValueError, yaml.YAMLError) as exc:
+        except ValueError as exc:
             raise StoreError(
                 f"the authoritative key file is not valid ({exc}); keeping this host's"
             ) from None
