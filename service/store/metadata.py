@@ -294,14 +294,15 @@ def dump(metadata: dict[str, Any]) -> str:
     return yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True, width=100)
 
 
-def write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str | bytes) -> None:
     """Write through a temporary file and os.replace, so readers never see half a file."""
     path = Path(path)
+    data = text.encode() if isinstance(text, str) else text
     fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
     try:
         os.fchmod(fd, 0o644)  # mkstemp makes 0600; every worker user must read the store
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp_name, path)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from service.errors import SignatureRefused, StoreError
-from service.store.layout import TEMP_PREFIX
+from service.store.metadata import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -178,17 +178,7 @@ def write_signature(directory: Path, data: bytes) -> Path:
     if not data or len(data) > MAX_SIGNATURE_BYTES:
         raise StoreError(f"a signature is 1 to {MAX_SIGNATURE_BYTES} bytes, not {len(data)}")
     target = directory / SIGNATURE_FILE
-    staged = directory / f"{TEMP_PREFIX}{os.getpid()}-{SIGNATURE_FILE}"
-    try:
-        with open(staged, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(staged, 0o644)
-        os.replace(staged, target)
-    except BaseException:
-        staged.unlink(missing_ok=True)
-        raise
+    write_atomic(target, data)
     return target
 
 
