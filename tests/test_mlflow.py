@@ -481,6 +481,15 @@ BAD_REQUESTS = [
         "(5000 characters) is beyond the range of a 64-bit float",
     ),
     (
+        "a CSV integer of as many digits as the largest float, but larger",
+        (CSV_HEADER + "\n5.1,3.5,1.4," + "9" * 309 + "\n").encode(),
+        "text/csv",
+        400,
+        "BAD_REQUEST",
+        "CSV row 0 (line 2), column 'petal_width_cm': the number 9999999999999999...99999999 "
+        "(309 characters) is beyond the range of a 64-bit float",
+    ),
+    (
         "a CSV number beyond float range",
         (CSV_HEADER + "\n5.1,3.5,1.4,0.2\n5.1,-1e400,1.4,0.2\n").encode(),
         "text/csv",

@@ -27,11 +27,10 @@ import io
 import logging
 import math
 import re
-import sys
 from typing import Any
 
 from service.errors import BadRequest, TooManyInstances, UnsupportedMediaType
-from service.protocols.native import parse_json
+from service.protocols.native import NumberOutOfRange, finite_float, int_in_range, parse_json
 from service.runtime.model import LoadedModel, Prediction
 from service.runtime.schema import InputSchema
 
@@ -60,7 +59,6 @@ _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 _INTEGER = re.compile(r"[+-]?\d+")
 _NON_FINITE = {"nan": math.nan, "-nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 _NON_FINITE.update({"+inf": math.inf, "infinity": math.inf, "-infinity": -math.inf})
-_MAX_FLOAT_DIGITS = len(str(int(sys.float_info.max)))
 
 
 @dataclasses.dataclass
@@ -308,7 +306,7 @@ def instances_from_csv(body: bytes, schema: InputSchema, max_instances: int) -> 
             )
         try:
             rows.append([parse(value) for parse, value in zip(parsers, record, strict=True)])
-        except _OutOfRange as exc:
+        except NumberOutOfRange as exc:
             column = header[next(j for j, v in enumerate(record) if v.strip() == exc.literal)]
             raise BadRequest(
                 f"CSV row {i} (line {i + 2}), column {column!r}: the number "
@@ -319,30 +317,18 @@ def instances_from_csv(body: bytes, schema: InputSchema, max_instances: int) -> 
     return _rows_in_feature_order(header, rows, schema)
 
 
-class _OutOfRange(ValueError):
-    def __init__(self, literal: str):
-        super().__init__(literal)
-        self.literal = literal
-
-
 def _number(text: str) -> Any:
     """A field for a numeric feature: int, float, None (empty), or the text as it was
     (for validation to refuse as 'expected a number'). A number beyond the range of a
-    float raises _OutOfRange (it would otherwise become an infinity nobody wrote)."""
+    float raises NumberOutOfRange, as in a JSON body (it would otherwise become an
+    infinity nobody wrote)."""
     stripped = text.strip()
     if not stripped:
         return None
     if _INTEGER.fullmatch(stripped):
-        # More digits than the largest float has is out of range (and int() refuses
-        # more than 4300 digits with an error of its own).
-        if len(stripped.lstrip("+-")) > _MAX_FLOAT_DIGITS:
-            raise _OutOfRange(stripped)
-        return int(stripped)
+        return int_in_range(stripped)
     if _NUMBER.fullmatch(stripped):
-        number = float(stripped)
-        if math.isinf(number):
-            raise _OutOfRange(stripped)
-        return number
+        return finite_float(stripped)
     return _NON_FINITE.get(stripped.lower(), text)
 
 

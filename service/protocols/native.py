@@ -49,7 +49,9 @@ _NUMBER_AFTER = r"(?![0-9.eE+-])"
 _NUMBER_BEFORE = r"(?<![0-9.eE+-])"
 
 
-class _OutOfRange(ValueError):
+class NumberOutOfRange(ValueError):
+    """A number literal beyond the range of a 64-bit float (JSON here, CSV in mlflow)."""
+
     def __init__(self, literal: str):
         super().__init__(literal)
         self.literal = literal
@@ -96,9 +98,9 @@ def _parse_leniently(body: bytes, fast_error: orjson.JSONDecodeError | None) -> 
 
     try:
         payload = json.loads(
-            text, parse_float=_finite_float, parse_int=_int_in_range, object_pairs_hook=unique_keys
+            text, parse_float=finite_float, parse_int=int_in_range, object_pairs_hook=unique_keys
         )
-    except _OutOfRange as exc:
+    except NumberOutOfRange as exc:
         found = re.search(_NUMBER_BEFORE + re.escape(exc.literal) + _NUMBER_AFTER, text)
         raise _out_of_range(exc.literal, found.start() if found else None, text) from None
     except (ValueError, RecursionError) as slow_error:
@@ -115,23 +117,23 @@ def _parse_leniently(body: bytes, fast_error: orjson.JSONDecodeError | None) -> 
     return payload
 
 
-def _finite_float(literal: str) -> float:
+def finite_float(literal: str) -> float:
     value = float(literal)
     if math.isinf(value):
-        raise _OutOfRange(literal)
+        raise NumberOutOfRange(literal)
     return value
 
 
-def _int_in_range(literal: str) -> int:
+def int_in_range(literal: str) -> int:
     # More digits than the largest float has: out of range, before int() works on it
-    # (it refuses more than 4300 digits with a ValueError of its own).
-    if len(literal.lstrip("-")) > _MAX_FLOAT_DIGITS:
-        raise _OutOfRange(literal)
+    # (it refuses more than 4300 digits with a ValueError of its own). A CSV may sign it.
+    if len(literal.lstrip("+-")) > _MAX_FLOAT_DIGITS:
+        raise NumberOutOfRange(literal)
     value = int(literal)
     try:
         float(value)
     except OverflowError:
-        raise _OutOfRange(literal) from None
+        raise NumberOutOfRange(literal) from None
     return value
 
 
