@@ -9,7 +9,7 @@ import click
 
 from service.cli_fleet import store_location_option
 from service.errors import ServiceError
-from service.keys import SCOPES, KeyRing, KeyUsage
+from service.keys import SCOPES, KeyRing, KeyUsage, iso
 from service.store.remote import RemoteStore, is_remote
 
 
@@ -95,7 +95,7 @@ def list_keys(store_location: str) -> None:
                 ",".join(s for s in SCOPES if s in key.scopes),
                 key.created,
                 expires,
-                _iso(last) if last is not None else "-",
+                _when(last) if last is not None else "-",
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -116,6 +116,5 @@ def revoke(name: str, store_location: str) -> None:
     click.echo(f"key {name!r} revoked in {store_location}")
 
 
-def _iso(timestamp: float) -> str:
-    moment = dt.datetime.fromtimestamp(timestamp, dt.UTC).replace(microsecond=0)
-    return moment.isoformat().replace("+00:00", "Z")
+def _when(timestamp: float) -> str:
+    return iso(dt.datetime.fromtimestamp(timestamp, dt.UTC).replace(microsecond=0))
