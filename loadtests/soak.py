@@ -325,11 +325,6 @@ class Wrk:
 # --- sampling --------------------------------------------------------------------------
 
 
-def parent_pid(pid: int) -> int:
-    with open(f"/proc/{pid}/stat") as handle:
-        return int(handle.read().rsplit(")", 1)[1].split()[1])
-
-
 def open_fds(pid: int) -> int:
     counts = []
     for attempt in range(FD_READS):
@@ -369,17 +364,9 @@ def process_sample(pid: int) -> dict[str, Any] | None:
 
 
 def take_sample(stack: LocalStack, elapsed_s: float, load: LoadRun | None) -> dict[str, Any]:
-    workers = []
-    masters: set[int] = set()
-    for pid in stack.worker_pids():
-        try:
-            masters.add(parent_pid(pid))
-        except OSError:
-            continue
-        found = process_sample(pid)
-        if found is not None:
-            workers.append(found)
-    master_samples = [m for m in (process_sample(pid) for pid in sorted(masters)) if m]
+    workers = [w for w in map(process_sample, stack.worker_pids()) if w]
+    masters = sorted(stack.master_pids().values())
+    master_samples = [m for m in map(process_sample, masters) if m]
     return {
         "elapsed_s": round(elapsed_s, 1),
         "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
