@@ -85,6 +85,8 @@ class LocalStack:
         if self.instances > 1 and not self.use_nginx:
             raise StackError("two Gunicorn instances need Nginx in front of them")
         self._ports: dict[str, int] = {}
+        # Supervised exits logged before the current wait for readiness (they do not fail it).
+        self._exits_before = 0
 
     @property
     def url(self) -> str:
@@ -354,7 +356,7 @@ class LocalStack:
                     f"{what} exited during start-up; see {self._log_path(what)}"
                     + self._log_tail(what)
                 )
-        for event in self._exits()[getattr(self, "_exits_before", 0) :]:
+        for event in self._exits()[self._exits_before :]:
             if event.program in self.program_names:
                 raise StackError(
                     f"{event.program} exited during start-up ({event.detail}); see "
