@@ -29,7 +29,7 @@ PEERS_VENV := .bench-peers
 # The newest MLflow whose packages install next to scikit-learn 1.9.1 here.
 MLFLOW_VERSION := 3.17.2
 
-.PHONY: install run stop test lint fmt protos bench bench-workers bench-cpu bench-peers loadtest soak clean \
+.PHONY: install signed-store run stop test lint fmt protos bench bench-workers bench-cpu bench-peers loadtest soak clean \
 	deploy rollback-release fleet-up fleet-down ansible
 
 # Versions in constraints.txt are the ones the test suite passes with.
@@ -46,10 +46,13 @@ install: $(INSTALLED)
 $(SIGNING_KEY): | $(INSTALLED)
 	$(BIN)/modelctl signing keygen --out $(SIGNING_DIR)
 
-run: $(INSTALLED) $(SIGNING_KEY)
+# $(STORE) with the demo models when it holds none, every version signed with this machine's
+# key: those it trains now, and those it published before it signed (an older make run).
+signed-store: $(INSTALLED) $(SIGNING_KEY)
 	$(BIN)/modelctl train-demo --if-empty --store $(STORE) --signing-key $(SIGNING_KEY)
-	@# Versions this machine published before it signed (a store from an older make run).
 	$(BIN)/modelctl sign --unsigned --store $(STORE) --key $(SIGNING_KEY)
+
+run: signed-store
 	@# modelctl serve prints the URL and a curl example that works against this store.
 	MODEL_SERVICE_TRUSTED_SIGNING_KEYS=$(abspath $(SIGNING_PUBLIC_KEY)) \
 	$(BIN)/modelctl serve --store $(STORE) --port $(PORT) --runtime-dir $(RUNTIME_DIR) \
@@ -138,9 +141,7 @@ rollback-release: $(ANSIBLE_INSTALLED)
 # and a store host, each with its own sshd; its inventory is $(FLEET_DIR)/inventory.yaml.
 # Its first deploy seeds the fleet's store with the demo models (trained here if $(STORE)
 # holds none, as make run does).
-fleet-up: $(INSTALLED) $(SIGNING_KEY)
-	$(BIN)/modelctl train-demo --if-empty --store $(STORE) --signing-key $(SIGNING_KEY)
-	$(BIN)/modelctl sign --unsigned --store $(STORE) --key $(SIGNING_KEY)
+fleet-up: signed-store
 	$(BIN)/python deploy/testfleet/fleet.py up --hosts $(HOSTS) --dir $(FLEET_DIR) \
 		--seed-store $(STORE) --trusted-key $(SIGNING_PUBLIC_KEY)
 
