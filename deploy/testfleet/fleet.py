@@ -609,28 +609,29 @@ def build(fleet: Fleet) -> None:
 def add_seed_store(directory: Path, seed_store: Path) -> None:
     """Name in the inventory the store a first deploy seeds the fleet's store from, and let
     the controller's key reach that store too (as `modelctl --store ssh://...` does)."""
-    import yaml
-
-    path = directory / "inventory.yaml"
-    text = path.read_text()
-    header = "".join(line for line in text.splitlines(keepends=True) if line.startswith("#"))
-    data = yaml.safe_load(text)
-    data["all"]["vars"]["seed_store"] = str(seed_store)
     public_key = (directory / "id_ed25519.pub").read_text().strip()
-    data["all"]["vars"]["store_admin_public_key"] = public_key
-    path.write_text(header + yaml.safe_dump(data, sort_keys=False, width=1000))
+    add_inventory_vars(
+        directory, {"seed_store": str(seed_store), "store_admin_public_key": public_key}
+    )
 
 
 def add_trusted_keys(directory: Path, public_keys: list[Path]) -> None:
     """Have the app hosts trust these signing keys (service.store.signing): only versions
     signed by one of them are served."""
+    add_inventory_vars(
+        directory, {"trusted_signing_keys": [path.read_text() for path in public_keys]}
+    )
+
+
+def add_inventory_vars(directory: Path, variables: dict) -> None:
+    """Set these variables for every host of the fleet's inventory, keeping its comments."""
     import yaml
 
     path = directory / "inventory.yaml"
     text = path.read_text()
     header = "".join(line for line in text.splitlines(keepends=True) if line.startswith("#"))
     data = yaml.safe_load(text)
-    data["all"]["vars"]["trusted_signing_keys"] = [p.read_text() for p in public_keys]
+    data["all"]["vars"].update(variables)
     path.write_text(header + yaml.safe_dump(data, sort_keys=False, width=1000))
 
 
