@@ -85,10 +85,13 @@ class LoadedModel:
         started = time.perf_counter()
         values = self.validate(instances, may_hold_booleans=may_hold_booleans)
         prediction = self.predict_prepared(values, with_proba=with_proba)
-        refused = non_finite_rows(prediction)
-        if refused:
-            # Before the observers: a refused prediction is neither logged nor monitored.
-            raise _non_finite_output(refused)
+        # predict_prepared returns onnxruntime's outputs only when they are all finite: the
+        # pickle's are the ones left to check (a pass over every output, per request).
+        if prediction.backend == SKLEARN:
+            refused = non_finite_rows(prediction)
+            if refused:
+                # Before the observers: a refused prediction is neither logged nor monitored.
+                raise _non_finite_output(refused)
         if hooks.observed():
             hooks.notify(
                 hooks.PredictionEvent(
@@ -326,9 +329,8 @@ def non_finite_rows(prediction: Prediction) -> list[int]:
     values = prediction.predictions
     if values and isinstance(values[0], float):
         try:
-            total = sum(
-                values
-            )  # large finite values may add up to infinity: then each is looked at
+            # Large finite values may add up to infinity: then each is looked at.
+            total = sum(values)
         except TypeError:
             total = math.nan
         if not math.isfinite(total):
