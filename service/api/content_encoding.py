@@ -15,7 +15,6 @@ from typing import IO
 from flask import Flask, Request, request
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.utils import cached_property
-from werkzeug.wsgi import get_input_stream
 
 from service.errors import BadRequest, UnsupportedMediaType
 
@@ -89,7 +88,7 @@ class DecodingRequest(Request):
 
     @cached_property
     def stream(self) -> IO[bytes]:
-        raw = get_input_stream(self.environ, max_content_length=self.max_content_length)
+        raw = super().stream  # Werkzeug's, bounded by the length and max_body_bytes
         found = check(self.headers.get(HEADER, ""))
         if not found:
             return raw
