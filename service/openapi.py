@@ -42,6 +42,7 @@ from service.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
+from service.monitoring import live
 from service.store import layout
 from service.store.metadata import FEATURE_SCHEMA, METADATA_SCHEMA
 
@@ -66,8 +67,6 @@ _VERSION_NUMBER = {"type": "integer", "minimum": 1, "maximum": 10**9 - 1}
 REQUEST_ID_HEADER = "X-Request-ID"
 BINARY_HEADER = "Inference-Header-Content-Length"
 
-# At most this many labels in one feedback request (service.api.monitoring refuses more).
-MAX_FEEDBACK_ITEMS = 10_000
 
 _RULE_VARIABLE = re.compile(r"<(?:[^<>:]+:)?([^<>:]+)>")
 
@@ -1503,7 +1502,7 @@ def _monitoring_paths() -> dict[str, Any]:
                                     "type": "array",
                                     "items": item,
                                     "minItems": 1,
-                                    "maxItems": MAX_FEEDBACK_ITEMS,
+                                    "maxItems": live.MAX_FEEDBACK_ITEMS,
                                 },
                             ]
                         }

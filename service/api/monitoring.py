@@ -27,7 +27,6 @@ from service.store.layout import check_name
 bp = Blueprint("monitoring", __name__)
 
 EXTENSION = "model_service.monitoring"
-MAX_FEEDBACK_ITEMS = 10_000
 MAX_REQUEST_ID = 128
 
 
@@ -78,8 +77,8 @@ def _feedback_items(payload: Any) -> list[tuple[str, int, Any]]:
     entries = payload if isinstance(payload, list) else [payload]
     if not entries:
         raise BadRequest("no feedback: send an object or a non-empty list of objects")
-    if len(entries) > MAX_FEEDBACK_ITEMS:
-        raise BadRequest(f"at most {MAX_FEEDBACK_ITEMS} feedback items per request")
+    if len(entries) > live.MAX_FEEDBACK_ITEMS:
+        raise BadRequest(f"at most {live.MAX_FEEDBACK_ITEMS} feedback items per request")
     items = []
     for i, entry in enumerate(entries):
         where = f"item {i}" if isinstance(payload, list) else "the body"

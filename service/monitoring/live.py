@@ -52,6 +52,8 @@ FLUSH_INTERVAL = 0.5
 # oldest are dropped (and counted) rather than letting memory grow.
 MAX_BUFFERED = 100_000
 FEEDBACK_WAIT = 1.0
+# Labels one feedback request may carry (POST /v1/models/<name>/feedback).
+MAX_FEEDBACK_ITEMS = 10_000
 _POLL = 0.05
 
 
