@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from service.cli import main as modelctl
-from service.errors import SignatureRefused, StoreError
+from service.errors import InvalidMetadata, SignatureRefused, StoreError
 from service.runtime.model import LoadedModel
 from service.store import ModelStore, signing
 from service.store.mirror import StoreMirror
@@ -65,6 +65,15 @@ def test_a_signed_version_covers_every_file_but_its_signature_and_loads(signed, 
     assert artifact.metadata["version"] == version
     # Nothing left behind by signing inside the version directory.
     assert not list(directory.glob(".tmp-*"))
+
+
+def test_signed_metadata_that_is_not_yaml_is_invalid_metadata(signed, keys):
+    publisher, version = signed
+    directory = publisher.layout.version_dir(IRIS, version)
+    (directory / "metadata.yaml").write_text("name: [iris\n")
+    signing.sign_version(directory, keys["trusted"][0])
+    with pytest.raises(InvalidMetadata, match="not valid YAML"):
+        trusting(publisher.root, keys).load_artifact(IRIS, version)
 
 
 def test_a_pickle_rewritten_with_its_sha256_is_unpickled_without_trust_and_refused_with_it(

@@ -283,9 +283,14 @@ def _is_filled_at_publish(error: jsonschema.ValidationError) -> bool:
 
 
 def read(path: Path) -> dict[str, Any]:
+    return parse(Path(path).read_text(encoding="utf-8"), path)
+
+
+def parse(text: str | bytes, path: Path) -> dict[str, Any]:
+    """A metadata file's contents (``path`` names it in the error), e.g. as read already
+    by the signature check."""
     try:
-        with open(path, encoding="utf-8") as handle:
-            return yaml.safe_load(handle)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise InvalidMetadata(f"{path}: not valid YAML: {exc}") from None
 

@@ -222,7 +222,7 @@ class ModelStore:
         if verified is None:
             meta = metadata_io.validate(metadata_io.read(meta_path))
         else:
-            meta = metadata_io.validate(yaml.safe_load(verified.files[METADATA_FILE]))
+            meta = metadata_io.validate(metadata_io.parse(verified.files[METADATA_FILE], meta_path))
         if meta["name"] != name or meta["version"] != version:
             raise IntegrityError(
                 f"{where}: metadata says {meta['name']}@{meta['version']}; refusing to load"
