@@ -39,8 +39,8 @@ from service.errors import (
     StoreError,
     VersionNotFound,
 )
+from service.store import experiments, signing
 from service.store import metadata as metadata_io
-from service.store import signing
 from service.store.layout import (
     COUNTER_FILE,
     LOCK_FILE,
@@ -178,6 +178,33 @@ class ModelStore:
         except FileNotFoundError:
             return None
         return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    # -- experiments (service.store.experiments keeps the file; these name its operations
+    # the same way on this store and on a fleet's remote one) ------------------------------
+
+    def experiment_state(self, name: str) -> dict[str, Any]:
+        """experiment.yaml as a mapping: ``active`` (or None) and ``history``."""
+        return experiments.read_state(self, name)
+
+    def experiment(self, name: str) -> experiments.Experiment | None:
+        return experiments.active(self, name)
+
+    def experiment_signature(self, name: str) -> tuple[int, int, int] | None:
+        return experiments.signature(self, name)
+
+    def start_experiment(self, name: str, variants, **options: Any) -> experiments.Experiment:
+        return experiments.start(self, name, list(variants), **options)
+
+    def set_experiment_weights(
+        self, name: str, weights: Mapping[str, float], **options: Any
+    ) -> experiments.Experiment:
+        return experiments.set_weights(self, name, dict(weights), **options)
+
+    def stop_experiment(self, name: str, **options: Any) -> experiments.Experiment:
+        return experiments.stop(self, name, **options)
+
+    def note_experiment(self, name: str, action: str, **options: Any) -> None:
+        experiments.note(self, name, action, **options)
 
     def resolve(self, ref: ModelRef, default_alias: str = "production") -> int:
         """The version number a reference points at."""
