@@ -26,6 +26,24 @@ request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 
 
 @dataclasses.dataclass(frozen=True)
+class Assignment:
+    """Which variant of a running experiment serves the request (see
+    service.store.experiments): set by the registry when it routes a request that named
+    no version, read by the front ends (the answer names it), metrics and the shadow."""
+
+    experiment: str  # the experiment's id
+    variant: str  # the variant's name: an alias or a version number, as started
+    version: int  # the version the variant resolved to for this request
+    shadow: str | None = None  # the shadow target when this request is also shadowed
+
+
+# The assignment of the request being served, or None outside an experiment.
+assignment: contextvars.ContextVar[Assignment | None] = contextvars.ContextVar(
+    "model_service_assignment", default=None
+)
+
+
+@dataclasses.dataclass(frozen=True)
 class PredictionEvent:
     model: LoadedModel
     # The validated input, in feature order: a float matrix, or one array per feature when
