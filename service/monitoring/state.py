@@ -18,6 +18,11 @@ Tables:
 - ``feedback_totals``: labels received per model version (a counter, never pruned).
 - ``drift_counts``: live feature values per (model, version, feature, bin, minute),
   pruned past the drift window.
+- ``experiment_counts``: requests an experiment's variants answered and failed, per
+  (experiment, variant, version, latency bucket): counters, never pruned (a few rows per
+  experiment), so an experiment's totals are exact however long it runs.
+- ``experiment_served``: which experiment, variant and version served a request id, for
+  joining feedback to variants; pruned like ``served``.
 
 Nothing here imports Flask.
 """
@@ -81,6 +86,43 @@ CREATE TABLE IF NOT EXISTS drift_counts (
     count INTEGER NOT NULL,
     PRIMARY KEY (model, version, feature, minute, bin)
 );
+CREATE TABLE IF NOT EXISTS experiment_counts (
+    experiment TEXT NOT NULL,
+    model TEXT NOT NULL,
+    variant TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    -- index of the answer's latency in service.monitoring.experiments.LATENCY_BUCKETS
+    bucket INTEGER NOT NULL,
+    requests INTEGER NOT NULL,
+    errors INTEGER NOT NULL,
+    PRIMARY KEY (experiment, variant, version, bucket)
+);
+CREATE TABLE IF NOT EXISTS experiment_served (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    model TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    experiment TEXT NOT NULL,
+    variant TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    time REAL NOT NULL,
+    UNIQUE (model, request_id)
+);
+CREATE INDEX IF NOT EXISTS experiment_served_by_experiment ON experiment_served (experiment);
+"""
+
+# Per variant and version of an experiment, over its labelled rows: labelled, correct (the
+# prediction is the label: equal JSON, or equal numbers for a numeric class), and the sums
+# of |prediction - label| and its square (numeric labels only: a regressor's).
+_EXPERIMENT_QUALITY = """
+SELECT e.experiment, e.model, e.variant, e.version, COUNT(*),
+    SUM(CASE WHEN json_type(f.label) IN ('integer', 'real')
+        THEN f.prediction + 0.0 = f.label + 0.0 ELSE f.prediction = f.label END),
+    TOTAL(CASE WHEN json_type(f.label) IN ('integer', 'real')
+        THEN ABS(f.prediction - f.label) END),
+    TOTAL(CASE WHEN json_type(f.label) IN ('integer', 'real')
+        THEN (f.prediction - f.label) * (f.prediction - f.label) END)
+FROM feedback AS f JOIN experiment_served AS e
+    ON e.model = f.model AND e.request_id = f.request_id
 """
 
 
@@ -290,3 +332,63 @@ class StateStore:
         for m, v, feature, bin_, n in self.connection().execute(sql, args):
             found.setdefault((m, int(v)), {}).setdefault(feature, {})[bin_] = int(n)
         return found
+
+    # -- experiments ----------------------------------------------------------------
+
+    def write_experiments(
+        self,
+        counts: dict[tuple[str, str, str, int, int], tuple[int, int]],
+        served: list[tuple[str, str, str, str, int, float]],
+    ) -> None:
+        """Answers of experiment variants {(experiment, model, variant, version, bucket):
+        (requests, errors)} and the requests they served (model, request_id, experiment,
+        variant, version, time), in one transaction."""
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO experiment_counts"
+                " (experiment, model, variant, version, bucket, requests, errors)"
+                " SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4,"
+                " value ->> 5, value ->> 6 FROM json_each(?) WHERE true"
+                " ON CONFLICT (experiment, variant, version, bucket)"
+                " DO UPDATE SET requests = requests + excluded.requests,"
+                " errors = errors + excluded.errors",
+                (_batch_json([(*key, *n) for key, n in counts.items()]),),
+            )
+            if not served:
+                return
+            conn.execute(
+                "INSERT OR REPLACE INTO experiment_served"
+                " (model, request_id, experiment, variant, version, time)"
+                " SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4,"
+                " value ->> 5 FROM json_each(?)",
+                (_batch_json(served),),
+            )
+            conn.execute(
+                "DELETE FROM experiment_served"
+                " WHERE seq <= (SELECT MAX(seq) FROM experiment_served) - ?",
+                (self.prediction_retention,),
+            )
+
+    def experiment_counts(self, experiment: str) -> list[tuple[str, int, int, int, int]]:
+        """(variant, version, bucket, requests, errors) rows of one experiment."""
+        rows = self.connection().execute(
+            "SELECT variant, version, bucket, requests, errors FROM experiment_counts"
+            " WHERE experiment = ?",
+            (experiment,),
+        )
+        return [(v, int(ver), int(b), int(n), int(e)) for v, ver, b, n, e in rows]
+
+    def experiment_quality(
+        self, experiment: str | None = None
+    ) -> list[tuple[str, str, str, int, int, int, float, float]]:
+        """(experiment, model, variant, version, labelled, correct, abs error sum, squared
+        error sum) of the labelled rows of one experiment's requests (all experiments'
+        when None) that are still kept."""
+        sql, args = _EXPERIMENT_QUALITY, ()
+        if experiment is not None:
+            sql, args = sql + " WHERE e.experiment = ?", (experiment,)
+        sql += " GROUP BY e.experiment, e.model, e.variant, e.version"
+        return [
+            (x, m, v, int(ver), int(n), int(c or 0), float(a), float(q))
+            for x, m, v, ver, n, c, a, q in self.connection().execute(sql, args)
+        ]

@@ -1,0 +1,1 @@
+"""Experiments: the evidence of their variants, its statistics, reports and canaries."""
