@@ -36,7 +36,7 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from service import monitoring
-from service.runtime import hooks
+from service.runtime import hooks, shadow
 from service.store import signing
 
 if TYPE_CHECKING:
@@ -108,6 +108,50 @@ WORKER_STARTS = Counter(
     "Gunicorn workers started since the service started (each post_fork); restarts are "
     "this minus the configured worker count.",
 )
+SHADOW_RUNS = Counter(
+    "model_service_shadow_runs_total",
+    "Requests run again on an experiment's shadow candidate after the primary answered "
+    "(service.runtime.shadow), failed ones included; candidate is the target the "
+    "experiment names (a version or an alias).",
+    ["model", "candidate"],
+)
+SHADOW_DROPPED = Counter(
+    "model_service_shadow_dropped_total",
+    "Shadow work dropped because the process's shadow queue was full: the candidate is "
+    "slower than the shadowed traffic.",
+    ["model", "candidate"],
+)
+SHADOW_ERRORS = Counter(
+    "model_service_shadow_errors_total",
+    "Shadow runs the candidate failed, by kind: unavailable, incompatible, exception, "
+    "non_finite, timeout.",
+    ["model", "candidate", "kind"],
+)
+SHADOW_ROWS = Counter(
+    "model_service_shadow_rows_total",
+    "Rows compared between the primary's answer and the shadow candidate's.",
+    ["model", "candidate"],
+)
+SHADOW_AGREED_ROWS = Counter(
+    "model_service_shadow_agreed_rows_total",
+    "Classifiers: compared rows where the candidate gave the primary's label; agreement "
+    "is this over model_service_shadow_rows_total.",
+    ["model", "candidate"],
+)
+SHADOW_SECONDS = Histogram(
+    "model_service_shadow_seconds",
+    "Time the shadow candidate took to predict a shadowed request.",
+    ["model", "candidate"],
+    buckets=DURATION_BUCKETS,
+)
+SHADOW_DIFFERENCE_METRIC = "model_service_shadow_difference"
+SHADOW_DIFFERENCE_HELP = (
+    "Regressors: candidate minus primary, per compared row; the buckets are symmetric "
+    "fractions of the target's range in the primary's test set where the metadata has it."
+)
+# Of the target's range: a difference of 0.1 % is rounding, 50 % is another model.
+DIFFERENCE_FRACTIONS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5)
+DEFAULT_DIFFERENCE_RANGE = 100.0
 VALUE_METRIC = "model_service_prediction_value"
 VALUE_HELP = (
     "Values predicted by regressors, over every protocol; the buckets span the target's "
@@ -232,6 +276,67 @@ def observe_signature_refusal(name: str, version: int, reason: str) -> None:
     SIGNATURE_REFUSALS.labels(name, str(version), reason).inc()
 
 
+# -- shadow runs (service.runtime.shadow listeners, in the shadow thread) ------------
+
+_shadow_children: dict[tuple[str, str], tuple[Any, Any, Any, Any]] = {}
+# (model, candidate) -> an unregistered Histogram, like _value_histograms: buckets of its own.
+_difference_histograms: dict[tuple[str, str], Histogram] = {}
+
+
+def difference_buckets(metadata: dict[str, Any]) -> tuple[float, ...]:
+    """0 and plus or minus DIFFERENCE_FRACTIONS of the test set's target range."""
+    buckets = value_buckets(metadata)
+    width = buckets[-1] - buckets[0] if buckets != DEFAULT_VALUE_BUCKETS else 0.0
+    if not width > 0:
+        width = DEFAULT_DIFFERENCE_RANGE
+    bounds = {float(f"{width * f:.4g}") for f in DIFFERENCE_FRACTIONS}
+    return tuple(sorted({0.0, *bounds, *(-b for b in bounds)}))
+
+
+def _difference_child(name: str, candidate: str, metadata: dict[str, Any]):
+    histogram = _difference_histograms.get((name, candidate))
+    if histogram is None:
+        histogram = _difference_histograms[(name, candidate)] = Histogram(
+            SHADOW_DIFFERENCE_METRIC,
+            SHADOW_DIFFERENCE_HELP,
+            ["model", "candidate"],
+            buckets=difference_buckets(metadata),
+            registry=None,
+        )
+    return histogram.labels(name, candidate)
+
+
+def observe_shadow(outcome: Any) -> None:
+    """One shadow run (a service.runtime.shadow.ShadowOutcome)."""
+    key = (outcome.model, outcome.candidate)
+    children = _shadow_children.get(key)
+    if children is None:
+        children = _shadow_children[key] = (
+            SHADOW_RUNS.labels(*key),
+            SHADOW_ROWS.labels(*key),
+            SHADOW_AGREED_ROWS.labels(*key),
+            SHADOW_SECONDS.labels(*key),
+        )
+    runs, rows, agreed, seconds = children
+    runs.inc()
+    if outcome.seconds:
+        seconds.observe(outcome.seconds)
+    if outcome.error is not None:
+        SHADOW_ERRORS.labels(*key, outcome.error).inc()
+        return
+    rows.inc(outcome.rows)
+    if outcome.differences is not None:
+        child = _difference_child(*key, outcome.primary.metadata)
+        _observe_values(child, outcome.differences)
+    else:
+        agreed.inc(outcome.agreed)
+
+
+def observe_shadow_drop(work: Any) -> None:
+    """Shadow work dropped (a service.runtime.shadow.ShadowWork), in the request: O(1)."""
+    SHADOW_DROPPED.labels(work.model, work.candidate).inc()
+
+
 # -- requests (called by service.api.observe) --------------------------------------
 
 _request_counters: dict[tuple[str, str, str, int], Any] = {}
@@ -278,6 +383,10 @@ def init_process(settings: Settings, registry: ModelRegistry | None = None) -> b
     _state.enabled = settings.metrics
     if not settings.metrics:
         hooks.remove_observer(observe_prediction)
+        if observe_shadow in shadow.outcome_listeners:
+            shadow.outcome_listeners.remove(observe_shadow)
+        if observe_shadow_drop in shadow.drop_listeners:
+            shadow.drop_listeners.remove(observe_shadow_drop)
         if observe_signature_refusal in signing.refusal_listeners:
             signing.refusal_listeners.remove(observe_signature_refusal)
         _state.registry = None
@@ -285,6 +394,10 @@ def init_process(settings: Settings, registry: ModelRegistry | None = None) -> b
             registry.load_listeners.remove(observe_load)
         return False
     hooks.add_observer(observe_prediction)
+    if observe_shadow not in shadow.outcome_listeners:
+        shadow.outcome_listeners.append(observe_shadow)
+    if observe_shadow_drop not in shadow.drop_listeners:
+        shadow.drop_listeners.append(observe_shadow_drop)
     if observe_signature_refusal not in signing.refusal_listeners:
         signing.refusal_listeners.append(observe_signature_refusal)
     if registry is not None:
@@ -335,18 +448,19 @@ def model_info_labels(model: LoadedModel) -> tuple[str, str, str, str]:
 
 
 class _ValueCollector(Collector):
-    """One process: the regressors' value histograms as one family."""
+    """One process: the histograms with buckets of their own per model (regressors'
+    values, shadow differences), each name as one family."""
 
     def collect(self) -> Iterable[Metric]:
-        merged: Metric | None = None
-        for histogram in list(_value_histograms.values()):
+        merged: dict[str, Metric] = {}
+        histograms = [*_value_histograms.values(), *_difference_histograms.values()]
+        for histogram in histograms:
             for family in histogram.collect():
-                if merged is None:
-                    merged = family
+                if family.name in merged:
+                    merged[family.name].samples.extend(family.samples)
                 else:
-                    merged.samples.extend(family.samples)
-        if merged is not None:
-            yield merged
+                    merged[family.name] = family
+        yield from merged.values()
 
 
 _EXTRA = (_ModelInfoCollector(), _FunctionCollector())

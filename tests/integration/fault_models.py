@@ -7,7 +7,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sklearn.base import BaseEstimator, RegressorMixin
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 
 
 class Shifted(RegressorMixin, BaseEstimator):
@@ -47,3 +48,52 @@ class SlowToUnpickle(Shifted):
     def __setstate__(self, state: dict[str, Any]) -> None:
         time.sleep(state["seconds"])
         super().__setstate__(state)
+
+
+class SlowRows(Shifted):
+    """A regressor that predicts as its base does after ``seconds`` per row: a candidate
+    slower than the version it shadows."""
+
+    def __init__(self, base: Any = None, seconds: float = 0.0):
+        super().__init__(base, 0.0)
+        self.seconds = seconds
+
+    def predict(self, rows: Any) -> Any:
+        time.sleep(self.seconds * len(rows))
+        return self.base.predict(rows)
+
+
+class Failing(Shifted):
+    """A regressor that loads and then fails every prediction."""
+
+    def predict(self, rows: Any) -> Any:
+        raise RuntimeError("this version fails every prediction")
+
+
+class OneLabel(ClassifierMixin, BaseEstimator):
+    """A fitted classifier that answers ``label`` for every row, with its base's classes."""
+
+    def __init__(self, base: Any = None, label: Any = None):
+        self.base = base
+        self.label = label
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return True
+
+    @property
+    def classes_(self) -> Any:
+        return self.base.classes_
+
+    @property
+    def n_features_in_(self) -> int:
+        return self.base.n_features_in_
+
+    @property
+    def feature_names_in_(self) -> Any:
+        return self.base.feature_names_in_
+
+    def fit(self, rows: Any, target: Any = None) -> OneLabel:
+        return self
+
+    def predict(self, rows: Any) -> Any:
+        return np.full(len(rows), self.label, dtype=np.asarray(self.base.classes_).dtype)
