@@ -467,6 +467,11 @@ def check_field(value: Any) -> str | None:
     return value
 
 
+def check_weight(value: Any) -> float:
+    """A variant's weight: a finite number, not negative."""
+    return _weight(value)
+
+
 def check_share(value: Any) -> float:
     share = _finite(value, "shadow share")
     if not 0 < share <= 1:

@@ -6,7 +6,8 @@ reads the authoritative manifest, fetches each version it lacks (or whose
 metadata changed), verifies it there (sha256 before unpickling, then the
 caller's check, e.g. the golden replay) in a scratch directory, and renames it
 into place. Only then does it copy the model's aliases.yaml, byte for byte, so
-an alias never points at a version this host has not verified. The workers
+an alias never points at a version this host has not verified, and then its
+experiment.yaml, once every version and alias the experiment names is here. The workers
 see the change as on one machine, through the aliases.yaml they watch.
 
 When the authoritative store cannot be reached, or says it holds no model
@@ -32,6 +33,7 @@ import yaml
 
 from service.errors import ServiceError, StoreError
 from service.store import metadata as metadata_io
+from service.store.experiments import EXPERIMENT_FILE, Experiment, InvalidExperiment
 from service.store.layout import TEMP_PREFIX, is_version_dir
 from service.store.remote import RemoteStore
 from service.store.signing import SIGNATURE_FILE
@@ -118,7 +120,8 @@ class StoreMirror:
                 log.warning("authoritative store not reached: %s", exc.message)
             else:
                 self._write_status(started, problems=summary["problems"])
-                if any(summary.get(k) for k in ("fetched", "aliases", "removed", "keys")):
+                changes = ("fetched", "aliases", "experiments", "removed", "keys")
+                if any(summary.get(k) for k in changes):
                     log.info("in step with %s: %s", self.remote, json.dumps(summary))
             if stop.wait(max(0.0, interval - (time.time() - started))):
                 return
@@ -148,7 +151,11 @@ class StoreMirror:
                 summary["fetched"].append(f"{name}@{version}")
             if self._take_aliases(name, entry["aliases"], verified):
                 summary["aliases"].append(name)
+            # A store host of an older release sends no "experiment": it stays as it is.
+            if "experiment" in entry and self._take_experiment(name, entry["experiment"], verified):
+                summary.setdefault("experiments", []).append(name)
             serving = set(self.local.aliases(name).values()) if entry["aliases"] else set()
+            serving |= self._experiment_versions(name)
             wanted = {int(v) for v in entry["versions"]}
             for path in [p for p in model_dir.iterdir() if is_version_dir(p)]:
                 if int(path.name) not in wanted and int(path.name) not in serving:
@@ -217,6 +224,58 @@ class StoreMirror:
             )
         metadata_io.write_atomic(path, text)
         return True
+
+    def _take_experiment(self, name: str, text: str | None, verified: set[int]) -> bool:
+        """Copy the authoritative experiment.yaml once every version it names is verified
+        here and every alias it names is one this host has (it resolves them through its
+        own aliases, which only ever name verified versions). None: the authoritative
+        store has no experiment file, so neither does this host."""
+        path = self.local.layout.model_dir(name) / EXPERIMENT_FILE
+        if text is None:
+            if not path.exists():
+                return False
+            path.unlink()
+            return True
+        if not _replaces(text, path):
+            return False
+        try:
+            state = yaml.safe_load(text) or {}
+        except yaml.YAMLError:
+            raise StoreError("its experiment.yaml on the authoritative store is not YAML") from None
+        active = state.get("active") if isinstance(state, dict) else None
+        if not isinstance(state, dict) or not isinstance(state.get("history", []), list):
+            raise StoreError("its experiment.yaml on the authoritative store is not valid")
+        if active is not None:
+            try:
+                experiment = Experiment.from_dict(name, active)
+            except InvalidExperiment as exc:
+                raise StoreError(
+                    f"its experiment on the authoritative store is not valid ({exc.message}); "
+                    "keeping this host's"
+                ) from None
+            aliases = self.local.aliases(name)
+            missing = [
+                target
+                for target in experiment.targets()
+                if (int(target) not in verified if target.isdigit() else target not in aliases)
+            ]
+            if missing:
+                raise StoreError(
+                    f"its experiment names {', '.join(missing)}, not verified here; "
+                    "keeping this host's experiment as it was"
+                )
+        metadata_io.write_atomic(path, text)
+        return True
+
+    def _experiment_versions(self, name: str) -> set[int]:
+        """The version numbers this host's experiment names: kept while it runs."""
+        try:
+            experiment = self.local.experiment(name)
+        except ServiceError:
+            return set()
+        if experiment is None:
+            return set()
+        return {int(t) for t in experiment.targets() if t.isdigit()}
 
     def _take_keys(self, text: str | None) -> bool:
         """Copy the authoritative key file byte for byte, once it parses: a revoked key stops

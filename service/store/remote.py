@@ -238,6 +238,53 @@ class RemoteStore:
             data = signing.signature_of(directory, self.signing_key)
         self._json("put-signature", name, str(version), stdin=data)
 
+    # -- experiments (the same operations as ModelStore's) -----------------------
+
+    def experiment_state(self, name: str) -> dict[str, Any]:
+        """experiment.yaml as a mapping: ``active`` (or None) and ``history``."""
+        return self._json("experiment", name)
+
+    def experiment(self, name: str) -> Any:
+        from service.store.experiments import Experiment
+
+        data = self.experiment_state(name)["active"]
+        return None if data is None else Experiment.from_dict(name, data)
+
+    def experiment_signature(self, name: str) -> str | None:
+        """Changes whenever experiment.yaml does (a digest of its text)."""
+        import hashlib
+
+        text = self._model_entry(name).get("experiment")
+        return None if text is None else hashlib.sha256(text.encode()).hexdigest()
+
+    def start_experiment(self, name: str, variants: Any, **options: Any) -> Any:
+        from service.store.experiment_control import request_body
+
+        body = request_body(list(variants), **options)
+        return self._experiment_change("experiment-start", name, body)
+
+    def set_experiment_weights(
+        self, name: str, weights: Mapping[str, float], *, reason: str = "", extra=None
+    ) -> Any:
+        body = {"weights": dict(weights), "reason": reason, "extra": extra}
+        return self._experiment_change("experiment-weights", name, body)
+
+    def stop_experiment(
+        self, name: str, *, action: str = "stop", reason: str = "", extra=None
+    ) -> Any:
+        body = {"action": action, "reason": reason, "extra": extra}
+        return self._experiment_change("experiment-stop", name, body)
+
+    def note_experiment(self, name: str, action: str, *, reason: str = "", extra=None) -> None:
+        body = {"action": action, "reason": reason, "extra": extra}
+        self._json("experiment-note", name, stdin=_json_bytes(body))
+
+    def _experiment_change(self, op: str, name: str, body: dict[str, Any]) -> Any:
+        from service.store.experiments import Experiment
+
+        answer = self._json(op, name, stdin=_json_bytes(body))
+        return Experiment.from_dict(name, answer["experiment"])
+
     def backup(self, out: IO[bytes]) -> None:
         """Stream a backup archive of the whole store into ``out``."""
         self._call(["backup"], stdout=out, timeout=None)
@@ -446,6 +493,11 @@ def _check_published(
             f"{where}: the store's metadata differs from what was published in "
             f"{', '.join(changed)}; not signed"
         )
+
+
+def _json_bytes(body: Any) -> bytes:
+    """A request body; numbers a program computed with NumPy go as the plain numbers."""
+    return json.dumps(body, default=lambda o: o.item() if hasattr(o, "item") else str(o)).encode()
 
 
 def _remote_error(output: bytes) -> ServiceError:

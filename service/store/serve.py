@@ -25,7 +25,8 @@ from typing import IO, Any
 import yaml
 
 from service.errors import BadRequest, PromotionRefused, ServiceError, StoreError
-from service.store import archive
+from service.store import archive, experiment_control
+from service.store.experiments import EXPERIMENT_FILE
 from service.store.layout import METADATA_FILE, check_alias, check_name, check_version
 from service.store.remote import ERROR_EXIT, PROTOCOL, extract_version_tar, version_tar
 from service.store.signing import MAX_SIGNATURE_BYTES, SIGNATURE_FILE
@@ -34,6 +35,17 @@ from service.store.store import ARTIFACT_FILE, ModelStore, StoredArtifact
 log = logging.getLogger(__name__)
 
 Verify = Callable[[StoredArtifact], Any]
+
+EXPERIMENT_OPS = (
+    "experiment",
+    "experiment-start",
+    "experiment-weights",
+    "experiment-stop",
+    "experiment-note",
+)
+# A start, weights, stop or note request's JSON body (a canary's numbers included).
+MAX_EXPERIMENT_REQUEST_BYTES = 256 * 1024
+_NOTE_FIELDS = frozenset({"action", "reason", "extra"})
 
 
 class _Parser(argparse.ArgumentParser):
@@ -76,6 +88,10 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("--sha256", required=True)
     sub.add_argument("--expires")
     ops.add_parser("keys-revoke", add_help=False).add_argument("name")
+    # Experiments (service.store.experiments): the state, and its changes with a JSON body
+    # on stdin (service.store.experiment_control reads it as the admin API's).
+    for op in EXPERIMENT_OPS:
+        ops.add_parser(op, add_help=False).add_argument("name")
     return parser
 
 
@@ -146,6 +162,8 @@ def _carry_out(
         return {"version": _publish(store, check_name(args.name), args.alias, stdin, verify)}
     if op.startswith("keys-"):
         return _keys(store, args)
+    if op in EXPERIMENT_OPS:
+        return _experiment(store, op, check_name(args.name), stdin)
     if op == "backup":
         archive.write_backup(store, stdout)
         return None
@@ -167,10 +185,42 @@ def _keys(store: ModelStore, args: argparse.Namespace) -> dict[str, Any]:
     return {"revoked": args.name}
 
 
+def _experiment(store: ModelStore, op: str, name: str, stdin: IO[bytes]) -> dict[str, Any]:
+    if op == "experiment":
+        return store.experiment_state(name)
+    data = stdin.read(MAX_EXPERIMENT_REQUEST_BYTES + 1)
+    if len(data) > MAX_EXPERIMENT_REQUEST_BYTES:
+        raise BadRequest("an experiment request is larger than any needs to be")
+    try:
+        body = json.loads(data) if data.strip() else {}
+    except ValueError:
+        raise BadRequest("an experiment request's body is not JSON") from None
+    if op == "experiment-start":
+        variants, options = experiment_control.start_arguments(
+            body, fields=experiment_control.PROTOCOL_START_FIELDS
+        )
+        experiment = store.start_experiment(name, variants, **options)
+    elif op == "experiment-weights":
+        weights, options = experiment_control.weights_arguments(body)
+        experiment = store.set_experiment_weights(name, weights, **options)
+    elif op == "experiment-stop":
+        experiment = store.stop_experiment(
+            name, **experiment_control.stop_arguments(body, fields=_NOTE_FIELDS)
+        )
+    else:
+        arguments = experiment_control.stop_arguments(body, fields=_NOTE_FIELDS)
+        if "action" not in arguments:
+            raise BadRequest("a note needs an action")
+        store.note_experiment(name, arguments.pop("action"), **arguments)
+        return {"noted": name}
+    return {"experiment": experiment.to_dict()}
+
+
 def manifest(store: ModelStore) -> dict[str, Any]:
-    """What a mirror needs to know what changed: each model's aliases.yaml, a digest of
-    each version's metadata.yaml (which records the digest of every other file), and of
-    its signature where it has one (a version may be signed after it was published)."""
+    """What a mirror needs to know what changed: each model's aliases.yaml and
+    experiment.yaml (their text, None for none), a digest of each version's metadata.yaml
+    (which records the digest of every other file), and of its signature where it has one
+    (a version may be signed after it was published)."""
     models: dict[str, Any] = {}
     for name in store.names() if store.exists() else []:
         aliases_path = store.layout.aliases_file(name)
@@ -188,7 +238,12 @@ def manifest(store: ModelStore) -> dict[str, Any]:
             signature = store.layout.version_dir(name, version) / SIGNATURE_FILE
             if signature.is_file():
                 signatures[str(version)] = hashlib.sha256(signature.read_bytes()).hexdigest()
-        models[name] = {"aliases": text, "versions": versions, "signatures": signatures}
+        models[name] = {
+            "aliases": text,
+            "versions": versions,
+            "signatures": signatures,
+            "experiment": _text_of(store.layout.model_dir(name) / EXPERIMENT_FILE),
+        }
     # The key file (digests of the API keys), which every host copies as it is.
     return {"models": models, "keys": _keys_text(store)}
 
@@ -196,8 +251,12 @@ def manifest(store: ModelStore) -> dict[str, Any]:
 def _keys_text(store: ModelStore) -> str | None:
     from service.keys import KEYS_FILE
 
+    return _text_of(store.root / KEYS_FILE)
+
+
+def _text_of(path: Path) -> str | None:
     try:
-        return (store.root / KEYS_FILE).read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return None
 
