@@ -1,0 +1,181 @@
+"""modelctl experiment report / conclude: an experiment's figures and verdicts, and ending
+it by promoting the variant the evidence favours (through the promotion gate).
+
+The evidence is this host's monitoring state (the ``state_dir`` setting), or with
+``--url`` (repeated, one per host) the hosts' admin API, added up over the fleet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import click
+
+from service.cli_fleet import open_store, store_location_option
+from service.config import Settings
+from service.errors import ServiceError
+from service.experiments import evidence, report
+from service.store import ModelRef
+from service.store.experiments import Experiment
+
+CONCLUDE_ACTION = "conclude"
+
+
+def register(group: click.Group) -> None:
+    """Add the commands to ``modelctl experiment``."""
+    for command in (report_command, conclude):
+        group.add_command(command)
+
+
+@contextlib.contextmanager
+def _one_line_errors() -> Iterator[None]:
+    try:
+        yield
+    except ServiceError as exc:
+        raise click.ClickException(exc.message) from None
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.load()
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+hosts_option = click.option(
+    "--url",
+    "urls",
+    multiple=True,
+    metavar="URL",
+    help="A host's base URL (repeat for each host of a fleet): add up the hosts' evidence "
+    "through their admin API instead of reading this host's monitoring state.",
+)
+key_option = click.option(
+    "--key",
+    envvar="MODEL_SERVICE_KEY",
+    help="An admin key for --url (default: MODEL_SERVICE_KEY).",
+)
+
+
+def _report(
+    store: Any, name: str, experiment_id: str | None, urls: Sequence[str], key: str | None
+) -> tuple[Experiment, dict[str, Any]]:
+    experiment = report.find(store, name, experiment_id)
+    if urls:
+        totals = evidence.remote_totals(urls, key, name, experiment.id)
+    else:
+        totals = evidence.local_totals(_settings(), name, experiment.id)
+    task = report.task_of(store, name, totals)
+    return experiment, report.build(experiment, totals, task)
+
+
+@click.command("report")
+@click.argument("name")
+@click.option("--experiment", "experiment_id", help="An ended experiment's id (default: the "
+              "running one, else the last one started).")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@hosts_option
+@key_option
+@store_location_option
+def report_command(
+    name: str,
+    experiment_id: str | None,
+    as_json: bool,
+    urls: tuple[str, ...],
+    key: str | None,
+    store_location: str,
+) -> None:
+    """Per variant: requests, error rate, latency, live quality; per comparison with the
+    control (the first variant): difference, p-value, significance, sample still needed."""
+    with _one_line_errors():
+        _, built = _report(open_store(store_location), name, experiment_id, urls, key)
+    if as_json:
+        click.echo(json.dumps(built, indent=2))
+    else:
+        click.echo(report.text(built))
+
+
+@click.command()
+@click.argument("name")
+@click.option(
+    "--winner",
+    metavar="VARIANT",
+    help="Promote this variant whatever the report says (default: the one significantly "
+    "better than the others; refused while nothing is significant).",
+)
+@click.option("--alias", help="The alias to point at the winner [default: the default alias].")
+@click.option("--reason", default="", help="Recorded in the alias and experiment histories.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Promote even if the winner scores worse on its test set than the alias's current "
+    "version (the promotion gate), as modelctl promote --force.",
+)
+@hosts_option
+@key_option
+@store_location_option
+def conclude(
+    name: str,
+    winner: str | None,
+    alias: str | None,
+    reason: str,
+    force: bool,
+    urls: tuple[str, ...],
+    key: str | None,
+    store_location: str,
+) -> None:
+    """End the running experiment of NAME: promote the winner through the promotion gate,
+    then stop the experiment, recording the report's numbers in its history."""
+    store = open_store(store_location)
+    alias = alias or _settings().default_alias
+    with _one_line_errors():
+        experiment = store.experiment(name)
+        if experiment is None:
+            raise click.ClickException(f"model {name!r} runs no experiment")
+        experiment, built = _report(store, name, experiment.id, urls, key)
+        chosen = winner or built["winner"]
+        if chosen is None:
+            raise click.ClickException(
+                "nothing is significant yet: no variant is better or worse than "
+                f"{built['control']} at alpha {built['alpha']:g}"
+                f"{_needed_text(built)}; let it run, or name the winner with --winner VARIANT"
+            )
+        variant = experiment.variant(chosen)  # InvalidExperiment for a name it does not have
+        version = variant.version
+        if version is None:
+            version = store.resolve(ModelRef(name, alias=variant.alias))
+        before = store.aliases(name).get(alias)
+        overridden = None
+        if before != version:
+            overridden = store.check_promotion(name, version, alias) if force else None
+            note = reason or f"experiment {experiment.id} concluded: {chosen} won"
+            store.promote(name, version, alias, note, force=force)
+        extra = {
+            "winner": chosen,
+            "version": version,
+            "alias": alias,
+            "chosen_by": "--winner" if winner else "report",
+            "report": report.summary(built),
+        }
+        store.stop_experiment(name, action=CONCLUDE_ACTION, reason=reason, extra=extra)
+    if before == version:
+        click.echo(f"{name}: {alias} already at {version} ({chosen}); experiment concluded")
+    else:
+        click.echo(f"{name}: {alias} -> {version} (was {before}; {chosen}); experiment concluded")
+    if overridden is not None:
+        click.echo(f"forced past the promotion gate: {overridden.reason}")
+
+
+def _needed_text(built: dict[str, Any]) -> str:
+    parts = []
+    for comparison in built["comparisons"]:
+        needed = comparison["still_needed"]
+        if needed and (needed["control"] or needed["variant"]):
+            parts.append(
+                f"{comparison['variant']} needs {needed['variant']} more {needed['unit']} "
+                f"(and {comparison['control']} {needed['control']})"
+            )
+    return f" ({'; '.join(parts)})" if parts else ""
