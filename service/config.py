@@ -122,10 +122,18 @@ class Settings:
     # below the test score in metadata.yaml by more than the tolerance.
     quality_window: int = 1_000
     quality_tolerance: float = 0.05
-    # Drift: live feature values over the last minutes against the training histograms;
-    # a population stability index above the threshold is flagged.
+    # Drift: live feature values over the last minutes against the training histograms.
+    # A feature is judged once it has drift_min_rows values in the window ("too few rows"
+    # until then), and flagged when its population stability index is above the threshold
+    # (0.2: the usual "significant change" rule of thumb) and a chi-square test of its bin
+    # counts against the training shares gives p < drift_alpha / its model's feature count
+    # (Bonferroni: 1 % chance per look that any feature of a stable model is flagged).
+    # 100 rows: PSI from sampling alone averages (bins - 1) / n, 0.09 over the 10 training
+    # bins, under half the threshold (at 50 rows it is 0.18, about the threshold itself).
     drift_window_minutes: int = 60
     drift_threshold: float = 0.2
+    drift_min_rows: int = 100
+    drift_alpha: float = 0.01
 
     @classmethod
     def load(
@@ -164,6 +172,7 @@ class Settings:
             "prediction_retention",
             "quality_window",
             "drift_window_minutes",
+            "drift_min_rows",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"setting {name}: must be at least 1")
@@ -174,6 +183,8 @@ class Settings:
         for name in ("quality_tolerance", "drift_threshold"):
             if getattr(self, name) < 0:
                 raise ValueError(f"setting {name}: must be 0 or more")
+        if not 0 < self.drift_alpha < 1:
+            raise ValueError("setting drift_alpha: must be in (0, 1)")
         keyless = set(self.open_scopes) - {"predict", "read", "feedback"}
         if keyless:
             raise ValueError(

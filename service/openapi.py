@@ -1432,12 +1432,44 @@ def _monitoring_paths() -> dict[str, Any]:
     }
     feature = {
         "type": "object",
-        "required": ["kind", "psi", "flagged", "count", "bins", "live", "training"],
+        "required": [
+            "kind",
+            "status",
+            "message",
+            "psi",
+            "p_value",
+            "flagged",
+            "count",
+            "min_rows",
+            "bins",
+            "live",
+            "training",
+        ],
         "properties": {
             "kind": {"type": "string", "enum": ["numeric", "categorical"]},
+            "status": {
+                "type": "string",
+                "enum": ["too_few_rows", "stable", "drifted"],
+                "description": "too_few_rows until the feature has min_rows values; "
+                "drifted when PSI > threshold and p_value < alpha.",
+            },
+            "message": {
+                "type": "string",
+                "description": 'The verdict in words, e.g. "too few rows (20 of 100)".',
+            },
             "psi": nullable_number,
+            "p_value": {
+                **nullable_number,
+                "description": "Pearson chi-square goodness of fit of the live bin counts "
+                "against the training shares (bins merged to expect 5 values each).",
+            },
+            "alpha": {
+                "type": "number",
+                "description": "The level p_value is held to: alpha / the version's features.",
+            },
             "flagged": {"type": "boolean"},
             "count": {"type": "integer"},
+            "min_rows": {"type": "integer"},
             "missing": {"type": "integer"},
             "missing_rate": {"type": "object"},
             "bins": {"type": "array", "items": {"type": "string"}},
@@ -1449,22 +1481,25 @@ def _monitoring_paths() -> dict[str, Any]:
     }
     drift = {
         "type": "object",
-        "required": ["model", "window_minutes", "threshold", "versions"],
+        "required": ["model", "window_minutes", "threshold", "alpha", "min_rows", "versions"],
         "properties": {
             "model": {"type": "string"},
             "window_minutes": {"type": "integer"},
             "threshold": {"type": "number"},
+            "alpha": {"type": "number"},
+            "min_rows": {"type": "integer"},
             "epsilon": {"type": "number"},
             "versions": {
                 "type": "array",
                 "items": {
                     "type": "object",
-                    "required": ["version", "rows", "flagged", "features"],
+                    "required": ["version", "rows", "flagged", "too_few_rows", "features"],
                     "properties": {
                         "version": {"type": "integer"},
                         "aliases": {"type": "array", "items": {"type": "string"}},
                         "rows": {"type": "integer"},
                         "flagged": {"type": "array", "items": {"type": "string"}},
+                        "too_few_rows": {"type": "array", "items": {"type": "string"}},
                         "features": {"type": "object", "additionalProperties": feature},
                     },
                 },

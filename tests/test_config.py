@@ -217,3 +217,39 @@ def test_settings_are_frozen():
 def test_integer_settings_refuse_other_numbers(tmp_path, value):
     with pytest.raises(ValueError, match="setting max_instances: cannot use"):
         Settings.load(environ=config_file(tmp_path, {"max_instances": value}))
+
+
+def test_drift_settings_from_environment():
+    defaults = Settings()
+    assert (defaults.drift_threshold, defaults.drift_alpha, defaults.drift_min_rows) == (
+        0.2,
+        0.01,
+        100,
+    )
+    settings = Settings.load(
+        environ={
+            "MODEL_SERVICE_DRIFT_THRESHOLD": "0.25",
+            "MODEL_SERVICE_DRIFT_ALPHA": "0.001",
+            "MODEL_SERVICE_DRIFT_MIN_ROWS": "500",
+        }
+    )
+    assert (settings.drift_threshold, settings.drift_alpha, settings.drift_min_rows) == (
+        0.25,
+        0.001,
+        500,
+    )
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"drift_min_rows": 0}, "setting drift_min_rows: must be at least 1"),
+        ({"drift_alpha": 0}, "setting drift_alpha: must be in (0, 1)"),
+        ({"drift_alpha": 1}, "setting drift_alpha: must be in (0, 1)"),
+        ({"drift_threshold": -0.1}, "setting drift_threshold: must be 0 or more"),
+    ],
+)
+def test_drift_settings_out_of_range_are_refused(values, message):
+    with pytest.raises(ValueError) as caught:
+        Settings.from_mapping(values)
+    assert str(caught.value) == message

@@ -295,7 +295,15 @@ def test_live_quality_at_scrape_time(client):
     assert samples[("model_service_live_quality_below_test", key)] == 1.0
     recall_key = (("class", "versicolor"), *key)
     assert samples[("model_service_live_class_recall", recall_key)] == 0.5
-    assert any(name == "model_service_feature_drift_psi" for name, _ in samples)
+    # Six rows are too few to judge drift on: no PSI or p-value, no flag, "too few rows".
+    for feature in ("sepal_length_cm", "petal_width_cm"):
+        feature_key = (("feature", feature), *key)
+        assert samples[("model_service_feature_drift_flagged", feature_key)] == 0.0
+        assert samples[("model_service_feature_drift_too_few_rows", feature_key)] == 1.0
+    assert not any(
+        name in ("model_service_feature_drift_psi", "model_service_feature_drift_p_value")
+        for name, _ in samples
+    )
 
 
 def test_grpc_predictions_join_feedback_too(make_app, store_dir, tmp_path):
@@ -540,6 +548,88 @@ def test_drift_is_per_window(make_app, tmp_path):
     assert drift_report(client, IRIS)["rows"] == 0
 
 
+# Drift is judged on evidence: a minimum of values per feature, then PSI above the
+# threshold and a chi-square p-value below alpha (divided among the features).
+DRIFT_RULE = {"threshold": 0.2, "alpha": 0.01, "min_rows": 100}
+
+
+def regressor_drift(trained_store_dir, rows: pd.DataFrame, **rule) -> dict:
+    """The drift report of the demo regressor (10 numeric features) on these rows."""
+    from service.store import ModelStore
+
+    profiles = drift.profiles(ModelStore(trained_store_dir).metadata(DIABETES, 1))
+    counts = {profile.name: drift.count_bins(profile, [rows]) for profile in profiles}
+    return drift.version_report(profiles, counts, **{**DRIFT_RULE, **rule})
+
+
+@pytest.mark.parametrize("n", [2, 20, 2000])
+def test_rows_from_the_training_distribution_raise_no_flag(trained_store_dir, n):
+    report = regressor_drift(trained_store_dir, sample(training_rows(DIABETES), n, seed=n))
+    assert report["rows"] == n
+    assert len(report["features"]) == 10
+    assert report["flagged"] == []
+    judged = n >= DRIFT_RULE["min_rows"]
+    assert report["too_few_rows"] == ([] if judged else sorted(report["features"]))
+    for name, entry in report["features"].items():
+        assert (entry["count"], entry["min_rows"], entry["flagged"]) == (n, 100, False)
+        assert entry["alpha"] == pytest.approx(0.01 / 10)  # Bonferroni over 10 features
+        if judged:
+            assert (entry["status"], entry["message"]) == ("stable", "stable"), name
+            assert entry["psi"] < 0.05 and entry["p_value"] > 0.01, name
+        else:
+            assert entry["status"] == "too_few_rows"
+            assert entry["message"] == f"too few rows ({n} of 100)"
+            assert entry["psi"] is None and entry["p_value"] is None
+
+
+@pytest.mark.parametrize("n", [2, 20])
+def test_few_rows_are_not_flagged_even_without_a_minimum(trained_store_dir, n):
+    """What a minimum of 1 would show: PSI above the threshold on most features from
+    sampling alone (the bins a few rows leave empty), which the p-value sees as noise."""
+    rows = sample(training_rows(DIABETES), n, seed=n)
+    report = regressor_drift(trained_store_dir, rows, min_rows=1)
+    assert report["flagged"] == []
+    above = [name for name, entry in report["features"].items() if entry["psi"] > 0.2]
+    assert len(above) > len(report["features"]) // 2, above
+    for name, entry in report["features"].items():
+        assert entry["status"] == "stable", name
+        if name in above:
+            assert entry["message"].startswith("stable: PSI "), name
+            assert "within sampling noise" in entry["message"], name
+
+
+def test_one_shifted_feature_is_flagged_alone(trained_store_dir, store):
+    rows = sample(training_rows(DIABETES), 2000, seed=7)
+    std = next(f for f in store.metadata(DIABETES, 1)["input"]["features"] if f["name"] == "bmi")
+    rows["bmi"] = rows["bmi"] + 0.5 * std["stats"]["std"]
+    report = regressor_drift(trained_store_dir, rows)
+    assert report["flagged"] == ["bmi"]
+    assert report["too_few_rows"] == []
+    bmi = report["features"]["bmi"]
+    assert bmi["status"] == "drifted" and bmi["flagged"] is True
+    assert bmi["psi"] > 0.2 and bmi["p_value"] < 1e-6
+    assert bmi["message"] == f"drifted (PSI {bmi['psi']:.3f}, p {bmi['p_value']:.2g})"
+    for name, entry in report["features"].items():
+        if name != "bmi":
+            assert entry["status"] == "stable" and entry["psi"] < 0.05, name
+
+
+def test_sparse_bins_are_merged_until_each_expects_five():
+    from scipy import stats
+
+    shares = np.array([0.01, 0.02, 0.47, 0.45, 0.05])  # 100 rows expect 1, 2, 47, 45, 5
+    counts = np.array([6, 4, 35, 45, 10])
+    # Merged in order: [1 + 2 + 47], [45], [5] expected; [6 + 4 + 35], [45], [10] seen.
+    merged = stats.chisquare([45, 45, 10], [50, 45, 5]).pvalue
+    assert drift.chi_square_p_value(shares, counts) == pytest.approx(merged)
+    # A short tail joins the group before it: [1 + 2 + 47], [46 + 4].
+    assert drift.chi_square_p_value(
+        np.array([0.01, 0.02, 0.47, 0.46, 0.04]), counts
+    ) == pytest.approx(stats.chisquare([45, 55], [50, 50]).pvalue)
+    # Fewer than two groups: nothing to test.
+    assert drift.chi_square_p_value(shares, np.array([1, 0, 2, 1, 0])) is None
+
+
 def numeric_profile() -> drift.FeatureProfile:
     return drift.FeatureProfile(
         "x",
@@ -582,13 +672,19 @@ def test_category_shares_and_unseen_categories():
     frame = pd.DataFrame({"colour": ["red", "red", "red", "green", "missing", None]})
     counts = drift.count_bins(profile, [frame.iloc[:2], frame.iloc[2:]])
     assert counts == {"c:red": 3, "unseen": 1, "missing": 2}
-    report = drift.feature_report(profile, counts, threshold=0.2)
+    report = drift.feature_report(profile, counts, threshold=0.2, alpha=0.01, min_rows=4)
     expected = (0.75 - 0.5) * math.log(0.75 / 0.5) + (1e-4 - 0.5) * math.log(1e-4 / 0.5)
     expected += (0.25 - 1e-4) * math.log(0.25 / 1e-4)
     assert report["psi"] == pytest.approx(expected, abs=1e-6)
     assert report["bins"] == ["red", "blue", "unseen"]
     assert report["live"] == [0.75, 0.0, 0.25]
+    # A category training never saw cannot be sampling noise: p = 0.
+    assert report["p_value"] == 0.0
     assert (report["count"], report["missing"], report["flagged"]) == (6, 2, True)
+    # Missing values are left out of the comparison, and out of the minimum.
+    report = drift.feature_report(profile, counts, threshold=0.2, alpha=0.01, min_rows=5)
+    assert (report["status"], report["message"]) == ("too_few_rows", "too few rows (4 of 5)")
+    assert (report["psi"], report["p_value"], report["flagged"]) == (None, None, False)
 
 
 def test_psi_of_identical_shares_is_zero():

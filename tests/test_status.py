@@ -193,14 +193,35 @@ def test_live_quality_and_drift_follow_feedback_and_rows(client, store_dir):
     assert quality["below_test_score"] is True
     assert quality["test_score"] > 0.9
 
+    # 20 rows, however far off, are too few to judge drift on (drift_min_rows, 100): the
+    # status and the drift API say so instead of a PSI.
+    assert iris["drift"]["min_rows"] == 100
     (drift,) = iris["drift"]["versions"]
     assert drift["rows"] == 20
+    assert drift["flagged"] == []
+    assert drift["too_few_rows"] == sorted(IRIS_ROW)
     features = {f["name"]: f for f in drift["features"]}
     assert list(features) == list(IRIS_ROW)
-    assert features["petal_length_cm"]["flagged"] is True
-    assert features["petal_length_cm"]["psi"] > 0.2
-    assert "petal_length_cm" in drift["flagged"]
+    for feature in features.values():
+        assert feature["status"] == "too_few_rows"
+        assert feature["message"] == "too few rows (20 of 100)"
+        assert (feature["flagged"], feature["psi"], feature["p_value"]) == (False, None, None)
     assert len(features["petal_length_cm"]["live"]) == len(features["petal_length_cm"]["training"])
+    api = client.get("/v1/models/iris-classifier/drift").get_json()
+    (version,) = api["versions"]
+    assert version["features"]["petal_length_cm"]["message"] == "too few rows (20 of 100)"
+    assert (api["min_rows"], api["alpha"]) == (100, 0.01)
+
+    # 100 more: enough rows, and the shift is far beyond sampling noise.
+    more = client.post("/v1/models/iris-classifier/predict", json={"instances": [shifted] * 100})
+    assert more.status_code == 200
+    (drift,) = model(status(client), "iris-classifier")["drift"]["versions"]
+    features = {f["name"]: f for f in drift["features"]}
+    assert drift["rows"] == 120 and drift["too_few_rows"] == []
+    assert {"petal_length_cm", "petal_width_cm"} <= set(drift["flagged"])
+    petal = features["petal_length_cm"]
+    assert (petal["status"], petal["flagged"]) == ("drifted", True)
+    assert petal["psi"] > 0.2 and petal["p_value"] < 0.01 / 4
 
 
 def test_without_metrics_the_page_still_shows_models_and_scores(store_dir, tmp_path):
@@ -244,5 +265,10 @@ def test_status_answer_fits_its_documented_schema(client):
     operation = document["paths"]["/v1/status"]["get"]
     schema = operation["responses"]["200"]["content"]["application/json"]["schema"]
     jsonschema.Draft202012Validator(schema).validate(status(client))
+    operation = document["paths"]["/v1/models/{name}/drift"]["get"]
+    schema = operation["responses"]["200"]["content"]["application/json"]["schema"]
+    drift = client.get("/v1/models/iris-classifier/drift").get_json()
+    assert drift["versions"][0]["features"]["sepal_width_cm"]["status"] == "too_few_rows"
+    jsonschema.Draft202012Validator(schema).validate(drift)
     for path in ("/", "/status"):
         assert "text/html" in document["paths"][path]["get"]["responses"]["200"]["content"]

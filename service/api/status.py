@@ -324,8 +324,9 @@ def _quality(name: str) -> dict[str, Any] | None:
 
 
 def _drift(name: str) -> dict[str, Any] | None:
-    """Drift per version and feature (GET /v1/models/<name>/drift): PSI, the flag, and
-    both distributions over the same bins."""
+    """Drift per version and feature (GET /v1/models/<name>/drift): PSI, the p-value, the
+    verdict ("too few rows (n of N)" until a feature has enough values), and both
+    distributions over the same bins."""
     monitor = _monitor()
     if monitor is None:
         return None
@@ -340,8 +341,12 @@ def _drift(name: str) -> dict[str, Any] | None:
             {
                 "name": feature,
                 "psi": figures.get("psi"),
+                "p_value": figures.get("p_value"),
+                "status": figures.get("status"),
+                "message": figures.get("message"),
                 "flagged": bool(figures.get("flagged")),
                 "count": figures.get("count", 0),
+                "min_rows": figures.get("min_rows"),
                 "bins": figures.get("bins", []),
                 "live": figures.get("live", []),
                 "training": figures.get("training", []),
@@ -354,11 +359,14 @@ def _drift(name: str) -> dict[str, Any] | None:
                 "aliases": entry.get("aliases", []),
                 "rows": entry.get("rows", 0),
                 "flagged": entry.get("flagged", []),
+                "too_few_rows": entry.get("too_few_rows", []),
                 "features": features,
             }
         )
     return {
         "window_minutes": report.get("window_minutes"),
         "threshold": report.get("threshold"),
+        "alpha": report.get("alpha"),
+        "min_rows": report.get("min_rows"),
         "versions": versions,
     }

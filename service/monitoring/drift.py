@@ -14,8 +14,27 @@ training shares ``e`` over the same bins (missing values left out of both):
 A bin empty on either side would make that infinite, so shares are floored at
 ``EPSILON`` (1e-4) first. For categories the bins are the training categories plus
 ``unseen`` (a training share of 0, floored the same way). Rules of thumb: below 0.1
-little change, 0.1 to 0.25 some, above 0.25 a lot; the service flags a feature above
-the ``drift_threshold`` setting (0.2 by default).
+little change, 0.1 to 0.25 some, above 0.25 a lot.
+
+PSI over a handful of rows measures nothing: with two rows, eight of ten bins are empty
+and PSI comes out near 5 whatever the distribution. Sampling alone gives PSI about
+(bins - 1) / n on n rows. So a feature is judged only once it has ``min_rows`` values
+(status ``too_few_rows`` until then, with the message "too few rows (n of N)"), and
+then flagged (``drifted``) only when both
+
+- its PSI is above ``threshold`` (the change is large enough to matter), and
+- Pearson's chi-square goodness of fit of the live bin counts against the training
+  shares gives a p-value below ``alpha`` (the change is not sampling noise).
+
+The chi-square test runs over bins merged, in order, until each expects at least
+``MIN_EXPECTED`` (5) live values, Cochran's rule for the chi-square approximation to
+hold; an exact or Monte-Carlo test would cost more at every scrape, and a Monte-Carlo
+p-value would move from one look to the next on the same counts. Categories are taken
+from the most to the least common, so the rare ones merge together; a category training
+never saw (a training share of 0) cannot be sampling noise, so one such value gives
+p = 0 and PSI alone says whether there are enough of them to matter.
+The training shares are taken as exact: the training histogram's own sampling noise is
+left to the PSI threshold.
 """
 
 from __future__ import annotations
@@ -25,11 +44,19 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 EPSILON = 1e-4
 MISSING = "missing"
 UNSEEN = "unseen"
 CATEGORY_PREFIX = "c:"
+# Fewest live values a merged bin of the chi-square test expects (Cochran's rule).
+MIN_EXPECTED = 5.0
+
+# Statuses of a feature's drift.
+TOO_FEW_ROWS = "too_few_rows"
+STABLE = "stable"
+DRIFTED = "drifted"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,22 +199,93 @@ def psi(expected: np.ndarray, actual: np.ndarray, epsilon: float = EPSILON) -> f
     return float(np.sum((a - e) * np.log(a / e)))
 
 
+def chi_square_p_value(expected: np.ndarray, counts: np.ndarray) -> float | None:
+    """p-value of Pearson's chi-square goodness of fit of live bin counts against the
+    training shares, over bins merged in order until each expects ``MIN_EXPECTED``
+    values (a short last group joins the one before). None when fewer than two groups
+    are left: nothing to test."""
+    shares = np.asarray(expected, dtype=np.float64)
+    counts = np.asarray(counts, dtype=np.float64)
+    n = counts.sum()
+    if n <= 0 or shares.sum() <= 0:
+        return None
+    expected_counts = n * shares / shares.sum()
+    observed_groups: list[float] = []
+    expected_groups: list[float] = []
+    observed = expected_sum = 0.0
+    for seen, wanted in zip(counts, expected_counts, strict=True):
+        observed += seen
+        expected_sum += wanted
+        if expected_sum >= MIN_EXPECTED:
+            observed_groups.append(observed)
+            expected_groups.append(expected_sum)
+            observed = expected_sum = 0.0
+    if observed_groups and (observed or expected_sum):
+        observed_groups[-1] += observed
+        expected_groups[-1] += expected_sum
+    if len(observed_groups) < 2:
+        return None
+    return float(stats.chisquare(observed_groups, expected_groups).pvalue)
+
+
+def _p_value(profile: FeatureProfile, expected: np.ndarray, counts: np.ndarray) -> float | None:
+    if profile.numeric:  # neighbouring ranges merge
+        return chi_square_p_value(expected, counts)
+    # Categories from the most to the least common, so the rare ones merge together.
+    # ``unseen`` (the last bin) has a training share of 0: no sample of the training
+    # distribution holds such a value, so any one of them is evidence (p = 0), as the
+    # chi-square statistic would say; PSI then tells whether there are enough to matter.
+    if counts[-1]:
+        return 0.0
+    known = np.argsort(-expected[:-1], kind="stable")
+    return chi_square_p_value(expected[known], counts[known])
+
+
 def feature_report(
-    profile: FeatureProfile, live: dict[str, int], threshold: float
+    profile: FeatureProfile,
+    live: dict[str, int],
+    *,
+    threshold: float,
+    alpha: float,
+    min_rows: int,
 ) -> dict[str, Any]:
-    """PSI, the flag, the live count, and both distributions over the same bins."""
+    """PSI, the chi-square p-value, the verdict, the live count, and both distributions
+    over the same bins. ``alpha`` is the level this one feature's p-value is held to
+    (already divided among the features by the caller)."""
     bins = profile.bins()
     counts = np.array([live.get(b, 0) for b in bins], dtype=np.float64)
     present = int(counts.sum())
     missing = int(live.get(MISSING, 0))
     expected = profile.expected()
     actual = counts / present if present else np.zeros(len(bins))
-    value = round(psi(expected, actual), 6) if present else None
+    judged = present >= min_rows and present > 0
+    # Below the minimum PSI is noise (near 5 on two rows): no figure at all, only the count.
+    value = round(psi(expected, actual), 6) if judged else None
+    p_value = _p_value(profile, expected, counts) if judged else None
+    if not judged:
+        status = TOO_FEW_ROWS
+        message = f"too few rows ({present} of {min_rows})"
+    elif value is not None and value > threshold and p_value is not None and p_value < alpha:
+        status, message = DRIFTED, f"drifted (PSI {value:.3f}, p {p_value:.2g})"
+    elif value is not None and value > threshold:
+        status = STABLE
+        message = (
+            f"stable: PSI {value:.3f} is above {threshold:g} but the counts are within "
+            f"sampling noise (p {'—' if p_value is None else f'{p_value:.2g}'}, "
+            f"alpha {alpha:.2g})"
+        )
+    else:
+        status, message = STABLE, "stable"
     report: dict[str, Any] = {
         "kind": "numeric" if profile.numeric else "categorical",
+        "status": status,
+        "message": message,
+        "flagged": status == DRIFTED,
         "psi": value,
-        "flagged": bool(value is not None and value > threshold),
+        "p_value": None if p_value is None else float(f"{p_value:.4g}"),
+        "alpha": alpha,
         "count": present + missing,
+        "min_rows": min_rows,
         "missing": missing,
         "missing_rate": {
             "live": round(missing / (present + missing), 6) if present + missing else None,
@@ -202,3 +300,34 @@ def feature_report(
         assert profile.edges is not None
         report["edges"] = [float(e) for e in profile.edges]
     return report
+
+
+def version_report(
+    profiles: list[FeatureProfile],
+    counts: dict[str, dict[str, int]],
+    *,
+    threshold: float,
+    alpha: float,
+    min_rows: int,
+) -> dict[str, Any]:
+    """Every feature of one model version ({feature: {bin: n}} live counts), the features
+    flagged and those not judged yet. Bonferroni: each feature's test is held to
+    ``alpha / features``, so a version whose inputs have not moved has at most an
+    ``alpha`` chance, per look, of any feature flagged."""
+    per_feature = alpha / max(len(profiles), 1)
+    features = {
+        profile.name: feature_report(
+            profile,
+            counts.get(profile.name, {}),
+            threshold=threshold,
+            alpha=per_feature,
+            min_rows=min_rows,
+        )
+        for profile in profiles
+    }
+    return {
+        "rows": max((f["count"] for f in features.values()), default=0),
+        "flagged": sorted(n for n, f in features.items() if f["status"] == DRIFTED),
+        "too_few_rows": sorted(n for n, f in features.items() if f["status"] == TOO_FEW_ROWS),
+        "features": features,
+    }

@@ -349,6 +349,8 @@ class Monitor:
             "model": name,
             "window_minutes": window,
             "threshold": self.settings.drift_threshold,
+            "alpha": self.settings.drift_alpha,
+            "min_rows": self.settings.drift_min_rows,
             "epsilon": drift.EPSILON,
             "versions": reports,
         }
@@ -356,15 +358,13 @@ class Monitor:
     def _version_drift(
         self, name: str, version: int, metadata: dict[str, Any], counts: dict[str, dict[str, int]]
     ) -> dict[str, Any]:
-        features = {
-            profile.name: drift.feature_report(
-                profile, counts.get(profile.name, {}), self.settings.drift_threshold
-            )
-            for profile in self._feature_profiles(name, version, metadata)
-        }
-        rows = max((f["count"] for f in features.values()), default=0)
-        flagged = sorted(n for n, f in features.items() if f["flagged"])
-        return {"rows": rows, "flagged": flagged, "features": features}
+        return drift.version_report(
+            self._feature_profiles(name, version, metadata),
+            counts,
+            threshold=self.settings.drift_threshold,
+            alpha=self.settings.drift_alpha,
+            min_rows=self.settings.drift_min_rows,
+        )
 
     # -- Prometheus, at scrape time ---------------------------------------------------
 
@@ -429,12 +429,25 @@ class Monitor:
         labels = ["model", "version", "feature"]
         psi = GaugeMetricFamily(
             "model_service_feature_drift_psi",
-            "Population stability index of live feature values against training",
+            "Population stability index of live feature values against training, once the "
+            "feature has drift_min_rows values",
+            labels=labels,
+        )
+        p_value = GaugeMetricFamily(
+            "model_service_feature_drift_p_value",
+            "Chi-square p-value of live bin counts against the training shares, once the "
+            "feature has drift_min_rows values",
             labels=labels,
         )
         flagged = GaugeMetricFamily(
             "model_service_feature_drift_flagged",
-            "1 when the feature's PSI is above drift_threshold",
+            "1 when the feature has drift_min_rows values, its PSI is above drift_threshold "
+            "and its p-value below drift_alpha / the model's feature count",
+            labels=labels,
+        )
+        too_few = GaugeMetricFamily(
+            "model_service_feature_drift_too_few_rows",
+            "1 while the feature has fewer than drift_min_rows values: not judged yet",
             labels=labels,
         )
         since = int(time.time() // 60) - self.settings.drift_window_minutes + 1
@@ -444,12 +457,18 @@ class Monitor:
                 continue
             report = self._version_drift(name, version, metadata, counts)
             for feature, entry in report["features"].items():
-                if entry["psi"] is None:
+                if not entry["count"]:
                     continue
                 key = [name, str(version), feature]
-                psi.add_metric(key, entry["psi"])
+                # Below the minimum the report has no PSI (it would be noise), so none is
+                # exported: no dashboard or alert can read it as a figure.
+                if entry["psi"] is not None:
+                    psi.add_metric(key, entry["psi"])
+                if entry["p_value"] is not None:
+                    p_value.add_metric(key, entry["p_value"])
                 flagged.add_metric(key, 1.0 if entry["flagged"] else 0.0)
-        return [psi, flagged]
+                too_few.add_metric(key, 1.0 if entry["status"] == drift.TOO_FEW_ROWS else 0.0)
+        return [psi, p_value, flagged, too_few]
 
 
 def _check_label(metadata: dict[str, Any], label: Any) -> tuple[Any, str | None]:
