@@ -11,6 +11,13 @@ is not loaded yet load it on demand, which blocks only that request, and for at 
 REQUEST_LOAD_WAIT_SECONDS: a longer load goes on in the background and the request gets
 a 503 that says so.
 
+An experiment (``experiment.yaml``, see service.store.experiments) is watched in the
+same look: every version it serves or shadows is loaded *before* the experiment applies,
+and stays loaded while it runs. :meth:`route` then sends each request that names no
+version and no alias to the variant the experiment assigns it. An experiment that
+cannot apply (an invalid file, a variant that does not load) is not half-applied: the
+model's default alias serves everything, and the log says why.
+
 Under Gunicorn with ``preload_app`` the master calls :meth:`refresh` once so
 workers inherit the models copy-on-write; the watcher thread is started lazily
 in each worker (threads do not survive ``fork``). A request never loads longer than
@@ -31,9 +38,11 @@ from typing import Any, NoReturn
 
 from service.config import Settings
 from service.errors import ModelLoadError, ModelNotFound, ModelNotReady, ServiceError, StoreError
+from service.runtime import hooks
 from service.runtime import model as model_runtime
 from service.runtime.model import LoadedModel
 from service.store import ModelRef, ModelStore
+from service.store.experiments import FIELD_PATTERN, Experiment
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +56,10 @@ REQUEST_LOAD_WAIT_SECONDS = 5.0
 
 # Told of every model this registry loads, with the seconds the load took (monitoring).
 LoadListener = Callable[[LoadedModel, float], None]
+# A request's client key for sticky assignment, or how to find it once the experiment
+# (which names the header or body field that carries it) is known.
+ClientKey = str | Callable[[Experiment], str | None] | None
+NO_FIELDS: frozenset[str] = frozenset()
 
 
 class ModelRegistry:
@@ -74,6 +87,13 @@ class ModelRegistry:
         self._refresh_lock = threading.Lock()
         self._watcher_pid: int | None = None
         self._stop = threading.Event()
+        # name -> the experiment this process applies: every version it serves or shadows
+        # is loaded (see _sync_experiment). Most models have none: route's one lookup.
+        self._experiments: dict[str, Experiment] = {}
+        # name -> why the store's experiment does not apply here, and since when.
+        self._experiment_problems: dict[str, tuple[str, float]] = {}
+        # name -> the body fields its experiments (running or past) carry client keys in.
+        self._key_fields: dict[str, frozenset[str]] = {}
         self.last_refresh: float | None = None
         self.load_listeners: list[LoadListener] = []
 
@@ -118,6 +138,56 @@ class ModelRegistry:
                 ) from exc
         self._last_used[key] = time.monotonic()
         return loaded
+
+    def route(
+        self, ref: ModelRef, client_key: ClientKey = None
+    ) -> tuple[LoadedModel, hooks.Assignment | None]:
+        """The loaded model that serves a request for ``ref``, and its experiment
+        assignment (a hooks.Assignment, also set in ``hooks.assignment`` for the request;
+        None outside an experiment).
+
+        A request that names no version and no alias, for a model running an experiment,
+        goes to the variant the experiment assigns it: sticky for ``client_key``, random by
+        weight without one. ``client_key`` may be a function of the experiment, so a front
+        end reads the header or body field the experiment names only when one runs. Any
+        other request is served as :meth:`get` serves it."""
+        self._ensure_watcher()
+        experiment = None
+        if ref.version is None and ref.alias is None:
+            experiment = self._experiments.get(ref.name)
+        if experiment is None:
+            hooks.assignment.set(None)
+            return self.get(ref), None
+        key = client_key(experiment) if callable(client_key) else client_key
+        variant = experiment.assign(key)
+        version = variant.version
+        if version is None:
+            # Through this process's aliases: a promotion moves an alias variant only once
+            # its new version is loaded, as it moves the alias.
+            version = self._aliases.get(ref.name, {}).get(variant.alias or "")
+        if version is None:  # the alias went away since the experiment applied
+            hooks.assignment.set(None)
+            return self.get(ref), None
+        model = self.get(ModelRef(ref.name, version=version))
+        shadow = experiment.shadow if experiment.wants_shadow() else None
+        assignment = hooks.Assignment(
+            experiment.id, variant.name, model.version, shadow.target if shadow else None
+        )
+        hooks.assignment.set(assignment)
+        return model, assignment
+
+    def experiment(self, name: str) -> Experiment | None:
+        """The experiment this process applies to ``name`` (None: the default alias serves)."""
+        return self._experiments.get(name)
+
+    def experiment_problems(self) -> dict[str, str]:
+        """Models whose experiment in the store does not apply here, and why."""
+        return {name: message for name, (message, _) in self._experiment_problems.items()}
+
+    def key_fields(self, name: str) -> frozenset[str]:
+        """The request body fields ``name``'s experiments, running or past, take client keys
+        from: a client that sends one is not refused after its experiment ends."""
+        return self._key_fields.get(name, NO_FIELDS)
 
     def served_names(self) -> list[str]:
         if self.settings.models:
@@ -166,18 +236,30 @@ class ModelRegistry:
         with self._refresh_lock:
             names = self.served_names()
             for name in names:
-                signature = (self.store.aliases_signature(name), self._served_metadata(name))
+                signature = (
+                    self.store.aliases_signature(name),
+                    self.store.experiment_signature(name),
+                    self._served_metadata(name),
+                )
                 unchanged = name in self._signatures and self._signatures[name] == signature
-                if unchanged and not force and not self._retry_due(name):
+                if (
+                    unchanged
+                    and not force
+                    and not self._retry_due(name)
+                    and not self._experiment_retry_due(name)
+                ):
                     continue
                 try:
                     self._sync_model(name)
                 except ServiceError as exc:
                     log.error("%s: cannot read its aliases: %s", name, exc.message)
                     continue
+                self._sync_experiment(name)
                 self._signatures[name] = signature
             for name in set(self._aliases) - set(names):
                 del self._aliases[name]
+            for name in set(self._experiments) - set(names):
+                del self._experiments[name]
             self._drop_idle_versions()
             self.last_refresh = time.monotonic()
 
@@ -187,7 +269,7 @@ class ModelRegistry:
         self.refresh(force=True)
 
     def _served_metadata(self, name: str) -> tuple[Any, ...]:
-        served = sorted(set(self._aliases.get(name, {}).values()))
+        served = sorted(set(self._aliases.get(name, {}).values()) | self._experiment_versions(name))
         return tuple((v, self.store.metadata_signature(name, v)) for v in served)
 
     def _metadata_changed(self, key: tuple[str, int]) -> bool:
@@ -222,6 +304,74 @@ class ModelRegistry:
         self._aliases[name] = current
         for alias, version in switched.items():
             log.info("%s: alias %s serves version %d", name, alias, version)
+
+    def _sync_experiment(self, name: str) -> None:
+        """Apply the store's experiment of ``name`` once every version it serves or shadows
+        is loaded; when it cannot apply, serve the default alias (no experiment) and say why."""
+        try:
+            state = self.store.experiment_state(name)
+            self._key_fields[name] = _key_fields(state)
+            active = state["active"]
+            experiment = None if active is None else Experiment.from_dict(name, active)
+        except ServiceError as exc:
+            self._experiment_failed(name, f"experiment.yaml is not valid: {exc.message}")
+            return
+        if experiment is None:
+            self._experiment_problems.pop(name, None)
+            if self._experiments.pop(name, None) is not None:
+                log.info(
+                    "%s: no experiment runs; alias %s serves", name, self.settings.default_alias
+                )
+            return
+        try:
+            for target in experiment.targets():
+                self._target_version(name, target)
+        except ServiceError as exc:
+            self._experiment_failed(name, f"experiment {experiment.id} cannot run: {exc.message}")
+            return
+        self._experiment_problems.pop(name, None)
+        previous = self._experiments.get(name)
+        # One assignment: requests see the old experiment or the new one, never a mix.
+        self._experiments[name] = experiment
+        if previous != experiment:
+            split = ", ".join(f"{v.name}={v.weight:g}" for v in experiment.variants)
+            log.info("%s: experiment %s splits requests %s", name, experiment.id, split)
+
+    def _target_version(self, name: str, target: str) -> int:
+        """The loaded version a variant or shadow names now (loading a version number)."""
+        if target.isdigit():
+            version = int(target)
+            if self._recently_failed((name, version)):
+                raise ModelLoadError(self._failures[(name, version)][0])
+            self._load(name, version)
+            return version
+        version = self._aliases.get(name, {}).get(target)
+        if version is None:
+            wanted = self._wanted.get(name, {}).get(target)
+            if wanted is None:
+                raise ModelNotFound(f"{name} has no alias {target!r}")
+            failure = self._failures.get((name, wanted))
+            reason = failure[0] if failure else "not loaded yet"
+            raise ModelNotReady(f"alias {target} ({name}@{wanted}): {reason}")
+        return version
+
+    def _experiment_failed(self, name: str, message: str) -> None:
+        self._experiments.pop(name, None)
+        self._experiment_problems[name] = (message, time.monotonic())
+        log.error(
+            "%s: %s; alias %s serves every request", name, message, self.settings.default_alias
+        )
+
+    def _experiment_retry_due(self, name: str) -> bool:
+        problem = self._experiment_problems.get(name)
+        return problem is not None and time.monotonic() - problem[1] >= RETRY_FAILED_SECONDS
+
+    def _experiment_versions(self, name: str) -> set[int]:
+        """The versions ``name``'s experiment names by number (its aliases are served anyway)."""
+        experiment = self._experiments.get(name)
+        if experiment is None:
+            return set()
+        return {int(target) for target in experiment.targets() if target.isdigit()}
 
     def _load(self, name: str, version: int) -> LoadedModel:
         key = (name, version)
@@ -323,6 +473,7 @@ class ModelRegistry:
 
     def _drop_idle_versions(self) -> None:
         in_use = {(n, v) for n, aliases in self._aliases.items() for v in aliases.values()}
+        in_use |= {(n, v) for n in list(self._experiments) for v in self._experiment_versions(n)}
         horizon = time.monotonic() - IDLE_VERSION_SECONDS
         for key in list(self._models):
             if key not in in_use and self._last_used.get(key, 0) < horizon:
@@ -380,3 +531,10 @@ class ModelRegistry:
     def stop(self) -> None:
         self._stop.set()
         self._watcher_pid = None
+
+
+def _key_fields(state: dict[str, Any]) -> frozenset[str]:
+    """The key fields named by the running experiment and by past starts in its history."""
+    entries = [state.get("active") or {}, *(state.get("history") or ())]
+    fields = (entry.get("key_field") for entry in entries if isinstance(entry, dict))
+    return frozenset(f for f in fields if isinstance(f, str) and FIELD_PATTERN.fullmatch(f))
