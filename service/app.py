@@ -16,6 +16,7 @@ from service.api import (
     content_encoding,
     docs,
     errors,
+    experiments,
     health,
     metrics,
     mlflow,
@@ -66,6 +67,7 @@ def build_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     content_encoding.init_app(app)
     for blueprint in (health.bp, models.bp, predict.bp, admin.bp, mlflow.bp, docs.bp, v2.bp):
         app.register_blueprint(blueprint)
+    app.register_blueprint(experiments.bp)
     app.register_blueprint(monitoring.bp)
     # Feedback joins, drift counts, the prediction log; live quality and drift at scrape time.
     monitoring.init_app(app, settings)

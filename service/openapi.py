@@ -43,7 +43,7 @@ from service.errors import (
     UnsupportedMediaType,
 )
 from service.monitoring import live
-from service.store import layout
+from service.store import experiment_control, experiments, layout
 from service.store.metadata import FEATURE_SCHEMA, METADATA_SCHEMA
 
 OPENAPI_VERSION = "3.1.0"
@@ -53,6 +53,11 @@ TAGS = [
     {"name": "native", "description": "Predictions in the service's own JSON format."},
     {"name": "models", "description": "What is served: models, versions, metadata, model cards."},
     {"name": "admin", "description": "Promote, roll back, reload; needs the admin key."},
+    {
+        "name": "experiments",
+        "description": "Split a model's requests between versions, with a shadow; needs the "
+        "admin key.",
+    },
     {"name": "v2", "description": "Open Inference Protocol v2 (KServe / Triton clients)."},
     {"name": "mlflow", "description": "MLflow scoring-server formats."},
     {"name": "health", "description": "Liveness and readiness for Nginx and orchestration."},
@@ -453,6 +458,7 @@ def _fixed_schemas() -> dict[str, Any]:
     detail["required"] = [*detail["required"], "alias_history", "metadata"]
     schemas["ModelDetail"] = detail
     schemas.update(_metadata_schemas())
+    schemas.update(_experiment_schemas())
     schemas.update(_v2_schemas())
     schemas.update(_mlflow_schemas())
     return schemas
@@ -698,7 +704,8 @@ _FAILURES: dict[str, tuple[type[ServiceError], str]] = {
         BadRequest,
         "A malformed request: not JSON, a payload of the wrong shape, a malformed model "
         "name or version, a body in a Content-Encoding that does not decode "
-        "(`invalid_json`, `invalid_payload`, `missing_instances`, `invalid_model_name`, ...); "
+        "(`invalid_json`, `invalid_payload`, `missing_instances`, `invalid_model_name`, ...), "
+        "an experiment that cannot run as given (`invalid_experiment`); "
         "JSON that is not UTF-8 or starts with a byte order mark (`invalid_encoding`), a "
         "number beyond a 64-bit float's range (`number_out_of_range`), an object repeating "
         "a key (`duplicate_key`).",
@@ -715,12 +722,13 @@ _FAILURES: dict[str, tuple[type[ServiceError], str]] = {
     "NotFound": (
         NotFound,
         "Unknown model, version or alias (`model_not_found`, `version_not_found`, "
-        "`alias_not_found`).",
+        "`alias_not_found`), or no experiment to stop (`experiment_not_found`).",
     ),
     "Conflict": (
         Conflict,
-        "A conflict: the promotion gate refused (`promotion_refused`), or /invocations has "
-        "several models and no default (`default_model_not_set`).",
+        "A conflict: the promotion gate refused (`promotion_refused`), an experiment runs "
+        "already (`experiment_running`), or /invocations has several models and no default "
+        "(`default_model_not_set`).",
     ),
     "TooLarge": (
         TooManyInstances,
@@ -959,6 +967,206 @@ def _admin_paths() -> dict[str, Any]:
                 "reload",
                 "Forget load failures and look at the store again",
                 {"200": _response("Readiness after the reload.", _json(_ref("ReloadResult")))},
+            )
+        },
+    }
+
+
+_TARGET = {
+    "anyOf": [
+        {"type": "string", "pattern": f"^{VERSION_OR_ALIAS}$"},
+        _VERSION_NUMBER,
+    ],
+    "description": "A version number or an alias of the model.",
+}
+_WEIGHT = {"type": "number", "minimum": 0, "maximum": experiments.TOTAL_WEIGHT}
+_NULLABLE_REASON = {
+    "type": ["string", "null"],
+    "maxLength": experiment_control.MAX_REASON_CHARS,
+    "description": "Why, kept in the experiment's history.",
+}
+
+
+def _experiment_schemas() -> dict[str, Any]:
+    number_or_null = {"type": ["number", "null"]}
+    shadow = {
+        "type": "object",
+        "required": ["target", "share"],
+        "properties": {
+            "target": {"type": "string"},
+            "share": {"type": "number"},
+            "version": {
+                "type": ["integer", "null"],
+                "description": "The version the target resolves to now (null: none).",
+            },
+        },
+    }
+    return {
+        "ExperimentStartRequest": {
+            "type": "object",
+            "additionalProperties": False,
+            "description": "Variants are versions or aliases of the model with weights adding "
+            "up to 100. Without variants, a request that names a shadow serves every request "
+            "from the default alias and runs the shadow on its share.",
+            "properties": {
+                "variants": {
+                    "oneOf": [
+                        {
+                            "type": "object",
+                            "propertyNames": {"pattern": f"^{VERSION_OR_ALIAS}$"},
+                            "additionalProperties": _WEIGHT,
+                            "minProperties": 1,
+                            "description": "Name to weight, in order.",
+                        },
+                        {
+                            "type": "array",
+                            "minItems": 1,
+                            "items": {
+                                "type": "object",
+                                "required": ["name", "weight"],
+                                "additionalProperties": False,
+                                "properties": {"name": _TARGET, "weight": _WEIGHT},
+                            },
+                        },
+                        {
+                            "type": "string",
+                            "description": "As modelctl takes them: `production=90,staging=10`.",
+                        },
+                        {"type": "null"},
+                    ],
+                    "example": {"production": 90, "staging": 10},
+                },
+                "key_header": {
+                    "type": ["string", "null"],
+                    "pattern": f"^(?:{experiments.HEADER_PATTERN.pattern})?$",
+                    "description": "Sticky assignment on this request header (e.g. X-Client-ID).",
+                },
+                "key_field": {
+                    "type": ["string", "null"],
+                    "pattern": f"^(?:{experiments.FIELD_PATTERN.pattern})?$",
+                    "description": "... or on this field of the request body.",
+                },
+                "shadow": {
+                    "type": ["object", "null"],
+                    "required": ["target"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "target": _TARGET,
+                        "share": {
+                            "type": ["number", "null"],
+                            "exclusiveMinimum": 0,
+                            "maximum": 1,
+                            "default": experiment_control.DEFAULT_SHADOW_SHARE,
+                        },
+                    },
+                    "description": "Also run this share of the requests on the target, "
+                    "answering from the variant.",
+                },
+                "alpha": {
+                    **number_or_null,
+                    "exclusiveMinimum": 0,
+                    "maximum": 0.5,
+                    "default": experiments.DEFAULT_ALPHA,
+                },
+                "min_effect": {
+                    **number_or_null,
+                    "exclusiveMinimum": 0,
+                    "default": experiments.DEFAULT_MIN_EFFECT,
+                },
+                "reason": _NULLABLE_REASON,
+            },
+        },
+        "ExperimentStopRequest": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"reason": _NULLABLE_REASON},
+        },
+        "ExperimentStatus": {
+            "type": "object",
+            "required": ["model", "experiment", "history"],
+            "properties": {
+                "model": {"type": "string"},
+                "experiment": {
+                    "oneOf": [
+                        {"type": "null", "description": "No experiment runs."},
+                        {
+                            "type": "object",
+                            "required": [
+                                "id",
+                                "kind",
+                                "started_at",
+                                "variants",
+                                "key_header",
+                                "key_field",
+                                "shadow",
+                                "alpha",
+                                "min_effect",
+                            ],
+                            "properties": {
+                                "id": {"type": "string"},
+                                "kind": {"enum": list(experiments.KINDS)},
+                                "started_at": {"type": "string"},
+                                "variants": {
+                                    "type": "array",
+                                    "items": {
+                                        "type": "object",
+                                        "required": ["name", "weight", "version"],
+                                        "properties": {
+                                            "name": {"type": "string"},
+                                            "weight": {"type": "number"},
+                                            "version": shadow["properties"]["version"],
+                                        },
+                                    },
+                                },
+                                "key_header": {"type": ["string", "null"]},
+                                "key_field": {"type": ["string", "null"]},
+                                "shadow": {"oneOf": [shadow, {"type": "null"}]},
+                                "alpha": {"type": "number"},
+                                "min_effect": {"type": "number"},
+                            },
+                        },
+                    ]
+                },
+                "history": {
+                    "type": "array",
+                    "description": "The last lines of the history, newest last: "
+                    "{at, action, id, reason?, ...}.",
+                    "items": {"type": "object"},
+                },
+            },
+        },
+    }
+
+
+def _experiment_paths() -> dict[str, Any]:
+    status = _response("The experiment now (null when none runs).", _json(_ref("ExperimentStatus")))
+    return {
+        "/v1/admin/experiments/{name}": {
+            "get": _op(
+                "experiments",
+                "experiment_status",
+                "The experiment running on a model, the version each variant serves now, "
+                "and its recent history",
+                {"200": status},
+                parameters=[P_NAME],
+            ),
+            "post": _op(
+                "experiments",
+                "experiment_start",
+                "Start an experiment: split the model's requests between variants",
+                {"200": status, **_errors("", "Conflict")},
+                parameters=[P_NAME],
+                body={"required": True, "content": _json(_ref("ExperimentStartRequest"))},
+            ),
+        },
+        "/v1/admin/experiments/{name}/stop": {
+            "post": _op(
+                "experiments",
+                "experiment_stop",
+                "Stop the running experiment: every request goes to the default alias again",
+                {"200": status},
+                parameters=[P_NAME],
+                body={"required": False, "content": _json(_ref("ExperimentStopRequest"))},
             )
         },
     }
@@ -1573,6 +1781,7 @@ def _fixed() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
         _native_paths,
         _models_paths,
         _admin_paths,
+        _experiment_paths,
         _v2_paths,
         _mlflow_paths,
         _health_paths,

@@ -65,6 +65,7 @@ def test_document_is_valid_openapi_3_1(document):
         "native",
         "models",
         "admin",
+        "experiments",
         "v2",
         "mlflow",
         "health",

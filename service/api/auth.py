@@ -37,6 +37,7 @@ PUBLIC_ENDPOINTS = frozenset(
 BLUEPRINT_SCOPES = {
     "predict": "predict",
     "admin": "admin",
+    "experiments": "admin",
     "models": "read",
     "status": "read",
     "docs": "read",
