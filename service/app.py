@@ -25,6 +25,7 @@ from service.api import (
     observe,
     predict,
     request_ids,
+    routing,
     status,
     v2,
 )
@@ -62,6 +63,8 @@ def build_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions[EXTENSION] = ServiceState(settings, store, registry, authority)
 
     request_ids.init_app(app, settings.instance_name or socket.gethostname())
+    # Prediction answers name the version (and experiment variant) that served them.
+    routing.init_app(app)
     errors.init_app(app)
     # Request bodies in gzip or deflate are decoded (bounded by max_body_bytes), others refused.
     content_encoding.init_app(app)

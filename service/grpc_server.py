@@ -12,6 +12,13 @@ an unknown model, version or alias NOT_FOUND, a model that cannot be loaded
 UNAVAILABLE, a conflict FAILED_PRECONDITION, anything else INTERNAL (with the
 traceback in the log only). The error's code goes in the ``error-code`` trailing
 metadata.
+
+While a model runs an experiment, a request that names no version is served by the
+variant assigned to it (client key: the metadata named by the experiment's key header,
+in lower case, or the request parameter named by its key field). Every answer says what
+served it: ``model_version``, and the ``x-model-version`` initial metadata; in an
+experiment also the ``experiment`` and ``variant`` response parameters and the
+``x-experiment-id`` and ``x-model-variant`` metadata.
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ from service.errors import BadRequest, ServiceError
 from service.grpc_auth import KeyInterceptor
 from service.monitoring import live as monitoring
 from service.monitoring import logs, metrics
-from service.protocols import v2
+from service.protocols import routing, v2
 from service.protocols.grpc import open_inference_pb2 as pb
 from service.protocols.grpc import open_inference_pb2_grpc as pb_grpc
 from service.protocols.grpc import tensors
@@ -125,13 +132,25 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         # The request's id (echoed in the answer) joins feedback to these predictions, as
         # X-Request-ID does over HTTP. Reset after: the pool's threads serve other calls.
         token = hooks.request_id.set(request.id or None)
+        assigned = hooks.assignment.set(None)
         try:
-            return _call(context, lambda: self._infer(request))
+            return _call(context, lambda: self._infer(request, context))
         finally:
+            hooks.assignment.reset(assigned)
             hooks.request_id.reset(token)
 
-    def _infer(self, request: Any) -> Any:
-        model = self.registry.get(model_ref(request.model_name, request.model_version))
+    def _infer(self, request: Any, context: grpc.ServicerContext) -> Any:
+        def client_key(experiment: Any) -> str | None:
+            return routing.client_key(
+                experiment,
+                lambda name: _metadata_value(context, name.lower()),
+                lambda name: _parameter_value(request.parameters, name),
+            )
+
+        ref = model_ref(request.model_name, request.model_version)
+        model, assignment = self.registry.route(ref, client_key)
+        # Errors after this point carry it too, as HTTP answers carry their headers.
+        context.send_initial_metadata(routing.grpc_metadata(model.version, assignment))
         rows = v2.decode_inputs(
             model,
             tensors.decode_request_tensors(request),
@@ -144,12 +163,31 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             model_name=model.name, model_version=str(model.version), id=request.id
         )
         response.parameters["backend"].string_param = prediction.backend
+        if assignment is not None:
+            response.parameters["experiment"].string_param = assignment.experiment
+            response.parameters["variant"].string_param = assignment.variant
         for tensor in v2.output_tensors(model, prediction, names):
             response.outputs.add(
                 name=tensor.name, datatype=tensor.datatype, shape=list(tensor.shape)
             )
             response.raw_output_contents.append(tensors.encode_raw(tensor))
         return response
+
+
+def _metadata_value(context: grpc.ServicerContext, key: str) -> str | None:
+    for item in context.invocation_metadata() or ():
+        if item.key == key:
+            return item.value if isinstance(item.value, str) else None
+    return None
+
+
+def _parameter_value(parameters: Any, name: str) -> Any:
+    """An InferParameter's value (a string, an integer, a bool, a double), or None."""
+    if name not in parameters:
+        return None
+    parameter = parameters[name]
+    choice = parameter.WhichOneof("parameter_choice")
+    return None if choice is None else getattr(parameter, choice)
 
 
 # -- registration ------------------------------------------------------------------

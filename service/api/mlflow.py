@@ -7,16 +7,23 @@
   reason otherwise (MLflow's clients look at the status only).
 
 Bodies are MLflow's (see service/protocols/mlflow.py), answers ``{"predictions": [...]}``,
-errors MLflow's ``{"error_code": ..., "message": ...}`` with our HTTP statuses.
+errors MLflow's ``{"error_code": ..., "message": ...}`` with our HTTP statuses. While the
+model runs an experiment, a request that names no version is served by the variant
+assigned to it (client key: the experiment's key header, or its key field in ``params``).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Blueprint, Response, request
 
-from service.api import errors, json_response, request_ids, state
+from service.api import errors, json_response, request_ids, routing, state
 from service.errors import Conflict, ModelNotReady, NotFound, ServiceError
 from service.protocols import mlflow as codec
+from service.protocols.native import parse_json
+from service.protocols.routing import field_of
+from service.runtime.schema import InputSchema
 from service.store import ModelRef, parse_ref
 
 bp = Blueprint("mlflow", __name__)
@@ -59,14 +66,51 @@ def default_model_ref() -> ModelRef:
     )
 
 
+class ScoringBody:
+    """The request's body, read (and JSON parsed) once: while routing when an experiment
+    takes client keys from a ``params`` entry, else after (so an unknown model is a 404
+    whatever the body)."""
+
+    __slots__ = ("mimetype", "payload", "raw")
+
+    def __init__(self, mimetype: str) -> None:
+        self.mimetype = mimetype
+        self.raw: bytes | None = None
+        self.payload: Any = None
+
+    def read(self) -> bytes:
+        if self.raw is None:
+            raw = request.get_data(cache=False)
+            if self.mimetype == codec.CONTENT_TYPE_JSON:
+                self.payload = parse_json(raw)
+            self.raw = raw
+        return self.raw
+
+    def param(self, name: str) -> Any:
+        """A ``params`` entry of a JSON body (a CSV has none)."""
+        if self.mimetype != codec.CONTENT_TYPE_JSON:
+            return None
+        self.read()
+        return field_of(field_of(self.payload, codec.PARAMS), name)
+
+    def scoring(
+        self, schema: InputSchema, max_instances: int, key_fields: frozenset[str]
+    ) -> codec.ScoringRequest:
+        raw = self.read()
+        if self.mimetype == codec.CONTENT_TYPE_JSON:
+            return codec.parse_json_request(self.payload, schema, max_instances, key_fields)
+        return codec.parse_request(raw, self.mimetype, schema, max_instances)
+
+
 def _invoke(ref: ModelRef) -> Response:
     service = state()
     mimetype = codec.check_content_type(request.mimetype, dict(request.mimetype_params))
-    model = service.registry.get(ref)
-    scoring = codec.parse_request(
-        request.get_data(cache=False), mimetype, model.schema, service.settings.max_instances
+    body = ScoringBody(mimetype)
+    model, assignment = routing.route(ref, body.param)
+    scoring = body.scoring(
+        model.schema, service.settings.max_instances, service.registry.key_fields(model.name)
     )
-    return json_response(codec.predict(model, scoring))
+    return json_response(codec.predict(model, scoring, assignment))
 
 
 @bp.post("/invocations")

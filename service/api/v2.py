@@ -6,18 +6,21 @@ GET  /v2/models/<name>[/versions/<v>]                 model metadata
 GET  /v2/models/<name>[/versions/<v>]/ready           200, or 503 when it cannot serve
 POST /v2/models/<name>[/versions/<v>]/infer           JSON, or JSON + binary tensor data
 
-Without a version the default alias serves, as on the native API; a version is a
+Without a version the default alias serves, as on the native API (or, while the model
+runs an experiment, the variant it assigns: the client key is the experiment's key header
+or an entry of the request's ``parameters`` named by its key field); a version is a
 number or an alias. Errors answer ``{"error": "<message>"}`` with the status the
 native API would use. The codec lives in ``service.protocols.v2``.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 
 from flask import Blueprint, Response, request
 
-from service.api import errors, json_response, state
+from service.api import errors, json_response, routing, state
 from service.errors import BadRequest, ModelNotReady, UnsupportedMediaType
 from service.protocols import v2
 from service.runtime.model import LoadedModel
@@ -75,17 +78,25 @@ def model_ready(name: str, version: str | None = None):
 def infer(name: str, version: str | None = None):
     body = _body()
     header_length = _header_length()
-    model = _model(name, version)
-    inference = v2.parse_infer_request(body, header_length)
+    # Parsed while routing when an experiment keys clients on a parameter, else after (an
+    # unknown model is a 404 whatever the body).
+    parse = functools.cache(lambda: v2.parse_infer_request(body, header_length))
+    model, assignment = routing.route(
+        _ref(name, version), lambda field: parse().parameters.get(field)
+    )
+    inference = parse()
     names = v2.requested_output_names(model, inference.output_names())
     rows = v2.decode_inputs(model, inference.inputs, max_instances=state().settings.max_instances)
     prediction = model.predict(rows, with_proba=v2.OUTPUT_PROBA in names)
+    parameters = {"backend": prediction.backend}
+    if assignment is not None:
+        parameters.update(experiment=assignment.experiment, variant=assignment.variant)
     payload, json_length = v2.encode_infer_response(
         model,
         v2.output_tensors(model, prediction, names),
         binary=inference.binary_names(names),
         request_id=inference.id,
-        parameters={"backend": prediction.backend},
+        parameters=parameters,
     )
     if json_length is None:
         return Response(payload, mimetype="application/json")
@@ -97,14 +108,16 @@ def infer(name: str, version: str | None = None):
 
 
 def _model(name: str, version: str | None) -> LoadedModel:
+    return state().registry.get(_ref(name, version))
+
+
+def _ref(name: str, version: str | None) -> ModelRef:
     check_name(name)
     if version is None:
-        ref = ModelRef(name)
-    elif version.isdigit():
-        ref = ModelRef(name, version=check_version(version))
-    else:
-        ref = ModelRef(name, alias=check_alias(version))
-    return state().registry.get(ref)
+        return ModelRef(name)
+    if version.isdigit():
+        return ModelRef(name, version=check_version(version))
+    return ModelRef(name, alias=check_alias(version))
 
 
 def _body() -> bytes:

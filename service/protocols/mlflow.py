@@ -16,7 +16,13 @@ The formats are those of MLflow's scoring server (``mlflow/pyfunc/scoring_server
 Like MLflow, the charset must be UTF-8 and no other content-type parameter is accepted
 (MLflow 1.x's ``format=pandas-split`` is refused with a hint, as MLflow 2 does).
 ``params`` is accepted and ignored: scikit-learn models take none, and MLflow ignores
-params (with a warning) for a model whose signature defines no params schema.
+params (with a warning) for a model whose signature defines no params schema. One entry
+may carry a client key for an experiment (the experiment's key field).
+
+An answer is MLflow's ``{"predictions": [...]}``; in an experiment it also has
+``"experiment": {"id", "variant", "version"}``, as MLflow's own scoring server puts
+metadata next to ``predictions`` (``predictions_to_json(..., metadata)``) and its client
+(``PredictionsResponse.from_json``) needs only that key.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ from typing import Any
 
 from service.errors import BadRequest, TooManyInstances, UnsupportedMediaType
 from service.protocols.native import NumberOutOfRange, finite_float, int_in_range, parse_json
+from service.protocols.routing import experiment_fields
+from service.runtime.hooks import Assignment
 from service.runtime.model import LoadedModel, Prediction
 from service.runtime.schema import InputSchema
 
@@ -103,7 +111,13 @@ def parse_request(
 # -- JSON ------------------------------------------------------------------------------
 
 
-def parse_json_request(payload: Any, schema: InputSchema, max_instances: int) -> ScoringRequest:
+def parse_json_request(
+    payload: Any,
+    schema: InputSchema,
+    max_instances: int,
+    key_fields: frozenset[str] = frozenset(),
+) -> ScoringRequest:
+    """A JSON scoring request; ``key_fields``: params that carry a client key (used)."""
     if not isinstance(payload, dict):
         kind = "a list" if isinstance(payload, list) else "not an object"
         raise BadRequest(f"{REQUIRED_FORMAT}; received {kind}", code="invalid_payload")
@@ -122,9 +136,10 @@ def parse_json_request(payload: Any, schema: InputSchema, max_instances: int) ->
             code="unexpected_keys",
         )
     params = payload.get(PARAMS)
-    if params:
+    ignored = set(map(str, params)) - key_fields if isinstance(params, dict) else params
+    if ignored:
         # MLflow ignores params for a model without a params schema, and logs that it did.
-        names = sorted(map(str, params)) if isinstance(params, dict) else "(not an object)"
+        names = sorted(ignored) if isinstance(params, dict) else "(not an object)"
         log.warning("params are not used by scikit-learn models; ignored: %s", names)
     data = payload[present[0]]
     if present[0] == DF_SPLIT:
@@ -347,14 +362,22 @@ def _text(text: str) -> Any:
 # -- answers and errors ----------------------------------------------------------------
 
 
-def encode_prediction(prediction: Prediction) -> dict[str, Any]:
+def encode_prediction(
+    prediction: Prediction, assignment: Assignment | None = None
+) -> dict[str, Any]:
     """What MLflow's scoring server answers for a scikit-learn model: the output of
-    ``predict`` (class labels for classifiers, numbers for regressors)."""
-    return {"predictions": prediction.predictions}
+    ``predict`` (class labels for classifiers, numbers for regressors); in an experiment,
+    which variant and version served it."""
+    body: dict[str, Any] = {"predictions": prediction.predictions}
+    if assignment is not None:
+        body["experiment"] = {**experiment_fields(assignment), "version": assignment.version}
+    return body
 
 
-def predict(model: LoadedModel, request: ScoringRequest) -> dict[str, Any]:
-    return encode_prediction(model.predict(request.instances, with_proba=False))
+def predict(
+    model: LoadedModel, request: ScoringRequest, assignment: Assignment | None = None
+) -> dict[str, Any]:
+    return encode_prediction(model.predict(request.instances, with_proba=False), assignment)
 
 
 # MLflow's error codes (mlflow/protos/databricks_pb2, as mlflow/exceptions.py maps them to

@@ -16,6 +16,8 @@ import orjson
 
 from service import safejson
 from service.errors import BadRequest, InvalidJSON, TooManyInstances
+from service.protocols.routing import experiment_fields
+from service.runtime.hooks import Assignment
 from service.runtime.model import LoadedModel, Prediction
 
 INSTANCES_KEY = "instances"
@@ -239,7 +241,11 @@ def may_hold_booleans(body: bytes) -> bool:
     return b"true" in body or b"false" in body
 
 
-def instances_from(payload: Any, max_instances: int) -> list[Any]:
+def instances_from(
+    payload: Any, max_instances: int, key_fields: frozenset[str] = frozenset()
+) -> list[Any]:
+    """The instances of a body; ``key_fields``: the fields that may carry a client key
+    next to them (see service.protocols.routing)."""
     if not isinstance(payload, dict):
         raise BadRequest(
             'the body must be a JSON object like {"instances": [...]}',
@@ -251,7 +257,7 @@ def instances_from(payload: Any, max_instances: int) -> list[Any]:
             details={"keys": sorted(map(str, payload))[:20]},
             code="missing_instances",
         )
-    unexpected = sorted(set(payload) - {INSTANCES_KEY})
+    unexpected = sorted(set(payload) - {INSTANCES_KEY} - key_fields)
     if unexpected:
         raise BadRequest(
             f'unexpected keys {unexpected[:20]} next to "instances"',
@@ -272,13 +278,15 @@ def instances_from(payload: Any, max_instances: int) -> list[Any]:
 
 
 def encode_prediction(
-    model: LoadedModel, prediction: Prediction, request_id: str
+    model: LoadedModel,
+    prediction: Prediction,
+    request_id: str,
+    assignment: Assignment | None = None,
 ) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "model": model.name,
-        "version": model.version,
-        "predictions": prediction.predictions,
-    }
+    body: dict[str, Any] = {"model": model.name, "version": model.version}
+    if assignment is not None:
+        body["experiment"] = experiment_fields(assignment)
+    body["predictions"] = prediction.predictions
     if prediction.probabilities is not None:
         body["probabilities"] = prediction.probabilities
         body["classes"] = model.classes

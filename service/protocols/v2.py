@@ -108,6 +108,8 @@ class InferenceRequest:
     outputs: list[RequestedOutput] | None = None  # None: every output of the model
     id: str | None = None
     binary_output: bool = False
+    # The request's "parameters" (a client key for an experiment may be one of them).
+    parameters: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def output_names(self) -> list[str] | None:
         return [o.name for o in self.outputs] if self.outputs else None
@@ -674,6 +676,7 @@ def parse_infer_request(body: bytes, header_length: int | None = None) -> Infere
         outputs=_requested_outputs(payload.get("outputs")),
         id=request_id,
         binary_output=binary_output,
+        parameters=parameters,
     )
 
 
