@@ -71,6 +71,13 @@ REF_PATTERN = f"^{layout.NAME_PATTERN.pattern}(?:@{VERSION_OR_ALIAS})?$"
 _VERSION_NUMBER = {"type": "integer", "minimum": 1, "maximum": 10**9 - 1}
 REQUEST_ID_HEADER = "X-Request-ID"
 BINARY_HEADER = "Inference-Header-Content-Length"
+# What every prediction answer says served it (service.protocols.routing writes them),
+# with their components; X-Model-Version is on every one, the others in an experiment.
+SERVED_HEADERS = {
+    "X-Model-Version": "ModelVersion",
+    "X-Model-Variant": "ModelVariant",
+    "X-Experiment-Id": "ExperimentId",
+}
 
 
 _RULE_VARIABLE = re.compile(r"<(?:[^<>:]+:)?([^<>:]+)>")
@@ -114,6 +121,14 @@ def _response(description: str, content: dict[str, Any] | None = None) -> dict[s
     }
     if content is not None:
         response["content"] = content
+    return response
+
+
+def _prediction(description: str, content: dict[str, Any]) -> dict[str, Any]:
+    """A prediction answer: with the headers naming the version (and variant) that served."""
+    response = _response(description, content)
+    for header, component in SERVED_HEADERS.items():
+        response["headers"][header] = {"$ref": f"#/components/headers/{component}"}
     return response
 
 
@@ -209,6 +224,14 @@ _ALIAS = {
 }
 _REASON = {"description": "Why, kept in the alias history (any JSON value is kept as text)."}
 _CLASS_LABEL = {"type": ["string", "integer", "boolean"]}
+_EXPERIMENT_VARIANT = {
+    "type": "object",
+    "description": "Only while the model runs an experiment and the request named no "
+    "version or alias: the experiment and the variant (an alias or a version number, as "
+    "the experiment was started) that served it.",
+    "required": ["id", "variant"],
+    "properties": {"id": {"type": "string"}, "variant": {"type": "string"}},
+}
 _BACKEND = {
     "enum": ["onnxruntime", "sklearn"],
     "description": "What computed the predictions: onnxruntime (the model's ONNX form, "
@@ -307,8 +330,10 @@ def _fixed_schemas() -> dict[str, Any]:
                 "classes": {"type": "array", "items": _CLASS_LABEL},
                 "backend": _BACKEND,
                 "request_id": {"type": "string"},
+                "experiment": _ref("ExperimentVariant"),
             },
         },
+        "ExperimentVariant": _EXPERIMENT_VARIANT,
         "ModelSummary": {
             "type": "object",
             "required": ["name", "default_alias", "aliases", "versions"],
@@ -597,8 +622,13 @@ def _v2_schemas() -> dict[str, Any]:
                 "id": {"type": "string"},
                 "parameters": {
                     "type": "object",
-                    "description": "backend: what computed the outputs.",
-                    "properties": {"backend": _BACKEND},
+                    "description": "backend: what computed the outputs; in an experiment, "
+                    "experiment (its id) and variant (the one that served).",
+                    "properties": {
+                        "backend": _BACKEND,
+                        "experiment": {"type": "string"},
+                        "variant": {"type": "string"},
+                    },
                     "additionalProperties": True,
                 },
                 "outputs": {"type": "array", "items": _ref("V2ResponseOutput")},
@@ -684,7 +714,17 @@ def _mlflow_schemas() -> dict[str, Any]:
         "MlflowResponse": {
             "type": "object",
             "required": ["predictions"],
-            "properties": {"predictions": {"type": "array"}},
+            "properties": {
+                "predictions": {"type": "array"},
+                "experiment": {
+                    **_EXPERIMENT_VARIANT,
+                    "required": ["id", "variant", "version"],
+                    "properties": {
+                        **_EXPERIMENT_VARIANT["properties"],
+                        "version": {"type": "integer"},
+                    },
+                },
+            },
         },
     }
 
@@ -854,7 +894,7 @@ def _predict_op(
         operation_id,
         summary,
         {
-            "200": _response("The predictions.", _json(_ref(answer))),
+            "200": _prediction("The predictions.", _json(_ref(answer))),
             **_errors("", "NotFound", *_PREDICT_FAILURES),
         },
         description=description,
@@ -874,7 +914,12 @@ def _native_paths() -> dict[str, Any]:
                 parameters=[P_MODEL_REF],
                 description='The body is `{"instances": [...]}`: each instance an object '
                 "keyed by feature name or a list of values in feature order, not mixed. "
-                "Bad input is a 4xx naming the instance and the feature, never a 500.",
+                "Bad input is a 4xx naming the instance and the feature, never a 500. "
+                "While the model runs an experiment, a request to the bare name goes to the "
+                "variant assigned to it (sticky on the experiment's key header, or its key "
+                "field next to `instances`); the answer's `experiment` and the "
+                "`X-Model-Variant` and `X-Experiment-Id` headers name it. `name@version` and "
+                "`name@alias` bypass the experiment.",
             )
         }
     }
@@ -1237,7 +1282,7 @@ def _v2_paths() -> dict[str, Any]:
             "description": "With the binary tensor extension: the length of the JSON part.",
             "schema": {"type": "integer", "minimum": 0},
         }
-        response = _response(
+        response = _prediction(
             "The outputs (binary too when the request asks for `binary_data` outputs; then "
             f"the `{BINARY_HEADER}` response header gives the JSON part's length).",
             {
@@ -1347,7 +1392,7 @@ def _mlflow_paths() -> dict[str, Any]:
             operation_id,
             summary,
             {
-                "200": _response("The predictions.", _json(_ref("MlflowResponse"))),
+                "200": _prediction("The predictions.", _json(_ref("MlflowResponse"))),
                 **_errors("Mlflow", *_PREDICT_FAILURES, *conflict),
             },
             description=description
@@ -1891,6 +1936,7 @@ def prediction_schema(metadata: Mapping[str, Any], has_proba: bool) -> dict[str,
         "predictions": {"type": "array", "items": label},
         "backend": _BACKEND,
         "request_id": {"type": "string"},
+        "experiment": _ref("ExperimentVariant"),
     }
     required = ["model", "version", "predictions", "backend", "request_id"]
     if has_proba and classes:
@@ -2083,7 +2129,21 @@ def build_document(
                 "RequestId": {
                     "description": "The request id (yours if you sent a valid one).",
                     "schema": {"type": "string"},
-                }
+                },
+                "ModelVersion": {
+                    "description": "The version that served the prediction.",
+                    "required": True,
+                    "schema": {"type": "string", "pattern": "^[0-9]+$"},
+                },
+                "ModelVariant": {
+                    "description": "In an experiment: the variant that served (an alias "
+                    "or a version number, as the experiment was started).",
+                    "schema": {"type": "string"},
+                },
+                "ExperimentId": {
+                    "description": "In an experiment: its id.",
+                    "schema": {"type": "string"},
+                },
             },
             "securitySchemes": {
                 SECURITY_SCHEME: {
