@@ -148,6 +148,12 @@ def test_the_page_shows_every_model_and_follows_the_traffic(stack, http, page):
         ).count()
         == 1
     )
+    # Five rows are too few to judge drift on: the drift panel says so for the version and
+    # in place of each feature's PSI, and flags nothing.
+    wait_for_field(page, "iris-classifier", "drift-too-few", "t === 'too few rows (5 of 100)'")
+    drift_panel = page.locator('section[data-model="iris-classifier"] [data-slot="drift"]')
+    assert drift_panel.locator("svg text", has_text="too few rows (5 of 100)").count() == 4
+    assert drift_panel.locator('[data-field="drift-flagged"]').count() == 0
     # Another model's figures did not move.
     assert as_number(field_text(page, "diabetes-regressor", "requests-total")) == other_start
     assert "refreshed" in page.inner_text("#refresh-state")
