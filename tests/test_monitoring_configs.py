@@ -50,7 +50,9 @@ SERIES = {
     "model_service_feedback_total",
     "model_service_live_quality_below_test",
     "model_service_feature_drift_psi",
+    "model_service_feature_drift_p_value",
     "model_service_feature_drift_flagged",
+    "model_service_feature_drift_too_few_rows",
     "up",
 }
 KNOWN_METRICS = SERIES | {
