@@ -16,6 +16,8 @@ from service.api import (
     content_encoding,
     docs,
     errors,
+    experiment_observe,
+    experiment_report,
     experiments,
     health,
     metrics,
@@ -56,6 +58,8 @@ def build_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     # Metrics and the request log, as the settings say; before the first load, so load
     # times are counted.
     observe.init_app(app, settings, registry)
+    # Experiments: each variant's answers, errors and latency, for its metrics and report.
+    experiment_observe.init_app(app)
     # Load every aliased version now: under preload_app this happens once, in the
     # Gunicorn master, and the workers share the loaded models copy-on-write.
     registry.refresh()
@@ -71,6 +75,7 @@ def build_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     for blueprint in (health.bp, models.bp, predict.bp, admin.bp, mlflow.bp, docs.bp, v2.bp):
         app.register_blueprint(blueprint)
     app.register_blueprint(experiments.bp)
+    app.register_blueprint(experiment_report.bp)
     app.register_blueprint(monitoring.bp)
     # Feedback joins, drift counts, the prediction log; live quality and drift at scrape time.
     monitoring.init_app(app, settings)

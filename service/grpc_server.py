@@ -42,8 +42,8 @@ from service import safejson
 from service.config import Settings
 from service.errors import BadRequest, ServiceError
 from service.grpc_auth import KeyInterceptor
+from service.monitoring import experiments, logs, metrics
 from service.monitoring import live as monitoring
-from service.monitoring import logs, metrics
 from service.protocols import routing, v2
 from service.protocols.grpc import open_inference_pb2 as pb
 from service.protocols.grpc import open_inference_pb2_grpc as pb_grpc
@@ -134,7 +134,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         token = hooks.request_id.set(request.id or None)
         assigned = hooks.assignment.set(None)
         try:
-            return _call(context, lambda: self._infer(request, context))
+            # Inside an experiment the answer counts for its variant (ok, or failed).
+            return _call(
+                context,
+                lambda: experiments.observed_call(
+                    request.model_name.split("@", 1)[0],
+                    request.id or None,
+                    lambda: self._infer(request, context),
+                ),
+            )
         finally:
             hooks.assignment.reset(assigned)
             hooks.request_id.reset(token)

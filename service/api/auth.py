@@ -38,6 +38,7 @@ BLUEPRINT_SCOPES = {
     "predict": "predict",
     "admin": "admin",
     "experiments": "admin",
+    "experiment_report": "admin",
     "models": "read",
     "status": "read",
     "docs": "read",
