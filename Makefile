@@ -29,7 +29,7 @@ PEERS_VENV := .bench-peers
 # The newest MLflow whose packages install next to scikit-learn 1.9.1 here.
 MLFLOW_VERSION := 3.17.2
 
-.PHONY: install signed-store run stop test lint fmt protos bench bench-workers bench-cpu bench-peers loadtest soak clean \
+.PHONY: install signed-store run stop test lint fmt protos bench bench-workers bench-cpu bench-peers bench-shadow loadtest soak clean \
 	deploy rollback-release fleet-up fleet-down ansible
 
 # Versions in constraints.txt are the ones the test suite passes with.
@@ -85,9 +85,16 @@ protos: $(INSTALLED)
 	sed -i 's/^from service\.protocols\.grpc import /from . import /' $(PROTO_DIR)/open_inference_pb2_grpc.py
 
 # The performance goals as one table (and JSON) from one run, ~5 minutes; BENCH_ARGS adds
-# options, e.g. BENCH_ARGS="--rounds 3" or "--worker-class gthread --threads 4".
+# options, e.g. BENCH_ARGS="--rounds 3" or "--worker-class gthread --threads 4". Then the
+# shadow row (bench-shadow).
 bench: $(INSTALLED)
 	$(BIN)/python loadtests/bench.py --json $(BENCH_JSON) $(BENCH_ARGS)
+	$(MAKE) --no-print-directory bench-shadow
+
+# S: iris-classifier's p99 with an experiment's shadow (a candidate 50 ms a row, share 0.2)
+# over its p99 without, ~1.5 minutes.
+bench-shadow: $(INSTALLED)
+	$(BIN)/python loadtests/shadow_cost.py --json loadtests/reports/shadow_cost.json
 
 # iris-classifier's single-row and 1,000-row loads under sync and gthread workers.
 bench-workers: $(INSTALLED)

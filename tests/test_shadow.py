@@ -22,7 +22,7 @@ from service.runtime.registry import ModelRegistry
 from service.store import ModelRef, ModelStore
 from service.store.experiments import Shadow, Variant
 from tests.integration.conftest import demo_stack, wait_for
-from tests.integration.fault_models import Failing, OneLabel, Shifted, SlowRows
+from tests.integration.fault_models import BusyRows, Failing, OneLabel, Shifted, SlowRows
 
 DIABETES = "diabetes-regressor"
 IRIS = "iris-classifier"
@@ -134,6 +134,24 @@ def test_a_slow_candidate_never_blocks_and_a_full_queue_drops(store, registry, o
         runner.stop()
     assert runner.runs == 5 - runner.dropped
     assert all(o.error is None and abs(o.differences[0]) < FLOAT32 for o in outcomes)
+
+
+def test_a_computing_candidate_is_held_to_its_cpu_share(store, registry, outcomes):
+    busy = publish_candidate(store, DIABETES, BusyRows(base_of(store, DIABETES), 0.01), "busy")
+    runner = shadow.ShadowRunner(registry, cpu_share=0.02)
+    primary = registry.get(ModelRef(DIABETES, alias="production"))
+    rows = rows_of(store, DIABETES, 1)
+    started = time.monotonic()
+    try:
+        for _ in range(3):
+            predict_shadowed(runner, primary, rows, busy)
+        assert runner.drain(WAIT)
+    finally:
+        runner.stop()
+    # 10 ms of CPU a run at a 2 % share: a pause of at least 490 ms after each of the
+    # first two before the next (30 ms of CPU in all without the share).
+    assert time.monotonic() - started >= 2 * 0.49
+    assert [o.error for o in outcomes] == [None] * 3
 
 
 def test_agreement_and_differences_are_compared_in_numpy(store, registry, outcomes):

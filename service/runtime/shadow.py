@@ -17,8 +17,11 @@ candidate − primary for a regressor, and the candidate's failures by kind. Wha
 goes to the listeners (monitoring: Prometheus metrics and the host's state).
 
 The thread does numpy work only between predictions, so it holds the GIL briefly; the
-candidate's own predict is scikit-learn's, as a request's would be. It never delays exit:
-a daemon, and work still queued at exit is dropped.
+candidate's own predict is scikit-learn's, as a request's would be, and its cost is
+bounded: after each run the thread pauses so its CPU time stays within ``CPU_SHARE`` of
+a core (``time.thread_time``: a candidate that waits costs nothing, one that computes
+is spaced out, and what cannot run in the budget is dropped). It never delays exit: a
+daemon, and work still queued at exit is dropped.
 
 Nothing here imports Flask.
 """
@@ -56,6 +59,14 @@ QUEUE_SIZE = 100
 # compared: it could not have served the request. (A thread cannot be interrupted; the
 # work it was given is finished, and drops count what piled up meanwhile.)
 TIMEOUT_SECONDS = 2.0
+# The shadow thread's CPU time, as a share of one core: after each run it pauses long
+# enough to stay within it (work arriving meanwhile queues, then drops). The candidate
+# computes in the worker's process, next to the requests: its CPU time is theirs, and
+# while its Python holds the GIL a request thread waits. A candidate as costly as the
+# primary's pickle (0.5 ms for iris' pipeline) may still run 100 times a second.
+CPU_SHARE = 0.05
+# The longest pause after one run, whatever it cost.
+MAX_PAUSE_SECONDS = 10.0
 # How often an idle thread looks whether it was stopped.
 _IDLE_POLL_SECONDS = 1.0
 
@@ -127,10 +138,12 @@ class ShadowRunner:
         *,
         queue_size: int = QUEUE_SIZE,
         timeout: float = TIMEOUT_SECONDS,
+        cpu_share: float = CPU_SHARE,
     ):
         self.registry = registry
         self.queue_size = queue_size
         self.timeout = timeout
+        self.cpu_share = cpu_share
         # Counts of this process, for tests and the log; the listeners keep the figures.
         self.queued = 0
         self.dropped = 0
@@ -207,10 +220,17 @@ class ShadowRunner:
                 work = work_queue.get(timeout=_IDLE_POLL_SECONDS)
             except queue.Empty:
                 continue
+            spent = time.thread_time()
             try:
                 self._process(work)
             finally:
                 work_queue.task_done()
+            # This thread's CPU time only: a candidate's sleep or I/O costs the requests
+            # nothing, its computing does.
+            spent = time.thread_time() - spent
+            pause = min(spent * (1.0 / self.cpu_share - 1.0), MAX_PAUSE_SECONDS)
+            if pause > 0 and stop.wait(pause):
+                return
 
     def _process(self, work: ShadowWork) -> None:
         try:

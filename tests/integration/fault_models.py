@@ -51,15 +51,30 @@ class SlowToUnpickle(Shifted):
 
 
 class SlowRows(Shifted):
-    """A regressor that predicts as its base does after ``seconds`` per row: a candidate
-    slower than the version it shadows."""
+    """An estimator that predicts as its base does (regressor or classifier) after
+    ``seconds`` per row: a candidate slower than the version it shadows."""
 
     def __init__(self, base: Any = None, seconds: float = 0.0):
         super().__init__(base, 0.0)
         self.seconds = seconds
 
+    @property
+    def classes_(self) -> Any:
+        return self.base.classes_  # AttributeError for a regressor: it has none
+
     def predict(self, rows: Any) -> Any:
         time.sleep(self.seconds * len(rows))
+        return self.base.predict(rows)
+
+
+class BusyRows(SlowRows):
+    """SlowRows that computes instead of waiting: ``seconds`` of this thread's CPU time per
+    row, in Python (holding the GIL but for the interpreter's switches)."""
+
+    def predict(self, rows: Any) -> Any:
+        until = time.thread_time() + self.seconds * len(rows)
+        while time.thread_time() < until:
+            pass
         return self.base.predict(rows)
 
 

@@ -1,0 +1,238 @@
+"""What shadow traffic costs the primary: iris-classifier's p99 with and without a shadow.
+
+    .venv/bin/python loadtests/shadow_cost.py [--duration 10] [--rounds 2] [--share 0.2]
+        [--row-seconds 0.05] [--busy] [--workers 2] [--json PATH]
+
+Trains the demo models into a scratch store, publishes iris-classifier version 2: the same
+estimator behind a wrapper that sleeps ``--row-seconds`` per row before predicting
+(tests/integration/fault_models.py ``SlowRows``: a candidate far slower than the primary;
+``BusyRows`` with ``--busy``: one that computes those seconds in Python),
+and starts one stack (Nginx -> Gunicorn, sync workers). Then, ``--rounds`` times, it loads
+single-row predictions of ``iris-classifier`` (no version: the experiment routes them)
+under two experiments that differ only in the shadow:
+
+  without  production=100
+  with     production=100, shadow version 2 at ``--share``
+
+each paced (wrk) at ``PACED_FRACTION`` of the rate a closed loop reached without the
+shadow, and reports the median p99 of each and their ratio (target ≤ 1.05), with the
+shadow runs and drops /metrics counted meanwhile: drops are how a candidate slower than
+the traffic is kept off the primary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+import re
+import statistics
+import sys
+import time
+import urllib.request
+from typing import Any
+
+import bench
+
+sys.path.insert(0, str(bench.REPO_ROOT))  # the candidate's class, which the workers unpickle
+
+from service.store import ModelStore
+from service.store.experiments import Shadow, Variant
+from tests.integration.fault_models import BusyRows, SlowRows
+
+TARGET = 1.05
+PACED_FRACTION = bench.PACED_FRACTION
+PEAK_SECONDS = 5
+APPLY_TIMEOUT_S = 30.0
+# A full queue (service.runtime.shadow.QUEUE_SIZE) of 50 ms runs takes 5 s to empty.
+SETTLE_TIMEOUT_S = 20.0
+EXPERIMENT_HEADER = "X-Experiment-Id"
+COUNTERS = ("model_service_shadow_runs_total", "model_service_shadow_dropped_total")
+
+
+def parse_args(argv: list[str] | None) -> tuple[bench.BenchSettings, argparse.Namespace]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    bench.add_stack_arguments(parser)
+    parser.add_argument("--rounds", type=bench.bounded_int(1, bench.MAX_ROUNDS), default=2)
+    parser.add_argument("--workers", type=bench.bounded_int(1, bench.MAX_WORKERS), default=2)
+    parser.add_argument("--share", type=float, default=0.2, help="of requests shadowed")
+    parser.add_argument("--row-seconds", type=float, default=0.05, help="the candidate's cost")
+    parser.add_argument(
+        "--busy",
+        action="store_true",
+        help="The candidate computes its row seconds (Python, holding the GIL) instead of "
+        "waiting them out.",
+    )
+    args = parser.parse_args(argv)
+    if not 0 < args.share <= 1:
+        parser.error("--share: in (0, 1]")
+    duration = args.duration or (1 if args.quick else 10)
+    settings = bench.BenchSettings(
+        duration_s=duration,
+        connections=args.connections,
+        wrk_threads=min(args.wrk_threads, args.connections),
+        workers=args.workers,
+        worker_class="sync",
+        threads=1,
+        rounds=args.rounds,
+        repeat_budget_s=0.5,
+        load_generator=args.load_generator,
+        json_path=args.json,
+        peers_venv=None,
+    )
+    return settings, args
+
+
+def counters(base_url: str, candidate: str) -> dict[str, float]:
+    """The shadow counters of iris-classifier's candidate in /metrics, summed."""
+    with urllib.request.urlopen(f"{base_url}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    found = dict.fromkeys(COUNTERS, 0.0)
+    for line in text.splitlines():
+        match = re.fullmatch(r"(\w+)\{([^}]*)\} (\S+)", line)
+        if match is None or match[1] not in found:
+            continue
+        if f'model="{bench.IRIS}"' in match[2] and f'candidate="{candidate}"' in match[2]:
+            found[match[1]] += float(match[3])
+    return found
+
+
+def wait_applied(base_url: str, request: bench.Request, experiment_id: str) -> None:
+    """Until a run of answers all name the experiment: every worker has applied it."""
+    deadline = time.monotonic() + APPLY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        seen = set()
+        for _ in range(8):
+            call = urllib.request.Request(
+                base_url + request.path, data=request.body, headers=request.headers
+            )
+            with urllib.request.urlopen(call, timeout=10) as answer:
+                seen.add(answer.headers.get(EXPERIMENT_HEADER))
+        if seen == {experiment_id}:
+            return
+        time.sleep(0.2)
+    raise bench.BenchError(f"experiment {experiment_id} not applied within {APPLY_TIMEOUT_S} s")
+
+
+def wait_settled(base_url: str, candidate: str) -> None:
+    """Until the workers' shadow queues are empty (their runs stop growing): the next load
+    starts as the first did."""
+    deadline = time.monotonic() + SETTLE_TIMEOUT_S
+    last = None
+    while time.monotonic() < deadline:
+        runs = counters(base_url, candidate)[COUNTERS[0]]
+        if runs == last:
+            return
+        last = runs
+        time.sleep(1.0)
+
+
+def measure(settings: bench.BenchSettings, args: argparse.Namespace) -> dict[str, Any]:
+    started = time.monotonic()
+    with bench.demo_workdir(settings, "model-service-shadow-") as work:
+        store = ModelStore(work.store_dir)
+        meta = store.metadata(bench.IRIS, 1)
+        kind = BusyRows if args.busy else SlowRows
+        meta["description"] = f"iris-classifier {args.row_seconds * 1000:g} ms a row slower"
+        for key in ("golden", "backends"):
+            meta.pop(key, None)
+        base = store.load_artifact(bench.IRIS, 1).estimator
+        candidate = str(store.publish(bench.IRIS, pickle.dumps(kind(base, args.row_seconds)), meta))
+        iris = next(p for p in work.payloads if p.name == bench.IRIS)
+        request = bench.service_request(bench.NATIVE, iris, 1)
+        one = bench.Round(settings, work.load_generator, work.path, work.store_dir, [iris], 1)
+        conditions = {
+            "without": None,
+            "with": Shadow(candidate, args.share),
+        }
+        loads: dict[str, list[dict[str, Any]]] = {name: [] for name in conditions}
+        with one.stack("shadow", env={"PYTHONPATH": str(bench.REPO_ROOT)}) as stack:
+            peak = None
+            for number in range(1, settings.rounds + 1):
+                # Alternated, so a drift of the machine's speed weighs on both alike.
+                order = list(conditions.items())
+                for name, shadow in order if number % 2 else order[::-1]:
+                    experiment = store.start_experiment(
+                        bench.IRIS, [Variant("production", 100)], shadow=shadow
+                    )
+                    try:
+                        wait_applied(stack.url, request, experiment.id)
+                        if peak is None:
+                            peak = one.load("peak", stack.url, request)
+                            bench.progress(f"closed loop: {peak['requests_per_s']:.0f} req/s")
+                        before = counters(stack.url, candidate)
+                        rate = PACED_FRACTION * peak["requests_per_s"]
+                        figures = one.load(f"{name}/{number}", stack.url, request, rate=rate)
+                        after = counters(stack.url, candidate)
+                        figures["shadow_runs"] = after[COUNTERS[0]] - before[COUNTERS[0]]
+                        figures["shadow_dropped"] = after[COUNTERS[1]] - before[COUNTERS[1]]
+                        loads[name].append(figures)
+                    finally:
+                        store.stop_experiment(bench.IRIS)
+                    wait_settled(stack.url, candidate)
+    p99 = {name: statistics.median(f["p99_ms"] for f in runs) for name, runs in loads.items()}
+    return {
+        "settings": {
+            "model": bench.IRIS,
+            "workers": settings.workers,
+            "duration_s": settings.duration_s,
+            "rounds": settings.rounds,
+            "share": args.share,
+            "row_seconds": args.row_seconds,
+            "candidate": "computes" if args.busy else "waits",
+            "paced_fraction": PACED_FRACTION,
+        },
+        "load_generator": {
+            "tool": work.load_generator.name,
+            "description": work.load_generator.describe(),
+        },
+        "peak": peak,
+        "loads": loads,
+        "p99_ms": p99,
+        "ratio": p99["with"] / p99["without"] if p99["without"] else None,
+        "target": TARGET,
+        "elapsed_s": round(time.monotonic() - started, 1),
+    }
+
+
+def render(results: dict[str, Any]) -> str:
+    s = results["settings"]
+    lines = [
+        f"shadow cost: {s['model']}, {s['workers']} sync workers, single rows paced at "
+        f"{s['paced_fraction']:.0%} of {results['peak']['requests_per_s']:.0f} req/s, "
+        f"{s['rounds']} rounds of {s['duration_s']} s; {results['elapsed_s']:.0f} s",
+        f"load: {results['load_generator']['description']}",
+        "",
+        f"{'shadow':<10}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'err':>5}"
+        f"{'shadow runs':>13}{'dropped':>9}",
+    ]
+    for name, runs in results["loads"].items():
+        for figures in runs:
+            lines.append(
+                f"{name:<10}{figures['requests_per_s']:>9.0f}{figures['p50_ms']:>9.2f}"
+                f"{figures['p99_ms']:>9.2f}{figures['errors']:>5}"
+                f"{figures['shadow_runs']:>13.0f}{figures['shadow_dropped']:>9.0f}"
+            )
+    ratio = results["ratio"]
+    lines += [
+        "",
+        f"S   shadow ({s['candidate']} {s['row_seconds'] * 1000:g} ms a row, share "
+        f"{s['share']:g}): primary p99 "
+        f"with ÷ without {ratio:.3f} (target ≤ {results['target']:.2f}; median p99 "
+        f"{results['p99_ms']['with']:.2f} vs {results['p99_ms']['without']:.2f} ms)",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings, args = parse_args(argv)
+    return bench.report(
+        "shadow cost",
+        lambda: measure(settings, args),
+        render,
+        settings.json_path,
+        lambda results: any(f["errors"] for runs in results["loads"].values() for f in runs),
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
