@@ -32,6 +32,8 @@ from service.api import (
     v2,
 )
 from service.config import Settings
+from service.monitoring import shadow_record
+from service.runtime import shadow
 from service.runtime.registry import ModelRegistry
 from service.store import ModelStore
 from service.store.remote import RemoteStore
@@ -79,6 +81,9 @@ def build_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(monitoring.bp)
     # Feedback joins, drift counts, the prediction log; live quality and drift at scrape time.
     monitoring.init_app(app, settings)
+    # Experiments' shadow traffic: run on the candidate off the request path, recorded.
+    shadow.install(registry)
+    shadow_record.install(settings)
     if settings.store_remote:
         from service.monitoring import add_scrape_collector
         from service.monitoring.store_sync import StoreSyncCollector

@@ -42,13 +42,13 @@ from service import safejson
 from service.config import Settings
 from service.errors import BadRequest, ServiceError
 from service.grpc_auth import KeyInterceptor
-from service.monitoring import experiments, logs, metrics
+from service.monitoring import experiments, logs, metrics, shadow_record
 from service.monitoring import live as monitoring
 from service.protocols import routing, v2
 from service.protocols.grpc import open_inference_pb2 as pb
 from service.protocols.grpc import open_inference_pb2_grpc as pb_grpc
 from service.protocols.grpc import tensors
-from service.runtime import hooks
+from service.runtime import hooks, shadow
 from service.runtime.registry import ModelRegistry
 from service.store import ModelRef, ModelStore, parse_ref
 
@@ -289,6 +289,9 @@ def create_server(
     # Served predictions join feedback, count for drift and reach the prediction log,
     # in the same state as the HTTP workers'.
     monitoring.install(settings, registry.store)
+    # Experiments' shadow traffic, as the HTTP workers run and record it.
+    shadow.install(registry)
+    shadow_record.install(settings)
     server = grpc.server(
         futures.ThreadPoolExecutor(
             max_workers=threads or os.cpu_count() or 1, thread_name_prefix="grpc"
