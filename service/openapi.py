@@ -484,6 +484,7 @@ def _fixed_schemas() -> dict[str, Any]:
     schemas["ModelDetail"] = detail
     schemas.update(_metadata_schemas())
     schemas.update(_experiment_schemas())
+    schemas.update(_experiment_report_schemas())
     schemas.update(_v2_schemas())
     schemas.update(_mlflow_schemas())
     return schemas
@@ -1217,6 +1218,179 @@ def _experiment_paths() -> dict[str, Any]:
     }
 
 
+def _experiment_report_schemas() -> dict[str, Any]:
+    number_or_null = {"type": ["number", "null"]}
+    interval = {
+        "type": ["array", "null"],
+        "items": number_or_null,
+        "minItems": 2,
+        "maxItems": 2,
+        "description": "The confidence interval at 1 - alpha (null without data).",
+    }
+    figure = {
+        "type": "object",
+        "required": ["value", "interval"],
+        "properties": {"value": number_or_null, "interval": interval},
+    }
+    needed = {
+        "type": ["object", "null"],
+        "description": "Rows still to collect per arm for min_effect at 80 % power (null: "
+        "not known until both variants have data).",
+        "properties": {
+            "control": {"type": "integer"},
+            "variant": {"type": "integer"},
+            "needed_control": {"type": "integer"},
+            "needed_variant": {"type": "integer"},
+            "unit": {"type": "string"},
+        },
+    }
+    test = {
+        "type": "object",
+        "required": ["difference", "interval", "p_value", "significant", "still_needed"],
+        "properties": {
+            "difference": {**number_or_null, "description": "Variant minus control."},
+            "interval": interval,
+            "p_value": number_or_null,
+            "significant": {"type": "boolean"},
+            "better": {"type": ["boolean", "null"]},
+            "still_needed": needed,
+            "unit": {"type": "string"},
+        },
+    }
+    return {
+        "ExperimentReport": {
+            "type": "object",
+            "description": "See docs/experiments/report.md: per variant its figures, per "
+            "comparison with the control (the first variant) the tests and a verdict.",
+            "required": ["model", "experiment", "alpha", "variants", "comparisons", "winner"],
+            "properties": {
+                "model": {"type": "string"},
+                "experiment": {"type": "string"},
+                "kind": {"type": "string"},
+                "task": {"type": "string"},
+                "metric": {"type": "string", "enum": ["accuracy", "mae"]},
+                "alpha": {"type": "number"},
+                "alpha_per_test": {"type": "number"},
+                "tests": {"type": "integer"},
+                "min_effect": {"type": "number"},
+                "power": {"type": "number"},
+                "control": {"type": "string"},
+                "variants": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["name", "requests", "errors", "latency", "quality"],
+                        "properties": {
+                            "name": {"type": "string"},
+                            "weight": number_or_null,
+                            "versions": {"type": "object"},
+                            "requests": {"type": "integer"},
+                            "errors": figure,
+                            "latency": {
+                                "type": "object",
+                                "properties": {"p50": number_or_null, "p99": number_or_null},
+                            },
+                            "quality": figure,
+                        },
+                    },
+                },
+                "comparisons": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["variant", "control", "verdict", "significant"],
+                        "properties": {
+                            "variant": {"type": "string"},
+                            "control": {"type": "string"},
+                            "verdict": {
+                                "type": "string",
+                                "enum": [
+                                    "better",
+                                    "worse",
+                                    "no significant difference",
+                                    "too little data",
+                                ],
+                            },
+                            "significant": {"type": "boolean"},
+                            "errors": test,
+                            "quality": test,
+                            "still_needed": needed,
+                        },
+                    },
+                },
+                "winner": {"type": ["string", "null"]},
+                "significant": {"type": "boolean"},
+            },
+        },
+        "ExperimentTotals": {
+            "type": "object",
+            "description": "This host's sufficient statistics per variant; a fleet's add up.",
+            "required": ["model", "experiment", "latency_buckets", "variants"],
+            "properties": {
+                "model": {"type": "string"},
+                "experiment": {"type": "string"},
+                "latency_buckets": {
+                    "type": "array",
+                    "items": {"type": ["number", "string"]},
+                    "description": 'Upper bounds in seconds, the last "+Inf".',
+                },
+                "variants": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": [
+                            "variant",
+                            "versions",
+                            "requests",
+                            "errors",
+                            "latency_counts",
+                            "labelled",
+                            "correct",
+                            "abs_error_sum",
+                            "abs_error_sq_sum",
+                        ],
+                    },
+                },
+            },
+        },
+    }
+
+
+P_EXPERIMENT = {
+    "name": "experiment",
+    "in": "query",
+    "required": False,
+    "description": "An experiment's id (default: the running one, else the last one started).",
+    "schema": {"type": "string", "maxLength": 200},
+}
+
+
+def _experiment_report_paths() -> dict[str, Any]:
+    return {
+        "/v1/admin/experiments/{name}/report": {
+            "get": _op(
+                "experiments",
+                "experiment_report",
+                "An experiment's report from this host's evidence: per variant requests, "
+                "error rate, latency, live quality; per comparison difference, p-value, "
+                "significance and the sample still needed",
+                {"200": _response("The report.", _json(_ref("ExperimentReport")))},
+                parameters=[P_NAME, P_EXPERIMENT],
+            )
+        },
+        "/v1/admin/experiments/{name}/totals": {
+            "get": _op(
+                "experiments",
+                "experiment_totals",
+                "This host's evidence of an experiment: per variant counts and sums that add "
+                "up across the hosts of a fleet",
+                {"200": _response("The totals.", _json(_ref("ExperimentTotals")))},
+                parameters=[P_NAME, P_EXPERIMENT],
+            )
+        },
+    }
+
+
 def _health_paths() -> dict[str, Any]:
     readiness = _json(_ref("Readiness"))
     return {
@@ -1827,6 +2001,7 @@ def _fixed() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
         _models_paths,
         _admin_paths,
         _experiment_paths,
+        _experiment_report_paths,
         _v2_paths,
         _mlflow_paths,
         _health_paths,
