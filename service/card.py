@@ -247,10 +247,36 @@ def _gate_view(gate: Any) -> dict[str, Any] | None:
         "higher_is_better": direction,
         "model": gate.get("model"),
         "baseline": gate.get("baseline"),
+        "baseline_strategy": _text(gate.get("baseline_strategy")),
+        "baseline_chosen_by": _text(gate.get("baseline_chosen_by")),
+        "baselines": [
+            {"strategy": str(strategy), "score": score}
+            for strategy, score in _mapping(gate.get("baselines")).items()
+        ],
+        "improvement": gate.get("improvement"),
         "margin": gate.get("margin"),
+        "alpha": gate.get("alpha"),
+        "significance": _significance_view(gate.get("significance")),
         "passed": gate.get("passed"),
         "forced": gate.get("forced"),
         "reason": gate.get("reason"),
+    }
+
+
+def _significance_view(tested: Any) -> dict[str, Any] | None:
+    """The paired bootstrap of the gate: its p-value and the interval of the lead."""
+    if not isinstance(tested, Mapping):
+        return None
+    interval = _mapping(tested.get("interval"))
+    low, high, level = interval.get("low"), interval.get("high"), interval.get("level")
+    return {
+        "p_value": tested.get("p_value") if _is_number(tested.get("p_value")) else None,
+        "interval": [low, high] if _is_number(low) and _is_number(high) else None,
+        "level": format_percent(level) if _is_number(level) else None,
+        "method": _text(tested.get("method")),
+        "resamples": tested.get("resamples"),
+        "rows": tested.get("rows"),
+        "rows_from": _text(tested.get("rows_from")),
     }
 
 

@@ -162,6 +162,8 @@ def _training_summary(meta: dict) -> str:
         f"{meta['name']}: {estimator} on {rows['total']} rows ({split}, test {rows['test']}; "
         f"{rows['dropped_missing_target']} without a target dropped)",
         f"  validation {primary}: {_short(gate['model'])} vs baseline {_short(gate['baseline'])}"
+        + (f" ({gate['baseline_strategy']})" if gate.get("baseline_strategy") else "")
+        + _p_value_text(gate)
         + (" (passed)" if gate["passed"] else f" (FORCED: {gate['reason']})"),
         f"  test {primary}: {_short(scores['test']['model'].get(primary))} vs baseline "
         f"{_short(scores['test']['baseline'].get(primary))}",
@@ -173,6 +175,13 @@ def _training_summary(meta: dict) -> str:
         )
     lines.append(f"  trained in {meta['training']['duration_seconds']:.1f} s")
     return "\n".join(lines)
+
+
+def _p_value_text(gate: dict) -> str:
+    tested = gate.get("significance")
+    if not tested:
+        return ""
+    return f", p {tested['p_value']:.3g} (alpha {gate['alpha']:g})"
 
 
 def _onnx_text(entry: dict) -> str:
@@ -337,6 +346,10 @@ def _comparison_text(result: dict) -> str:
             numbers = (c.rjust(w) for c, w in zip(row[1:4], widths[1:], strict=True))
             lines.append("  ".join([row[0].ljust(widths[0]), *numbers, row[4]]).rstrip())
     lines.append("(* primary metric; better: the side that scores better, = when equal)")
+    if result.get("gate"):
+        from service.training.compare import gate_text
+
+        lines += ["", *gate_text(result["gate"])]
     for title, key in [
         ("algorithm", "algorithm"),
         ("data", "data"),

@@ -120,6 +120,53 @@ ONNX_BACKEND_SCHEMA: dict[str, Any] = {
     "else": {"required": ["reason"]},
 }
 
+# scores.gate: the offline baseline gate of ``modelctl train``. The candidate passes when it
+# beats the baseline by more than the margin on the primary metric and a paired bootstrap
+# of that lead on the same held-out rows gives a p-value below alpha. Versions published
+# before the bootstrap have no significance, alpha or baselines.
+_optional_number = {"type": ["number", "null"]}
+GATE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["metric", "passed"],
+    "properties": {
+        "metric": {"type": "string"},
+        "higher_is_better": {"type": "boolean"},
+        "model": _optional_number,
+        "baseline": _optional_number,
+        "baseline_strategy": {"type": "string"},
+        "baseline_chosen_by": {"type": "string"},
+        "baselines": {"type": "object", "additionalProperties": _optional_number},
+        "improvement": _optional_number,
+        "margin": {"type": "number", "minimum": 0},
+        "alpha": {"type": "number", "exclusiveMinimum": 0, "maximum": 0.5},
+        "significance": {
+            "type": ["object", "null"],
+            "required": ["method", "p_value", "interval", "resamples", "rows", "seed"],
+            "properties": {
+                "method": {"type": "string"},
+                "p_value": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+                "interval": {
+                    "type": "object",
+                    "required": ["low", "high", "level"],
+                    "properties": {
+                        "low": _optional_number,
+                        "high": _optional_number,
+                        "level": {"type": "number", "minimum": 0, "maximum": 1},
+                    },
+                },
+                "resamples": {"type": "integer", "minimum": 1},
+                "rows": {"type": "integer", "minimum": 1},
+                "rows_from": {"enum": ["validation", "out-of-fold"]},
+                "seed": {"type": "integer", "minimum": 0},
+            },
+        },
+        "passed": {"type": "boolean"},
+        "forced": {"type": "boolean"},
+        "reason": {"type": ["string", "null"]},
+        "message": {"type": "string"},
+    },
+}
+
 METADATA_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "title": "model-service metadata.yaml",
@@ -177,6 +224,7 @@ METADATA_SCHEMA: dict[str, Any] = {
                 "validation": _scores_pair,
                 "test": _scores_pair,
                 "baseline": {"type": "object"},
+                "gate": GATE_SCHEMA,
             },
         },
         "golden": {

@@ -14,6 +14,24 @@ from typing import Any
 from service.store.promotion import higher_is_better
 
 SPLITS = ("validation", "test")
+# What ``gate_rows`` shows of scores.gate, in this order.
+GATE_FIELDS = (
+    "passed",
+    "forced",
+    "metric",
+    "baseline_strategy",
+    "model",
+    "baseline",
+    "improvement",
+    "margin",
+    "p_value",
+    "alpha",
+    "interval",
+    "level",
+    "method",
+    "resamples",
+    "rows",
+)
 # Score entries that are not one number per metric: curves and their points.
 NOT_METRICS = frozenset({"curves", "points"})
 # Fields of an input feature that define what the model accepts (stats only describe data).
@@ -32,6 +50,7 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
             split: {"rows": score_rows(a, b, split), "baseline": baseline_rows(a, b, split)}
             for split in SPLITS
         },
+        "gate": gate_rows(a, b),
         "algorithm": algorithm_differences(a, b),
         "data": data_differences(a, b),
         "features": feature_differences(a, b),
@@ -100,6 +119,30 @@ def baseline_rows(a: dict[str, Any], b: dict[str, Any], split: str) -> list[dict
             {"metric": metric, "a": a_value, "b": b_value, "delta": _delta(a_value, b_value)}
         )
     return rows
+
+
+def gate_rows(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
+    """What the training gate of each version decided, and on what evidence: the baseline
+    strategy, the lead over it on validation, its p-value and interval (None where a
+    version does not record it, e.g. one trained before the significance test)."""
+    a_gate, b_gate = _gate(a), _gate(b)
+    return [
+        {"field": field, "a": a_gate.get(field), "b": b_gate.get(field)}
+        for field in GATE_FIELDS
+        if a_gate.get(field) is not None or b_gate.get(field) is not None
+    ]
+
+
+def gate_text(rows: list[dict[str, Any]]) -> list[str]:
+    """``gate_rows`` as the lines of ``modelctl compare``."""
+    table = [["gate (validation)", "A", "B"]]
+    for row in rows:
+        table.append([f"  {row['field']}", _gate_value(row["a"]), _gate_value(row["b"])])
+    widths = [max(len(line[i]) for line in table) for i in range(3)]
+    return [
+        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
+        for line in table
+    ]
 
 
 def better_side(metric: str, a: float | None, b: float | None) -> str | None:
@@ -252,6 +295,33 @@ def _identity(meta: dict[str, Any]) -> dict[str, Any]:
         "version": meta.get("version"),
         "created_at": meta.get("created_at"),
     }
+
+
+def _gate(meta: dict[str, Any]) -> dict[str, Any]:
+    """scores.gate with its significance fields lifted up; {} when not recorded."""
+    gate = (meta.get("scores") or {}).get("gate")
+    if not isinstance(gate, dict):
+        return {}
+    tested = gate.get("significance") if isinstance(gate.get("significance"), dict) else {}
+    interval = tested.get("interval") if isinstance(tested.get("interval"), dict) else {}
+    flat = {k: v for k, v in gate.items() if k != "significance"}
+    flat.update({k: tested.get(k) for k in ("p_value", "method", "resamples", "rows")})
+    if interval.get("low") is not None and interval.get("high") is not None:
+        flat["interval"] = [interval["low"], interval["high"]]
+        flat["level"] = interval.get("level")
+    return flat
+
+
+def _gate_value(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        return "[" + ", ".join(_gate_value(v) for v in value) + "]"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
 
 
 def _features(meta: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -34,27 +34,67 @@ SCORERS = {
 }
 PROBABILITY_METRICS = frozenset({"roc_auc", "roc_auc_ovr", "log_loss"})
 
+# The Dummy strategies a spec may name as its baseline. A spec that names none is judged
+# against the strongest of them on its primary metric, scored on the candidate's validation
+# rows: one fixed strategy can be weak on some metric (most_frequent under a macro average),
+# and a model that learned nothing would beat it by chance.
 BASELINE_STRATEGIES = {
     "classification": ("most_frequent", "prior", "stratified", "uniform"),
     "regression": ("mean", "median"),
 }
-DEFAULT_BASELINE = {"classification": "most_frequent", "regression": "mean"}
 
 CURVE_POINTS = 101
 RESIDUAL_POINTS = 500
 
 
-def make_baseline(task: str, strategy: str | None = None, seed: int = 0):
-    strategy = strategy or DEFAULT_BASELINE[task]
+def baseline_strategies(task: str, chosen: str = "") -> tuple[str, ...]:
+    """The strategies to score: the spec's own, or every one of the task."""
+    return (chosen,) if chosen else BASELINE_STRATEGIES[task]
+
+
+def make_baseline(task: str, strategy: str, seed: int = 0):
     if task == "classification":
         return DummyClassifier(strategy=strategy, random_state=seed)
     return DummyRegressor(strategy=strategy)
 
 
-def describe_baseline(task: str, strategy: str | None = None, seed: int = 0) -> dict[str, Any]:
+def strongest(metric: str, scores: dict[str, float | None]) -> str | None:
+    """The strategy with the best score on ``metric`` (the first of equals), or None when
+    none has one."""
+    scored = [(strategy, value) for strategy, value in scores.items() if value is not None]
+    if not scored:
+        return None
+    sign = 1 if higher_is_better(metric) else -1
+    return max(scored, key=lambda item: sign * item[1])[0]
+
+
+def describe_baseline(
+    task: str, strategy: str, seed: int = 0, *, chosen_by: str = ""
+) -> dict[str, Any]:
     baseline = make_baseline(task, strategy, seed)
     cls = type(baseline)
-    return {"class": f"{cls.__module__}.{cls.__name__}", "params": baseline.get_params()}
+    described = {"class": f"{cls.__module__}.{cls.__name__}", "params": baseline.get_params()}
+    described["strategy"] = strategy
+    if chosen_by:
+        described["chosen_by"] = chosen_by
+    return described
+
+
+def outputs(metric: str, estimator, X, classes=None) -> np.ndarray | None:
+    """What ``metric`` is computed from: probabilities (one column per entry of
+    ``classes``, default the estimator's) for the metrics of PROBABILITY_METRICS,
+    predictions for the others; None when the estimator gives no probabilities."""
+    if metric not in PROBABILITY_METRICS:
+        return np.asarray(estimator.predict(X))
+    probabilities = _probabilities(estimator, X)
+    if probabilities is None or classes is None:
+        return probabilities
+    # A fold's model may lack a class its training rows did not hold: its column is 0.
+    aligned = np.zeros((len(probabilities), len(classes)))
+    position = {label: i for i, label in enumerate(list(classes))}
+    for j, label in enumerate(estimator.classes_):
+        aligned[:, position[label]] = probabilities[:, j]
+    return aligned
 
 
 def scorer_name(task: str, metric: str) -> str:
@@ -68,9 +108,11 @@ def score(task: str, estimator, X, y) -> dict[str, Any]:
 
 
 def cross_validated_scores(
-    task: str, estimator, X, y, cv
-) -> tuple[dict[str, float], dict[str, float]]:
-    """Mean and standard deviation of each scalar metric over the folds of ``cv``."""
+    task: str, estimator, X, y, cv, metric: str
+) -> tuple[dict[str, float], dict[str, float], np.ndarray | None]:
+    """Mean and standard deviation of each scalar metric over the folds of ``cv``, and the
+    out-of-fold outputs ``metric`` is computed from (each row's from the fold that held it
+    out; see ``outputs``)."""
     labels = np.unique(y) if task == "classification" else None
     names = dict(SCORERS[task])
     if task == "classification":
@@ -78,7 +120,16 @@ def cross_validated_scores(
         if not hasattr(estimator, "predict_proba"):
             for name in PROBABILITY_METRICS:
                 names.pop(name, None)
-    result = cross_validate(estimator, X, y, cv=cv, scoring=names, error_score="raise")
+    result = cross_validate(
+        estimator,
+        X,
+        y,
+        cv=cv,
+        scoring=names,
+        error_score="raise",
+        return_estimator=True,
+        return_indices=True,
+    )
     scores: dict[str, Any] = {}
     spread: dict[str, float] = {}
     for name, scorer in names.items():
@@ -87,7 +138,21 @@ def cross_validated_scores(
             values = -values
         scores[name] = _plain(float(np.mean(values)))
         spread[name] = _plain(float(np.std(values)))
-    return scores, spread
+    return scores, spread, _out_of_fold(metric, result, X, labels)
+
+
+def _out_of_fold(metric: str, result: dict[str, Any], X, labels) -> np.ndarray | None:
+    held_out = result["indices"]["test"]
+    parts = [
+        outputs(metric, fitted, X.iloc[rows] if hasattr(X, "iloc") else X[rows], labels)
+        for fitted, rows in zip(result["estimator"], held_out, strict=True)
+    ]
+    if any(part is None for part in parts):
+        return None
+    stacked = np.concatenate(parts)
+    combined = np.empty_like(stacked)
+    combined[np.concatenate(held_out)] = stacked
+    return combined
 
 
 def classification_scores(estimator, X, y) -> dict[str, Any]:

@@ -135,6 +135,7 @@ SPEC_SCHEMA: dict[str, Any] = {
                 "primary_metric": {"type": "string"},
                 "margin": {"type": "number", "minimum": 0},
                 "baseline": {"type": "string"},
+                "alpha": {"type": "number", "exclusiveMinimum": 0, "maximum": 0.5},
                 "stratify": {"type": "boolean"},
             },
         },
@@ -169,7 +170,8 @@ class Evaluation:
     seed: int = 0
     primary_metric: str = ""
     margin: float = 0.0
-    baseline: str = ""
+    baseline: str = ""  # none: the strongest Dummy strategy on the validation rows
+    alpha: float = 0.05  # the lead over the baseline must have a p-value below it
     stratify: bool = True
 
 
@@ -342,5 +344,6 @@ def _evaluation(task: str, block: dict[str, Any]) -> Evaluation:
         primary_metric=metric,
         margin=float(block.get("margin", 0.0)),
         baseline=baseline,
+        alpha=float(block.get("alpha", 0.05)),
         stratify=block.get("stratify", True),
     )

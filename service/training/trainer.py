@@ -2,10 +2,12 @@
 
 Read and check the data; split train / validation / test once with the seed; fit on
 train (searching hyperparameters if the spec asks); score validation for the candidate
-and a Dummy baseline; refuse a candidate that does not beat the baseline by the margin;
-refit on train+validation; score the test set once; convert the model to ONNX and check
-it against the pickle on the validation rows (``optimize``); publish with complete
-metadata (and model.onnx when it matched) and point ``staging`` at the new version.
+and the Dummy baselines, the spec's or the strongest of them; refuse a candidate that
+does not beat the baseline by more than the margin, significantly (a paired bootstrap,
+``significance``); refit on train+validation; score the test set once; convert the model
+to ONNX and check it against the pickle on the validation rows (``optimize``); publish
+with complete metadata (and model.onnx when it matched) and point ``staging`` at the new
+version.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from service.runtime.model import LoadedModel
 from service.store import ModelStore
 from service.store.promotion import higher_is_better
 from service.training import data as data_io
-from service.training import evaluation, optimize
+from service.training import evaluation, optimize, significance
 from service.training import pipeline as pipelines
 from service.training import plan as planning
 from service.training.describe import estimator_description, plain
@@ -50,6 +52,22 @@ class TrainingResult:
     metadata: dict[str, Any]
     gate: dict[str, Any]
     warnings: list[str]
+
+
+@dataclasses.dataclass
+class Validation:
+    """The candidate and the baseline on the same held-out rows (the validation rows, or
+    each row out of its cross-validation fold)."""
+
+    scores: dict[str, Any]  # scores.validation of the metadata
+    baselines: dict[str, float | None]  # each strategy tried: its primary metric
+    strategy: str  # the baseline's: the spec's, or the strongest of ``baselines``
+    chosen_by: str
+    y: pd.Series
+    model_output: np.ndarray | None  # what the primary metric is computed from
+    baseline_output: np.ndarray | None
+    classes: np.ndarray | None
+    rows: str  # which rows: "validation" or "out-of-fold"
 
 
 @dataclasses.dataclass
@@ -116,7 +134,7 @@ def train(
             raise BaselineNotBeaten(gate["message"], details=gate)
         stage(5)
         final = clone(best).fit(pipelines.model_input(unfitted, split.X_rest), split.y_rest)
-        final_baseline = _baseline(spec).fit(split.X_rest, split.y_rest)
+        final_baseline = _baseline(spec, validation.strategy).fit(split.X_rest, split.y_rest)
         stage(6)
         test_input = pipelines.model_input(unfitted, split.X_test)
         test = {
@@ -138,7 +156,7 @@ def train(
             split,
             final,
             unfitted,
-            validation=validation,
+            validation=validation.scores,
             test=test,
             gate=gate,
             search=_search_summary(spec, candidate),
@@ -233,35 +251,82 @@ def split_rows(spec: TrainingSpec, plan: planning.Plan) -> Split:
     return Split(X_train, y_train, X_val, y_val, X_rest, y_rest, X_test, y_test)
 
 
-def _baseline(spec: TrainingSpec):
-    return evaluation.make_baseline(spec.task, spec.evaluation.baseline, spec.evaluation.seed)
+def _baseline(spec: TrainingSpec, strategy: str):
+    return evaluation.make_baseline(spec.task, strategy, spec.evaluation.seed)
 
 
-def _validate(spec: TrainingSpec, best, split: Split) -> dict[str, Any]:
-    """Validation scores of the candidate and the baseline, on the same rows."""
+def _validate(spec: TrainingSpec, best, split: Split) -> Validation:
+    """Validation scores of the candidate and of each baseline strategy, on the same rows;
+    the baseline is the spec's strategy, or the strongest on the primary metric."""
+    task, metric = spec.task, spec.evaluation.primary_metric
+    strategies = evaluation.baseline_strategies(task, spec.evaluation.baseline)
+    classes = np.unique(split.y_rest) if spec.classification else None
     if spec.evaluation.method == "cross_validation":
         folds = _folds(spec)
-        model_input = pipelines.model_input(best, split.X_rest)
-        model, model_std = evaluation.cross_validated_scores(
-            spec.task, clone(best), model_input, split.y_rest, folds
+        model, model_std, model_output = evaluation.cross_validated_scores(
+            task,
+            clone(best),
+            pipelines.model_input(best, split.X_rest),
+            split.y_rest,
+            folds,
+            metric,
         )
-        baseline, baseline_std = evaluation.cross_validated_scores(
-            spec.task, _baseline(spec), split.X_rest, split.y_rest, folds
-        )
+        runs = {
+            strategy: evaluation.cross_validated_scores(
+                task, _baseline(spec, strategy), split.X_rest, split.y_rest, folds, metric
+            )
+            for strategy in strategies
+        }
+        strategy = _strongest(metric, strategies, {s: run[0] for s, run in runs.items()})
+        baseline, baseline_std, baseline_output = runs[strategy]
         # Means over the folds; their spread next to them, outside the metric tables.
-        return {
+        scores = {
             "model": model,
             "baseline": baseline,
             "folds": folds.get_n_splits(),
             "std": {"model": model_std, "baseline": baseline_std},
         }
-    baseline = _baseline(spec).fit(split.X_train, split.y_train)
-    return {
-        "model": evaluation.score(
-            spec.task, best, pipelines.model_input(best, split.X_validation), split.y_validation
-        ),
-        "baseline": evaluation.score(spec.task, baseline, split.X_validation, split.y_validation),
-    }
+        y, rows = split.y_rest, "out-of-fold"
+    else:
+        fitted = {
+            strategy: _baseline(spec, strategy).fit(split.X_train, split.y_train)
+            for strategy in strategies
+        }
+        tried = {
+            strategy: evaluation.score(task, baseline, split.X_validation, split.y_validation)
+            for strategy, baseline in fitted.items()
+        }
+        strategy = _strongest(metric, strategies, tried)
+        model_input = pipelines.model_input(best, split.X_validation)
+        scores = {
+            "model": evaluation.score(task, best, model_input, split.y_validation),
+            "baseline": tried[strategy],
+        }
+        model_output = evaluation.outputs(metric, best, model_input, classes)
+        baseline_output = evaluation.outputs(metric, fitted[strategy], split.X_validation, classes)
+        runs = {s: (table,) for s, table in tried.items()}
+        y, rows = split.y_validation, "validation"
+    chosen_by = (
+        "the spec"
+        if spec.evaluation.baseline
+        else f"strongest {metric} on the {rows} rows of " + ", ".join(strategies)
+    )
+    return Validation(
+        scores=scores,
+        baselines={s: run[0].get(metric) for s, run in runs.items()},
+        strategy=strategy,
+        chosen_by=chosen_by,
+        y=y,
+        model_output=model_output,
+        baseline_output=baseline_output,
+        classes=classes,
+        rows=rows,
+    )
+
+
+def _strongest(metric: str, strategies: tuple[str, ...], tried: dict[str, dict]) -> str:
+    scores = {strategy: tried[strategy].get(metric) for strategy in strategies}
+    return evaluation.strongest(metric, scores) or strategies[0]
 
 
 def _folds(spec: TrainingSpec):
@@ -271,13 +336,20 @@ def _folds(spec: TrainingSpec):
     return KFold(folds, shuffle=True, random_state=seed)
 
 
-def _gate(
-    spec: TrainingSpec, validation: dict[str, Any], force_reason: str | None
-) -> dict[str, Any]:
-    metric, margin = spec.evaluation.primary_metric, spec.evaluation.margin
-    model_score = validation["model"].get(metric)
-    baseline_score = validation["baseline"].get(metric)
-    if model_score is None or baseline_score is None:
+def _gate(spec: TrainingSpec, validation: Validation, force_reason: str | None) -> dict[str, Any]:
+    """Pass when the candidate beats the baseline by more than the margin on the primary
+    metric and a paired bootstrap of that lead has a p-value below alpha."""
+    evaluation_spec = spec.evaluation
+    metric, margin, alpha = (
+        evaluation_spec.primary_metric,
+        evaluation_spec.margin,
+        evaluation_spec.alpha,
+    )
+    model_score = validation.scores["model"].get(metric)
+    baseline_score = validation.scores["baseline"].get(metric)
+    outputs = (validation.model_output, validation.baseline_output)
+    tested = None
+    if model_score is None or baseline_score is None or any(o is None for o in outputs):
         passed, gained = False, None
         message = (
             f"{spec.name}: no validation {metric} to compare with the baseline "
@@ -285,12 +357,40 @@ def _gate(
         )
     else:
         gained = evaluation.improvement(metric, model_score, baseline_score)
-        passed = gained > margin
-        relation = "beats" if passed else "does not beat"
-        message = (
-            f"{spec.name}: validation {metric} {model_score:.4g} {relation} the baseline's "
-            f"{baseline_score:.4g} by more than the margin {margin:g}"
+        tested = significance.paired_bootstrap(
+            spec.task,
+            metric,
+            validation.y,
+            *outputs,
+            classes=validation.classes,
+            margin=margin,
+            alpha=alpha,
+            seed=evaluation_spec.seed,
         )
+        tested["rows_from"] = validation.rows
+        beats, significant = gained > margin, tested["p_value"] < alpha
+        passed = beats and significant
+        against = f"the baseline's {baseline_score:.4g} ({validation.strategy})"
+        evidence = (
+            f"p = {tested['p_value']:.3g}, {tested['method']}, {tested['resamples']} "
+            f"resamples of {tested['rows']} {validation.rows} rows"
+        )
+        if not beats:
+            message = (
+                f"{spec.name}: validation {metric} {model_score:.4g} does not beat {against} "
+                f"by more than the margin {margin:g} ({evidence})"
+            )
+        elif not significant:
+            message = (
+                f"{spec.name}: validation {metric} {model_score:.4g} beats {against} by "
+                f"{gained:.4g}, more than the margin {margin:g}, but not significantly: "
+                f"{evidence}; not below alpha {alpha:g}"
+            )
+        else:
+            message = (
+                f"{spec.name}: validation {metric} {model_score:.4g} beats {against} by more "
+                f"than the margin {margin:g}, significantly ({evidence} < alpha {alpha:g})"
+            )
         if not passed:
             message += "; not published (use --force REASON to publish anyway)"
     return {
@@ -298,8 +398,13 @@ def _gate(
         "higher_is_better": higher_is_better(metric),
         "model": model_score,
         "baseline": baseline_score,
+        "baseline_strategy": validation.strategy,
+        "baseline_chosen_by": validation.chosen_by,
+        "baselines": validation.baselines,
         "improvement": None if gained is None else round(gained, 6),
         "margin": margin,
+        "alpha": alpha,
+        "significance": tested,
         "passed": passed,
         "forced": not passed and force_reason is not None,
         "reason": force_reason if not passed else None,
@@ -399,7 +504,10 @@ def _metadata(
             "primary_metric": evaluation_spec.primary_metric,
             "method": evaluation_spec.method,
             "baseline": evaluation.describe_baseline(
-                spec.task, evaluation_spec.baseline, evaluation_spec.seed
+                spec.task,
+                gate["baseline_strategy"],
+                evaluation_spec.seed,
+                chosen_by=gate["baseline_chosen_by"],
             ),
             "gate": gate,
             "validation": validation,
