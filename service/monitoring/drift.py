@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy import special
 
 EPSILON = 1e-4
 MISSING = "missing"
@@ -225,7 +225,11 @@ def chi_square_p_value(expected: np.ndarray, counts: np.ndarray) -> float | None
         expected_groups[-1] += expected_sum
     if len(observed_groups) < 2:
         return None
-    return float(stats.chisquare(observed_groups, expected_groups).pvalue)
+    # scipy.stats.chisquare's statistic and p-value, without its 1.5 ms of argument
+    # handling per call (a status poll or a scrape tests every feature of every version).
+    seen, wanted = np.array(observed_groups), np.array(expected_groups)
+    statistic = float(np.sum((seen - wanted) ** 2 / wanted))
+    return float(special.chdtrc(len(seen) - 1, statistic))
 
 
 def _p_value(profile: FeatureProfile, expected: np.ndarray, counts: np.ndarray) -> float | None:
