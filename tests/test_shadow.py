@@ -257,6 +257,11 @@ def test_through_the_app_agreement_differences_and_errors_are_recorded(app, clie
     assert classifier["agreement"] == pytest.approx(agreed / 12)
     low, high = classifier["agreement_interval"]
     assert low <= agreed / 12 <= high
+    # Two hosts' sums add up: twice the rows, the same agreement, a narrower interval.
+    host = shadow_record.totals(settings, IRIS, iris_experiment.id)
+    [fleet] = [shadow_record.figures(row) for row in shadow_record.merge(host, host)]
+    assert (fleet["rows"], fleet["agreement"]) == (24, classifier["agreement"])
+    assert fleet["agreement_interval"][1] - fleet["agreement_interval"][0] < high - low
 
     after = metrics_text(client)
     labels = {"model": IRIS, "candidate": str(one_label)}

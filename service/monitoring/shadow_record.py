@@ -5,9 +5,9 @@ every drop (in the request). The recorder adds them up in memory and a timer per
 (``ProcessFlusher``, like the live monitor's) adds the sums to the ``shadow_totals`` table
 of the workers' shared SQLite state once a second: one upsert per (model, experiment,
 candidate) per flush, however many requests were shadowed. The sums are sufficient
-statistics, so the figures of every worker (and the gRPC server) of the host add up:
-:func:`status` turns them into agreement, differences and error rates for
-``modelctl experiment status`` and the report.
+statistics, so the figures of every worker (and the gRPC server) of the host add up, and
+so do those of a fleet's hosts (:func:`merge`): :func:`figures` turns them into agreement,
+differences and error rates, :func:`status` does it for this host.
 
 Nothing here imports Flask.
 """
@@ -212,9 +212,10 @@ class ShadowRecorder:
 # -- reading ----------------------------------------------------------------------------
 
 
-def status(settings: Settings, name: str, experiment: str | None = None) -> list[dict[str, Any]]:
-    """The shadow figures of this host for a model (one experiment's, or every one's),
-    one entry per (experiment, candidate); this process's own counts are flushed first."""
+def totals(settings: Settings, name: str, experiment: str | None = None) -> list[dict[str, Any]]:
+    """This host's sums for a model (one experiment's, or every one's), one per
+    (experiment, candidate): sufficient statistics, which :func:`merge` adds up over hosts.
+    This process's own counts are flushed first."""
     recorder = _active
     if recorder is not None:
         recorder.flush()
@@ -229,13 +230,39 @@ def status(settings: Settings, name: str, experiment: str | None = None) -> list
             arguments += (experiment,)
         cursor = conn.execute(query + " ORDER BY updated", arguments)
         columns = [d[0] for d in cursor.description]
-        rows = [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
+        return [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
     finally:
         state.close()
-    return [_figures(row) for row in rows]
 
 
-def _figures(row: dict[str, Any]) -> dict[str, Any]:
+def merge(*hosts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The totals of several hosts added up, per (experiment, candidate)."""
+    merged: dict[tuple[str, str], dict[str, Any]] = {}
+    for rows in hosts:
+        for row in rows:
+            key = (row["experiment"], row["candidate"])
+            found = merged.get(key)
+            if found is None:
+                merged[key] = dict(row)
+                continue
+            for column in _SUMMED:
+                found[column] += row[column]
+            found["abs_difference_max"] = max(
+                found["abs_difference_max"], row["abs_difference_max"]
+            )
+            if row["updated"] >= found["updated"]:
+                found["updated"] = row["updated"]
+                if row["candidate_version"] is not None:
+                    found["candidate_version"] = row["candidate_version"]
+    return list(merged.values())
+
+
+def status(settings: Settings, name: str, experiment: str | None = None) -> list[dict[str, Any]]:
+    """This host's shadow figures for a model: agreement, differences, errors, drops."""
+    return [figures(row) for row in totals(settings, name, experiment)]
+
+
+def figures(row: dict[str, Any]) -> dict[str, Any]:
     errors = {kind: row[f"errors_{kind}"] for kind in shadow.ERROR_KINDS}
     failed = sum(errors.values())
     runs, rows = row["runs"], row["rows"]
