@@ -16,7 +16,14 @@ from pathlib import Path
 import click
 import yaml
 
-from service import cli_canary, cli_fleet, cli_keys, cli_signing
+from service import (
+    cli_canary,
+    cli_experiment_report,
+    cli_experiments,
+    cli_fleet,
+    cli_keys,
+    cli_signing,
+)
 from service.cli_fleet import open_store, store_location_option
 from service.cli_signing import signing_key_option
 from service.errors import ServiceError
@@ -730,6 +737,8 @@ def hash_key(key: str | None) -> None:
 cli_fleet.register(cli)
 cli_signing.register(cli)
 cli_keys.register(cli)
+cli_experiments.register(cli)
+cli_experiment_report.register(cli_experiments.experiment_group)
 cli_canary.register(cli)
 
 
