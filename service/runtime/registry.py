@@ -61,6 +61,19 @@ LoadListener = Callable[[LoadedModel, float], None]
 ClientKey = str | Callable[[Experiment], str | None] | None
 NO_FIELDS: frozenset[str] = frozenset()
 
+# This process's id, kept up to date across fork: os.getpid() is a system call (about a
+# microsecond on a virtual machine), and every request asks whether its process has a
+# watcher yet.
+_pid = os.getpid()
+
+
+def _note_fork() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_note_fork)
+
 
 class ModelRegistry:
     def __init__(self, store: ModelStore, settings: Settings):
@@ -151,9 +164,9 @@ class ModelRegistry:
         weight without one. ``client_key`` may be a function of the experiment, so a front
         end reads the header or body field the experiment names only when one runs. Any
         other request is served as :meth:`get` serves it."""
-        self._ensure_watcher()
         experiment = None
         if ref.version is None and ref.alias is None:
+            self._ensure_watcher()  # a new worker's first look at the store comes first
             experiment = self._experiments.get(ref.name)
         if experiment is None:
             hooks.assignment.set(None)
@@ -495,7 +508,7 @@ class ModelRegistry:
     # -- the watcher thread ----------------------------------------------------
 
     def _ensure_watcher(self) -> None:
-        pid = os.getpid()
+        pid = _pid
         if self._watcher_pid != pid:
             with self._refresh_lock:
                 if self._watcher_pid != pid:
