@@ -4,8 +4,9 @@
   and the row's index in the request;
 - ``GET /v1/models/<name>/performance``: live accuracy / class recall or MAE per version,
   next to the test score in metadata.yaml;
-- ``GET /v1/models/<name>/drift``: population stability index of every feature per version,
-  with the live and training distributions.
+- ``GET /v1/models/<name>/drift``: population stability index and chi-square p-value of
+  every feature per version, its status ("too few rows (n of N)" until it has
+  drift_min_rows values, then stable or drifted), with the live and training distributions.
 
 The work is in ``service.monitoring.live``; figures are those of every worker of this host.
 """
