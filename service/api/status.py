@@ -3,7 +3,8 @@
 /v1/status answers facts only: what is served (names, aliases, versions, the scores in
 metadata.yaml next to the baseline), the *cumulative* traffic figures of every served model
 as Prometheus counts them (requests by status class, the latency histogram's buckets, count
-and sum, predictions by class), live quality and drift.
+and sum, predictions by class), live quality, drift, and the report of the experiment a
+model runs (GET /v1/admin/experiments/<name>/report, from this host's evidence).
 
 Windows ("over the last minutes") are computed by the page, not here. The counters are
 cumulative, so a rate needs two readings: the page keeps the snapshots it polled over the
@@ -27,6 +28,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, render_template
 
 from service.api import json_response, state
+from service.experiments import evidence, report
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +95,7 @@ def status_json():
         model["traffic"] = traffic.get(name, _empty_traffic()) if traffic is not None else None
         model["quality"] = _quality(name)
         model["drift"] = _drift(name)
+        model["experiment"] = _experiment(name)
         body["models"].append(model)
     return json_response(body, headers={"Cache-Control": "no-store"})
 
@@ -370,3 +373,18 @@ def _drift(name: str) -> dict[str, Any] | None:
         "min_rows": report.get("min_rows"),
         "versions": versions,
     }
+
+
+def _experiment(name: str) -> dict[str, Any] | None:
+    """The report of the experiment this process applies to ``name`` (None without one),
+    from this host's evidence: GET /v1/admin/experiments/<name>/report."""
+    service = state()
+    experiment = service.registry.experiment(name)
+    if experiment is None:
+        return None
+    try:
+        totals = evidence.local_totals(service.settings, name, experiment.id)
+        return report.build(experiment, totals, report.task_of(service.store, name, totals))
+    except Exception as exc:  # the page never fails for a figure
+        _warn_once("experiment report", exc)
+        return None
