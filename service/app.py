@@ -31,6 +31,7 @@ from service.api import (
     status,
     v2,
 )
+from service.api import shadow as shadow_api
 from service.config import Settings
 from service.monitoring import shadow_record
 from service.runtime import shadow
@@ -78,6 +79,7 @@ def build_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         app.register_blueprint(blueprint)
     app.register_blueprint(experiments.bp)
     app.register_blueprint(experiment_report.bp)
+    app.register_blueprint(shadow_api.bp)
     app.register_blueprint(monitoring.bp)
     # Feedback joins, drift counts, the prediction log; live quality and drift at scrape time.
     monitoring.init_app(app, settings)

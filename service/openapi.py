@@ -1391,6 +1391,64 @@ def _experiment_report_paths() -> dict[str, Any]:
     }
 
 
+def _experiment_shadow_paths() -> dict[str, Any]:
+    count = {"type": "integer", "minimum": 0}
+    number_or_null = {"type": ["number", "null"]}
+    candidate = {
+        "type": "object",
+        "required": ["experiment", "candidate", "runs", "dropped", "errors", "rows"],
+        "properties": {
+            "experiment": {"type": "string"},
+            "candidate": {
+                "type": "string",
+                "description": "The target, as the experiment names it.",
+            },
+            "candidate_version": {"type": ["integer", "null"]},
+            "task": {"type": "string"},
+            "runs": count,
+            "dropped": count,
+            "errors": {"type": "object", "additionalProperties": count},
+            "error_rate": number_or_null,
+            "rows": count,
+            "mean_seconds": number_or_null,
+            "agreed": count,
+            "agreement": number_or_null,
+            "agreement_interval": {"type": ["array", "null"], "items": {"type": "number"}},
+            "difference": {
+                "type": "object",
+                "properties": {k: number_or_null for k in ("mean", "std", "mean_abs", "max_abs")},
+            },
+        },
+    }
+    answer = {
+        "type": "object",
+        "required": ["model", "experiment", "candidates", "totals"],
+        "properties": {
+            "model": {"type": "string"},
+            "experiment": {"type": "string"},
+            "candidates": {"type": "array", "items": candidate},
+            "totals": {
+                "type": "array",
+                "items": {"type": "object"},
+                "description": "The sums behind the figures: they add up over a fleet's hosts.",
+            },
+        },
+    }
+    return {
+        "/v1/admin/experiments/{name}/shadow": {
+            "get": _op(
+                "experiments",
+                "experiment_shadow",
+                "What an experiment's shadow candidate did on this host: runs, drops, errors "
+                "by kind, agreement with the primary (classifiers) or differences from it "
+                "(regressors)",
+                {"200": _response("The shadow's figures.", _json(answer))},
+                parameters=[P_NAME, P_EXPERIMENT],
+            )
+        },
+    }
+
+
 def _health_paths() -> dict[str, Any]:
     readiness = _json(_ref("Readiness"))
     return {
@@ -2002,6 +2060,7 @@ def _fixed() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
         _admin_paths,
         _experiment_paths,
         _experiment_report_paths,
+        _experiment_shadow_paths,
         _v2_paths,
         _mlflow_paths,
         _health_paths,

@@ -5,6 +5,8 @@ what the candidate does is recorded (agreement, differences, errors, drops)."""
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
+import json
 import os
 import pickle
 import re
@@ -15,6 +17,7 @@ import numpy as np
 import pytest
 import requests
 
+from service import create_app
 from service.config import Settings
 from service.monitoring import shadow_record
 from service.runtime import hooks, shadow
@@ -181,7 +184,24 @@ def test_agreement_and_differences_are_compared_in_numpy(store, registry, outcom
     assert runner.run(missing).error == shadow.UNAVAILABLE
 
 
-# -- through the app: routing, the runner, the recorder and /metrics --------------------------
+# -- through the app: routing, the runner, the recorder, /metrics and the admin route ---------
+
+ADMIN_KEY = "shadow-admin-key"
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+
+@pytest.fixture
+def app(store_dir, tmp_path):
+    app = create_app(
+        {
+            "store": store_dir,
+            "reload_interval": 0.1,
+            "state_dir": tmp_path / "monitoring",
+            "admin_key_hashes": (hashlib.sha256(ADMIN_KEY.encode()).hexdigest(),),
+        }
+    )
+    yield app
+    app.extensions["model_service"].registry.stop()
 
 
 def metric(text: str, name: str, **labels: str) -> float:
@@ -262,6 +282,11 @@ def test_through_the_app_agreement_differences_and_errors_are_recorded(app, clie
     [fleet] = [shadow_record.figures(row) for row in shadow_record.merge(host, host)]
     assert (fleet["rows"], fleet["agreement"]) == (24, classifier["agreement"])
     assert fleet["agreement_interval"][1] - fleet["agreement_interval"][0] < high - low
+    route = f"/v1/admin/experiments/{IRIS}/shadow"
+    assert client.get(route).status_code == 401
+    answer = client.get(route, headers=ADMIN).get_json()
+    as_json = json.loads(json.dumps(classifier))
+    assert (answer["experiment"], answer["candidates"]) == (iris_experiment.id, [as_json])
 
     after = metrics_text(client)
     labels = {"model": IRIS, "candidate": str(one_label)}

@@ -39,6 +39,7 @@ BLUEPRINT_SCOPES = {
     "admin": "admin",
     "experiments": "admin",
     "experiment_report": "admin",
+    "experiment_shadow": "admin",
     "models": "read",
     "status": "read",
     "docs": "read",
