@@ -44,6 +44,8 @@ REQUEST_TIMEOUT = 45
 #   400 (v2's and MLflow's codes for it) or 422. A typed per-model path describes the
 #   model's features exactly, yet values far outside any training range can still overflow
 #   the model's arithmetic: 422 non_finite_output.
+# - A well-formed experiment start can still be refused: weights that do not add up to 100
+#   (400), a version or alias the model lacks (404), an experiment running already (409).
 SCHEMATHESIS_CONFIG = """
 [checks.negative_data_rejection]
 expected-statuses = ["400", "401", "403", "404", "405", "406", "409", "413", "415", "422",
@@ -53,6 +55,11 @@ expected-statuses = ["400", "401", "403", "404", "405", "406", "409", "413", "41
 include-operation-id-regex = "^(predict|v2_(version_)?infer|mlflow_(model_)?invocations)$"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "400", "401", "403", "404",
                                                      "409", "422", "429", "5xx"]
+
+[[operations]]
+include-operation-id-regex = "^experiment_start$"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "400", "401", "403", "404",
+                                                     "409", "429", "5xx"]
 
 [[operations]]
 include-operation-id-regex = "^predict_"
