@@ -162,9 +162,11 @@ def conclude(
         }
         store.stop_experiment(name, action=CONCLUDE_ACTION, reason=reason, extra=extra)
     if before == version:
-        click.echo(f"{name}: {alias} already at {version} ({chosen}); experiment concluded")
+        click.echo(f"{name}: {alias} already at {version}; winner {chosen}; experiment concluded")
     else:
-        click.echo(f"{name}: {alias} -> {version} (was {before}; {chosen}); experiment concluded")
+        click.echo(
+            f"{name}: {alias} -> {version} (was {before}); winner {chosen}; experiment concluded"
+        )
     if overridden is not None:
         click.echo(f"forced past the promotion gate: {overridden.reason}")
 
