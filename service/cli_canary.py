@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import signal
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -194,7 +196,7 @@ def canary(
         totals,
         key_header=key_header,
         key_field=key_field,
-        on_event=lambda event: _progress(event, name, version, out),
+        on_event=Progress(name, version, out),
     )
     with _signals_interrupt(controller):
         outcome = controller.run()
@@ -226,25 +228,37 @@ def _signals_interrupt(controller) -> Iterator[None]:
             signal.signal(sig, old)
 
 
-def _progress(event, name: str, version: int, out) -> None:
-    """One plain line per event (a log of what happened, readable in CI output too)."""
-    data = event.data
-    if event.kind == "start":
-        line = f"canary {data['experiment']}: {name}@{version} against production"
-    elif event.kind == "step":
-        line = (
-            f"step {event.step}: {event.share:g} % to version {version}, "
-            f"holding {data['hold_seconds']:g} s"
-        )
-    elif event.kind == "waiting":
-        line = f"step {event.step}: waiting for samples ({data['short']})"
-    elif event.kind == "verdict":
-        line = f"step {event.step} ({event.share:g} %): {data['verdict'].upper()}"
-        details = [f"  {check}" for check in _check_lines(data["checks"])]
-        line = "\n".join([line, *details])
-    else:
-        line = f"{data['result'].replace('_', ' ')}: {data['reason']}"
-    click.echo(line, file=out)
+class Progress:
+    """One plain line per event (a log of what happened, readable in CI output too); while
+    a step waits for samples, a line every WAITING_EVERY seconds."""
+
+    WAITING_EVERY = 10.0
+
+    def __init__(self, name: str, version: int, out):
+        self.name, self.version, self.out = name, version, out
+        self.last_waiting = -math.inf
+
+    def __call__(self, event) -> None:
+        data, version = event.data, self.version
+        if event.kind == "start":
+            line = f"canary {data['experiment']}: {self.name}@{version} against production"
+        elif event.kind == "step":
+            self.last_waiting = -math.inf
+            line = (
+                f"step {event.step}: {event.share:g} % to version {version}, "
+                f"holding {data['hold_seconds']:g} s"
+            )
+        elif event.kind == "waiting":
+            if time.monotonic() - self.last_waiting < self.WAITING_EVERY:
+                return
+            self.last_waiting = time.monotonic()
+            line = f"step {event.step}: waiting for samples ({data['short']})"
+        elif event.kind == "verdict":
+            line = f"step {event.step} ({event.share:g} %): {data['verdict'].upper()}"
+            line = "\n".join([line, *(f"  {check}" for check in _check_lines(data["checks"]))])
+        else:
+            line = f"{data['result'].replace('_', ' ')}: {data['reason']}"
+        click.echo(line, file=self.out)
 
 
 def _check_lines(checks: list[dict]) -> Iterator[str]:

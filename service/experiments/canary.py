@@ -328,7 +328,7 @@ def _proportion_check(
     a_p, a_c = (x_p + 1) / (n_p + 2), (x_c + 1) / (n_c + 2)
     se = math.sqrt(a_p * (1 - a_p) / (n_p + 2) + a_c * (1 - a_c) / (n_c + 2))
     adjusted = a_c - a_p
-    p_value = 1.0 - _NORMAL.cdf((adjusted - margin) / se)
+    p_value = 0.5 * math.erfc((adjusted - margin) / se / math.sqrt(2))  # the normal's tail
     lower = adjusted - _NORMAL.inv_cdf(1.0 - alpha) * se
     return Check(
         metric,
