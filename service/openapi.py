@@ -746,7 +746,9 @@ _FAILURES: dict[str, tuple[type[ServiceError], str]] = {
         "A malformed request: not JSON, a payload of the wrong shape, a malformed model "
         "name or version, a body in a Content-Encoding that does not decode "
         "(`invalid_json`, `invalid_payload`, `missing_instances`, `invalid_model_name`, ...), "
-        "an experiment that cannot run as given (`invalid_experiment`); "
+        "an experiment that cannot run as given (`invalid_experiment`), a client key for "
+        "an experiment that is not a string or an integer of at most 256 characters "
+        "(`invalid_client_key`); "
         "JSON that is not UTF-8 or starts with a byte order mark (`invalid_encoding`), a "
         "number beyond a 64-bit float's range (`number_out_of_range`), an object repeating "
         "a key (`duplicate_key`).",
