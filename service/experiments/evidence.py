@@ -3,7 +3,7 @@ hosts (counts and sums, never rates or means), read from a host's monitoring sta
 
 ``local_totals`` reads this host's state (every worker's answers, within the flush
 interval); ``remote_totals`` asks each host of a fleet (``GET
-/admin/experiments/<name>/totals``, admin scope) and adds their totals up. The report
+/v1/admin/experiments/<name>/totals``, admin scope) and adds their totals up. The report
 (``service.experiments.report``) and the canary turn them into figures and verdicts.
 
 Nothing here imports Flask.
@@ -138,7 +138,7 @@ def local_totals(settings: Settings, name: str, experiment_id: str) -> dict[str,
 
 
 def totals_path(name: str, experiment_id: str | None = None) -> str:
-    path = f"/admin/experiments/{quote(name, safe='')}/totals"
+    path = f"/v1/admin/experiments/{quote(name, safe='')}/totals"
     if experiment_id:
         path += f"?experiment={quote(experiment_id, safe='')}"
     return path
