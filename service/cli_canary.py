@@ -125,8 +125,8 @@ def _steps(ctx: click.Context, param: click.Parameter, value: str) -> tuple[floa
 )
 @click.option(
     "--key",
-    envvar="MODEL_SERVICE_ADMIN_KEY",
-    help="An admin key for --url (or MODEL_SERVICE_ADMIN_KEY).",
+    envvar="MODEL_SERVICE_KEY",
+    help="An admin key for --url (default: MODEL_SERVICE_KEY).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary at the end.")
 @click.pass_context
@@ -175,7 +175,7 @@ def canary(
     )
     if urls:
         if not key:
-            raise click.UsageError("--url needs an admin key: --key or MODEL_SERVICE_ADMIN_KEY")
+            raise click.UsageError("--url needs an admin key: --key or MODEL_SERVICE_KEY")
         hosts = [url.rstrip("/") for url in urls]
 
         def totals(experiment_id: str):

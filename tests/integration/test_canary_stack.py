@@ -30,15 +30,20 @@ FEEDBACK_EVERY = 0.3  # seconds between batches of labels
 PREDICTORS = 3  # client threads
 
 
-def add_feedback_key(stack) -> None:
-    KeyRing(stack.store).add("labeller", ["feedback"], digest(FEEDBACK_KEY))
+ADMIN_KEY = "msk_admin-key-of-the-canary-stack"
+
+
+def add_keys(stack) -> None:
+    keys = KeyRing(stack.store)
+    keys.add("labeller", ["feedback"], digest(FEEDBACK_KEY))
+    keys.add("ops", ["admin"], digest(ADMIN_KEY))
 
 
 @pytest.fixture(scope="module")
 def canary_stack(trained_store_dir, tmp_path_factory):
     env = {"MODEL_SERVICE_RELOAD_INTERVAL": "0.2"}
     with demo_stack(
-        trained_store_dir, tmp_path_factory, "canary-stack", env, before_start=add_feedback_key
+        trained_store_dir, tmp_path_factory, "canary-stack", env, before_start=add_keys
     ) as started:
         yield started
 
@@ -117,13 +122,12 @@ class Traffic:
             return set(self.versions[-count:])
 
 
-def run_canary(stack, version: int, capsys) -> tuple[int, dict, str]:
+def run_canary(stack, version: int, capsys, evidence: list[str]) -> tuple[int, dict, str]:
     code = main(
         [
             *("canary", IRIS, str(version), "--steps", "20,50,100", "--step-seconds", "2"),
             *("--min-samples", "30", "--max-wait", "20", "--key-header", "X-Client-ID"),
-            *("--store", str(stack.store), "--state-dir", str(stack.runtime_dir / "state")),
-            "--json",
+            *("--store", str(stack.store), *evidence, "--json"),
         ]
     )
     captured = capsys.readouterr()
@@ -150,7 +154,9 @@ def test_a_bad_version_is_rolled_back_on_feedback(canary_stack, capsys):
 
     with Traffic(canary_stack.url) as traffic:
         started = time.monotonic()
-        code, summary, progress = run_canary(canary_stack, bad, capsys)
+        # The evidence from this host's monitoring state.
+        state = ["--state-dir", str(canary_stack.runtime_dir / "state")]
+        code, summary, progress = run_canary(canary_stack, bad, capsys, state)
         took = time.monotonic() - started
         assert code == 1, progress
         # Once the canary is stopped, production serves everything again.
@@ -180,7 +186,9 @@ def test_a_version_as_good_as_production_is_promoted(canary_stack, capsys):
     good = train(spec, ModelStore(canary_stack.store), aliases=()).version
 
     with Traffic(canary_stack.url) as traffic:
-        code, summary, progress = run_canary(canary_stack, good, capsys)
+        # The evidence through the host's admin API, as for a fleet.
+        api = ["--url", canary_stack.url, "--key", ADMIN_KEY]
+        code, summary, progress = run_canary(canary_stack, good, capsys, api)
         assert code == 0, progress
         wait_for(lambda: traffic.recent_versions(40) == {str(good)}, timeout=15)
     assert traffic.failures == []
