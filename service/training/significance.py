@@ -59,10 +59,13 @@ def paired_bootstrap(
     score = _scorer(task, metric, y, classes)
     strata = _strata(y) if task == "classification" else [np.arange(len(y))]
     sign = 1.0 if higher_is_better(metric) else -1.0
+    # Counts are whole numbers below 2**24: exact in float32 for labels and probabilities;
+    # regression keeps float64, as its sums of squares would lose digits.
+    dtype = np.float32 if task == "classification" else np.float64
     chunk = max(1, min(resamples, CHUNK_CELLS // max(len(y), 1)))
     gains = []
     for start in range(0, resamples, chunk):
-        counts = _counts(strata, len(y), min(chunk, resamples - start), rng)
+        counts = _counts(strata, len(y), min(chunk, resamples - start), rng, dtype)
         gains.append(sign * (score(model_output, counts) - score(baseline_output, counts)))
     gain = np.concatenate(gains)
     gain = gain[np.isfinite(gain)]
@@ -90,15 +93,16 @@ def _strata(y: np.ndarray) -> list[np.ndarray]:
     return [np.flatnonzero(codes == code) for code in range(codes.max() + 1)]
 
 
-def _counts(strata: list[np.ndarray], n: int, resamples: int, rng) -> np.ndarray:
+def _counts(strata: list[np.ndarray], n: int, resamples: int, rng, dtype) -> np.ndarray:
     """How often each row is drawn in each resample: (resamples, n), each row summing to n,
     each stratum keeping its size."""
     offsets = (np.arange(resamples) * n)[:, None]
-    counts = np.zeros(resamples * n)
-    for rows in strata:
-        drawn = rows[rng.integers(0, len(rows), size=(resamples, len(rows)))]
-        counts += np.bincount((drawn + offsets).ravel(), minlength=resamples * n)
-    return counts.reshape(resamples, n)
+    drawn = np.concatenate(
+        [rows[rng.integers(0, len(rows), size=(resamples, len(rows)))] for rows in strata],
+        axis=1,
+    )
+    counts = np.bincount((drawn + offsets).ravel(), minlength=resamples * n)
+    return counts.reshape(resamples, n).astype(dtype)
 
 
 def _scorer(task: str, metric: str, y: np.ndarray, classes: Any):
@@ -113,7 +117,8 @@ def _scorer(task: str, metric: str, y: np.ndarray, classes: Any):
 def weighted_scores(task: str, metric: str, y: Any, outputs: Any, counts: Any, classes=None):
     """The metric of ``outputs`` on the rows weighted by each row of ``counts``."""
     y = np.asarray(y)
-    return _scorer(task, metric, y, classes)(np.asarray(outputs), np.atleast_2d(counts))
+    counts = np.atleast_2d(counts).astype(np.float32 if task == "classification" else np.float64)
+    return _scorer(task, metric, y, classes)(np.asarray(outputs), counts)
 
 
 def _regression(metric: str, y: np.ndarray):
@@ -143,9 +148,11 @@ def _regression(metric: str, y: np.ndarray):
 def _labels(metric: str, y: np.ndarray):
     def score(predicted: np.ndarray, counts: np.ndarray) -> np.ndarray:
         labels, codes = np.unique(np.concatenate([y, predicted]), return_inverse=True)
-        truth = np.eye(len(labels))[codes[: len(y)]]
-        guess = np.eye(len(labels))[codes[len(y) :]]
-        support, guessed, hits = counts @ truth, counts @ guess, counts @ (truth * guess)
+        truth = np.eye(len(labels), dtype=counts.dtype)[codes[: len(y)]]
+        guess = np.eye(len(labels), dtype=counts.dtype)[codes[len(y) :]]
+        support, guessed, hits = (
+            (counts @ matrix).astype(np.float64) for matrix in (truth, guess, truth * guess)
+        )
         if metric == "accuracy":
             return hits.sum(axis=1) / counts.sum(axis=1)
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -184,13 +191,20 @@ def _probability(metric: str, y: np.ndarray, classes: np.ndarray):
 
 
 def _auc(scores: np.ndarray, positive: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Area under the ROC curve with rows weighted by counts; ties count one half."""
-    order = np.argsort(scores, kind="stable")
+    """Area under the ROC curve with rows weighted by counts; ties count one half.
+
+    For each positive row: the weight of the negatives scored below it, plus half of
+    those scored the same, from a running sum over the negatives in score order."""
+    negatives = np.flatnonzero(~positive)
+    order = negatives[np.argsort(scores[negatives], kind="stable")]
     ranked = scores[order]
-    starts = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]])
-    weights = counts[:, order]
-    pos = np.add.reduceat(weights * positive[order], starts, axis=1)
-    neg = np.add.reduceat(weights * ~positive[order], starts, axis=1)
-    below = np.cumsum(neg, axis=1) - neg
+    positives = np.flatnonzero(positive)
+    below = np.searchsorted(ranked, scores[positives], side="left")
+    up_to = np.searchsorted(ranked, scores[positives], side="right")
+    running = np.zeros((len(counts), len(order) + 1), dtype=counts.dtype)
+    np.cumsum(counts[:, order], axis=1, out=running[:, 1:])
+    beaten = running[:, below] + running[:, up_to]  # twice (below + half the ties)
+    pairs = counts[:, positives].sum(axis=1, dtype=np.float64) * running[:, -1]
+    won = np.einsum("ij,ij->i", counts[:, positives], beaten, dtype=np.float64) / 2
     with np.errstate(divide="ignore", invalid="ignore"):
-        return (pos * (below + 0.5 * neg)).sum(axis=1) / (pos.sum(axis=1) * neg.sum(axis=1))
+        return won / pairs
