@@ -177,7 +177,10 @@ def status_text(status: dict[str, Any], *, headline: bool = True) -> str:
         )
     if status["history"]:
         lines.append("history (newest last):")
-        lines += [f"  {_entry_text(entry)}" for entry in status["history"]]
+        lines += [
+            f"  {_entry_text(entry) if isinstance(entry, dict) else entry}"
+            for entry in status["history"]
+        ]
     return "\n".join(lines)
 
 

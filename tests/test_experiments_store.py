@@ -200,6 +200,8 @@ def test_a_hand_edited_file_is_refused_when_read(staged):
     experiment_file(staged).write_text("active:\n  variants: [1, 2]\n")
     with pytest.raises(InvalidExperiment):
         staged.experiment(IRIS)
+    experiment_file(staged).write_text("active: null\nhistory: null\n")
+    assert experiment_control.status(staged, IRIS)["history"] == []
     experiment_file(staged).write_text("active: [unclosed\n")
     with pytest.raises(Exception, match="not valid YAML"):
         staged.experiment_state(IRIS)

@@ -135,10 +135,11 @@ def status(store: Any, name: str, *, history: int = HISTORY_SHOWN) -> dict[str, 
     and the shadow resolve to now (None for an alias the model no longer has), and the
     last lines of its history. ``store`` is a ModelStore or a RemoteStore."""
     state = store.experiment_state(name)
+    lines = state["history"] if isinstance(state["history"], list) else []  # hand-edited
     answer: dict[str, Any] = {
         "model": name,
         "experiment": None,
-        "history": list(state["history"])[-history:] if history > 0 else [],
+        "history": lines[-history:] if history > 0 else [],
     }
     if state["active"] is None:
         return answer
