@@ -115,6 +115,10 @@ class ModelRegistry:
     def get(self, ref: ModelRef) -> LoadedModel:
         """The loaded model a reference points at. Raises 404-type errors for unknown refs."""
         self._ensure_watcher()
+        return self._serve(ref)
+
+    def _serve(self, ref: ModelRef) -> LoadedModel:
+        """get() once this process's watcher runs."""
         name = ref.name
         if not self._is_served(name):
             raise ModelNotFound(f"no model named {name!r} is served", details={"model": name})
@@ -164,13 +168,14 @@ class ModelRegistry:
         weight without one. ``client_key`` may be a function of the experiment, so a front
         end reads the header or body field the experiment names only when one runs. Any
         other request is served as :meth:`get` serves it."""
+        # Before the experiment is looked up: a new worker's first look at the store.
+        self._ensure_watcher()
         experiment = None
         if ref.version is None and ref.alias is None:
-            self._ensure_watcher()  # a new worker's first look at the store comes first
             experiment = self._experiments.get(ref.name)
         if experiment is None:
             hooks.assignment.set(None)
-            return self.get(ref), None
+            return self._serve(ref), None
         key = client_key(experiment) if callable(client_key) else client_key
         variant = experiment.assign(key)
         version = variant.version
@@ -180,8 +185,8 @@ class ModelRegistry:
             version = self._aliases.get(ref.name, {}).get(variant.alias or "")
         if version is None:  # the alias went away since the experiment applied
             hooks.assignment.set(None)
-            return self.get(ref), None
-        model = self.get(ModelRef(ref.name, version=version))
+            return self._serve(ref), None
+        model = self._serve(ModelRef(ref.name, version=version))
         shadow = experiment.shadow if experiment.wants_shadow() else None
         assignment = hooks.Assignment(
             experiment.id, variant.name, model.version, shadow.target if shadow else None
