@@ -67,6 +67,12 @@ TIMEOUT_SECONDS = 2.0
 CPU_SHARE = 0.05
 # The longest pause after one run, whatever it cost.
 MAX_PAUSE_SECONDS = 10.0
+# A run starts once the process has predicted nothing for QUIET_SECONDS: with sync
+# workers the observer fires inside the request, and the answer (encoding, sending) should
+# go out before the candidate takes the GIL. Under traffic with no such gap it starts
+# after MAX_DEFER_SECONDS anyway (the CPU share still bounds it).
+QUIET_SECONDS = 0.005
+MAX_DEFER_SECONDS = 0.1
 # How often an idle thread looks whether it was stopped.
 _IDLE_POLL_SECONDS = 1.0
 
@@ -148,6 +154,8 @@ class ShadowRunner:
         self.queued = 0
         self.dropped = 0
         self.runs = 0
+        self.cpu_seconds = 0.0  # the shadow thread's, over its runs
+        self._last_prediction = 0.0  # time.monotonic() of this process's last prediction
         self._queue: queue.Queue[ShadowWork] = queue.Queue(queue_size)
         self._pid: int | None = None
         self._start_lock = threading.Lock()
@@ -158,6 +166,7 @@ class ShadowRunner:
 
     def observe(self, event: hooks.PredictionEvent) -> None:
         """A ``hooks`` observer: queue the request's work when its assignment is shadowed."""
+        self._last_prediction = time.monotonic()
         assignment = hooks.assignment.get()
         if assignment is None or assignment.shadow is None:
             return
@@ -220,6 +229,9 @@ class ShadowRunner:
                 work = work_queue.get(timeout=_IDLE_POLL_SECONDS)
             except queue.Empty:
                 continue
+            if self._wait_quiet(stop):
+                work_queue.task_done()
+                return
             spent = time.thread_time()
             try:
                 self._process(work)
@@ -228,9 +240,22 @@ class ShadowRunner:
             # This thread's CPU time only: a candidate's sleep or I/O costs the requests
             # nothing, its computing does.
             spent = time.thread_time() - spent
+            self.cpu_seconds += spent
             pause = min(spent * (1.0 / self.cpu_share - 1.0), MAX_PAUSE_SECONDS)
             if pause > 0 and stop.wait(pause):
                 return
+
+    def _wait_quiet(self, stop: threading.Event) -> bool:
+        """Wait for a pause in this process's predictions (at most MAX_DEFER_SECONDS);
+        whether the runner was stopped meanwhile."""
+        deadline = time.monotonic() + MAX_DEFER_SECONDS
+        while True:
+            now = time.monotonic()
+            wait = min(self._last_prediction + QUIET_SECONDS, deadline) - now
+            if wait <= 0:
+                return False
+            if stop.wait(wait):
+                return True
 
     def _process(self, work: ShadowWork) -> None:
         try:
