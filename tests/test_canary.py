@@ -247,10 +247,12 @@ def test_a_worse_canary_is_rolled_back_with_its_numbers(store):
     outcome = Canary(store, IRIS, version, quick(), Evidence(worse_at_second_look)).run()
     assert outcome.result == canary.ROLLED_BACK
     assert store.aliases(IRIS)["production"] == 1 and store.experiment(IRIS) is None
-    last = history(store)[-1]
-    assert last["action"] == "rollback" and last["verdict"] == "worse" and last["step"] == 2
+    step, last = history(store)[-2:]
+    assert step["action"] == "step" and step["verdict"] == "worse" and len(step["checks"]) == 3
+    assert last["action"] == "rollback" and (last["step"], last["share"]) == (2, 25)
     assert last["reason"].startswith("canary worse than production: quality: canary 30%")
-    (quality,) = [c for c in last["checks"] if c.get("worse")]
+    (quality,) = last["worse"]
+    assert quality["metric"] == "quality" and quality["worse"]
     assert (quality["production"], quality["canary"]) == (0.05, 0.3)
 
 

@@ -525,14 +525,17 @@ class Canary:
             self._ours()
             self.store.note_experiment(self.name, "step", reason=verdict.reason(), extra=record)
             self._emit("verdict", step, share, record | {"reason": verdict.reason()})
+            # The ending entry says why in short; the step's entry above has every check.
+            why = {"step": step, "share": _number(share)}
             if verdict.outcome == WORSE:
-                return self._end(ROLLED_BACK, verdict.reason(), production, record)
+                why["worse"] = [c.to_dict() for c in verdict.worse]
+                return self._end(ROLLED_BACK, verdict.reason(), production, why)
             if verdict.outcome == WAIT:
                 reason = (
                     f"no verdict at step {step} ({share:g} %) within "
                     f"{self.policy.max_wait:g} s: {verdict.short}; nothing promoted"
                 )
-                return self._end(NO_EVIDENCE, reason, production, record)
+                return self._end(NO_EVIDENCE, reason, production, why | {"short": verdict.short})
         return self._promote(production)
 
     def _look(self, step: int, share: float, task: str) -> Verdict | None:
