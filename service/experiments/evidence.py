@@ -163,8 +163,9 @@ def remote_totals(
                 details={"url": url},
             ) from None
         if response.status_code != 200:
+            problem = f"HTTP {response.status_code}{_error_text(response)}"
             raise EvidenceUnavailable(
-                f"{url}: no totals of {name!r}: HTTP {response.status_code}",
+                f"{url}: no totals of {name!r}: {problem}",
                 details={"url": url, "status": response.status_code},
             )
         try:
@@ -178,3 +179,12 @@ def remote_totals(
                 f"{url}: totals of {name!r} not understood: {exc}", details={"url": url}
             ) from None
     return merge_all(parts)
+
+
+def _error_text(response: Any) -> str:
+    """The error's code and message when the host answered in the service's JSON shape."""
+    try:
+        error = response.json()["error"]
+        return f" ({error['code']}: {error['message']})"
+    except (ValueError, KeyError, TypeError):
+        return ""
