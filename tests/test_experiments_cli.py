@@ -4,6 +4,7 @@ experiment.yaml to a host once what it names is verified there."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from service import create_app
 from service.cli import cli
 from service.errors import ServiceError
 from service.runtime.model import LoadedModel
@@ -272,3 +274,39 @@ def test_the_mirror_keeps_a_hand_broken_experiment_off_the_host(fleet, tmp_path)
     summary = mirror.sync_once()
     assert any("add up to 100" in p for p in summary["problems"])
     assert copy.read_bytes() == before
+
+
+def test_a_fleet_hosts_admin_api_starts_on_the_authoritative_store(fleet, tmp_path):
+    """As its promote: the host's own store changes only when its mirror copies the file."""
+    authoritative, remote, env = fleet
+    host_store = tmp_path / "host"
+    shutil.copytree(authoritative.root, host_store)
+    key = "fleet-admin-key"
+    app = create_app(
+        {
+            "store": host_store,
+            "state_dir": tmp_path / "state",
+            "admin_key_hashes": (hashlib.sha256(key.encode()).hexdigest(),),
+            "store_remote": str(remote.url),
+            "store_remote_key": env["MODEL_SERVICE_STORE_REMOTE_KEY"],
+            "store_remote_known_hosts": env["MODEL_SERVICE_STORE_REMOTE_KNOWN_HOSTS"],
+        }
+    )
+    try:
+        client = app.test_client()
+        auth = {"Authorization": f"Bearer {key}"}
+        started = client.post(
+            f"/v1/admin/experiments/{IRIS}", json={"variants": "production=50,2=50"}, headers=auth
+        )
+        assert started.status_code == 200, started.json
+        assert authoritative.experiment(IRIS).id == started.json["experiment"]["id"]
+        assert ModelStore(host_store).experiment(IRIS) is None  # until the mirror's pass
+        StoreMirror(remote, ModelStore(host_store), verify=LoadedModel).sync_once()
+        assert ModelStore(host_store).experiment(IRIS).id == started.json["experiment"]["id"]
+        refused = client.post(
+            f"/v1/admin/experiments/{IRIS}", json={"variants": "production=100"}, headers=auth
+        )
+        assert refused.status_code == 409
+        assert refused.json["error"]["code"] == "experiment_running"
+    finally:
+        app.extensions["model_service"].registry.stop()
