@@ -76,7 +76,7 @@ def samples(client) -> dict[str, dict[tuple[str, ...], float]]:
     return found
 
 
-def test_answers_and_feedback_are_recorded_per_variant(client, experiment):
+def test_answers_and_feedback_are_recorded_per_variant(client, experiment, tmp_path):
     served = collections.Counter()
     correct = collections.Counter()
     for i in range(REQUESTS):
@@ -134,6 +134,22 @@ def test_answers_and_feedback_are_recorded_per_variant(client, experiment):
     assert comparison["control"] == "production" and comparison["variant"] == "staging"
     assert comparison["verdict"] == "no significant difference"
     assert comparison["still_needed"]["control"] > 0
+
+    # One row per answer in the host's state: its variant, version, outcome and latency.
+    rows = (
+        StateStore(tmp_path / "state")
+        .connection()
+        .execute(
+            "SELECT variant, version, ok, seconds FROM experiment_requests WHERE experiment = ?",
+            (experiment.id,),
+        )
+        .fetchall()
+    )
+    assert collections.Counter((v, ok) for v, _, ok, _ in rows) == {
+        **{(name, 1): n for name, n in served.items()},
+        **{(name, 0): n for name, n in failed.items()},
+    }
+    assert all(seconds > 0 for *_, seconds in rows)
 
     schemas = client.get("/openapi.json").json["components"]["schemas"]
     Draft202012Validator(schemas["ExperimentReport"]).validate(built)
@@ -219,7 +235,7 @@ def record(state_dir, experiment, variant: str, version: int, *, requests, label
     ids = [f"{variant}-{i}" for i in range(labelled)]
     state.write_experiments(
         {(experiment.id, IRIS, variant, version, 4): (requests, 0)},
-        [(IRIS, rid, experiment.id, variant, version, 0.0) for rid in ids],
+        [(IRIS, rid, experiment.id, variant, version, True, 0.002, 0.0) for rid in ids],
     )
     state.record_feedback(
         IRIS,

@@ -9,9 +9,9 @@ On the request path :func:`record` costs a few dict look-ups: it bumps the Prome
 series of the variant (``model_service_experiment_*``, labels model, experiment, variant,
 version) and appends a tuple to this process's buffer. A timer (``ProcessFlusher``) writes
 the buffer to the host's monitoring state every ``FLUSH_INTERVAL`` seconds, in one
-transaction: counts per (experiment, variant, version, latency bucket), and which variant
-served each request id, so feedback (joined by request id) gives each variant its live
-quality. Scrapes publish that quality as gauges read from the state.
+transaction: counts per (experiment, variant, version, latency bucket), and a row per
+request (its id, variant, version, ok or failed, latency), so feedback (joined by request
+id) gives each variant its live quality. Scrapes publish that quality as gauges read from the state.
 
 Latency is the front end's time from taking the request to having its answer, counted for
 answers that succeeded: a variant that fails fast must not look faster for it.
@@ -164,7 +164,7 @@ class ExperimentRecorder:
             if not outcomes:
                 return 0
             counts: dict[tuple[str, str, str, int, int], list[int]] = {}
-            served = []
+            requests = []
             for outcome in outcomes:
                 a = outcome.assignment
                 bucket = bucket_of(outcome.seconds)
@@ -174,11 +174,11 @@ class ExperimentRecorder:
                     entry = counts[key] = [0, 0]
                 entry[0] += 1
                 entry[1] += outcome.failed
-                if outcome.request_id and not outcome.failed:
-                    row = (outcome.model, outcome.request_id, a.experiment, a.variant)
-                    served.append((*row, a.version, outcome.time))
+                if outcome.request_id:
+                    row = (outcome.model, outcome.request_id, a.experiment, a.variant, a.version)
+                    requests.append((*row, not outcome.failed, outcome.seconds, outcome.time))
             try:
-                self.state.write_experiments({k: (n, e) for k, (n, e) in counts.items()}, served)
+                self.state.write_experiments({k: (n, e) for k, (n, e) in counts.items()}, requests)
             except Exception:
                 log.exception(
                     "monitoring: %d experiment answers could not be recorded", len(outcomes)

@@ -21,8 +21,9 @@ Tables:
 - ``experiment_counts``: requests an experiment's variants answered and failed, per
   (experiment, variant, version, latency bucket): counters, never pruned (a few rows per
   experiment), so an experiment's totals are exact however long it runs.
-- ``experiment_served``: which experiment, variant and version served a request id, for
-  joining feedback to variants; pruned like ``served``.
+- ``experiment_requests``: one row per request an experiment's variant answered or
+  failed: request id, experiment, variant, version, ok or not, latency; feedback joins to
+  it by request id. Pruned like ``served``.
 
 Nothing here imports Flask.
 """
@@ -97,17 +98,21 @@ CREATE TABLE IF NOT EXISTS experiment_counts (
     errors INTEGER NOT NULL,
     PRIMARY KEY (experiment, variant, version, bucket)
 );
-CREATE TABLE IF NOT EXISTS experiment_served (
+-- Its first layout, without the answer's outcome and latency.
+DROP TABLE IF EXISTS experiment_served;
+CREATE TABLE IF NOT EXISTS experiment_requests (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     model TEXT NOT NULL,
     request_id TEXT NOT NULL,
     experiment TEXT NOT NULL,
     variant TEXT NOT NULL,
     version INTEGER NOT NULL,
+    ok INTEGER NOT NULL,
+    seconds REAL NOT NULL,
     time REAL NOT NULL,
     UNIQUE (model, request_id)
 );
-CREATE INDEX IF NOT EXISTS experiment_served_by_experiment ON experiment_served (experiment);
+CREATE INDEX IF NOT EXISTS experiment_requests_by_experiment ON experiment_requests (experiment);
 """
 
 # Per variant and version of an experiment, over its labelled rows: labelled, correct (the
@@ -121,7 +126,7 @@ SELECT e.experiment, e.model, e.variant, e.version, COUNT(*),
         THEN ABS(f.prediction - f.label) END),
     TOTAL(CASE WHEN json_type(f.label) IN ('integer', 'real')
         THEN (f.prediction - f.label) * (f.prediction - f.label) END)
-FROM feedback AS f JOIN experiment_served AS e
+FROM feedback AS f JOIN experiment_requests AS e
     ON e.model = f.model AND e.request_id = f.request_id
 """
 
@@ -338,11 +343,11 @@ class StateStore:
     def write_experiments(
         self,
         counts: dict[tuple[str, str, str, int, int], tuple[int, int]],
-        served: list[tuple[str, str, str, str, int, float]],
+        requests: list[tuple[str, str, str, str, int, bool, float, float]],
     ) -> None:
         """Answers of experiment variants {(experiment, model, variant, version, bucket):
-        (requests, errors)} and the requests they served (model, request_id, experiment,
-        variant, version, time), in one transaction."""
+        (requests, errors)} and the requests themselves (model, request_id, experiment,
+        variant, version, ok, seconds, time), in one transaction."""
         with self.transaction() as conn:
             conn.execute(
                 "INSERT INTO experiment_counts"
@@ -354,18 +359,18 @@ class StateStore:
                 " errors = errors + excluded.errors",
                 (_batch_json([(*key, *n) for key, n in counts.items()]),),
             )
-            if not served:
+            if not requests:
                 return
             conn.execute(
-                "INSERT OR REPLACE INTO experiment_served"
-                " (model, request_id, experiment, variant, version, time)"
+                "INSERT OR REPLACE INTO experiment_requests"
+                " (model, request_id, experiment, variant, version, ok, seconds, time)"
                 " SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4,"
-                " value ->> 5 FROM json_each(?)",
-                (_batch_json(served),),
+                " value ->> 5, value ->> 6, value ->> 7 FROM json_each(?)",
+                (_batch_json(requests),),
             )
             conn.execute(
-                "DELETE FROM experiment_served"
-                " WHERE seq <= (SELECT MAX(seq) FROM experiment_served) - ?",
+                "DELETE FROM experiment_requests"
+                " WHERE seq <= (SELECT MAX(seq) FROM experiment_requests) - ?",
                 (self.prediction_retention,),
             )
 
