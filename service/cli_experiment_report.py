@@ -17,11 +17,8 @@ import click
 from service.cli_fleet import open_store, store_location_option
 from service.config import Settings
 from service.errors import ServiceError
-from service.experiments import evidence, report
-from service.store import ModelRef
+from service.experiments import conclusion, evidence, report
 from service.store.experiments import Experiment
-
-CONCLUDE_ACTION = "conclude"
 
 
 def register(group: click.Group) -> None:
@@ -132,52 +129,22 @@ def conclude(
     store = open_store(store_location)
     alias = alias or _settings().default_alias
     with _one_line_errors():
-        experiment = store.experiment(name)
-        if experiment is None:
+        running = store.experiment(name)
+        if running is None:
             raise click.ClickException(f"model {name!r} runs no experiment")
-        experiment, built = _report(store, name, experiment.id, urls, key)
-        chosen = winner or built["winner"]
-        if chosen is None:
-            raise click.ClickException(
-                "nothing is significant yet: no variant is better or worse than "
-                f"{built['control']} at alpha {built['alpha']:g}"
-                f"{_needed_text(built)}; let it run, or name the winner with --winner VARIANT"
-            )
-        variant = experiment.variant(chosen)  # InvalidExperiment for a name it does not have
-        version = variant.version
-        if version is None:
-            version = store.resolve(ModelRef(name, alias=variant.alias))
-        before = store.aliases(name).get(alias)
-        overridden = None
-        if before != version:
-            overridden = store.check_promotion(name, version, alias) if force else None
-            note = reason or f"experiment {experiment.id} concluded: {chosen} won"
-            store.promote(name, version, alias, note, force=force)
-        extra = {
-            "winner": chosen,
-            "version": version,
-            "alias": alias,
-            "chosen_by": "--winner" if winner else "report",
-            "report": report.summary(built),
-        }
-        store.stop_experiment(name, action=CONCLUDE_ACTION, reason=reason, extra=extra)
-    if before == version:
-        click.echo(f"{name}: {alias} already at {version}; winner {chosen}; experiment concluded")
+        experiment, built = _report(store, name, running.id, urls, key)
+        done = conclusion.conclude(
+            store, experiment, built, alias=alias, winner=winner, reason=reason, force=force
+        )
+    if done["promoted"]:
+        click.echo(
+            f"{name}: {alias} -> {done['version']} (was {done['previous']}); winner "
+            f"{done['winner']}; experiment concluded"
+        )
     else:
         click.echo(
-            f"{name}: {alias} -> {version} (was {before}); winner {chosen}; experiment concluded"
+            f"{name}: {alias} already at {done['version']}; winner {done['winner']}; "
+            "experiment concluded"
         )
-    if overridden is not None:
-        click.echo(f"forced past the promotion gate: {overridden.reason}")
-
-
-def _needed_text(built: dict[str, Any]) -> str:
-    parts = []
-    for comparison in built["comparisons"]:
-        needed = comparison["still_needed"]
-        if needed and (needed["control"] or needed["variant"]):
-            parts.append(
-                f"{comparison['variant']} needs {needed['variant']} more {needed['unit']} "
-                f"(and {comparison['control']} {needed['control']})"
-            )
-    return f" ({'; '.join(parts)})" if parts else ""
+    if done["forced_past_gate"]:
+        click.echo(f"forced past the promotion gate: {done['forced_past_gate']}")

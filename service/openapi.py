@@ -1324,6 +1324,35 @@ def _experiment_report_schemas() -> dict[str, Any]:
                 "significant": {"type": "boolean"},
             },
         },
+        "ExperimentConcludeRequest": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "winner": {
+                    "type": "string",
+                    "description": "The variant to promote (default: the report's winner).",
+                },
+                "alias": {"type": "string", "description": "Default: the default alias."},
+                "reason": {"type": "string", "maxLength": 1000},
+                "force": {"type": "boolean", "description": "Past the promotion gate."},
+            },
+        },
+        "ExperimentConclusion": {
+            "type": "object",
+            "required": ["model", "experiment", "winner", "version", "alias", "promoted"],
+            "properties": {
+                "model": {"type": "string"},
+                "experiment": {"type": "string"},
+                "winner": {"type": "string"},
+                "version": {"type": "integer"},
+                "alias": {"type": "string"},
+                "previous": {"type": ["integer", "null"]},
+                "promoted": {"type": "boolean"},
+                "chosen_by": {"type": "string", "enum": ["report", "named"]},
+                "forced_past_gate": {"type": ["string", "null"]},
+                "report": {"type": "object"},
+            },
+        },
         "ExperimentTotals": {
             "type": "object",
             "description": "This host's sufficient statistics per variant; a fleet's add up.",
@@ -1378,6 +1407,24 @@ def _experiment_report_paths() -> dict[str, Any]:
                 "significance and the sample still needed",
                 {"200": _response("The report.", _json(_ref("ExperimentReport")))},
                 parameters=[P_NAME, P_EXPERIMENT],
+            )
+        },
+        "/v1/admin/experiments/{name}/conclude": {
+            "post": _op(
+                "experiments",
+                "experiment_conclude",
+                "End the running experiment: promote the winner (by this host's evidence, or "
+                "the one named) through the promotion gate, then stop it",
+                {
+                    "200": _response("What was promoted.", _json(_ref("ExperimentConclusion"))),
+                    **_errors("", "Conflict"),
+                },
+                description="Refused (409 nothing_significant) while no variant is "
+                "significantly better or worse than the control and no winner is named; "
+                "refused (409 promotion_refused) by the promotion gate unless forced. A "
+                "refusal stops nothing.",
+                parameters=[P_NAME],
+                body={"required": False, "content": _json(_ref("ExperimentConcludeRequest"))},
             )
         },
         "/v1/admin/experiments/{name}/totals": {

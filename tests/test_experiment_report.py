@@ -315,4 +315,67 @@ def test_conclude_goes_through_the_promotion_gate(store, host_state, capsys):
 
     assert conclude(store, "--winner", "production") == 0
     assert "production already at 1" in capsys.readouterr().out
-    assert history(store)[-1]["chosen_by"] == "--winner"
+    assert history(store)[-1]["chosen_by"] == "named"
+
+
+# -- the same over the admin API ---------------------------------------------------------------
+
+
+@pytest.fixture
+def evidence_client(store, tmp_path):
+    """An app whose monitoring state is the host state of ``record``."""
+    app = create_app(
+        {
+            "store": store.root,
+            "state_dir": tmp_path / "host-state",
+            "admin_key_hashes": (hashlib.sha256(ADMIN_KEY.encode()).hexdigest(),),
+        }
+    )
+    yield app.test_client()
+    app.extensions["model_service.monitoring"].stop()
+    app.extensions["model_service"].registry.stop()
+
+
+def test_the_admin_api_concludes_as_the_command_does(store, experiment, tmp_path, evidence_client):
+    url = f"/v1/admin/experiments/{IRIS}/conclude"
+    record(
+        tmp_path / "host-state", experiment, "production", 1, requests=50, labelled=50, correct=45
+    )
+    record(tmp_path / "host-state", experiment, "staging", 2, requests=50, labelled=50, correct=46)
+    refused = evidence_client.post(url, headers=ADMIN)
+    assert refused.status_code == 409, refused.json
+    assert refused.json["error"]["code"] == "nothing_significant"
+    assert '{"winner": VARIANT}' in refused.json["error"]["message"]
+    assert store.experiment(IRIS) is not None
+
+    done = evidence_client.post(
+        url, json={"winner": "staging", "reason": "v2 it is"}, headers=ADMIN
+    )
+    assert done.status_code == 200, done.json
+    assert done.json["winner"] == "staging" and done.json["version"] == 2
+    assert done.json["promoted"] is True and done.json["previous"] == 1
+    assert store.aliases(IRIS)["production"] == 2 and store.experiment(IRIS) is None
+    assert history(store)[-1]["reason"] == "v2 it is"
+    assert evidence_client.post(url, headers=ADMIN).status_code == 404  # nothing runs now
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ([1, 2], "the body must be a JSON object"),
+        ({"winner": "staging", "extra": 1}, "unknown field(s) extra"),
+        ({"force": "yes"}, '"force" must be true or false'),
+        ({"alias": "Not An Alias"}, "invalid alias"),
+        ({"winner": "no such variant!"}, "neither a version number nor an alias"),
+        ({"winner": "canary"}, "has no variant 'canary'"),
+    ],
+)
+def test_a_bad_conclude_request_is_a_400_that_changes_nothing(
+    store, experiment, evidence_client, body, message
+):
+    answer = evidence_client.post(
+        f"/v1/admin/experiments/{IRIS}/conclude", json=body, headers=ADMIN
+    )
+    assert answer.status_code == 400, answer.json
+    assert message in answer.json["error"]["message"]
+    assert store.experiment(IRIS) == experiment
