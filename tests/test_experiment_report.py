@@ -33,6 +33,7 @@ FEEDBACK_KEY = "msk_experiment-report-feedback-key"
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 LABELLER = {"Authorization": f"Bearer {FEEDBACK_KEY}"}
 REQUESTS = 40
+FEATURES = ["sepal_length_cm", "sepal_width_cm", "petal_length_cm", "petal_width_cm"]
 
 
 @pytest.fixture(autouse=True)
@@ -56,6 +57,7 @@ def client(store, experiment, tmp_path):
             "store": store.root,
             "state_dir": tmp_path / "state",
             "admin_key_hashes": (hashlib.sha256(ADMIN_KEY.encode()).hexdigest(),),
+            "default_model": IRIS,  # what MLflow's /invocations serves
         }
     )
     yield app.test_client()
@@ -107,13 +109,21 @@ def test_answers_and_feedback_are_recorded_per_variant(client, experiment, tmp_p
         failed[answer.headers["X-Model-Variant"]] += 1
     bad = client.post(f"/v1/models/{IRIS}/predict", json={"instances": [["a", 1, 2, 3]]})
     assert bad.status_code == 422 and bad.json["error"]["code"] == "invalid_input"
-    # Over another protocol the answers count the same way.
+    # Over the other protocols the answers count the same way (unlabelled here).
+    unlabelled = collections.Counter()
     v2 = client.post(
         f"/v2/models/{IRIS}/infer",
         json={"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP64", "data": [5, 3, 1, 0]}]},
     )
     assert v2.status_code == 200
-    served[v2.json["parameters"]["variant"]] += 1
+    unlabelled[v2.json["parameters"]["variant"]] += 1
+    mlflow = client.post(
+        "/invocations",
+        json={"dataframe_split": {"columns": FEATURES, "data": [IRIS_ROWS[0]]}},
+    )
+    assert mlflow.status_code == 200, mlflow.json
+    unlabelled[mlflow.headers["X-Model-Variant"]] += 1
+    served.update(unlabelled)
 
     report = client.get(f"/v1/admin/experiments/{IRIS}/report", headers=ADMIN)
     assert report.status_code == 200, report.json
@@ -126,9 +136,7 @@ def test_answers_and_feedback_are_recorded_per_variant(client, experiment, tmp_p
         assert figures["versions"] == {version: served[name] + failed[name]}
         assert figures["errors"]["count"] == failed[name]
         assert figures["latency"]["p50"] > 0
-        assert figures["quality"]["labelled"] == served[name] - (
-            name == v2.json["parameters"]["variant"]
-        )
+        assert figures["quality"]["labelled"] == served[name] - unlabelled[name]
         assert figures["quality"]["count"] == correct[name]
     comparison = built["comparisons"][0]
     assert comparison["control"] == "production" and comparison["variant"] == "staging"

@@ -13,7 +13,7 @@ import time
 
 from flask import Flask, g, request
 
-from service.api import request_ids
+from service.api import request_ids, state
 from service.api.observe import MODEL_ARGS
 from service.errors import ServiceError
 from service.monitoring import experiments
@@ -41,11 +41,12 @@ def init_app(app: Flask) -> None:
 
     @app.after_request
     def record_answer(response):
-        if hooks.assignment.get() is None:
+        assignment = hooks.assignment.get()
+        if assignment is None:
             return response
         context = g._get_current_object()  # type: ignore[attr-defined]
         started = getattr(context, "experiment_started", None)
-        model = _model_of(request.view_args)
+        model = _model_of(request.view_args) or _model_running(assignment.experiment)
         if started is None or model is None:
             return response
         error = getattr(context, "experiment_error", None)
@@ -65,4 +66,15 @@ def _model_of(args: dict | None) -> str | None:
         value = (args or {}).get(key)
         if isinstance(value, str):
             return value.split("@", 1)[0]
+    return None
+
+
+def _model_running(experiment_id: str) -> str | None:
+    """The model whose experiment this is, for a route that names no model (MLflow's
+    /invocations serves the default one)."""
+    registry = state().registry
+    for name in registry.served_names():
+        running = registry.experiment(name)
+        if running is not None and running.id == experiment_id:
+            return name
     return None
