@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Mapping
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -126,15 +127,22 @@ def totals_from_state(state: StateStore, experiment_id: str) -> dict[str, Varian
     return found
 
 
+# One StateStore per state directory: it keeps a connection per thread, so a status page
+# polled every few seconds does not open (and set up) a database connection each time.
+_states: dict[Path, StateStore] = {}
+
+
 def local_totals(settings: Settings, name: str, experiment_id: str) -> dict[str, VariantTotals]:
     """This host's totals of one experiment of model ``name``, per variant name (variants
     that answered nothing yet are absent)."""
     recording.flush(settings.state_dir)
-    state = StateStore(settings.state_dir, prediction_retention=settings.prediction_retention)
-    try:
-        return totals_from_state(state, experiment_id)
-    finally:
-        state.close()
+    path = Path(settings.state_dir)
+    state = _states.get(path)
+    if state is None:
+        state = _states.setdefault(
+            path, StateStore(path, prediction_retention=settings.prediction_retention)
+        )
+    return totals_from_state(state, experiment_id)
 
 
 def totals_path(name: str, experiment_id: str | None = None) -> str:
