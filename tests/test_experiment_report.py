@@ -26,7 +26,7 @@ from service.protocols.grpc import open_inference_pb2 as pb
 from service.protocols.grpc import open_inference_pb2_grpc as pb_grpc
 from service.store.experiments import parse_variants
 from tests.test_monitoring import IRIS_LABELS, IRIS_PREDICTED, IRIS_ROWS
-from tests.test_promotion import IRIS, publish_copy, scored
+from tests.test_promotion import DIABETES, IRIS, publish_copy, scored
 
 ADMIN_KEY = "experiment-report-admin-key"
 FEEDBACK_KEY = "msk_experiment-report-feedback-key"
@@ -191,6 +191,35 @@ def test_answers_and_feedback_are_recorded_per_variant(client, experiment, tmp_p
         assert accuracy[(name, version, "")] == pytest.approx(
             variants[name]["quality"]["value"], abs=1e-6
         )
+
+
+def test_a_regressors_variants_get_their_mean_absolute_error(client, store):
+    publish_copy(store, DIABETES, aliases=("staging",))
+    store.start_experiment(DIABETES, parse_variants("production=50,staging=50"))
+    client.post("/v1/admin/reload", headers=ADMIN)
+    rows = [[50, 1, 25.0, 80.0, 180.0, 100.0, 50.0, 4.0, 4.5, 90.0]] * 2
+    for i in range(10):
+        answer = client.post(
+            f"/v1/models/{DIABETES}/predict",
+            json={"instances": rows},
+            headers={"X-Request-ID": f"d{i}"},
+        )
+        assert answer.status_code == 200 and answer.headers["X-Model-Variant"]
+        off = [p + 10.0 * (1 if i % 2 else -1) for p in answer.json["predictions"]]  # |error| 10
+        labels = [{"request_id": f"d{i}", "index": k, "label": v} for k, v in enumerate(off)]
+        assert (
+            client.post(
+                f"/v1/models/{DIABETES}/feedback", json=labels, headers=LABELLER
+            ).status_code
+            == 200
+        )
+    built = client.get(f"/v1/admin/experiments/{DIABETES}/report", headers=ADMIN).json
+    assert built["metric"] == "mae"
+    assert sum(v["quality"]["labelled"] for v in built["variants"]) == 20
+    for variant in built["variants"]:
+        if variant["quality"]["labelled"]:
+            assert variant["quality"]["value"] == pytest.approx(10.0)
+            assert variant["quality"]["sd"] == pytest.approx(0.0, abs=1e-6)
 
 
 def test_grpc_answers_count_for_their_variant(client, store, tmp_path):
