@@ -1,5 +1,6 @@
 """The test fleet (deploy/testfleet/fleet.py) as the tests use it: build one for a block,
-log in to its hosts, tear it down however the block ends."""
+log in to its hosts, tear it down however the block ends. The package's shared fleet is
+built by conftest.py as SHARED_FLEET describes it."""
 
 from __future__ import annotations
 
@@ -53,6 +54,23 @@ def fleet_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     if check:
         assert result.returncode == 0, f"fleet.py {args[0]}: {result.stdout}{result.stderr}"
     return result
+
+
+@dataclass(frozen=True)
+class FleetPlan:
+    prefix: str
+    subnet: str
+    app_hosts: tuple[str, ...]
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        """Every host, in the order fleet.py lists them."""
+        return ("lb", "store", *self.app_hosts)
+
+
+# The package's one fleet (conftest.py). Every fleet the tests build has a prefix and subnet
+# of its own (mst*, 10.232.*), so a developer's `.fleet` (msf, 10.231.0) is never touched.
+SHARED_FLEET = FleetPlan(prefix="mst", subnet="10.232.0", app_hosts=("app1", "app2", "app3"))
 
 
 @dataclass

@@ -1,14 +1,16 @@
 """`make deploy` to a real fleet: three app hosts, a balancer and a store host, each a
 network namespace with its own sshd and file system view (deploy/testfleet), Ansible doing
-the remote work. One fleet for the module; the tests run in file order and build on each
-other, as an operator's day would: deploy, promote, lose a host, lose the store, restore
-it, upgrade, fail an upgrade, roll the release back. Load goes only to the fleet's own
-addresses, bounded in count and time. The figures each test measures are printed (-s)."""
+the remote work. The package's one fleet (conftest.py); the tests run in file order and build
+on each other, as an operator's day would: deploy, promote, run an experiment, lose a host,
+lose the store, restore it, upgrade, fail an upgrade, roll the release back. Load goes only
+to the fleet's own addresses, bounded in count and time. The figures each test measures are
+printed (-s)."""
 
 from __future__ import annotations
 
+import collections
+import json
 import os
-import shutil
 import subprocess
 import time
 from collections.abc import Callable
@@ -18,17 +20,17 @@ import pytest
 import requests
 import yaml
 
-from service.store import ModelStore
 from service.store.remote import RemoteStore
 from tests.fleet.load import BoundedLoad
-from tests.fleet.support import RunningFleet, fleet_up
+from tests.fleet.support import SHARED_FLEET, RunningFleet
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-APP_HOSTS = ("app1", "app2", "app3")
+APP_HOSTS = SHARED_FLEET.app_hosts
 IRIS = "iris-classifier"
 APP_PORT = 8000
+MODELCTL = str(ROOT / ".venv" / "bin" / "modelctl")
 DEPLOY_TIMEOUT_S = 900
 STORE_PATH = "/srv/model-service/store"
 # What a promotion may take to reach every host (the issue's promise).
@@ -37,18 +39,6 @@ PROMOTION_BOUND_S = 5.0
 
 def figure(name: str, value: str) -> None:
     print(f"\n[fleet figure] {name}: {value}")
-
-
-@pytest.fixture(scope="module")
-def fleet(tmp_path_factory, trained_store_dir):
-    directory = tmp_path_factory.mktemp("deploy-fleet") / "fleet"
-    seed = directory.parent / "seed_store"
-    shutil.copytree(trained_store_dir, seed)
-    republish(ModelStore(seed), IRIS)  # a second version to promote to
-    with fleet_up(directory, "msd", "10.234.0", len(APP_HOSTS), seed_store=seed) as running:
-        inventory = yaml.safe_load((directory / "inventory.yaml").read_text())
-        assert inventory["all"]["vars"]["seed_store"] == str(seed)
-        yield running
 
 
 @pytest.fixture(scope="module")
@@ -221,11 +211,10 @@ def test_a_promote_through_one_hosts_admin_api_reaches_every_host(fleet, keys):
 def test_a_key_made_in_the_fleets_store_works_on_every_host_and_its_revocation_too(
     fleet, authoritative
 ):
-    modelctl = str(ROOT / ".venv" / "bin" / "modelctl")
     store = ["--store", str(authoritative)]
     for host in APP_HOSTS:  # without a key, only the health checks answer
         assert requests.get(f"{host_url(fleet, host)}/v1/models", timeout=5).status_code == 401
-    created = subprocess.run([modelctl, "keys", "create", "fleet-reader", "--scopes", "read",
+    created = subprocess.run([MODELCTL, "keys", "create", "fleet-reader", "--scopes", "read",
                               *store], env=store_env(fleet), capture_output=True, text=True,
                              timeout=60)  # fmt: skip
     assert created.returncode == 0, created.stderr
@@ -244,7 +233,7 @@ def test_a_key_made_in_the_fleets_store_works_on_every_host_and_its_revocation_t
     figure("a key created in the fleet's store, accepted on every host",
            f"{time.monotonic() - started:.2f} s")  # fmt: skip
     revoked = subprocess.run(
-        [modelctl, "keys", "revoke", "fleet-reader", *store],
+        [MODELCTL, "keys", "revoke", "fleet-reader", *store],
         env=store_env(fleet),
         capture_output=True,
         text=True,
@@ -257,6 +246,93 @@ def test_a_key_made_in_the_fleets_store_works_on_every_host_and_its_revocation_t
     seconds = time.monotonic() - started
     figure("a key revoked in the fleet's store, refused on every host", f"{seconds:.2f} s")
     assert seconds < PROMOTION_BOUND_S
+
+
+# -- an experiment started in the fleet's store runs on every host, sticky per client ---------
+
+# Client keys enough that, at 50/50, both variants are met (all alike: 2 in a million).
+CLIENT_KEYS = tuple(f"client-{index}" for index in range(24))
+
+
+def test_an_experiment_started_in_the_fleets_store_runs_on_every_host_sticky_per_client(
+    fleet, balancer, authoritative
+):
+    def modelctl(*args: str) -> str:
+        run = subprocess.run([MODELCTL, *args, "--store", str(authoritative)],
+                             env=store_env(fleet), capture_output=True, text=True,
+                             timeout=60)  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        return run.stdout
+
+    places = {host: host_url(fleet, host) for host in APP_HOSTS} | {"balancer": balancer}
+    modelctl("promote", IRIS, "1", "--alias", "staging", "--reason", "fleet experiment")
+    modelctl("experiment", "start", IRIS, "--variants", "production=50,staging=50",
+             "--key-header", "X-Client-ID")  # fmt: skip
+    started = time.monotonic()
+    try:
+        experiment = json.loads(modelctl("experiment", "status", IRIS, "--json"))["experiment"]
+        versions = {variant["name"]: variant["version"] for variant in experiment["variants"]}
+        assert versions == {"production": 2, "staging": 1}
+        for host in APP_HOSTS:
+            eventually(
+                lambda h=host: (
+                    experiment_answer(fleet, places[h], "client-0", versions)[0] == experiment["id"]
+                ),
+                30,
+                f"{host} running experiment {experiment['id']}",
+            )
+        figure("an experiment started in the fleet's store, applied on every host",
+               f"{time.monotonic() - started:.2f} s")  # fmt: skip
+        assigned = {}
+        for client in CLIENT_KEYS:
+            answers = {
+                place: experiment_answer(fleet, url, client, versions)
+                for place, url in places.items()
+            }
+            assert set(answers.values()) == {(experiment["id"], answers["balancer"][1])}, (
+                client,
+                answers,
+            )
+            assigned[client] = answers["balancer"][1]
+        figure(
+            "client keys per variant", str(sorted(collections.Counter(assigned.values()).items()))
+        )
+        assert set(assigned.values()) == {"production", "staging"}
+    finally:
+        modelctl("experiment", "stop", IRIS, "--reason", "fleet experiment done")
+    for host in APP_HOSTS:
+        eventually(
+            lambda h=host: (
+                experiment_answer(fleet, places[h], "client-0", versions) == (None, None)
+            ),
+            30,
+            f"{host} done with the experiment",
+        )
+
+
+def experiment_answer(
+    fleet: RunningFleet, url: str, client: str, versions: dict[str, int]
+) -> tuple[str | None, str | None]:
+    """(experiment id, variant) of one iris prediction at ``url`` for this client key, or
+    (None, None) outside an experiment. The headers and the body must name the same variant,
+    and the version that answered must be the one the variant points at."""
+    answer = requests.post(
+        f"{url}/v1/models/{IRIS}/predict",
+        json=iris_body(),
+        headers={**predict_headers(fleet), "X-Client-ID": client},
+        timeout=5,
+    )
+    answer.raise_for_status()
+    body = answer.json()
+    variant = answer.headers.get("X-Model-Variant")
+    assert answer.headers["X-Model-Version"] == str(body["version"])
+    if "experiment" not in body:
+        assert variant is None and "X-Experiment-Id" not in answer.headers, answer.headers
+        return None, None
+    assert variant == body["experiment"]["variant"], (answer.headers, body)
+    assert answer.headers["X-Experiment-Id"] == body["experiment"]["id"]
+    assert body["version"] == versions[variant], (variant, body)
+    return body["experiment"]["id"], variant
 
 
 # -- 4. a host's whole Gunicorn killed under load --------------------------------------------
@@ -338,11 +414,10 @@ def test_backup_wipe_restore_gives_the_same_store_and_every_host_serves(
     fleet, balancer, authoritative, tmp_path
 ):
     env = store_env(fleet)
-    modelctl = str(ROOT / ".venv" / "bin" / "modelctl")
     url = str(authoritative)
     manifest_before = authoritative.manifest()
     archive = tmp_path / "fleet-backup.tar.gz"
-    run = subprocess.run([modelctl, "backup", str(archive), "--store", url], env=env,
+    run = subprocess.run([MODELCTL, "backup", str(archive), "--store", url], env=env,
                          capture_output=True, text=True, timeout=300)  # fmt: skip
     assert run.returncode == 0, run.stderr
     fleet.ssh("store", f"rm -rf {STORE_PATH}/*")
@@ -351,7 +426,7 @@ def test_backup_wipe_restore_gives_the_same_store_and_every_host_serves(
     with iris_load(fleet, balancer, max_requests=200) as load:
         load.wait_done()
     assert load.failures == []
-    run = subprocess.run([modelctl, "restore", str(archive), "--store", url], env=env,
+    run = subprocess.run([MODELCTL, "restore", str(archive), "--store", url], env=env,
                          capture_output=True, text=True, timeout=300)  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert authoritative.manifest() == manifest_before
@@ -389,27 +464,32 @@ def test_a_rolling_upgrade_under_load_fails_no_request(fleet, balancer):
 
 
 def test_a_host_failing_its_gate_stops_the_rollout_and_the_release_rolls_back(fleet, balancer):
-    # app2 is misconfigured for the new release (a backend no version of the service has):
-    # its Gunicorn cannot start, so app2 fails its gate; app1 is upgraded before it, app3
+    # The fleet runs upgrade-2; the deploy is of the checkout's own release (named by its
+    # wheels: the first deploy's, already on every host, unless the checkout changed since),
+    # so the rollout is what takes the time, not an install. app2 is misconfigured for it (a
+    # backend no version of the service has): its Gunicorn cannot start, so app2 fails its
+    # gate, given 10 s (app1's gate keeps the default); app1 is upgraded before it, app3
     # never is.
     inventory = fleet.directory / "inventory.yaml"
     good = inventory.read_text()
     first = {host: current_release(fleet, host) for host in APP_HOSTS}
     broken = yaml.safe_load(good)
-    broken["all"]["children"]["app"]["hosts"]["app2"]["service_settings"] = {"backend": "gpu"}
-    broken["all"]["vars"]["gate_timeout"] = 30
+    app2 = broken["all"]["children"]["app"]["hosts"]["app2"]
+    app2.update(service_settings={"backend": "gpu"}, gate_timeout=10)
     inventory.write_text(yaml.safe_dump(broken, sort_keys=False))
     try:
         with iris_load(fleet, balancer, max_seconds=3000) as load:
             load.wait_for(100)
-            result, seconds = make(fleet, "deploy", "RELEASE=release-3")
+            result, seconds = make(fleet, "deploy")
             load.wait_for(100)
     finally:
         inventory.write_text(good)
     output = result.stdout + result.stderr
+    target = built_release()
+    assert not first["app1"].endswith(f"/{target}")
     assert result.returncode != 0
-    assert "app2 failed its gate on release release-3" in output
-    assert current_release(fleet, "app1").endswith("/release-3")
+    assert f"app2 failed its gate on release {target}" in output
+    assert current_release(fleet, "app1").endswith(f"/{target}")
     assert current_release(fleet, "app3") == first["app3"]
     figure(
         "a rollout stopped by app2's gate",
@@ -433,6 +513,11 @@ def test_a_host_failing_its_gate_stops_the_rollout_and_the_release_rolls_back(fl
 
 
 # -- helpers -------------------------------------------------------------------------------------
+
+
+def built_release() -> str:
+    """The name of the release the last `make deploy` built (build_release.py's release.yaml)."""
+    return yaml.safe_load((ROOT / "dist" / "release" / "release.yaml").read_text())["release"]
 
 
 def gunicorn_pids(fleet: RunningFleet, host: str) -> list[int]:
@@ -467,9 +552,3 @@ def store_link(fleet: RunningFleet) -> str:
 
 def set_link(fleet: RunningFleet, link: str, state: str) -> None:
     subprocess.run(["ip", "-n", f"{fleet.prefix}-store", "link", "set", link, state], check=True)
-
-
-def republish(store: ModelStore, name: str) -> int:
-    source = store.load_artifact(name, 1)
-    data = (store.layout.version_dir(name, 1) / "model.pkl").read_bytes()
-    return store.publish(name, data, dict(source.metadata))

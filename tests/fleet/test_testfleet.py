@@ -1,7 +1,8 @@
 """The test fleet (deploy/testfleet/fleet.py): real namespaces, mounts and sshd on this machine.
 
-Every fleet here has a prefix and subnet of its own (mst*, 10.232.*), so a developer's
-`.fleet` (msf, 10.231.0) is never touched, and is torn down even when a test fails.
+The package's fleet (conftest.py), looked at from outside and inside before any deploy
+changes it; and fleets of their own, on prefixes and subnets of their own (mst1.., 10.232.1..),
+for building and tearing down. Each is torn down even when a test fails.
 """
 
 from __future__ import annotations
@@ -10,14 +11,13 @@ import contextlib
 import hashlib
 import pwd
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.fleet.support import (
-    RunningFleet,
+    SHARED_FLEET,
     fleet_cli,
     fleet_up,
     require_fleet_support,
@@ -26,16 +26,8 @@ from tests.fleet.support import (
 
 pytestmark = pytest.mark.integration
 
-APP_HOSTS = 2
 # How a host's sshd shows itself in /proc/<pid>/cmdline once it has set its title.
 FLEET_SSHD = b"sshd: /usr/sbin/sshd -D -e -f /etc/ssh/sshd_config"
-
-
-@pytest.fixture(scope="module")
-def fleet(tmp_path_factory) -> Iterator[RunningFleet]:
-    directory = tmp_path_factory.mktemp("fleet") / "fleet"
-    with fleet_up(directory, "mst", "10.232.0", APP_HOSTS) as running:
-        yield running
 
 
 def is_running(pid: int) -> bool:
@@ -78,7 +70,7 @@ def assert_fleet_gone(directory: Path, prefix: str, pids: list[int]) -> None:
 # --- one fleet, looked at from outside and inside --------------------------------------------
 
 
-@pytest.mark.parametrize("host", ["lb", "store", "app1", "app2"])
+@pytest.mark.parametrize("host", SHARED_FLEET.hosts)
 def test_every_host_takes_a_strictly_checked_login_and_has_its_name(fleet, host):
     assert fleet.ssh(host, "hostname").stdout.strip() == host
     assert fleet.ssh(host, "cat /etc/hostname").stdout.strip() == host
@@ -86,7 +78,7 @@ def test_every_host_takes_a_strictly_checked_login_and_has_its_name(fleet, host)
 
 def test_status_lists_every_host_running(fleet):
     lines = fleet_cli("status", "--dir", str(fleet.directory)).stdout.splitlines()
-    assert [line.split()[0] for line in lines] == ["lb", "store", "app1", "app2"]
+    assert [line.split()[0] for line in lines] == list(SHARED_FLEET.hosts)
     assert all(line.endswith(" running") for line in lines)
 
 
@@ -136,7 +128,7 @@ def test_inventory_names_the_groups_and_the_fleets_files(fleet):
     children = inventory["children"]
 
     app_hosts = {name: host["ansible_host"] for name, host in children["app"]["hosts"].items()}
-    assert app_hosts == {"app1": "10.232.0.11", "app2": "10.232.0.12"}
+    assert app_hosts == {"app1": "10.232.0.11", "app2": "10.232.0.12", "app3": "10.232.0.13"}
     assert children["balancer"]["hosts"]["lb"]["ansible_host"] == "10.232.0.2"
     assert children["store"]["hosts"]["store"]["ansible_host"] == "10.232.0.3"
 
@@ -170,7 +162,7 @@ def test_keys_are_private_and_the_inventory_holds_only_their_digests(fleet):
 def test_known_hosts_lists_each_address_with_its_own_key(fleet):
     entries = [line.split() for line in (fleet.directory / "known_hosts").read_text().splitlines()]
     addresses = [entry[0] for entry in entries]
-    assert addresses == ["10.232.0.2", "10.232.0.3", "10.232.0.11", "10.232.0.12"]
+    assert addresses == ["10.232.0.2", "10.232.0.3", "10.232.0.11", "10.232.0.12", "10.232.0.13"]
     assert len({entry[2] for entry in entries}) == len(entries)
 
 
