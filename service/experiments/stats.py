@@ -55,6 +55,11 @@ def _round(value: float | None, digits: int = 6) -> float | None:
     return round(float(value), digits)
 
 
+def _p(value: float) -> float | None:
+    """A p-value to 6 significant digits: a tiny one keeps its size."""
+    return float(f"{value:.6g}") if math.isfinite(value) else None
+
+
 # -- one rate ------------------------------------------------------------------------
 
 
@@ -101,7 +106,7 @@ def compare_rates(
     return {
         "difference": _round(difference),
         "interval": [_round(low), _round(high)],
-        "p_value": _round(p_value, 8),
+        "p_value": _p(p_value),
         "significant": bool(math.isfinite(p_value) and p_value < alpha),
     }
 
@@ -185,7 +190,7 @@ def compare_means(
     return {
         "difference": _round(difference),
         "interval": interval,
-        "p_value": _round(p_value, 8),
+        "p_value": _p(p_value),
         "significant": bool(math.isfinite(p_value) and p_value < alpha),
     }
 
