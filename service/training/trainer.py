@@ -277,7 +277,8 @@ def _validate(spec: TrainingSpec, best, split: Split) -> Validation:
             )
             for strategy in strategies
         }
-        strategy = _strongest(metric, strategies, {s: run[0] for s, run in runs.items()})
+        tables = {strategy: run[0] for strategy, run in runs.items()}
+        strategy = _strongest(metric, strategies, tables)
         baseline, baseline_std, baseline_output = runs[strategy]
         # Means over the folds; their spread next to them, outside the metric tables.
         scores = {
@@ -292,19 +293,18 @@ def _validate(spec: TrainingSpec, best, split: Split) -> Validation:
             strategy: _baseline(spec, strategy).fit(split.X_train, split.y_train)
             for strategy in strategies
         }
-        tried = {
+        tables = {
             strategy: evaluation.score(task, baseline, split.X_validation, split.y_validation)
             for strategy, baseline in fitted.items()
         }
-        strategy = _strongest(metric, strategies, tried)
+        strategy = _strongest(metric, strategies, tables)
         model_input = pipelines.model_input(best, split.X_validation)
         scores = {
             "model": evaluation.score(task, best, model_input, split.y_validation),
-            "baseline": tried[strategy],
+            "baseline": tables[strategy],
         }
         model_output = evaluation.outputs(metric, best, model_input, classes)
         baseline_output = evaluation.outputs(metric, fitted[strategy], split.X_validation, classes)
-        runs = {s: (table,) for s, table in tried.items()}
         y, rows = split.y_validation, "validation"
     chosen_by = (
         "the spec"
@@ -313,7 +313,7 @@ def _validate(spec: TrainingSpec, best, split: Split) -> Validation:
     )
     return Validation(
         scores=scores,
-        baselines={s: run[0].get(metric) for s, run in runs.items()},
+        baselines={strategy: table.get(metric) for strategy, table in tables.items()},
         strategy=strategy,
         chosen_by=chosen_by,
         y=y,
@@ -324,8 +324,8 @@ def _validate(spec: TrainingSpec, best, split: Split) -> Validation:
     )
 
 
-def _strongest(metric: str, strategies: tuple[str, ...], tried: dict[str, dict]) -> str:
-    scores = {strategy: tried[strategy].get(metric) for strategy in strategies}
+def _strongest(metric: str, strategies: tuple[str, ...], tables: dict[str, dict]) -> str:
+    scores = {strategy: tables[strategy].get(metric) for strategy in strategies}
     return evaluation.strongest(metric, scores) or strategies[0]
 
 
