@@ -55,7 +55,7 @@ def parse_args(argv: list[str] | None) -> tuple[bench.BenchSettings, argparse.Na
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     bench.add_stack_arguments(parser)
     parser.add_argument("--rounds", type=bench.bounded_int(1, bench.MAX_ROUNDS), default=4)
-    parser.add_argument("--workers", type=bench.bounded_int(1, bench.MAX_WORKERS), default=4)
+    parser.add_argument("--workers", type=bench.bounded_int(1, bench.MAX_WORKERS), default=2)
     parser.add_argument("--share", type=float, default=0.2, help="of requests shadowed")
     parser.add_argument("--row-seconds", type=float, default=0.05, help="the candidate's cost")
     parser.add_argument(
