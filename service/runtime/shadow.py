@@ -41,7 +41,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from service.errors import ServiceError
-from service.runtime import hooks
+from service.runtime import hooks, shadow_process
+from service.runtime.shadow_process import CandidateProcess
 from service.store.layout import ModelRef
 
 if TYPE_CHECKING:
@@ -145,8 +146,11 @@ class ShadowRunner:
         queue_size: int = QUEUE_SIZE,
         timeout: float = TIMEOUT_SECONDS,
         cpu_share: float = CPU_SHARE,
+        isolated: bool = True,
     ):
         self.registry = registry
+        # The candidate computes in a process of its own (shadow_process), or here.
+        self.candidates = CandidateProcess(registry.settings) if isolated else None
         self.queue_size = queue_size
         self.timeout = timeout
         self.cpu_share = cpu_share
@@ -217,6 +221,8 @@ class ShadowRunner:
     def stop(self) -> None:
         self._stop.set()
         self._pid = None
+        if self.candidates is not None:
+            self.candidates.close()
 
     def pending(self) -> int:
         return self._queue.qsize()
@@ -297,22 +303,45 @@ class ShadowRunner:
             return None
         if candidate.schema.names != primary.schema.names:
             return _failed(work, candidate.version, INCOMPATIBLE)
+        if self.candidates is not None:
+            return self._run_isolated(work, candidate)
         started = time.perf_counter()
         try:
             prediction = candidate.predict_prepared(work.model_input, with_proba=False)
         except Exception as exc:
-            log.warning(
-                "shadow candidate %s@%d raised %s: %s",
-                work.model,
-                candidate.version,
-                type(exc).__name__,
-                str(exc).partition("\n")[0],
-            )
+            self._log_failure(work, candidate, f"{type(exc).__name__}: {exc}")
             return _failed(work, candidate.version, EXCEPTION, time.perf_counter() - started)
         seconds = time.perf_counter() - started
         if seconds > self.timeout:
             return _failed(work, candidate.version, TIMEOUT, seconds)
         return compare(work, candidate, prediction.predictions, seconds)
+
+    def _run_isolated(self, work: ShadowWork, candidate: LoadedModel) -> ShadowOutcome:
+        started = time.perf_counter()
+        try:
+            status, value, seconds = self.candidates.predict(
+                candidate.name, candidate.version, work.model_input, self.timeout
+            )
+        except OSError as exc:
+            self._log_failure(work, candidate, str(exc))
+            return _failed(work, candidate.version, EXCEPTION, time.perf_counter() - started)
+        if status == shadow_process.TIMED_OUT:
+            return _failed(work, candidate.version, TIMEOUT, seconds)
+        if status != shadow_process.OK:
+            self._log_failure(work, candidate, str(value))
+            return _failed(work, candidate.version, EXCEPTION, seconds)
+        if seconds > self.timeout:
+            return _failed(work, candidate.version, TIMEOUT, seconds)
+        return compare(work, candidate, value, seconds)
+
+    @staticmethod
+    def _log_failure(work: ShadowWork, candidate: LoadedModel, problem: str) -> None:
+        log.warning(
+            "shadow candidate %s@%d failed: %s",
+            work.model,
+            candidate.version,
+            problem.partition("\n")[0],
+        )
 
 
 def compare(
