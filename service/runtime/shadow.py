@@ -10,18 +10,24 @@ blocking, never raising. When the queue is full the work is dropped and counted 
 candidate slower than the traffic sheds shadow work, never production latency.
 
 A daemon thread per process (started lazily, after Gunicorn's fork, like the registry's
-watcher) takes the work, asks the registry for the candidate, predicts on the same input
-(``predict_prepared``: no validation again, no observers, nothing logged as served) and
-compares: the share of rows with the same label for a classifier, the differences
-candidate − primary for a regressor, and the candidate's failures by kind. What it finds
-goes to the listeners (monitoring: Prometheus metrics and the host's state).
+watcher) takes the work, asks the registry which version the candidate is (and that it
+takes the primary's features), has it predict on the same input and compares: the share
+of rows with the same label for a classifier, the differences candidate − primary for a
+regressor, and the candidate's failures by kind. What it finds goes to the listeners
+(monitoring: Prometheus metrics and the host's state).
 
-The thread does numpy work only between predictions, so it holds the GIL briefly; the
-candidate's own predict is scikit-learn's, as a request's would be, and its cost is
-bounded: after each run the thread pauses so its CPU time stays within ``CPU_SHARE`` of
-a core (``time.thread_time``: a candidate that waits costs nothing, one that computes
-is spaced out, and what cannot run in the budget is dropped). It never delays exit: a
-daemon, and work still queued at exit is dropped.
+The candidate predicts in a process of its own (``shadow_process``: one per worker,
+started at its first shadow run, at the lowest CPU priority), from the validated input
+(``predict_prepared``: no validation again, no observers, nothing logged as served). In
+the worker's own process its scikit-learn work would hold the worker's GIL, and a thread
+preempted while holding it stalls the requests: measured, that made the primary's p99
+1.2-1.7 times higher under a 20 % shadow (docs/experiments/shadow.md). The thread itself
+sends, waits on a socket (the GIL let go) and compares in numpy. A run longer than
+``TIMEOUT_SECONDS`` kills the child (a new one starts at the next run). ``isolated=False``
+predicts in this process instead (tests, an embedding program), paced by ``CPU_SHARE``.
+
+Nothing leaves the process at exit: the thread is a daemon, queued work is dropped, and
+the child exits when the worker's end of its socket closes.
 
 Nothing here imports Flask.
 """
@@ -57,21 +63,19 @@ log = logging.getLogger(__name__)
 # work, and memory is held per item (the request's validated input).
 QUEUE_SIZE = 100
 # A candidate's prediction that took longer than this is recorded as a timeout, not
-# compared: it could not have served the request. (A thread cannot be interrupted; the
-# work it was given is finished, and drops count what piled up meanwhile.)
+# compared: it could not have served the request. Its process is killed.
 TIMEOUT_SECONDS = 2.0
 # The shadow thread's CPU time, as a share of one core: after each run it pauses long
-# enough to stay within it (work arriving meanwhile queues, then drops). The candidate
-# computes in the worker's process, next to the requests: its CPU time is theirs, and
-# while its Python holds the GIL a request thread waits. A candidate as costly as the
-# primary's pickle (0.5 ms for iris' pipeline) may still run 100 times a second.
+# enough to stay within it (work arriving meanwhile queues, then drops). It counts the
+# candidate's computing only when it predicts in this process (isolated=False); else the
+# thread's own sending and comparing, and the child's niceness keeps it off the requests.
 CPU_SHARE = 0.05
 # The longest pause after one run, whatever it cost.
 MAX_PAUSE_SECONDS = 10.0
 # A run starts once the process has predicted nothing for QUIET_SECONDS: with sync
 # workers the observer fires inside the request, and the answer (encoding, sending) should
-# go out before the candidate takes the GIL. Under traffic with no such gap it starts
-# after MAX_DEFER_SECONDS anyway (the CPU share still bounds it).
+# go out before the shadow thread wants the GIL. Under traffic with no such gap it starts
+# after MAX_DEFER_SECONDS anyway.
 QUIET_SECONDS = 0.005
 MAX_DEFER_SECONDS = 0.1
 # How often an idle thread looks whether it was stopped.
