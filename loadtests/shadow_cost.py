@@ -47,6 +47,7 @@ PEAK_SECONDS = 5
 APPLY_TIMEOUT_S = 30.0
 # A full queue (service.runtime.shadow.QUEUE_SIZE) of 50 ms runs takes 5 s to empty.
 SETTLE_TIMEOUT_S = 20.0
+START_TIMEOUT_S = 120.0
 EXPERIMENT_HEADER = "X-Experiment-Id"
 COUNTERS = ("model_service_shadow_runs_total", "model_service_shadow_dropped_total")
 
@@ -115,6 +116,23 @@ def wait_applied(base_url: str, request: bench.Request, experiment_id: str) -> N
     raise bench.BenchError(f"experiment {experiment_id} not applied within {APPLY_TIMEOUT_S} s")
 
 
+def wait_running(base_url: str, request: bench.Request, candidate: str, runs: int) -> None:
+    """Until the candidate has run ``runs`` times: each worker's shadow process has started
+    (at the lowest CPU priority, it may take a while) before the load is timed."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    first = counters(base_url, candidate)[COUNTERS[0]]
+    while counters(base_url, candidate)[COUNTERS[0]] < first + runs:
+        if time.monotonic() > deadline:
+            raise bench.BenchError(f"the shadow did not run {runs} times in {START_TIMEOUT_S} s")
+        for _ in range(20):
+            call = urllib.request.Request(
+                base_url + request.path, data=request.body, headers=request.headers
+            )
+            with urllib.request.urlopen(call, timeout=10) as answer:
+                answer.read()
+        time.sleep(0.2)
+
+
 def wait_settled(base_url: str, candidate: str) -> None:
     """Until the workers' shadow queues are empty (their runs stop growing): the next load
     starts as the first did."""
@@ -158,6 +176,8 @@ def measure(settings: bench.BenchSettings, args: argparse.Namespace) -> dict[str
                     )
                     try:
                         wait_applied(stack.url, request, experiment.id)
+                        if shadow is not None:
+                            wait_running(stack.url, request, candidate, 4 * settings.workers)
                         if peak is None:
                             peak = one.load("peak", stack.url, request)
                             bench.progress(f"closed loop: {peak['requests_per_s']:.0f} req/s")
