@@ -139,6 +139,26 @@ def test_a_slow_candidate_never_blocks_and_a_full_queue_drops(store, registry, o
     assert all(o.error is None and abs(o.differences[0]) < FLOAT32 for o in outcomes)
 
 
+def test_a_candidate_past_the_timeout_is_stopped_and_started_again(store, registry):
+    slow = publish_candidate(store, DIABETES, SlowRows(base_of(store, DIABETES), 0.5), "slow")
+    runner = shadow.ShadowRunner(registry, timeout=0.2)
+    primary = registry.get(ModelRef(DIABETES, alias="production"))
+    rows = rows_of(store, DIABETES, 1)
+    work = shadow.ShadowWork(primary, "exp-1", str(slow), primary.validate(rows), [1.0])
+    try:
+        # A new process has the time to load the candidate: its first answer comes, late.
+        first = runner.run(work)
+        # Then it is killed mid-run (a thread could not have been) ...
+        second = runner.run(work)
+        # ... and a new one started at the next run.
+        third = runner.run(work)
+    finally:
+        runner.stop()
+    assert [o.error for o in (first, second, third)] == [shadow.TIMEOUT] * 3
+    assert first.seconds >= 0.5 > second.seconds
+    assert runner.candidates.starts == 2
+
+
 def test_a_computing_candidate_is_held_to_its_cpu_share(store, registry, outcomes):
     busy = publish_candidate(store, DIABETES, BusyRows(base_of(store, DIABETES), 0.01), "busy")
     # In the worker's process: there the thread's CPU time is the candidate's.
