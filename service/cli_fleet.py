@@ -226,7 +226,16 @@ def restore(source: Path, store_location: str) -> None:
         "restored": "; the key file put back",
         "kept": "; the store's own key file kept (a restore brings back no revoked key)",
     }.get(summary.get("keys") or "", "")
+    running = summary.get("experiments") or {}
+    experiments = (
+        "; experiments running: " + ", ".join(f"{n} ({i})" for n, i in running.items())
+        if running
+        else ""
+    )
+    stopped = summary.get("experiments_stopped") or []
+    if stopped:
+        experiments += f"; experiment stopped (the archive has none): {', '.join(stopped)}"
     click.echo(
         f"restored {len(summary['models'])} models ({summary['versions']} versions) "
-        f"into {store_location}{removed}{keys}"
+        f"into {store_location}{removed}{keys}{experiments}"
     )

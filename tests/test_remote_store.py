@@ -17,9 +17,11 @@ import pytest
 import yaml
 
 from service import create_app
+from service.cli import main
 from service.errors import PromotionRefused, ServiceError, StoreError, StoreUnreachable
 from service.runtime.model import LoadedModel
 from service.store import ModelStore, archive
+from service.store.experiments import Shadow, parse_variants
 from service.store.mirror import StoreMirror, describe, read_status
 from service.store.remote import RemoteStore
 from tests.sshd import loopback_sshd, modelctl, store_serve
@@ -347,6 +349,75 @@ def test_backups_taken_while_publishing_are_each_whole(store, tmp_path):
     finally:
         stop.set()
         writer.join(60)
+
+
+def test_a_backup_carries_the_experiment_and_a_restore_brings_it_back(store, tmp_path, capsys):
+    candidate = republish(store, IRIS)
+    store.promote(IRIS, candidate, alias="staging")
+    running = store.start_experiment(
+        IRIS,
+        parse_variants(f"production=90,{candidate}=10"),
+        shadow=Shadow("staging", 0.5),
+    )
+    archive_path = tmp_path / "backup.tar.gz"
+    with open(archive_path, "wb") as out:
+        manifest = archive.write_backup(store, out)
+    assert f"store/{IRIS}/experiment.yaml" in manifest["files"]
+    before = store.layout.model_dir(IRIS).joinpath("experiment.yaml").read_bytes()
+    store.stop_experiment(IRIS)
+    store.start_experiment(IRIS, parse_variants("production=50,staging=50"))
+
+    assert main(["restore", str(archive_path), "--store", str(store.root)]) == 0
+    assert f"experiments running: {IRIS} ({running.id})" in capsys.readouterr().out
+    assert store.layout.model_dir(IRIS).joinpath("experiment.yaml").read_bytes() == before
+    assert store.experiment(IRIS) == running
+    # Into an empty store as well: versions, aliases and experiment arrive together.
+    elsewhere = ModelStore(tmp_path / "elsewhere")
+    with open(archive_path, "rb") as stream:
+        summary = archive.restore(elsewhere, stream)
+    assert summary["experiments"] == {IRIS: running.id}
+    assert summary["experiments_stopped"] == []
+    assert elsewhere.experiment(IRIS) == running
+    assert elsewhere.aliases(IRIS)["staging"] == candidate
+
+
+def test_restoring_a_model_without_an_experiment_stops_the_running_one(store, tmp_path, capsys):
+    archive_path = tmp_path / "backup.tar.gz"
+    with open(archive_path, "wb") as out:
+        archive.write_backup(store, out)  # no experiment.yaml in it
+    candidate = republish(store, IRIS)
+    store.start_experiment(IRIS, parse_variants(f"production=90,{candidate}=10"))
+
+    assert main(["restore", str(archive_path), "--store", str(store.root)]) == 0
+    assert f"experiment stopped (the archive has none): {IRIS}" in capsys.readouterr().out
+    # The experiment named version 2, which the restored model lacks: it is gone with it.
+    assert store.versions(IRIS) == [1]
+    assert store.experiment(IRIS) is None
+    assert not store.layout.model_dir(IRIS).joinpath("experiment.yaml").exists()
+
+
+@pytest.mark.parametrize("target", ["version", "alias"])
+def test_an_archive_whose_experiment_names_what_it_lacks_is_refused(store, tmp_path, target):
+    """experiment.yaml edited by hand to name a version or an alias the model lacks."""
+    running = store.start_experiment(IRIS, parse_variants("production=50,1=50"))
+    path = store.layout.model_dir(IRIS) / "experiment.yaml"
+    state = yaml.safe_load(path.read_text())
+    missing = "9" if target == "version" else "nightly"
+    state["active"]["variants"][1]["name"] = missing
+    path.write_text(yaml.safe_dump(state, sort_keys=False))
+    archive_path = tmp_path / "backup.tar.gz"
+    with open(archive_path, "wb") as out:
+        archive.write_backup(store, out)
+    elsewhere = ModelStore(tmp_path / "elsewhere")
+    republish(store, IRIS)  # the live store moves on meanwhile
+    before = snapshot(store.root)
+    for target_store in (store, elsewhere):
+        with open(archive_path, "rb") as stream, pytest.raises(StoreError) as refused:
+            archive.restore(target_store, stream)
+        named = f"version {missing}" if target == "version" else f"alias {missing!r}"
+        assert f"experiment {running.id} names {named}" in str(refused.value)
+    assert snapshot(store.root) == before
+    assert elsewhere.names() == []
 
 
 def test_backup_and_restore_of_a_remote_store_through_modelctl(sshd, authoritative, tmp_path):

@@ -1,17 +1,26 @@
 """Backup and restore of a whole store: one gzip'd tar with a sha256 manifest.
 
 A backup holds every model's aliases.yaml (aliases, their history, the
-rollback stacks), its version counter and every file of every version, the key
+rollback stacks), its experiment.yaml (the running experiment and the history of
+every one), its version counter and every file of every version, the key
 file (digests of the API keys) unless told not to, then ``MANIFEST.json`` with
 the sha256 and size of each. It is taken under every
 model's lock, so no publish or promote lands half inside it.
 
 A restore reads the whole archive into a scratch directory inside the store
 and checks all of it (the manifest, every file's digest, every version's
-metadata and artifact, every alias's target) before it changes anything. Then
+metadata and artifact, every alias's target, the targets of every running
+experiment) before it changes anything: an archive whose experiment serves or
+shadows a version or alias the archive's model lacks is refused, as one whose alias
+points at a missing version is, so no restore leaves an experiment naming what the
+store does not have. Then
 it puts the store in the archive's state model by model, under each model's
 lock and through renames, so readers (the workers, the mirrors of a fleet)
-see each model's old state or its new one, never half of either. The key file
+see each model's old state or its new one, never half of either. A model's
+aliases.yaml and experiment.yaml become the archive's; where the archive has none
+(experiment.yaml: a backup older than experiments, or a model that never ran one) the
+store's is removed, and the summary names the models whose experiment that stopped.
+The key file
 is put back only into a store that has none (a wiped or new one): a live store's
 keys are newer than any backup, and a restore must not bring back a revoked key.
 """
@@ -29,9 +38,10 @@ from typing import IO, Any
 
 import yaml
 
-from service.errors import StoreError
+from service.errors import ServiceError, StoreError
 from service.keys import KEYS_FILE, parse_keys
 from service.store import metadata as metadata_io
+from service.store.experiments import EXPERIMENT_FILE, Experiment
 from service.store.layout import (
     ALIASES_FILE,
     COUNTER_FILE,
@@ -54,7 +64,7 @@ MANIFEST_NAME = "MANIFEST.json"
 ARCHIVE_ROOT = "store"
 FORMAT = 1
 # Files a model directory keeps besides its versions.
-MODEL_FILES = (ALIASES_FILE, COUNTER_FILE)
+MODEL_FILES = (ALIASES_FILE, EXPERIMENT_FILE, COUNTER_FILE)
 
 
 def write_backup(store: ModelStore, out: IO[bytes], *, keys: bool = True) -> dict[str, Any]:
@@ -96,17 +106,25 @@ def restore(store: ModelStore, archive: IO[bytes]) -> dict[str, Any]:
     scratch.mkdir()
     try:
         manifest = _extract(archive, scratch)
-        models = _verify(scratch, manifest)
+        models, running = _verify(scratch, manifest)
+        stopped = []
         for name in models:
-            _apply_model(store, name, scratch / ARCHIVE_ROOT / name)
+            if _apply_model(store, name, scratch / ARCHIVE_ROOT / name):
+                stopped.append(name)
         removed = [name for name in store.names() if name not in models]
         for name in removed:
             store.remove_model(name)
         keys = _apply_keys(store, scratch / ARCHIVE_ROOT / KEYS_FILE)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    versions = sum(len(v) for v in models.values())
-    return {"models": sorted(models), "versions": versions, "removed": removed, "keys": keys}
+    return {
+        "models": sorted(models),
+        "versions": sum(len(v) for v in models.values()),
+        "removed": removed,
+        "keys": keys,
+        "experiments": {name: running[name] for name in sorted(running)},
+        "experiments_stopped": sorted(stopped),
+    }
 
 
 # -- reading an archive ------------------------------------------------------------------
@@ -148,8 +166,8 @@ def _parse_manifest(data: bytes) -> dict[str, Any]:
 
 
 def _checked_member_path(member: str) -> str:
-    """store/keys.yaml, store/<name>/(aliases.yaml|.last_version|<version>/<file>), nothing
-    else."""
+    """store/keys.yaml, store/<name>/(aliases.yaml|experiment.yaml|.last_version|
+    <version>/<file>), nothing else."""
     parts = member.split("/")
     if parts == [ARCHIVE_ROOT, KEYS_FILE]:
         return member
@@ -165,8 +183,9 @@ def _checked_member_path(member: str) -> str:
     return member
 
 
-def _verify(scratch: Path, manifest: dict[str, Any]) -> dict[str, list[int]]:
-    """Every listed file present with its digest, nothing unlisted, every version sound."""
+def _verify(scratch: Path, manifest: dict[str, Any]) -> tuple[dict[str, list[int]], dict[str, str]]:
+    """Every listed file present with its digest, nothing unlisted, every version sound;
+    the versions of each model and the id of each running experiment."""
     root = scratch / ARCHIVE_ROOT
     present = {
         path.relative_to(scratch).as_posix() for path in scratch.rglob("*") if path.is_file()
@@ -198,6 +217,7 @@ def _verify(scratch: Path, manifest: dict[str, Any]) -> dict[str, list[int]]:
         except ValueError as exc:  # UnicodeDecodeError is one too
             raise StoreError(f"the archive's {KEYS_FILE} is not a key file: {exc}") from None
     models: dict[str, list[int]] = {}
+    running: dict[str, str] = {}
     for name in manifest["models"]:
         model_dir = root / str(name)
         if not NAME_PATTERN.fullmatch(str(name)) or not model_dir.is_dir():
@@ -205,9 +225,12 @@ def _verify(scratch: Path, manifest: dict[str, Any]) -> dict[str, list[int]]:
         versions = sorted(int(p.name) for p in model_dir.iterdir() if is_version_dir(p))
         for version in versions:
             _verify_version(model_dir / str(version), name, version)
-        _verify_aliases(model_dir, name, versions)
+        aliases = _verify_aliases(model_dir, name, versions)
         models[name] = versions
-    return models
+        experiment = _verify_experiment(model_dir, name, versions, aliases)
+        if experiment:
+            running[name] = experiment
+    return models, running
 
 
 def _verify_version(directory: Path, name: str, version: int) -> None:
@@ -222,24 +245,64 @@ def _verify_version(directory: Path, name: str, version: int) -> None:
     read_verified(directory, artifact["file"], artifact["sha256"], artifact["size"], where=where)
 
 
-def _verify_aliases(model_dir: Path, name: str, versions: list[int]) -> None:
+def _verify_aliases(model_dir: Path, name: str, versions: list[int]) -> dict[str, int]:
+    """The archive's aliases of ``name``, each checked to point at a version it holds."""
     path = model_dir / ALIASES_FILE
     if not path.is_file():
-        return
+        return {}
     try:
         state = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (yaml.YAMLError, UnicodeDecodeError):
         raise StoreError(f"{name}: its {ALIASES_FILE} is not valid YAML") from None
-    for alias, version in (state.get("aliases") or {}).items():
+    aliases = state.get("aliases") or {}
+    for alias, version in aliases.items():
         if version not in versions:
             raise StoreError(f"{name}: alias {alias!r} points at version {version}, not in it")
+    return aliases
+
+
+def _verify_experiment(
+    model_dir: Path, name: str, versions: list[int], aliases: dict[str, int]
+) -> str | None:
+    """The id of the archive's running experiment of ``name`` (None without one), after
+    checking that every variant and the shadow name a version or alias the archive has."""
+    path = model_dir / EXPERIMENT_FILE
+    if not path.is_file():
+        return None
+    try:
+        state = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError):
+        raise StoreError(f"{name}: its {EXPERIMENT_FILE} is not valid YAML") from None
+    if not isinstance(state, dict):
+        raise StoreError(f"{name}: its {EXPERIMENT_FILE} is not a mapping")
+    if state.get("active") is None:
+        return None
+    try:
+        experiment = Experiment.from_dict(name, state["active"])
+    except (ServiceError, ValueError, TypeError) as exc:  # hand-edited or damaged
+        raise StoreError(f"{name}: its {EXPERIMENT_FILE} is not an experiment: {exc}") from None
+    for target in experiment.targets():
+        if target.isdigit() and int(target) not in versions:
+            raise StoreError(
+                f"{name}: experiment {experiment.id} names version {target}, not in it; "
+                f"refused: a restore never leaves an experiment on a version it lacks"
+            )
+        if not target.isdigit() and target not in aliases:
+            raise StoreError(
+                f"{name}: experiment {experiment.id} names alias {target!r}, not in it; "
+                f"refused: a restore never leaves an experiment on an alias it lacks"
+            )
+    return experiment.id
 
 
 # -- applying it ---------------------------------------------------------------------------
 
 
-def _apply_model(store: ModelStore, name: str, source: Path) -> None:
-    """Make the store's model ``name`` what ``source`` holds: versions first, then aliases."""
+def _apply_model(store: ModelStore, name: str, source: Path) -> bool:
+    """Make the store's model ``name`` what ``source`` holds: versions first, then aliases,
+    then the experiment (whose alias variants resolve through those aliases), then the
+    versions the archive lacks go. True when this stopped an experiment the store ran
+    (the archive has no experiment.yaml for the model)."""
     target = store.layout.model_dir(name)
     target.mkdir(exist_ok=True)
     with store.locked_models([name]):
@@ -254,8 +317,26 @@ def _apply_model(store: ModelStore, name: str, source: Path) -> None:
             metadata_io.write_atomic(target / ALIASES_FILE, aliases.read_text(encoding="utf-8"))
         else:
             (target / ALIASES_FILE).unlink(missing_ok=True)
+        experiment = source / EXPERIMENT_FILE
+        stopped = False
+        if experiment.is_file():
+            metadata_io.write_atomic(
+                target / EXPERIMENT_FILE, experiment.read_text(encoding="utf-8")
+            )
+        elif (target / EXPERIMENT_FILE).is_file():
+            stopped = _runs_experiment(target / EXPERIMENT_FILE)
+            (target / EXPERIMENT_FILE).unlink()
         for stale in [p for p in target.iterdir() if is_version_dir(p) and p.name not in wanted]:
             remove_tree(stale)
+    return stopped
+
+
+def _runs_experiment(path: Path) -> bool:
+    try:
+        state = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError):
+        return True  # unreadable: say so rather than hide it
+    return isinstance(state, dict) and state.get("active") is not None
 
 
 def _apply_keys(store: ModelStore, source: Path) -> str | None:
