@@ -62,8 +62,13 @@ stop:
 	@if test -x $(BIN)/modelctl; then $(BIN)/modelctl stop --runtime-dir $(RUNTIME_DIR); \
 	else echo "nothing was running"; fi
 
+# Two workers (pytest-xdist), each taking whole test modules, tests/fleet as one unit and first
+# (tests/conftest.py groups them): the fleet's deploys mostly wait on hosts while the rest
+# runs. TEST_WORKERS=0 runs the suite in one process.
+TEST_WORKERS ?= 2
+
 test: $(INSTALLED)
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadscope
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check service tests loadtests deploy

@@ -14,6 +14,27 @@ from service.store import ModelStore
 from service.training.demo import train_demo_models
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """Under pytest-xdist (`make test`: -n 2 --dist loadscope) each test module runs whole on
+    one worker, so a module-scoped stack starts once; and tests/fleet runs whole on one
+    worker, so the package's one fleet is built once (its hosts' names and addresses are
+    fixed). Units go out in collection order, so tests/fleet, the longest, starts first
+    (xdist would otherwise send the units with most tests first)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):
+        def __init__(self, config, log=None) -> None:
+            config.option.loadscopereorder = False
+            super().__init__(config, log)
+
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::")[0]
+            return "tests/fleet" if module.startswith("tests/fleet/") else module
+
+    return ModuleScheduling(config, log)
+
+
 @pytest.fixture(scope="session")
 def trained_store_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("trained-store") / "model_store"
