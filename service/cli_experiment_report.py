@@ -63,10 +63,13 @@ def _report(
     experiment = report.find(store, name, experiment_id)
     if urls:
         totals = evidence.remote_totals(urls, key, name, experiment.id)
+        shadow = evidence.remote_shadow(urls, key, experiment)
     else:
-        totals = evidence.local_totals(_settings(), name, experiment.id)
+        settings = _settings()
+        totals = evidence.local_totals(settings, name, experiment.id)
+        shadow = evidence.local_shadow(settings, experiment)
     task = report.task_of(store, name, totals)
-    return experiment, report.build(experiment, totals, task)
+    return experiment, report.build(experiment, totals, task, shadow)
 
 
 @click.command("report")
@@ -86,7 +89,8 @@ def report_command(
     store_location: str,
 ) -> None:
     """Per variant: requests, error rate, latency, live quality; per comparison with the
-    control (the first variant): difference, p-value, significance, sample still needed."""
+    control (the first variant): difference, p-value, significance, sample still needed;
+    with a shadow, what its candidate did: runs, drops, errors, agreement or differences."""
     with _one_line_errors():
         _, built = _report(open_store(store_location), name, experiment_id, urls, key)
     if as_json:

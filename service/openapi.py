@@ -1322,6 +1322,38 @@ def _experiment_report_schemas() -> dict[str, Any]:
                 },
                 "winner": {"type": ["string", "null"]},
                 "significant": {"type": "boolean"},
+                "shadow": {
+                    "type": ["object", "null"],
+                    "description": "What the shadow candidate did on the shadowed requests "
+                    "(null when the experiment has no shadow): see docs/experiments/shadow.md.",
+                    "required": ["target", "share", "candidates"],
+                    "properties": {
+                        "target": {"type": "string"},
+                        "share": {"type": "number"},
+                        "candidates": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["candidate", "runs", "dropped", "errors", "rows"],
+                                "properties": {
+                                    "candidate": {"type": "string"},
+                                    "candidate_version": {"type": ["integer", "null"]},
+                                    "runs": {"type": "integer"},
+                                    "dropped": {"type": "integer"},
+                                    "errors": {
+                                        "type": "object",
+                                        "additionalProperties": {"type": "integer"},
+                                    },
+                                    "error_rate": figure,
+                                    "rows": {"type": "integer"},
+                                    "mean_ms": number_or_null,
+                                    "agreement": figure,
+                                    "difference": figure,
+                                },
+                            },
+                        },
+                    },
+                },
             },
         },
         "ExperimentConcludeRequest": {

@@ -1,5 +1,6 @@
 """GET /v1/admin/experiments/<name>/report and .../totals (admin scope): an experiment's
-report from this host's evidence, and the evidence itself (the variants' totals, which
+report from this host's evidence (with its shadow candidate's figures when it has one:
+``.../shadow`` gives their sums), and the evidence itself (the variants' totals, which
 ``modelctl experiment report --url ...`` adds up over the hosts of a fleet). Both take
 ``?experiment=ID`` for an experiment that has ended (default: the running one, else the
 last one started).
@@ -58,7 +59,8 @@ def experiment_report(name: str):
     experiment = _experiment(name)
     found = evidence.local_totals(service.settings, experiment.model, experiment.id)
     task = report.task_of(service.store, experiment.model, found)
-    return json_response(report.build(experiment, found, task))
+    shadow = evidence.local_shadow(service.settings, experiment)
+    return json_response(report.build(experiment, found, task, shadow))
 
 
 @bp.post("/<name>/conclude")

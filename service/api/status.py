@@ -384,7 +384,10 @@ def _experiment(name: str) -> dict[str, Any] | None:
         return None
     try:
         totals = evidence.local_totals(service.settings, name, experiment.id)
-        return report.build(experiment, totals, report.task_of(service.store, name, totals))
+        task = report.task_of(service.store, name, totals)
+        return report.build(
+            experiment, totals, task, evidence.local_shadow(service.settings, experiment)
+        )
     except Exception as exc:  # the page never fails for a figure
         _warn_once("experiment report", exc)
         return None

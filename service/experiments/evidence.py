@@ -5,6 +5,8 @@ hosts (counts and sums, never rates or means), read from a host's monitoring sta
 interval); ``remote_totals`` asks each host of a fleet (``GET
 /v1/admin/experiments/<name>/totals``, admin scope) and adds their totals up. The report
 (``service.experiments.report``) and the canary turn them into figures and verdicts.
+``local_shadow`` and ``remote_shadow`` do the same for what an experiment's shadow
+candidate did (``service.monitoring.shadow_record``; ``GET .../<name>/shadow``).
 
 Nothing here imports Flask.
 """
@@ -12,7 +14,7 @@ Nothing here imports Flask.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from urllib.parse import quote
 from service.config import Settings
 from service.errors import ServiceError
 from service.monitoring import experiments as recording
+from service.monitoring import shadow_record
 from service.monitoring.state import StateStore
 
 # Upper bounds in seconds of the latency buckets, the last +inf.
@@ -145,8 +148,8 @@ def local_totals(settings: Settings, name: str, experiment_id: str) -> dict[str,
     return totals_from_state(state, experiment_id)
 
 
-def totals_path(name: str, experiment_id: str | None = None) -> str:
-    path = f"/v1/admin/experiments/{quote(name, safe='')}/totals"
+def totals_path(name: str, experiment_id: str | None = None, what: str = "totals") -> str:
+    path = f"/v1/admin/experiments/{quote(name, safe='')}/{what}"
     if experiment_id:
         path += f"?experiment={quote(experiment_id, safe='')}"
     return path
@@ -157,25 +160,8 @@ def remote_totals(
 ) -> dict[str, VariantTotals]:
     """Every host's totals (``urls``: each host's base URL), added up. A host that does
     not answer raises EvidenceUnavailable: a verdict never rests on part of the fleet."""
-    import requests  # only the fleet-wide path needs it
-
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
     parts = []
-    for url in urls:
-        target = url.rstrip("/") + totals_path(name, experiment_id)
-        try:
-            response = requests.get(target, headers=headers, timeout=REMOTE_TIMEOUT)
-        except requests.RequestException as exc:
-            raise EvidenceUnavailable(
-                f"{url}: no totals of {name!r}: {type(exc).__name__}",
-                details={"url": url},
-            ) from None
-        if response.status_code != 200:
-            problem = f"HTTP {response.status_code}{_error_text(response)}"
-            raise EvidenceUnavailable(
-                f"{url}: no totals of {name!r}: {problem}",
-                details={"url": url, "status": response.status_code},
-            )
+    for url, response in _answers(urls, key, name, experiment_id, "totals"):
         try:
             body = response.json()
             variants = body["variants"]
@@ -187,6 +173,60 @@ def remote_totals(
                 f"{url}: totals of {name!r} not understood: {exc}", details={"url": url}
             ) from None
     return merge_all(parts)
+
+
+def local_shadow(settings: Settings, experiment: Any) -> list[dict[str, Any]] | None:
+    """This host's sums of what ``experiment``'s shadow candidate did (one row per
+    candidate); None when the experiment has no shadow."""
+    if experiment.shadow is None:
+        return None
+    return shadow_record.totals(settings, experiment.model, experiment.id)
+
+
+def remote_shadow(urls: Iterable[str], key: str | None, experiment: Any) -> list[dict] | None:
+    """Every host's shadow sums of ``experiment``, added up per candidate; None when the
+    experiment has no shadow. A host that does not answer raises EvidenceUnavailable."""
+    if experiment.shadow is None:
+        return None
+    name = experiment.model
+    hosts = []
+    for url, response in _answers(urls, key, name, experiment.id, "shadow"):
+        try:
+            body = response.json()
+            if body.get("experiment") != experiment.id:
+                raise ValueError(f"shadow totals of experiment {body.get('experiment')!r}")
+            hosts.append([shadow_record.checked(row) for row in body["totals"]])
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise EvidenceUnavailable(
+                f"{url}: shadow totals of {name!r} not understood: {exc}", details={"url": url}
+            ) from None
+    return shadow_record.merge(*hosts)
+
+
+def _answers(
+    urls: Iterable[str], key: str | None, name: str, experiment_id: str, what: str
+) -> Iterator[tuple[str, Any]]:
+    """Each host's 200 answer to ``GET .../<name>/<what>``; EvidenceUnavailable for the
+    first host that gives none."""
+    import requests  # only the fleet-wide path needs it
+
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    for url in urls:
+        target = url.rstrip("/") + totals_path(name, experiment_id, what)
+        try:
+            response = requests.get(target, headers=headers, timeout=REMOTE_TIMEOUT)
+        except requests.RequestException as exc:
+            raise EvidenceUnavailable(
+                f"{url}: no {what} of {name!r}: {type(exc).__name__}",
+                details={"url": url},
+            ) from None
+        if response.status_code != 200:
+            problem = f"HTTP {response.status_code}{_error_text(response)}"
+            raise EvidenceUnavailable(
+                f"{url}: no {what} of {name!r}: {problem}",
+                details={"url": url, "status": response.status_code},
+            )
+        yield url, response
 
 
 def _error_text(response: Any) -> str:

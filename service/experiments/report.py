@@ -12,6 +12,14 @@ the MAE), whether it is significant, and the sample still needed to detect
 (0.02: two points of accuracy or of error rate) and a relative one for the MAE (0.02:
 2 % of the control's MAE), so one default means something for any regressor's units.
 
+Shadow. When the experiment has one, the report also says what its candidate did on
+the shadowed requests (``service.monitoring.shadow_record``'s sums, added up over the
+hosts like the variants' totals): runs, dropped work, errors by kind, and how its
+answers compare with the primary's: agreement with its Wilson interval for a classifier,
+the distribution of the differences (candidate - primary: mean with its t interval, sd,
+mean and largest absolute difference) for a regressor. No verdict rests on it: the
+candidate answers nobody.
+
 Significance. A verdict rests on several tests: two metrics, for each variant other than
 the control. Each test is run at ``alpha / tests`` (Bonferroni), so the chance that
 identical variants get any "better" or "worse" verdict is at most ``alpha``. The tests
@@ -30,7 +38,7 @@ from typing import Any
 
 from service.experiments import stats
 from service.experiments.evidence import LATENCY_BUCKETS, VariantTotals
-from service.monitoring import quality
+from service.monitoring import quality, shadow_record
 from service.store.experiments import Experiment, NoExperiment
 
 METRICS = ("errors", "quality")
@@ -164,9 +172,15 @@ def _verdict(errors: dict[str, Any], live: dict[str, Any]) -> str:
     return NO_DIFFERENCE
 
 
-def build(experiment: Experiment, totals: Mapping[str, VariantTotals], task: str) -> dict:
+def build(
+    experiment: Experiment,
+    totals: Mapping[str, VariantTotals],
+    task: str,
+    shadow: list[dict[str, Any]] | None = None,
+) -> dict:
     """The report of ``experiment`` from its variants' ``totals`` (variants without any are
-    reported empty); ``task``: classification or regression."""
+    reported empty); ``task``: classification or regression; ``shadow``: the shadow
+    candidate's sums (``evidence.local_shadow`` / ``remote_shadow``), None when not read."""
     names = [v.name for v in experiment.variants]
     names += sorted(set(totals) - set(names))  # a variant dropped since (hand-edited file)
     by_name = {n: totals.get(n) or VariantTotals.empty(n) for n in names}
@@ -214,7 +228,68 @@ def build(experiment: Experiment, totals: Mapping[str, VariantTotals], task: str
         "comparisons": comparisons,
         "winner": winner,
         "significant": winner is not None,
+        "shadow": shadow_section(experiment, shadow or [], task),
     }
+
+
+def shadow_section(
+    experiment: Experiment, rows: list[dict[str, Any]], task: str
+) -> dict[str, Any] | None:
+    """What the shadow candidate did, per candidate (None when the experiment has none).
+    The target is reported with zero runs until its first shadowed request is recorded."""
+    if experiment.shadow is None:
+        return None
+    rows = [r for r in rows if r["experiment"] == experiment.id]
+    if not any(r["candidate"] == experiment.shadow.target for r in rows):
+        rows.append(_no_runs(experiment, task))
+    return {
+        "target": experiment.shadow.target,
+        "share": experiment.shadow.share,
+        "candidates": [_shadow_figures(row, experiment.alpha) for row in rows],
+    }
+
+
+def _no_runs(experiment: Experiment, task: str) -> dict[str, Any]:
+    assert experiment.shadow is not None
+    row: dict[str, Any] = dict.fromkeys(shadow_record.SUMMED, 0)
+    row.update(
+        experiment=experiment.id,
+        candidate=experiment.shadow.target,
+        candidate_version=None,
+        task=task,
+        abs_difference_max=0.0,
+    )
+    return row
+
+
+def _shadow_figures(row: dict[str, Any], alpha: float) -> dict[str, Any]:
+    """shadow_record.figures' numbers, with the report's intervals (at ``alpha``)."""
+    found = shadow_record.figures(row)
+    rows = row["rows"]
+    figures: dict[str, Any] = {
+        "candidate": found["candidate"],
+        "candidate_version": found["candidate_version"],
+        "runs": found["runs"],
+        "dropped": found["dropped"],
+        "errors": found["errors"],
+        "error_rate": stats.rate(sum(found["errors"].values()), found["runs"], alpha),
+        "rows": rows,
+        "mean_ms": _ms(found["mean_seconds"]),
+    }
+    if found["task"] == "classification":
+        figures["agreement"] = stats.rate(row["agreed"], rows, alpha)
+    else:
+        spread = found["difference"]
+        figures["difference"] = {
+            **stats.mean(row["difference_sum"], row["difference_sq_sum"], rows, alpha),
+            "mean_abs": _rounded(spread["mean_abs"]),
+            "max_abs": _rounded(spread["max_abs"]),
+        }
+    return figures
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else float(f"{value:.6g}")
 
 
 def _most_needed(*results: dict[str, Any]) -> dict[str, Any] | None:
@@ -321,7 +396,37 @@ def text(report: dict[str, Any]) -> str:
     winner = report["winner"]
     lines.append("")
     lines.append(f"  winner: {winner}" if winner else "  winner: none yet (nothing is significant)")
+    if report.get("shadow"):
+        lines.append("")
+        lines.extend(shadow_lines(report["shadow"]))
     return "\n".join(lines)
+
+
+def shadow_lines(section: dict[str, Any]) -> list[str]:
+    """The shadow's lines of the text report (the status page says the same)."""
+    lines = [f"  shadow: {section['target']} on {section['share']:.0%} of the requests"]
+    for c in section["candidates"]:
+        version = c["candidate_version"]
+        errors = ", ".join(f"{kind} {n}" for kind, n in c["errors"].items() if n) or "none"
+        lines.append(
+            f"    {c['candidate']}"
+            + (f" (version {version})" if version is not None else "")
+            + f": {c['runs']} runs, {c['dropped']} dropped, errors {errors}"
+            + (f" ({_value_interval(c['error_rate'])})" if c["error_rate"]["value"] else "")
+        )
+        if "agreement" in c:
+            lines.append(
+                f"    agreement with the primary: {_value_interval(c['agreement'])} "
+                f"over {c['rows']} rows"
+            )
+        else:
+            d = c["difference"]
+            lines.append(
+                f"    difference candidate - primary: mean {_value_interval(d)}, sd "
+                f"{_number(d['sd'])}, mean |d| {_number(d['mean_abs'])}, max |d| "
+                f"{_number(d['max_abs'])} over {c['rows']} rows"
+            )
+    return lines
 
 
 def _number(value: Any) -> str:

@@ -55,7 +55,7 @@ CREATE TABLE IF NOT EXISTS shadow_totals (
     PRIMARY KEY (model, experiment, candidate)
 );
 """
-_SUMMED = (
+SUMMED = (
     "runs",
     "dropped",
     "rows",
@@ -68,10 +68,10 @@ _SUMMED = (
 )
 _UPSERT = (
     "INSERT INTO shadow_totals (model, experiment, candidate, task, candidate_version, "
-    f"{', '.join(_SUMMED)}, abs_difference_max, updated) VALUES "
-    f"({', '.join('?' * (len(_SUMMED) + 7))}) "
+    f"{', '.join(SUMMED)}, abs_difference_max, updated) VALUES "
+    f"({', '.join('?' * (len(SUMMED) + 7))}) "
     "ON CONFLICT (model, experiment, candidate) DO UPDATE SET "
-    + ", ".join(f"{c} = {c} + excluded.{c}" for c in _SUMMED)
+    + ", ".join(f"{c} = {c} + excluded.{c}" for c in SUMMED)
     + ", candidate_version = COALESCE(excluded.candidate_version, candidate_version)"
     ", abs_difference_max = MAX(abs_difference_max, excluded.abs_difference_max)"
     ", updated = excluded.updated"
@@ -245,7 +245,7 @@ def merge(*hosts: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if found is None:
                 merged[key] = dict(row)
                 continue
-            for column in _SUMMED:
+            for column in SUMMED:
                 found[column] += row[column]
             found["abs_difference_max"] = max(
                 found["abs_difference_max"], row["abs_difference_max"]
@@ -255,6 +255,38 @@ def merge(*hosts: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 if row["candidate_version"] is not None:
                     found["candidate_version"] = row["candidate_version"]
     return list(merged.values())
+
+
+def checked(row: Any) -> dict[str, Any]:
+    """A row of :func:`totals` as another host sent it (it crossed a network): every column
+    there with a value of its type, else ValueError."""
+    if not isinstance(row, dict):
+        raise ValueError("a shadow total must be a mapping")
+    try:
+        found: dict[str, Any] = {
+            "model": str(row["model"]),
+            "experiment": str(row["experiment"]),
+            "candidate": str(row["candidate"]),
+            "task": str(row["task"]),
+            "candidate_version": (
+                None if row["candidate_version"] is None else int(row["candidate_version"])
+            ),
+            "abs_difference_max": float(row["abs_difference_max"]),
+            "updated": float(row["updated"]),
+        }
+        for column in SUMMED:
+            number = float(row[column])
+            if not math.isfinite(number):
+                raise ValueError(f"{column} is not finite")
+            found[column] = int(number) if column in _COUNTS else number
+    except KeyError as exc:
+        raise ValueError(f"a shadow total lacks {exc.args[0]!r}") from None
+    except TypeError as exc:
+        raise ValueError(f"a shadow total is not understood: {exc}") from None
+    return found
+
+
+_COUNTS = ("runs", "dropped", "rows", "agreed", *(f"errors_{k}" for k in shadow.ERROR_KINDS))
 
 
 def status(settings: Settings, name: str, experiment: str | None = None) -> list[dict[str, Any]]:
