@@ -22,10 +22,8 @@ Nothing here imports Flask.
 from __future__ import annotations
 
 import bisect
-import collections
 import logging
 import math
-import os
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -39,7 +37,7 @@ from prometheus_client.metrics_core import Metric
 from service.errors import NonFiniteOutput, ServiceError
 from service.monitoring import add_scrape_collector, live
 from service.monitoring import metrics as service_metrics
-from service.monitoring.flusher import ProcessFlusher
+from service.monitoring.flusher import BufferedWriter
 from service.monitoring.state import StateStore
 from service.runtime import hooks
 
@@ -112,55 +110,20 @@ class Outcome(NamedTuple):
     seconds: float
 
 
-class ExperimentRecorder:
+class ExperimentRecorder(BufferedWriter):
     """This process's buffer of outcomes for one state database, and its writer."""
 
     def __init__(self, state: StateStore):
         self.state = state
-        self.dropped = 0
-        self._buffer: collections.deque[Outcome] = collections.deque()
-        self._pid: int | None = None
-        self._start_lock = threading.Lock()
-        self._flush_lock = threading.Lock()
-        self._flusher = ProcessFlusher(
-            self.flush, FLUSH_INTERVAL, "experiment-flusher", after_fork=self._after_fork
-        )
+        self._init_buffer(FLUSH_INTERVAL, "experiment-flusher", MAX_BUFFERED)
 
     def append(self, outcome: Outcome) -> None:
-        if self._pid != os.getpid():
-            self._start()
-        if len(self._buffer) >= MAX_BUFFERED:
-            self._buffer.popleft()
-            self.dropped += 1
-        self._buffer.append(outcome)
-
-    def _start(self) -> None:
-        with self._start_lock:
-            if self._pid == os.getpid():
-                return
-            self._flusher.start()
-            self._pid = os.getpid()
-
-    def _after_fork(self) -> None:
-        self._buffer = collections.deque()
-        self._start_lock = threading.Lock()
-        self._flush_lock = threading.Lock()
-        self._pid = None
-
-    def stop(self) -> None:
-        self._flusher.stop()
-        self.flush()
-        self._pid = None
+        self._append(outcome)
 
     def flush(self) -> int:
         """Write what this process buffered; returns the outcomes written. Never raises."""
         with self._flush_lock:
-            outcomes = []
-            while True:
-                try:
-                    outcomes.append(self._buffer.popleft())
-                except IndexError:
-                    break
+            outcomes = self._take_buffered()
             if not outcomes:
                 return 0
             counts: dict[tuple[str, str, str, int, int], list[int]] = {}

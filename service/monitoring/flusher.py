@@ -10,10 +10,12 @@ at the moment of the fork, and what the parent buffered is the parent's to write
 from __future__ import annotations
 
 import atexit
+import collections
 import os
 import threading
 import weakref
 from collections.abc import Callable
+from typing import Any
 
 
 class ProcessFlusher:
@@ -49,6 +51,65 @@ class ProcessFlusher:
     def _run(self, stop: threading.Event) -> None:
         while not stop.wait(self._interval):
             self._flush()
+
+
+class BufferedWriter:
+    """A writer whose request path only appends to a bounded buffer of this process, and
+    whose flush (its own: what it writes differs) empties the buffer off that path.
+
+    Past ``max_buffered`` items (a writer that cannot keep up) the oldest are dropped and
+    counted in ``dropped`` rather than letting memory grow.
+    """
+
+    def _init_buffer(self, interval: float, name: str, max_buffered: int) -> None:
+        self.dropped = 0
+        self._max_buffered = max_buffered
+        self._buffer: collections.deque[Any] = collections.deque()
+        self._pid: int | None = None
+        self._start_lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._flusher = ProcessFlusher(self.flush, interval, name, after_fork=self._after_fork)
+
+    def flush(self) -> int:
+        raise NotImplementedError
+
+    def _append(self, item: Any) -> None:
+        if self._pid != os.getpid():
+            self._start()
+        if len(self._buffer) >= self._max_buffered:
+            self._buffer.popleft()
+            self.dropped += 1
+        self._buffer.append(item)
+
+    def _take_buffered(self) -> list[Any]:
+        """Empty the buffer; the caller holds ``_flush_lock``."""
+        items = []
+        while True:
+            try:
+                items.append(self._buffer.popleft())
+            except IndexError:
+                return items
+
+    def _start(self) -> None:
+        with self._start_lock:
+            pid = os.getpid()
+            if self._pid == pid:
+                return
+            self._flusher.start()
+            self._pid = pid
+
+    def _after_fork(self) -> None:
+        # A forked child starts empty (what the parent buffered is the parent's), with
+        # locks of its own: the parent's writer may have held one at the fork.
+        self._buffer = collections.deque()
+        self._start_lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._pid = None
+
+    def stop(self) -> None:
+        self._flusher.stop()
+        self.flush()
+        self._pid = None
 
 
 _flushers: weakref.WeakSet[ProcessFlusher] = weakref.WeakSet()

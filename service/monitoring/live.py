@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
 import random
-import threading
 import time
 from collections.abc import Iterable
 from http import HTTPStatus
@@ -34,7 +32,7 @@ from prometheus_client.metrics_core import Metric
 from service.config import Settings
 from service.errors import InvalidInput, NotFound, ServiceError
 from service.monitoring import add_scrape_collector, drift, quality
-from service.monitoring.flusher import ProcessFlusher
+from service.monitoring.flusher import BufferedWriter
 from service.monitoring.predlog import PredictionLog, lines_for
 from service.monitoring.state import StateStore
 from service.runtime import hooks
@@ -79,7 +77,7 @@ class _Served(NamedTuple):
     prediction: Prediction | None  # the whole prediction, for the prediction log only
 
 
-class Monitor:
+class Monitor(BufferedWriter):
     def __init__(self, settings: Settings, store: ModelStore | None = None):
         self.settings = settings
         self.store = store or ModelStore(settings.store)
@@ -95,14 +93,7 @@ class Monitor:
             if settings.prediction_log
             else None
         )
-        self.dropped = 0
-        self._buffer: collections.deque[_Served] = collections.deque()
-        self._pid: int | None = None
-        self._start_lock = threading.Lock()
-        self._flush_lock = threading.Lock()
-        self._flusher = ProcessFlusher(
-            self.flush, FLUSH_INTERVAL, "monitoring-flusher", after_fork=self._after_fork
-        )
+        self._init_buffer(FLUSH_INTERVAL, "monitoring-flusher", MAX_BUFFERED)
         self._random = random.Random()
         self._profiles: dict[tuple[str, int], list[drift.FeatureProfile]] = {}
         self._metadata: dict[tuple[str, int], dict[str, Any]] = {}
@@ -111,13 +102,8 @@ class Monitor:
     # -- the request path -------------------------------------------------------
 
     def observe(self, event: hooks.PredictionEvent) -> None:
-        if self._pid != os.getpid():
-            self._start()
-        if len(self._buffer) >= MAX_BUFFERED:
-            self._buffer.popleft()
-            self.dropped += 1
         prediction = event.prediction
-        self._buffer.append(
+        self._append(
             _Served(
                 time.time(),
                 event.model,
@@ -128,38 +114,12 @@ class Monitor:
             )
         )
 
-    def _start(self) -> None:
-        with self._start_lock:
-            pid = os.getpid()
-            if self._pid == pid:
-                return
-            self._flusher.start()
-            self._pid = pid
-
-    def _after_fork(self) -> None:
-        # A forked child starts empty (what the parent buffered is the parent's), with
-        # locks of its own: the parent's writer may have held one at the fork.
-        self._buffer = collections.deque()
-        self._start_lock = threading.Lock()
-        self._flush_lock = threading.Lock()
-        self._pid = None
-
-    def stop(self) -> None:
-        self._flusher.stop()
-        self.flush()
-        self._pid = None
-
     # -- the writer ---------------------------------------------------------------
 
     def flush(self) -> int:
         """Write what this process buffered; returns the events written. Never raises."""
         with self._flush_lock:
-            events = []
-            while True:
-                try:
-                    events.append(self._buffer.popleft())
-                except IndexError:
-                    break
+            events = self._take_buffered()
             if not events:
                 return 0
             try:
