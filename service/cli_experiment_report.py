@@ -7,16 +7,14 @@ The evidence is this host's monitoring state (the ``state_dir`` setting), or wit
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import click
 
+from service.cli_experiments import load_settings, one_line_errors
 from service.cli_fleet import open_store, store_location_option
-from service.config import Settings
-from service.errors import ServiceError
 from service.experiments import conclusion, evidence, report
 from service.store.experiments import Experiment
 
@@ -25,21 +23,6 @@ def register(group: click.Group) -> None:
     """Add the commands to ``modelctl experiment``."""
     for command in (report_command, conclude):
         group.add_command(command)
-
-
-@contextlib.contextmanager
-def _one_line_errors() -> Iterator[None]:
-    try:
-        yield
-    except ServiceError as exc:
-        raise click.ClickException(exc.message) from None
-
-
-def _settings() -> Settings:
-    try:
-        return Settings.load()
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from None
 
 
 hosts_option = click.option(
@@ -65,7 +48,7 @@ def _report(
         totals = evidence.remote_totals(urls, key, name, experiment.id)
         shadow = evidence.remote_shadow(urls, key, experiment)
     else:
-        settings = _settings()
+        settings = load_settings()
         totals = evidence.local_totals(settings, name, experiment.id)
         shadow = evidence.local_shadow(settings, experiment)
     task = report.task_of(store, name, totals)
@@ -91,7 +74,7 @@ def report_command(
     """Per variant: requests, error rate, latency, live quality; per comparison with the
     control (the first variant): difference, p-value, significance, sample still needed;
     with a shadow, what its candidate did: runs, drops, errors, agreement or differences."""
-    with _one_line_errors():
+    with one_line_errors():
         _, built = _report(open_store(store_location), name, experiment_id, urls, key)
     if as_json:
         click.echo(json.dumps(built, indent=2))
@@ -131,8 +114,8 @@ def conclude(
     """End the running experiment of NAME: promote the winner through the promotion gate,
     then stop the experiment, recording the report's numbers in its history."""
     store = open_store(store_location)
-    alias = alias or _settings().default_alias
-    with _one_line_errors():
+    alias = alias or load_settings().default_alias
+    with one_line_errors():
         running = store.experiment(name)
         if running is None:
             raise click.ClickException(f"model {name!r} runs no experiment")

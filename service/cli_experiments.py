@@ -33,16 +33,18 @@ def experiment_group() -> None:
 
 
 @contextlib.contextmanager
-def _one_line_errors() -> Iterator[None]:
+def one_line_errors() -> Iterator[None]:
+    """A service error ends the command with its message, not a traceback."""
     try:
         yield
     except ServiceError as exc:
         raise click.ClickException(exc.message) from None
 
 
-def _default_alias() -> str:
+def load_settings() -> Settings:
+    """The settings, or the command ends saying what in them is wrong."""
     try:
-        return Settings.load().default_alias
+        return Settings.load()
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -100,9 +102,9 @@ def start(
         "min_effect": min_effect,
         "reason": reason,
     }
-    with _one_line_errors():
+    with one_line_errors():
         arguments, options = experiment_control.start_arguments(
-            body, default_alias=_default_alias()
+            body, default_alias=load_settings().default_alias
         )
         store = open_store(store_location)
         started = store.start_experiment(name, arguments, **options)
@@ -125,7 +127,7 @@ def start(
 def status(name: str, as_json: bool, history: int, store_location: str) -> None:
     """The experiment running on NAME: variants with their weight and the version each
     serves now, client key, shadow; and the last lines of its history."""
-    with _one_line_errors():
+    with one_line_errors():
         answer = experiment_control.status(open_store(store_location), name, history=history)
     click.echo(json.dumps(answer, indent=2) if as_json else status_text(answer))
 
@@ -136,9 +138,10 @@ def status(name: str, as_json: bool, history: int, store_location: str) -> None:
 @store_location_option
 def stop(name: str, reason: str, store_location: str) -> None:
     """Stop the experiment running on NAME: every request goes to the default alias again."""
-    with _one_line_errors():
+    with one_line_errors():
         stopped = open_store(store_location).stop_experiment(name, reason=reason)
-    click.echo(f"{name}: stopped experiment {stopped.id}; requests go to {_default_alias()} again")
+    alias = load_settings().default_alias
+    click.echo(f"{name}: stopped experiment {stopped.id}; requests go to {alias} again")
 
 
 def status_text(status: dict[str, Any], *, headline: bool = True) -> str:
