@@ -124,9 +124,15 @@ def rate_sample_needed(
     effect = abs(float(proportion_effectsize(shifted, control_rate)))
     if not effect > 0:
         return None
+    return _control_rows(NormalIndPower(), effect, alpha, ratio)
+
+
+def _control_rows(analysis: Any, effect_size: float, alpha: float, ratio: float) -> int | None:
+    """Rows the control needs (the variant: ``ratio`` times as many) for ``analysis``, a
+    statsmodels power analysis, to find ``effect_size`` with POWER; None if it cannot."""
     n = _quiet(
-        NormalIndPower().solve_power,
-        effect_size=effect,
+        analysis.solve_power,
+        effect_size=effect_size,
         nobs1=None,
         alpha=alpha,
         power=POWER,
@@ -202,16 +208,7 @@ def mean_sample_needed(
     find a difference of ``min_difference`` with POWER, given the spread ``sd``."""
     if sd is None or not sd > 0 or not min_difference > 0 or not ratio > 0:
         return None
-    n = _quiet(
-        TTestIndPower().solve_power,
-        effect_size=min_difference / sd,
-        nobs1=None,
-        alpha=alpha,
-        power=POWER,
-        ratio=ratio,
-        alternative="two-sided",
-    )
-    return math.ceil(float(n)) if math.isfinite(float(n)) else None
+    return _control_rows(TTestIndPower(), min_difference / sd, alpha, ratio)
 
 
 def still_needed(
