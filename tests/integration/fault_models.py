@@ -11,13 +11,11 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 
 
-class Shifted(RegressorMixin, BaseEstimator):
-    """A fitted regressor whose predictions are moved by ``shift``: a version told apart from
-    its base by every answer it gives."""
+class FromFittedBase:
+    """An estimator built from a fitted ``base``: fitted as its base is, with its base's
+    features."""
 
-    def __init__(self, base: Any = None, shift: float = 0.0):
-        self.base = base
-        self.shift = shift
+    base: Any
 
     def __sklearn_is_fitted__(self) -> bool:
         return True  # the base is
@@ -30,8 +28,17 @@ class Shifted(RegressorMixin, BaseEstimator):
     def feature_names_in_(self) -> Any:
         return self.base.feature_names_in_
 
-    def fit(self, rows: Any, target: Any = None) -> Shifted:
+    def fit(self, rows: Any, target: Any = None) -> Any:
         return self  # built from a fitted base, never fitted itself
+
+
+class Shifted(FromFittedBase, RegressorMixin, BaseEstimator):
+    """A fitted regressor whose predictions are moved by ``shift``: a version told apart from
+    its base by every answer it gives."""
+
+    def __init__(self, base: Any = None, shift: float = 0.0):
+        self.base = base
+        self.shift = shift
 
     def predict(self, rows: Any) -> Any:
         return self.base.predict(rows) + self.shift
@@ -85,30 +92,16 @@ class Failing(Shifted):
         raise RuntimeError("this version fails every prediction")
 
 
-class OneLabel(ClassifierMixin, BaseEstimator):
+class OneLabel(FromFittedBase, ClassifierMixin, BaseEstimator):
     """A fitted classifier that answers ``label`` for every row, with its base's classes."""
 
     def __init__(self, base: Any = None, label: Any = None):
         self.base = base
         self.label = label
 
-    def __sklearn_is_fitted__(self) -> bool:
-        return True
-
     @property
     def classes_(self) -> Any:
         return self.base.classes_
-
-    @property
-    def n_features_in_(self) -> int:
-        return self.base.n_features_in_
-
-    @property
-    def feature_names_in_(self) -> Any:
-        return self.base.feature_names_in_
-
-    def fit(self, rows: Any, target: Any = None) -> OneLabel:
-        return self
 
     def predict(self, rows: Any) -> Any:
         return np.full(len(rows), self.label, dtype=np.asarray(self.base.classes_).dtype)
