@@ -19,6 +19,7 @@ from service.cli import main
 from service.experiments import stats
 from service.runtime import shadow
 from service.store import ModelRef
+from service.store.experiments import Experiment
 from tests.integration.fault_models import Failing, OneLabel, Shifted
 from tests.test_shadow import (
     DIABETES,
@@ -128,15 +129,21 @@ def test_a_classifiers_shadow_agreement_is_reported_everywhere(app, client, stor
     assert "data-shadow" in client.get("/status").get_data(as_text=True)
 
 
-def test_a_regressors_shadow_differences_and_errors_are_reported(app, client, store, capsys):
-    shifted = publish_candidate(store, DIABETES, Shifted(base_of(store, DIABETES), SHIFT), "+3")
-    first = start_shadow(store, DIABETES, shifted)
+def shadowed(app, client, store, capsys, candidate: int, rows: int) -> tuple[Experiment, dict]:
+    """Shadow ``rows`` requests of DIABETES on version ``candidate``: the experiment, and
+    the candidate's figures in the JSON report once the shadow has run them all."""
+    experiment = start_shadow(store, DIABETES, candidate)
     applied(app, DIABETES)
-    post_rows(client, DIABETES, rows_of(store, DIABETES, 10))
+    post_rows(client, DIABETES, rows_of(store, DIABETES, rows))
     assert shadow.active().drain(WAIT)
-
     assert report(store, DIABETES, "--json") == 0
     [figures] = json.loads(capsys.readouterr().out)["shadow"]["candidates"]
+    return experiment, figures
+
+
+def test_a_regressors_shadow_differences_and_errors_are_reported(app, client, store, capsys):
+    shifted = publish_candidate(store, DIABETES, Shifted(base_of(store, DIABETES), SHIFT), "+3")
+    first, figures = shadowed(app, client, store, capsys, shifted, 10)
     assert (figures["runs"], figures["rows"]) == (10, 10)
     difference = figures["difference"]
     assert difference["value"] == pytest.approx(SHIFT, abs=FLOAT32)
@@ -150,12 +157,7 @@ def test_a_regressors_shadow_differences_and_errors_are_reported(app, client, st
     # A failing candidate: its errors by kind, and an error rate with its interval.
     store.stop_experiment(DIABETES)
     failing = publish_candidate(store, DIABETES, Failing(base_of(store, DIABETES)), "fails")
-    second = start_shadow(store, DIABETES, failing)
-    applied(app, DIABETES)
-    post_rows(client, DIABETES, rows_of(store, DIABETES, 6))
-    assert shadow.active().drain(WAIT)
-    assert report(store, DIABETES, "--json") == 0
-    [figures] = json.loads(capsys.readouterr().out)["shadow"]["candidates"]
+    second, figures = shadowed(app, client, store, capsys, failing, 6)
     assert figures["errors"][shadow.EXCEPTION] == 6 and figures["rows"] == 0
     assert (figures["error_rate"]["value"], figures["error_rate"]["of"]) == (1.0, 6)
     assert report(store, DIABETES) == 0
