@@ -45,7 +45,9 @@ REQUEST_TIMEOUT = 45
 #   model's features exactly, yet values far outside any training range can still overflow
 #   the model's arithmetic: 422 non_finite_output.
 # - A well-formed experiment start can still be refused: weights that do not add up to 100
-#   (400), a version or alias the model lacks (404), an experiment running already (409).
+#   (400), a version or alias the model lacks (404), an experiment running already (409);
+#   and a well-formed conclude: a winner that is not a variant of the running experiment
+#   (400), no experiment running (404), nothing significant yet (409).
 SCHEMATHESIS_CONFIG = """
 [checks.negative_data_rejection]
 expected-statuses = ["400", "401", "403", "404", "405", "406", "409", "413", "415", "422",
@@ -57,7 +59,7 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "400", "401",
                                                      "409", "422", "429", "5xx"]
 
 [[operations]]
-include-operation-id-regex = "^experiment_start$"
+include-operation-id-regex = "^experiment_(start|conclude)$"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "400", "401", "403", "404",
                                                      "409", "429", "5xx"]
 
