@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import time
 
-from flask import Flask, g, request
+from flask import Flask, g
 
-from service.api import request_ids, state
-from service.api.observe import MODEL_ARGS
+from service.api import request_ids
 from service.errors import ServiceError
 from service.monitoring import experiments
 from service.runtime import hooks
@@ -46,9 +45,12 @@ def init_app(app: Flask) -> None:
             return response
         context = g._get_current_object()  # type: ignore[attr-defined]
         started = getattr(context, "experiment_started", None)
-        model = _model_of(request.view_args) or _model_running(assignment.experiment)
-        if started is None or model is None:
+        # The model the request was routed to (service.api.routing), whichever route it
+        # came by: MLflow's /invocations names none.
+        routed = getattr(context, "model_service_routed", None)
+        if started is None or routed is None:
             return response
+        model = routed[0]
         error = getattr(context, "experiment_error", None)
         code = error.code if isinstance(error, ServiceError) else None
         experiments.record(
@@ -58,23 +60,3 @@ def init_app(app: Flask) -> None:
             time.perf_counter() - started,
         )
         return response
-
-
-def _model_of(args: dict | None) -> str | None:
-    """The model the URL names (the routed one: an experiment only routes a model's name)."""
-    for key in MODEL_ARGS:
-        value = (args or {}).get(key)
-        if isinstance(value, str):
-            return value.split("@", 1)[0]
-    return None
-
-
-def _model_running(experiment_id: str) -> str | None:
-    """The model whose experiment this is, for a route that names no model (MLflow's
-    /invocations serves the default one)."""
-    registry = state().registry
-    for name in registry.served_names():
-        running = registry.experiment(name)
-        if running is not None and running.id == experiment_id:
-            return name
-    return None

@@ -27,7 +27,7 @@ def route(
         return routing.client_key(experiment, request.headers.get, field)
 
     model, assignment = state().registry.route(ref, client_key)
-    g.model_service_routed = (model.version, assignment)
+    g.model_service_routed = (model.name, model.version, assignment)
     return model, assignment
 
 
@@ -41,5 +41,6 @@ def init_app(app: Flask) -> None:
     def name_what_served(response):
         routed = getattr(g, "model_service_routed", None)
         if routed is not None:
-            response.headers.update(routing.headers(*routed))
+            _, version, assignment = routed
+            response.headers.update(routing.headers(version, assignment))
         return response
