@@ -22,118 +22,137 @@ ENV_PREFIX = "MODEL_SERVICE_"
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    # Where the versioned model store lives.
+    # -- serving -------------------------------------------------------------------
     store: Path = Path("model_store")
-    # Model names to serve; empty means every model in the store.
+    """Where the versioned model store lives: a directory on this host."""
     models: tuple[str, ...] = ()
-    # The alias a request without "@version" is served from.
+    """Model names to serve; empty means every model in the store."""
     default_alias: str = "production"
-    # Instances accepted in one prediction request.
+    """The alias a request without "@version" is served from."""
     max_instances: int = 10_000
-    # Largest request body in bytes; Nginx's client_max_body_size matches it.
+    """Instances accepted in one prediction request."""
     max_body_bytes: int = 16 * 1024 * 1024
-    # How often each worker looks at the store for alias changes (seconds).
+    """Largest request body in bytes; Nginx's client_max_body_size matches it."""
     reload_interval: float = 0.5
-    # Refuse (instead of warn about) a model pickled by another scikit-learn version.
+    """How often each worker looks at the store for alias changes (seconds)."""
     refuse_version_mismatch: bool = False
-    # What computes predictions: "auto" serves a model through onnxruntime where its
-    # metadata records an ONNX form that matched the pickle at publish, else the pickle;
-    # "sklearn" always serves the pickle (to compare the two, or to rule one out).
+    """Refuse (instead of warn about) a model pickled by another scikit-learn version."""
     backend: str = "auto"
-    # sha256 hex digests of the admin keys; no key configured means no admin access.
-    admin_key_hashes: tuple[str, ...] = ()
-    # Scopes any caller has without a key (of predict, read, feedback; admin never): on one
-    # machine prediction and reading what is served stay open as before, while feedback,
-    # which moves live quality, needs a key. `make deploy` sets none open. The keys are in
-    # the store's keys.yaml (`modelctl keys`).
-    open_scopes: tuple[str, ...] = ("predict", "read")
-    # sha256 hex digests of keys with scopes read and predict given by this host's settings
-    # rather than the store: `make deploy` writes one per app host for its rollout's gate.
-    gate_key_hashes: tuple[str, ...] = ()
-    # The model MLflow's POST /invocations serves (name[@version|@alias]); empty: the only
-    # served model, when exactly one is served.
+    """What computes predictions: "auto" serves a model through onnxruntime where its
+    metadata records an ONNX form that matched the pickle at publish, else the pickle;
+    "sklearn" always serves the pickle (to compare the two, or to rule one out)."""
     default_model: str = ""
-    # The name answers carry in X-Served-By (which host of a fleet served it); empty: the
-    # host name.
+    """The model MLflow's POST /invocations serves (name[@version|@alias]); empty: the only
+    served model, when exactly one is served."""
     instance_name: str = ""
+    """The name answers carry in X-Served-By (which host of a fleet served it); empty: the
+    host name."""
+
+    # -- access --------------------------------------------------------------------
+    # The API keys themselves are in the store's keys.yaml (`modelctl keys`); these say
+    # what this host grants besides them.
+    admin_key_hashes: tuple[str, ...] = ()
+    """sha256 hex digests of the admin keys; no key configured means no admin access."""
+    open_scopes: tuple[str, ...] = ("predict", "read")
+    """Scopes any caller has without a key (of predict, read, feedback; admin never): on one
+    machine prediction and reading what is served stay open, while feedback, which moves
+    live quality, needs a key. `make deploy` sets none open."""
+    gate_key_hashes: tuple[str, ...] = ()
+    """sha256 hex digests of keys with scopes read and predict given by this host's settings
+    rather than the store: `make deploy` writes one per app host for its rollout's gate."""
 
     # -- signed models (service.store.signing) ---------------------------------------
-    # Paths of PEM public keys (EC P-256/384/521): a version is unpickled only when its
-    # model-signing signature (model.sig) verifies against one of them. Empty: only its
-    # sha256 is checked, which detects damage but not someone who can write the store.
     trusted_signing_keys: tuple[str, ...] = ()
-    # Path of the PEM private key modelctl signs what it publishes with (train, publish,
-    # train-demo, optimize); empty: versions are published unsigned.
+    """Paths of PEM public keys (EC P-256/384/521): a version is unpickled only when its
+    model-signing signature (model.sig) verifies against one of them. Empty: only its
+    sha256 is checked, which detects damage but not someone who can write the store."""
     signing_key: str = ""
+    """Path of the PEM private key modelctl signs what it publishes with (train, publish,
+    train-demo, optimize); empty: versions are published unsigned."""
 
     # -- a fleet: one authoritative store, mirrored on every host --------------------
-    # ssh://user@host[:port]/path of the authoritative store; empty: `store` is the only
-    # store (one machine). When set, `modelctl store-sync` mirrors it into `store`, verifying
-    # each version before it appears there, and promotions go to it.
     store_remote: str = ""
-    # The SSH key that reaches the store host, and the known_hosts file that holds its
-    # host key (checked strictly: an unknown host key is refused).
+    """ssh://user@host[:port]/path of the authoritative store; empty: `store` is the only
+    store (one machine). When set, `modelctl store-sync` mirrors it into `store`, verifying
+    each version before it appears there, and promotions go to it."""
     store_remote_key: str = ""
+    """The SSH private key that reaches the store host."""
     store_remote_known_hosts: str = ""
-    # Seconds between two looks at the authoritative store; a promotion reaches a host
-    # within about this plus reload_interval.
+    """The known_hosts file that holds the store host's key, checked strictly: an unknown
+    host key is refused."""
     store_sync_interval: float = 1.0
-    # Seconds one SSH exchange with the store host may take before it counts as unreachable.
+    """Seconds between two looks at the authoritative store; a promotion reaches a host
+    within about this plus reload_interval."""
     store_remote_timeout: float = 10.0
+    """Seconds one SSH exchange with the store host may take before it counts as
+    unreachable."""
 
     # -- the edge: Nginx in front of Gunicorn (deploy/nginx.conf) --------------------
     # `modelctl serve` renders these into Nginx's configuration; the fleet's balancer takes
     # the same from its inventory variables (balancer_*, deploy/ansible/roles/balancer).
-    # Requests a second ("NNNr/s") or a minute ("NNNr/m") from one API key (the bearer
-    # token), or from one client address when a request has none; "off": no limit. Far
-    # above what one client of a healthy deployment sends (loadtests/bench.py peaks near
-    # 4,000 req/s on 2 cores), so it only stops a runaway client.
     rate_limit: str = "20000r/s"
-    # Requests above the rate that are still served at once (a burst) before a JSON 429.
+    """Requests a second ("NNNr/s") or a minute ("NNNr/m") from one API key (the bearer
+    token), or from one client address when a request has none; "off": no limit. Far
+    above what one client of a healthy deployment sends (loadtests/bench.py peaks near
+    4,000 req/s on 2 cores), so it only stops a runaway client."""
     rate_limit_burst: int = 2000
-    # Requests in progress at once from one client address (idle keep-alive connections do
-    # not count); 0: no limit.
+    """Requests above the rate that are still served at once (a burst) before a JSON 429."""
     conn_limit_per_client: int = 512
-    # Networks (CIDR) that may reach /v1/admin/ besides loopback; others get a JSON 403.
+    """Requests in progress at once from one client address (idle keep-alive connections
+    do not count); 0: no limit."""
     admin_networks: tuple[str, ...] = ()
-    # HTTPS: PEM certificate (chain) and key paths; both empty: plain HTTP only. With them,
-    # Nginx answers HTTPS on tls_port and redirects plain HTTP there.
+    """Networks (CIDR) that may reach /v1/admin/ besides loopback; others get a JSON 403."""
     tls_certificate: str = ""
+    """Path of the PEM certificate (chain) for HTTPS. With it and tls_certificate_key,
+    Nginx answers HTTPS on tls_port and redirects plain HTTP there; both empty: plain
+    HTTP only."""
     tls_certificate_key: str = ""
+    """Path of the PEM private key of tls_certificate."""
     tls_port: int = 8443
-    # Strict-Transport-Security max-age on HTTPS answers (seconds); 0: no HSTS header.
+    """The port Nginx answers HTTPS on, when tls_certificate is set."""
     hsts_max_age: int = 31_536_000
+    """Strict-Transport-Security max-age on HTTPS answers (seconds); 0: no HSTS header."""
 
     # -- monitoring ----------------------------------------------------------------
-    # Prometheus metrics (GET /metrics) and the one-JSON-line-per-request log.
     metrics: bool = True
+    """Prometheus metrics at GET /metrics."""
     request_log: bool = True
-    # Shared state of the workers on this host: feedback joins, live quality, drift counts.
+    """The request log: one JSON line per request."""
     state_dir: Path = Path(".monitoring")
-    # The prediction log (inputs and outputs, JSON lines): off unless turned on, because it
-    # holds raw feature values. A share of requests in (0, 1], rotated at this size.
+    """Shared state of the workers on this host: feedback joins, live quality, drift
+    counts."""
     prediction_log: bool = False
+    """The prediction log (inputs and outputs, JSON lines): off unless turned on, because
+    it holds raw feature values."""
     prediction_log_sample_rate: float = 1.0
+    """The share of requests the prediction log records, in (0, 1]."""
     prediction_log_max_bytes: int = 64 * 1024 * 1024
+    """The size at which a prediction log file is rotated (bytes)."""
     prediction_log_backups: int = 5
-    # Served predictions kept (label or value only) so feedback can be joined to them.
+    """Rotated prediction log files kept."""
     prediction_retention: int = 200_000
-    # Live quality over the last N predictions that got feedback, flagged when it falls
-    # below the test score in metadata.yaml by more than the tolerance.
+    """Served predictions kept (label or value only) so feedback can be joined to them."""
     quality_window: int = 1_000
+    """Live quality is measured over the last this many predictions that got feedback."""
     quality_tolerance: float = 0.05
-    # Drift: live feature values over the last minutes against the training histograms.
-    # A feature is judged once it has drift_min_rows values in the window ("too few rows"
-    # until then), and flagged when its population stability index is above the threshold
-    # (0.2: the usual "significant change" rule of thumb) and a chi-square test of its bin
-    # counts against the training shares gives p < drift_alpha / its model's feature count
-    # (Bonferroni: 1 % chance per look that any feature of a stable model is flagged).
-    # 100 rows: PSI from sampling alone averages (bins - 1) / n, 0.09 over the 10 training
-    # bins, under half the threshold (at 50 rows it is 0.18, about the threshold itself).
+    """Live quality is flagged when it falls below the test score in metadata.yaml by more
+    than this."""
     drift_window_minutes: int = 60
+    """Drift compares live feature values over the last this many minutes against the
+    training histograms."""
     drift_threshold: float = 0.2
+    """A feature is flagged when its population stability index (PSI) is above this (0.2:
+    the usual "significant change" rule of thumb) and its chi-square test agrees
+    (drift_alpha)."""
     drift_min_rows: int = 100
+    """Values a feature needs in the window before it is judged ("too few rows" until
+    then). At 100 rows, PSI from sampling alone averages (bins - 1) / n, 0.09 over the 10
+    training bins, under half the threshold (at 50 rows it is 0.18, about the threshold
+    itself)."""
     drift_alpha: float = 0.01
+    """A feature over the PSI threshold is flagged only when a chi-square test of its bin
+    counts against the training shares gives p < drift_alpha / its model's feature count
+    (Bonferroni: 1 % chance per look that any feature of a stable model is flagged)."""
 
     @classmethod
     def load(
