@@ -66,7 +66,7 @@ from service.runtime.model import LoadedModel, load
 from service.store import ModelStore
 from service.store.metadata import onnx_backend
 from service.training.demo import demo_specs, train_demo_models
-from service.training.trainer import prepare
+from service.training.split import prepare
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOOPBACK = "127.0.0.1"

@@ -28,7 +28,8 @@ from service.store.store import sha256_of
 from service.training import onnx_convert, optimize
 from service.training import spec as specs
 from service.training.demo import demo_specs
-from service.training.trainer import held_out_instances, prepare, train
+from service.training.split import held_out_instances, prepare
+from service.training.trainer import train
 from tests.outputs import same_as
 from tests.test_api import IRIS, IRIS_ROW, post
 

@@ -23,7 +23,7 @@ from service.monitoring import SCRAPE_COLLECTORS, drift, live, predlog
 from service.protocols.grpc import open_inference_pb2 as pb
 from service.protocols.grpc import open_inference_pb2_grpc as pb_grpc
 from service.training.demo import demo_specs
-from service.training.trainer import prepare
+from service.training.split import prepare
 
 IRIS = "iris-classifier"
 FEEDBACK_KEY = "msk_feedback-key-of-the-monitoring-tests"

@@ -23,7 +23,7 @@ from service.runtime import model as model_runtime
 from service.runtime.registry import ModelRegistry
 from service.store import ModelRef
 from service.training.demo import demo_specs
-from service.training.trainer import prepare
+from service.training.split import prepare
 
 IRIS = "iris-classifier"
 CANCER = "breast-cancer-classifier"

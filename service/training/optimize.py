@@ -29,7 +29,11 @@ from service.runtime.schema import InputSchema
 from service.store import ModelStore
 from service.store.metadata import onnx_backend
 from service.store.store import now_iso, sha256_of
+from service.training import data as data_io
 from service.training import onnx_convert
+from service.training import plan as planning
+from service.training import spec as specs
+from service.training.split import held_out_instances, split_rows
 
 log = logging.getLogger(__name__)
 
@@ -248,11 +252,6 @@ def parity_rows(
 
 
 def _held_out_rows(meta: dict[str, Any], spec_path: Path | None) -> tuple[list[list[Any]], str]:
-    from service.training import data as data_io
-    from service.training import plan as planning
-    from service.training import spec as specs
-    from service.training.trainer import held_out_instances, split_rows
-
     training = meta.get("training") or {}
     if spec_path is not None:
         spec = specs.load(spec_path)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import pickle
 import time
 from typing import Any
@@ -23,7 +22,7 @@ import numpy as np
 import pandas as pd
 from sklearn.base import clone
 from sklearn.compose import ColumnTransformer
-from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
+from sklearn.model_selection import KFold, StratifiedKFold
 from sklearn.preprocessing import OneHotEncoder
 from tqdm import tqdm
 
@@ -35,9 +34,11 @@ from service.training import data as data_io
 from service.training import evaluation, optimize, significance
 from service.training import pipeline as pipelines
 from service.training import plan as planning
+from service.training import split as splits
 from service.training.describe import estimator_description, plain
 from service.training.profile import categorical_feature, numeric_feature
 from service.training.spec import TrainingSpec
+from service.training.split import Split, held_out_instances, split_rows
 
 log = logging.getLogger(__name__)
 
@@ -68,18 +69,6 @@ class Validation:
     baseline_output: np.ndarray | None
     classes: np.ndarray | None
     rows: str  # which rows: "validation" or "out-of-fold"
-
-
-@dataclasses.dataclass
-class Split:
-    X_train: pd.DataFrame
-    y_train: pd.Series
-    X_validation: pd.DataFrame | None
-    y_validation: pd.Series | None
-    X_rest: pd.DataFrame  # train + validation: what the final model learns from
-    y_rest: pd.Series
-    X_test: pd.DataFrame
-    y_test: pd.Series
 
 
 def train(
@@ -207,48 +196,6 @@ def verify_loaded(artifact) -> None:
             f"{loaded.name}: the ONNX form checked at publish does not serve: "
             + "; ".join(loaded.warnings)
         )
-
-
-def held_out_instances(plan: planning.Plan, split: Split) -> tuple[list[list[Any]], str]:
-    """The rows held out from the first fit as request instances, and which split they
-    are: the validation split, or the test split when validation was cross-validated."""
-    if split.X_validation is not None and len(split.X_validation):
-        rows, name = split.X_validation, "validation"
-    else:
-        rows, name = split.X_test, "test"
-    return [_instance(row, plan) for row in rows.itertuples(index=False)], name
-
-
-def _instance(row: tuple[Any, ...], plan: planning.Plan) -> list[Any]:
-    return [_json_value(value, feature) for value, feature in zip(row, plan.features, strict=True)]
-
-
-def prepare(spec: TrainingSpec) -> tuple[planning.Plan, Split]:
-    """The checked rows of a spec and their split, exactly as a training run makes them."""
-    plan = planning.make(spec, data_io.read(spec).frame)
-    return plan, split_rows(spec, plan)
-
-
-def split_rows(spec: TrainingSpec, plan: planning.Plan) -> Split:
-    evaluation_spec = spec.evaluation
-    stratify = spec.classification and evaluation_spec.stratify
-    X_rest, X_test, y_rest, y_test = train_test_split(
-        plan.X,
-        plan.y,
-        test_size=evaluation_spec.test_size,
-        random_state=evaluation_spec.seed,
-        stratify=plan.y if stratify else None,
-    )
-    if evaluation_spec.method == "cross_validation":
-        return Split(X_rest, y_rest, None, None, X_rest, y_rest, X_test, y_test)
-    X_train, X_val, y_train, y_val = train_test_split(
-        X_rest,
-        y_rest,
-        test_size=evaluation_spec.validation_size / (1 - evaluation_spec.test_size),
-        random_state=evaluation_spec.seed,
-        stratify=y_rest if stratify else None,
-    )
-    return Split(X_train, y_train, X_val, y_val, X_rest, y_rest, X_test, y_test)
 
 
 def _baseline(spec: TrainingSpec, strategy: str):
@@ -591,7 +538,7 @@ def _golden(plan: planning.Plan, split: Split, final, unfitted, task: str) -> di
     """A few test rows and the outputs they give now, replayed whenever the model loads."""
     rows = split.X_test.iloc[:GOLDEN_ROWS]
     model_input = pipelines.model_input(unfitted, rows)
-    instances = [_instance(row, plan) for row in rows.itertuples(index=False)]
+    instances = splits.instances(rows, plan)
     golden: dict[str, Any] = {
         "instances": instances,
         "predictions": [plain(v) for v in final.predict(model_input)],
@@ -601,12 +548,3 @@ def _golden(plan: planning.Plan, split: Split, final, unfitted, task: str) -> di
     if task == "classification" and hasattr(final, "predict_proba"):
         golden["probabilities"] = np.asarray(final.predict_proba(model_input)).tolist()
     return golden
-
-
-def _json_value(value: Any, feature: planning.FeaturePlan) -> Any:
-    if feature.kind == "categorical":
-        return None if value is None or value != value else str(value)
-    number = float(value)
-    if math.isnan(number):
-        return None
-    return int(number) if feature.dtype == "int64" else number

@@ -5,7 +5,6 @@ joins a prediction either served, and the figures are those of both."""
 from __future__ import annotations
 
 import json
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -14,12 +13,11 @@ import requests
 from service.keys import KeyRing, digest
 from service.monitoring import predlog
 from service.training.demo import demo_specs
-from service.training.trainer import prepare
-from tests.integration.conftest import demo_stack
+from service.training.split import prepare
+from tests.support import IRIS, eventually, running_stack
 
 pytestmark = pytest.mark.integration
 
-IRIS = "iris-classifier"
 # Feedback needs a key with scope feedback.
 FEEDBACK_KEY = "msk_feedback-key-of-the-monitoring-stack"
 FEEDBACK_HEADERS = {"Authorization": f"Bearer {FEEDBACK_KEY}"}
@@ -32,8 +30,11 @@ def add_feedback_key(stack) -> None:
 @pytest.fixture(scope="module")
 def monitored_stack(trained_store_dir, tmp_path_factory):
     env = {"MODEL_SERVICE_RELOAD_INTERVAL": "0.2", "MODEL_SERVICE_PREDICTION_LOG": "1"}
-    with demo_stack(
-        trained_store_dir, tmp_path_factory, "monitoring-stack", env, before_start=add_feedback_key
+    with running_stack(
+        tmp_path_factory.mktemp("monitoring-stack"),
+        store_from=trained_store_dir,
+        env=env,
+        before_start=add_feedback_key,
     ) as started:
         yield started
 
@@ -71,12 +72,12 @@ def test_feedback_and_drift_across_workers(monitored_stack):
     state_dir = monitored_stack.runtime_dir / "state"
     workers = set(monitored_stack.worker_pids())
     assert len(workers) == 2
-    deadline = time.monotonic() + 10
-    while True:
+
+    def every_line_written() -> list[dict] | None:
         lines = list(predlog.read_lines(state_dir))
-        if len(lines) >= len(rows) or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
+        return lines if len(lines) >= len(rows) else None
+
+    lines = eventually(every_line_written, timeout=10, message="a prediction log line per row")
     assert sorted(line["request_id"] for line in lines) == sorted(request_ids)
     writers = {int(path.name.split("-")[1].split(".")[0]) for path in predlog.log_files(state_dir)}
     assert writers == workers
