@@ -27,6 +27,7 @@ from service import (
 from service.cli_fleet import open_store, store_location_option
 from service.cli_signing import signing_key_option
 from service.errors import ServiceError
+from service.formatting import format_duration, format_number
 from service.store import ModelStore, parse_ref
 from service.store import metadata as metadata_io
 
@@ -165,22 +166,27 @@ def _training_summary(meta: dict) -> str:
         split = f"{meta['data']['split']['folds']}-fold cross-validation on {rows['train']}"
     else:
         split = f"train {rows['train']}, validation {rows['validation']}"
+    test = scores["test"]
+
+    def score(value: float | None) -> str:
+        return format_number(value, missing="n/a")
+
     lines = [
         f"{meta['name']}: {estimator} on {rows['total']} rows ({split}, test {rows['test']}; "
         f"{rows['dropped_missing_target']} without a target dropped)",
-        f"  validation {primary}: {_short(gate['model'])} vs baseline {_short(gate['baseline'])}"
+        f"  validation {primary}: {score(gate['model'])} vs baseline {score(gate['baseline'])}"
         + (f" ({gate['baseline_strategy']})" if gate.get("baseline_strategy") else "")
         + _p_value_text(gate)
         + (" (passed)" if gate["passed"] else f" (FORCED: {gate['reason']})"),
-        f"  test {primary}: {_short(scores['test']['model'].get(primary))} vs baseline "
-        f"{_short(scores['test']['baseline'].get(primary))}",
+        f"  test {primary}: {score(test['model'].get(primary))} vs baseline "
+        f"{score(test['baseline'].get(primary))}",
     ]
     search = meta["training"].get("search")
     if search:
         lines.append(
             f"  search: best of {search['candidates']} candidates: {search['best_params']}"
         )
-    lines.append(f"  trained in {meta['training']['duration_seconds']:.1f} s")
+    lines.append(f"  trained in {format_duration(meta['training']['duration_seconds'])}")
     return "\n".join(lines)
 
 
@@ -188,7 +194,7 @@ def _p_value_text(gate: dict) -> str:
     tested = gate.get("significance")
     if not tested:
         return ""
-    return f", p {tested['p_value']:.3g} (alpha {gate['alpha']:g})"
+    return f", p {format_number(tested['p_value'], 3)} (alpha {format_number(gate['alpha'])})"
 
 
 def _onnx_text(entry: dict) -> str:
@@ -196,17 +202,15 @@ def _onnx_text(entry: dict) -> str:
     if not entry.get("available"):
         return f"onnx: not available ({entry.get('reason', 'no reason recorded')})"
     parity = entry["parity"]
-    diffs = ", ".join(f"{k} {v:.2g}" for k, v in (parity.get("max_abs_diff") or {}).items())
+    diffs = ", ".join(
+        f"{k} {format_number(v, 2)}" for k, v in (parity.get("max_abs_diff") or {}).items()
+    )
     labels = "labels identical, " if parity.get("labels_identical") else ""
     return (
         f"onnx: {entry['file']} ({entry['precision']}), parity on {parity['rows']} "
         f"{parity['source']} rows: {labels}max abs diff {diffs or 'n/a'} "
-        f"(tolerance {parity['tolerance']['atol']:.2g})"
+        f"(tolerance {format_number(parity['tolerance']['atol'], 2)})"
     )
-
-
-def _short(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4g}"
 
 
 @cli.command()
@@ -371,19 +375,12 @@ def _comparison_text(result: dict) -> str:
 
 
 def _numbers(row: dict) -> list[str]:
-    return [_number(row["a"]), _number(row["b"]), _number(row["delta"], sign=True)]
-
-
-def _number(value: float | None, sign: bool = False) -> str:
-    """Compact: at most 4 decimals, trailing zeros dropped; '-' for a missing value."""
-    if value is None:
-        return "-"
-    if value != 0 and abs(value) < 1e-3:
-        text = f"{value:.4g}"
-    else:
-        text = f"{value:.4f}".rstrip("0").rstrip(".")
-    text = "0" if text in ("-0", "") else text
-    return f"+{text}" if sign and value > 0 else text
+    """A compare row's scores: at most 4 decimals, trailing zeros dropped; '-' if missing."""
+    return [
+        format_number(row["a"], decimals=4, trim=True, missing="-"),
+        format_number(row["b"], decimals=4, trim=True, missing="-"),
+        format_number(row["delta"], decimals=4, trim=True, sign=True, missing="-"),
+    ]
 
 
 def _change_text(change: dict) -> tuple[str, str]:

@@ -49,14 +49,14 @@ def _fixed(value: float, decimals: int, trim: bool) -> str:
     if abs(value) >= 1000:
         # Large values (an MSE, a count of seconds): the fraction says little.
         text = f"{value:,.1f}"
-    elif value != 0 and abs(value) < 10 ** (1 - decimals):
-        # Fewer than two significant digits would show (0.0004): keep its magnitude instead.
+    elif value != 0 and abs(value) < 0.5 * 10**-decimals:
+        # Would round to 0.0000: keep its magnitude instead.
         return f"{value:.2e}"
     else:
         text = f"{value:.{decimals}f}"
     if trim and "." in text:
         text = text.rstrip("0").rstrip(".")
-    return "0" if text == "-0" else text  # a tiny negative rounded away
+    return text
 
 
 def format_pair(a: float, b: float) -> tuple[str, str]:

@@ -12,7 +12,8 @@ import yaml
 from service import create_app
 from service.cli import main
 from service.errors import Conflict, PromotionRefused
-from service.store.promotion import GateRefusal, check_promotion, format_pair, higher_is_better
+from service.formatting import format_pair
+from service.store.promotion import GateRefusal, check_promotion, higher_is_better
 from tests.test_admin import ADMIN_KEY, bearer
 
 IRIS = "iris-classifier"

@@ -10,6 +10,8 @@ import dataclasses
 import math
 from typing import Any
 
+from service.formatting import format_pair
+
 # Error measures and rates of mistakes: smaller is better. Every other metric
 # the training writes (accuracy, F1, ROC-AUC, R², ...) is better when larger.
 LOWER_IS_BETTER = frozenset(
@@ -104,15 +106,6 @@ def check_promotion(
         f"worse than {cur_text} of {cur_label}",
         details,
     )
-
-
-def format_pair(a: float, b: float) -> tuple[str, str]:
-    """Two scores written compactly, with as many digits as it takes to tell them apart."""
-    for digits in range(3, 18):
-        a_text, b_text = f"{a:.{digits}g}", f"{b:.{digits}g}"
-        if a_text != b_text or a == b:
-            return a_text, b_text
-    return repr(a), repr(b)
 
 
 def _label(meta: dict[str, Any]) -> str:
