@@ -132,9 +132,6 @@ FEATURE_SCHEMA: dict[str, Any] = {
 _file_name = {"type": "string", "pattern": "^[A-Za-z0-9_][A-Za-z0-9_.-]*\\Z"}
 _sha256 = {"type": "string", "pattern": "^[0-9a-f]{64}\\Z"}
 
-# backends.onnx: the model converted to ONNX and checked against the pickle when it was
-# written; served by onnxruntime only while parity.passed holds and the file's sha256 is
-# the one recorded. When conversion or parity failed: available false and the reason.
 ONNX_BACKEND_SCHEMA: dict[str, Any] = {
     "type": "object",
     "description": "The model converted to ONNX and checked against the pickle when it was "
@@ -230,10 +227,6 @@ ONNX_BACKEND_SCHEMA: dict[str, Any] = {
     "else": {"required": ["reason"]},
 }
 
-# scores.gate: the offline baseline gate of ``modelctl train``. The candidate passes when it
-# beats the baseline by more than the margin on the primary metric and a paired bootstrap
-# of that lead on the same held-out rows gives a p-value below alpha. Versions published
-# before the bootstrap have no significance, alpha or baselines.
 _optional_number = {"type": ["number", "null"]}
 GATE_SCHEMA: dict[str, Any] = {
     "type": "object",
