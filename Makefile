@@ -29,7 +29,7 @@ PEERS_VENV := .bench-peers
 # The newest MLflow whose packages install next to scikit-learn 1.9.1 here.
 MLFLOW_VERSION := 3.17.2
 
-.PHONY: install signed-store run stop test lint fmt protos bench bench-workers bench-cpu bench-peers bench-shadow loadtest soak clean \
+.PHONY: install signed-store run stop test lint fmt docs protos bench bench-workers bench-cpu bench-peers bench-shadow loadtest soak clean \
 	deploy rollback-release fleet-up fleet-down ansible
 
 # Versions in constraints.txt are the ones the test suite passes with.
@@ -70,13 +70,22 @@ TEST_WORKERS ?= 2
 test: $(INSTALLED)
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadscope
 
+# Style, formatting, and the layering contracts of .importlinter (the core never imports
+# the web layer; the store imports neither the runtime nor training).
 lint: $(INSTALLED)
 	$(BIN)/ruff check service tests loadtests deploy
 	$(BIN)/ruff format --check service tests loadtests deploy
+	$(BIN)/lint-imports
 
 fmt: $(INSTALLED)
 	$(BIN)/ruff format service tests loadtests deploy
 	$(BIN)/ruff check --fix service tests loadtests deploy
+
+# docs/reference/{configuration,modelctl,metadata}.md from the code they describe (Settings,
+# the click commands, metadata.yaml's JSON Schema); tests/test_reference_docs.py fails when
+# a committed page is not what this writes.
+docs: $(INSTALLED)
+	$(BIN)/python -m service.reference_docs
 
 # The generated modules are committed (no compiler at install time); they need the
 # protobuf and grpcio runtimes at least as new as the grpcio-tools that wrote them.
@@ -173,6 +182,7 @@ soak: $(INSTALLED)
 		$(if $(SOAK_MINUTES),--minutes $(SOAK_MINUTES),) $(SOAK_ARGS)
 
 clean: stop
-	rm -rf $(VENV) $(PEERS_VENV) $(ANSIBLE_VENV) dist $(RUNTIME_DIR) loadtests/reports build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(PEERS_VENV) $(ANSIBLE_VENV) dist $(RUNTIME_DIR) loadtests/reports build *.egg-info .pytest_cache .ruff_cache \
+		.import_linter_cache .grimp_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 	@echo "model_store/ is left as it is; remove its models by hand to retrain the demos"

@@ -1,4 +1,5 @@
-"""The store host's side of :mod:`service.store.remote`: ``model-store-serve``.
+"""The store host's side of :mod:`service.store.remote`: what ``model-store-serve``
+(:mod:`service.store_host`) answers.
 
 It runs as the forced command of every key allowed to reach the store
 (``restrict,command="model-store-serve --store PATH"`` in authorized_keys),
@@ -304,25 +305,6 @@ def _error_body(exc: ServiceError) -> dict[str, Any]:
 def _write_json(stdout: IO[bytes], value: Any) -> None:
     stdout.write(json.dumps(value, default=str).encode() + b"\n")
     stdout.flush()
-
-
-def console() -> None:
-    """``model-store-serve --store PATH``: the forced command of the keys that may reach a
-    fleet's store. A console script of its own, lighter than modelctl: it runs once for
-    every request, and each host's mirror asks every second."""
-    parser = argparse.ArgumentParser(prog="model-store-serve", description=console.__doc__)
-    parser.add_argument("--store", required=True, type=Path, help="the store on this host")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    sys.exit(main(args.store, verify=verify_loaded))
-
-
-def verify_loaded(artifact: StoredArtifact) -> None:
-    """A published version must load and replay its golden example, as a local publish.
-    Imported only when a version is published: most requests need no model runtime."""
-    from service.runtime.model import LoadedModel
-
-    LoadedModel(artifact)
 
 
 def main(store_root: Path, verify: Verify | None) -> int:
