@@ -18,6 +18,7 @@ import click
 
 from service.cli_fleet import open_store, store_location_option
 from service.config import Settings
+from service.formatting import format_number, format_percent
 
 # Exit codes: one per way a canary ends, so scripts can tell them apart.
 EXIT_CODES = {
@@ -271,7 +272,7 @@ def _check_lines(checks: list[dict]) -> Iterator[str]:
         def show(value, percent=percent) -> str:
             if value is None:
                 return "n/a"
-            return f"{value * 100:.2f} %" if percent else f"{value:.4g}"
+            return format_percent(value, decimals=2) if percent else format_number(value)
 
         samples = check["samples"]
         yield (
@@ -279,7 +280,7 @@ def _check_lines(checks: list[dict]) -> Iterator[str]:
             f"(n={samples['canary']}) vs production {show(check.get('production'))} "
             f"(n={samples['production']}); lower bound of the difference "
             f"{show(check.get('lower_bound'))} vs margin {show(check.get('margin'))}; "
-            f"p={check['p_value']:.3g} vs {check['alpha']:.3g}"
+            f"p={format_number(check['p_value'], 3)} vs {format_number(check['alpha'], 3)}"
             + (" WORSE" if check.get("worse") else "")
             + (f" [{check['note']}]" if check.get("note") not in (None, "", "mae") else "")
         )

@@ -51,6 +51,7 @@ from scipy import stats as scipy_stats
 from service.errors import BadRequest, Conflict, NotFound, PromotionRefused, ServiceError
 from service.experiments import stats
 from service.experiments.evidence import LATENCY_BUCKETS, EvidenceUnavailable, VariantTotals
+from service.formatting import format_number
 from service.store.experiments import Variant
 
 log = logging.getLogger(__name__)
@@ -167,15 +168,15 @@ class Check:
         scale = 1.0 if unit == "" else 100.0
 
         def show(value: float | None) -> str:
-            return "n/a" if value is None else f"{value * scale:.3g}{unit}"
+            return "n/a" if value is None else format_number(value * scale, 3) + unit
 
         verdict = "WORSE" if self.worse else "ok"
         return (
             f"{self.metric}: canary {show(self.canary)} vs production {show(self.production)} "
             f"(n {self.samples.get('canary', 0)}/{self.samples.get('production', 0)}), "
             f"difference {show(self.difference)}, lower bound {show(self.lower_bound)} "
-            f"vs margin {show(self.margin)}, p={self.p_value:.2g} "
-            f"(alpha {self.alpha:.2g}): {verdict}"
+            f"vs margin {show(self.margin)}, p={format_number(self.p_value, 2)} "
+            f"(alpha {format_number(self.alpha, 2)}): {verdict}"
         )
 
 
@@ -279,7 +280,7 @@ def _latency_check(
     )
     p99s = [stats.quantile(t.latency_counts, LATENCY_BUCKETS, 0.99) for t in (production, canary)]
     p99_text = ", ".join(
-        f"{who} {value * 1000:.3g} ms"
+        f"{who} {format_number(value * 1000, 3)} ms"
         for who, value in zip(("production", "canary"), p99s, strict=True)
         if value is not None
     )

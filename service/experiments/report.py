@@ -38,6 +38,7 @@ from typing import Any
 
 from service.experiments import stats
 from service.experiments.evidence import LATENCY_BUCKETS, VariantTotals
+from service.formatting import format_number
 from service.monitoring import quality, shadow_record
 from service.store.experiments import Experiment, NoExperiment
 
@@ -430,23 +431,19 @@ def shadow_lines(section: dict[str, Any]) -> list[str]:
 
 
 def _number(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
+    return format_number(value, missing="-")
 
 
 def _interval(interval: list[float | None] | None) -> str:
     if not interval or interval[0] is None or interval[1] is None:
         return ""
-    return f"[{interval[0]:.4g}, {interval[1]:.4g}]"
+    return f"[{format_number(interval[0])}, {format_number(interval[1])}]"
 
 
 def _value_interval(figure: dict[str, Any]) -> str:
     if figure.get("value") is None:
         return "-"
-    return f"{figure['value']:.4g} {_interval(figure.get('interval'))}".strip()
+    return f"{format_number(figure['value'])} {_interval(figure.get('interval'))}".strip()
 
 
 # -- which experiment, and its model's task -------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from service.formatting import format_number
 from service.store.promotion import higher_is_better
 
 SPLITS = ("validation", "test")
@@ -319,9 +320,7 @@ def _gate_value(value: Any) -> str:
         return "yes" if value else "no"
     if isinstance(value, list):
         return "[" + ", ".join(_gate_value(v) for v in value) + "]"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
+    return format_number(value)
 
 
 def _features(meta: dict[str, Any]) -> dict[str, dict[str, Any]]:
