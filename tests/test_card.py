@@ -14,6 +14,7 @@ import sys
 
 import numpy as np
 import pytest
+import yaml
 from sklearn import datasets, metrics
 from sklearn.compose import ColumnTransformer
 from sklearn.linear_model import LogisticRegression, Ridge
@@ -22,6 +23,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from service import card as card_module
+from service.card import plots as card_plots
 from service.card import render_card
 from service.cli import main
 from service.training.describe import estimator_description
@@ -293,7 +295,7 @@ def test_feature_plots(iris_full):
     assert f"min <b>{stats['min']:.4g}</b>" in sepal
     assert f"mean <b>{stats['mean']:.4g}</b>" in sepal
     # A histogram: one bar per count.
-    assert sepal.count(f"fill: {card_module.BAR_COLOR}") == len(stats["histogram"]["counts"])
+    assert sepal.count(f"fill: {card_plots.BAR_COLOR}") == len(stats["histogram"]["counts"])
 
 
 def test_no_external_resources(iris_full, diabetes_full):
@@ -393,7 +395,7 @@ def test_long_curves_are_thinned(cancer_full):
     html = render_card(meta)
     roc = figure(html, "plot-roc")
     assert len(roc) < 40_000
-    assert f"thinned to {card_module.MAX_CURVE_POINTS} points" in roc
+    assert f"thinned to {card_plots.MAX_CURVE_POINTS} points" in roc
 
 
 def test_scores_table(iris_full):
@@ -517,6 +519,21 @@ def test_importing_the_card_or_the_app_does_not_import_matplotlib():
     code = "import sys, service.app, service.api.models; print('service.card' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False"]
+
+
+def test_without_matplotlib_the_card_renders_and_says_why_plots_are_missing(iris_full, tmp_path):
+    """An install without the training extra has no matplotlib: the card still renders."""
+    metadata = tmp_path / "metadata.yaml"
+    metadata.write_text(yaml.safe_dump(iris_full))
+    code = (
+        "import sys, yaml; sys.modules['matplotlib'] = None; from service.card import "
+        f"render_card; print(render_card(yaml.safe_load(open({str(metadata)!r}))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    html = out.stdout
+    assert "<svg" not in html
+    assert html.count(card_module.NO_MATPLOTLIB) == 1 + len(iris_full["input"]["features"])
+    assert "iris-classifier" in html
 
 
 # -- the route ----------------------------------------------------------------------------
