@@ -4,40 +4,38 @@ off the request path, and the two answers are compared.
 The experiment names the candidate (``Shadow(target, share)`` in
 ``service.store.experiments``); the registry draws each routed request with
 ``Experiment.wants_shadow()`` and, when drawn, puts the target in
-``hooks.assignment``'s ``shadow``. The observer here then only appends the work (model,
-candidate, the validated input, the primary's answer) to a bounded queue: O(1), never
-blocking, never raising. When the queue is full the work is dropped and counted — a
-candidate slower than the traffic sheds shadow work, never production latency.
+``hooks.assignment``'s ``shadow``. The observer here hands the work (model, candidate,
+the validated input, the primary's answer) to the worker's candidate process
+(``shadow_process``, at idle CPU priority) with one non-blocking write, and goes on: the
+child resolves the candidate, predicts on the same input and compares — the share of
+rows with the same label for a classifier, the differences candidate − primary for a
+regressor, the candidate's failures by kind — and sends back only those figures.
 
-A daemon thread per process (started lazily, after Gunicorn's fork, like the registry's
-watcher) takes the work, asks the registry which version the candidate is (and that it
-takes the primary's features), has it predict on the same input and compares: the share
-of rows with the same label for a classifier, the differences candidate − primary for a
-regressor, and the candidate's failures by kind. What it finds goes to the listeners
-(monitoring: Prometheus metrics and the host's state).
+The worker runs no thread for it: its requests read the child's answers as they pass
+(a non-blocking read, when work is out) and give them to the listeners (monitoring:
+Prometheus metrics and the host's state). A thread that woke for each answer would take
+the worker's GIL from its requests: measured, that alone made the primary's p99 under
+load 2-3 times higher (docs/experiments/shadow.md).
 
-The candidate predicts in a process of its own (``shadow_process``: one per worker,
-started at its first shadow run, at the lowest CPU priority), from the validated input
-(``predict_prepared``: no validation again, no observers, nothing logged as served). In
-the worker's own process its scikit-learn work would hold the worker's GIL, and a thread
-preempted while holding it stalls the requests: measured, that made the primary's p99
-1.2-1.7 times higher under a 20 % shadow (docs/experiments/shadow.md). The thread itself
-sends, waits on a socket (the GIL let go) and compares in numpy. A run longer than
-``TIMEOUT_SECONDS`` kills the child (a new one starts at the next run). ``isolated=False``
-predicts in this process instead (tests, an embedding program), paced by ``CPU_SHARE``.
+At most ``queue_size`` pieces of work are out per worker; past that the work is dropped
+and counted — a candidate slower than the traffic sheds shadow work, never production
+latency. A candidate busy with one piece for longer than ``timeout`` (after its first
+load) is killed and recorded as a timeout; the work behind it is counted as dropped, and
+a new process starts at the next shadowed request.
 
-Nothing leaves the process at exit: the thread is a daemon, queued work is dropped, and
-the child exits when the worker's end of its socket closes.
+Nothing leaves the worker at exit: unanswered work is dropped, and the child exits when
+the worker's end of its socket closes.
 
 Nothing here imports Flask.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import itertools
 import logging
 import os
-import queue
 import threading
 import time
 import weakref
@@ -52,37 +50,29 @@ from service.runtime.shadow_process import CandidateProcess
 from service.store.layout import ModelRef
 
 if TYPE_CHECKING:
+    from service.config import Settings
     from service.runtime.model import LoadedModel
     from service.runtime.registry import ModelRegistry
+    from service.store import ModelStore
 
 log = logging.getLogger(__name__)
 
-# Work waiting per process. At the 0.1-0.2 shares shadows run at, a candidate as fast as
-# the primary keeps the queue near empty; one slower than the traffic fills it, and then
-# each new request's work is dropped (counted) instead of waiting: queued work is stale
-# work, and memory is held per item (the request's validated input).
+# Work out per worker (handed to its candidate process, not answered yet), at most. At
+# the 0.1-0.2 shares shadows run at, a candidate as fast as the primary keeps it near
+# empty; one slower than the traffic fills it, and then each new request's work is
+# dropped (counted) instead of waiting: queued work is stale work, and its input is held
+# (in the socket) until the candidate takes it.
 QUEUE_SIZE = 100
 # A candidate's prediction that took longer than this is recorded as a timeout, not
-# compared: it could not have served the request. Its process is killed.
+# compared: it could not have served the request. A process still busy with one piece of
+# work this long after it could have started it is killed.
 TIMEOUT_SECONDS = 2.0
-# The shadow thread's CPU time, as a share of one core: after each run it pauses long
-# enough to stay within it (work arriving meanwhile queues, then drops). It counts the
-# candidate's computing only when it predicts in this process (isolated=False); else the
-# thread's own sending and comparing, and the child's niceness keeps it off the requests.
-CPU_SHARE = 0.05
-# The longest pause after one run, whatever it cost.
-MAX_PAUSE_SECONDS = 10.0
-# A run starts once the process has predicted nothing for QUIET_SECONDS: with sync
-# workers the observer fires inside the request, and the answer (encoding, sending) should
-# go out before the shadow thread wants the GIL. Under traffic with no such gap it starts
-# after MAX_DEFER_SECONDS anyway.
-QUIET_SECONDS = 0.005
-MAX_DEFER_SECONDS = 0.1
-# How often an idle thread looks whether it was stopped.
-_IDLE_POLL_SECONDS = 1.0
+# What a candidate process may take on top of the timeout to start, or to load a version
+# (unpickling, signature and golden-output checks) before it predicts.
+LOAD_ALLOWANCE_SECONDS = 60.0
 
 # The candidate's failures, by kind.
-UNAVAILABLE = "unavailable"  # the registry could not give it (not found, not loaded)
+UNAVAILABLE = "unavailable"  # the store could not give it (not found, not loadable)
 INCOMPATIBLE = "incompatible"  # its features differ from the primary's: no same input
 EXCEPTION = "exception"  # its predict raised
 NON_FINITE = "non_finite"  # NaN or infinite outputs, which a request would have refused
@@ -112,7 +102,7 @@ class ShadowOutcome:
     primary: LoadedModel
     experiment: str
     candidate: str
-    candidate_version: int | None  # None when the registry could not give it
+    candidate_version: int | None  # None when the store could not give it
     rows: int  # rows compared; 0 on an error
     agreed: int  # classifier: rows whose label is the primary's
     differences: np.ndarray | None  # regressor: candidate - primary, per row
@@ -131,7 +121,7 @@ class ShadowOutcome:
 OutcomeListener = Callable[[ShadowOutcome], None]
 DropListener = Callable[[ShadowWork], None]
 
-# Told of every run (in the shadow thread) and every drop (in the request: keep it O(1)).
+# Told of every run and every drop, in the request that finds it: keep them cheap.
 outcome_listeners: list[OutcomeListener] = []
 drop_listeners: list[DropListener] = []
 
@@ -142,39 +132,56 @@ def target_ref(model: str, target: str) -> ModelRef:
     return ModelRef(model, alias=target)
 
 
+_WAITING = object()
+
+
+@dataclasses.dataclass
+class _Job:
+    """Work handed to the candidate process, not answered yet."""
+
+    work: ShadowWork
+    end: int  # the byte offset at which the child has all of it
+    given: float | None = None  # time.monotonic() when it had
+
+
 class ShadowRunner:
+    """One worker's shadow: its candidate process and the work out to it."""
+
     def __init__(
         self,
         registry: ModelRegistry,
         *,
         queue_size: int = QUEUE_SIZE,
         timeout: float = TIMEOUT_SECONDS,
-        cpu_share: float = CPU_SHARE,
-        isolated: bool = True,
     ):
         self.registry = registry
-        # The candidate computes in a process of its own (shadow_process), or here.
-        self.candidates = CandidateProcess(registry.settings) if isolated else None
+        self.candidates = CandidateProcess(registry.settings)
         self.queue_size = queue_size
         self.timeout = timeout
-        self.cpu_share = cpu_share
         # Counts of this process, for tests and the log; the listeners keep the figures.
         self.queued = 0
         self.dropped = 0
         self.runs = 0
-        self.cpu_seconds = 0.0  # the shadow thread's, over its runs
-        self._last_prediction = 0.0  # time.monotonic() of this process's last prediction
-        self._queue: queue.Queue[ShadowWork] = queue.Queue(queue_size)
-        self._pid: int | None = None
-        self._start_lock = threading.Lock()
-        self._stop = threading.Event()
+        self._jobs: dict[int, _Job] = {}  # in the order handed over: the child's order
+        self._unwritten: collections.deque[_Job] = collections.deque()  # not wholly written
+        self._ids = itertools.count()
+        # When the child last answered (or was given work with none out): the work at the
+        # head of the line started no earlier.
+        self._progress = 0.0
+        self._loading = False
+        self._answered = False  # whether this child has answered once (it has started)
+        # job id -> its answer, for the work ``run`` waits on (_WAITING until it comes).
+        self._awaited: dict[int, Any] = {}
+        self._lock = threading.Lock()
         _runners.add(self)
 
     # -- the request path -------------------------------------------------------
 
     def observe(self, event: hooks.PredictionEvent) -> None:
-        """A ``hooks`` observer: queue the request's work when its assignment is shadowed."""
-        self._last_prediction = time.monotonic()
+        """A ``hooks`` observer: hand the request's work over when its assignment is
+        shadowed, and record what the candidate answered meanwhile."""
+        if self._jobs:
+            self._notify(self._service())
         assignment = hooks.assignment.get()
         if assignment is None or assignment.shadow is None:
             return
@@ -190,192 +197,293 @@ class ShadowRunner:
             event.model_input,
             event.prediction.predictions,
         )
-        if self._pid != os.getpid():
-            self._start()
-        try:
-            self._queue.put_nowait(work)
-        except queue.Full:
-            self.dropped += 1
-            for listener in tuple(drop_listeners):
-                try:
-                    listener(work)
-                except Exception:
-                    log.exception("shadow drop listener %r failed", listener)
-            return
-        self.queued += 1
+        self._notify(self._submit(work)[1])
 
-    def _start(self) -> None:
-        with self._start_lock:
-            pid = os.getpid()
-            if self._pid == pid:
-                return
-            self._stop = threading.Event()
-            threading.Thread(
-                target=self._work, args=(self._queue, self._stop), name="shadow", daemon=True
-            ).start()
-            self._pid = pid
-
-    def _after_fork(self) -> None:
-        # The parent's thread may have held the queue's lock at the fork, and its work
-        # is the parent's: the child starts with a queue of its own.
-        self._queue = queue.Queue(self.queue_size)
-        self._start_lock = threading.Lock()
-        self._pid = None
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._pid = None
-        if self.candidates is not None:
-            self.candidates.close()
-
-    def pending(self) -> int:
-        return self._queue.qsize()
-
-    # -- the shadow thread --------------------------------------------------------
-
-    def _work(self, work_queue: queue.Queue[ShadowWork], stop: threading.Event) -> None:
-        while not stop.is_set():
+    def _submit(self, work: ShadowWork) -> tuple[int | None, list[ShadowOutcome | ShadowWork]]:
+        """Hand ``work`` over: its id (None when it was not), and what to tell the
+        listeners (a drop, or a failure)."""
+        with self._lock:
+            if len(self._jobs) >= self.queue_size:
+                self.dropped += 1
+                return None, [work]
+            job_id = next(self._ids)
             try:
-                work = work_queue.get(timeout=_IDLE_POLL_SECONDS)
-            except queue.Empty:
-                continue
-            if self._wait_quiet(stop):
-                work_queue.task_done()
-                return
-            spent = time.thread_time()
+                end = self.candidates.send(_job_message(job_id, work, self.timeout))
+            except OSError as exc:
+                self._restart()
+                log.warning("shadow process of %s failed: %s", work.model, exc)
+                return None, [_failed(work, None, EXCEPTION)]
+            if end is None:
+                self.dropped += 1
+                return None, [work]
+            if not self._jobs:
+                self._progress = time.monotonic()
+            job = self._jobs[job_id] = _Job(work, end)
+            self._unwritten.append(job)
+            self.queued += 1
+            self._note_given()
+            return job_id, []
+
+    def _service(self) -> list[ShadowOutcome | ShadowWork]:
+        """Write what is pending, read what the child answered, and stop a child stuck on
+        one piece of work; what to tell the listeners. Never blocks."""
+        with self._lock:
+            found: list[ShadowOutcome | ShadowWork] = []
             try:
-                self._process(work)
-            finally:
-                work_queue.task_done()
-            # This thread's CPU time only: a candidate's sleep or I/O costs the requests
-            # nothing, its computing does.
-            spent = time.thread_time() - spent
-            self.cpu_seconds += spent
-            pause = min(spent * (1.0 / self.cpu_share - 1.0), MAX_PAUSE_SECONDS)
-            if pause > 0 and stop.wait(pause):
-                return
+                self.candidates.flush()
+                messages = self.candidates.receive()
+            except (EOFError, OSError) as exc:
+                log.warning("shadow process failed: %s", exc)
+                found.extend(self._lose_all(EXCEPTION))
+                return found
+            for message in messages:
+                found.extend(self._answer(message))
+            self._note_given()
+            found.extend(self._check_stuck())
+            return found
 
-    def _wait_quiet(self, stop: threading.Event) -> bool:
-        """Wait for a pause in this process's predictions (at most MAX_DEFER_SECONDS);
-        whether the runner was stopped meanwhile."""
-        deadline = time.monotonic() + MAX_DEFER_SECONDS
-        while True:
-            now = time.monotonic()
-            wait = min(self._last_prediction + QUIET_SECONDS, deadline) - now
-            if wait <= 0:
-                return False
-            if stop.wait(wait):
-                return True
+    def _answer(self, message: tuple) -> list[ShadowOutcome]:
+        kind, job_id = message[0], message[1]
+        if kind == shadow_process.LOADING:
+            self._loading = True
+            return []
+        self._loading = False
+        self._answered = True
+        self._progress = time.monotonic()
+        job = self._jobs.pop(job_id, None)
+        if job is None:
+            return []
+        outcome = None
+        if kind != shadow_process.SAME:
+            error, version, rows, agreed, differences, seconds, why = message[2:]
+            work = job.work
+            if why:
+                log.warning(
+                    "shadow candidate %s@%s failed: %s", work.model, version or work.candidate, why
+                )
+            self.runs += 1
+            outcome = ShadowOutcome(
+                work.primary,
+                work.experiment,
+                work.candidate,
+                version,
+                rows,
+                agreed,
+                differences,
+                error,
+                seconds,
+            )
+        return self._deliver(job_id, outcome)
 
-    def _process(self, work: ShadowWork) -> None:
-        try:
-            outcome = self.run(work)
-        except Exception:
-            log.exception("shadow run of %s on %s failed", work.model, work.candidate)
-            return
-        if outcome is None:
-            return
+    def _deliver(self, job_id: int, outcome: ShadowOutcome | None) -> list[ShadowOutcome]:
+        """To the listeners, or to ``run`` when it waits for this answer."""
+        if job_id in self._awaited:
+            self._awaited[job_id] = outcome
+            return []
+        return [outcome] if outcome is not None else []
+
+    def _note_given(self) -> None:
+        """Note when each piece of work is wholly written: before that, the child cannot
+        have started it."""
+        now, written = time.monotonic(), self.candidates.written_bytes
+        waiting = self._unwritten
+        while waiting and waiting[0].end <= written:
+            waiting.popleft().given = now
+
+    def _check_stuck(self) -> list[ShadowOutcome | ShadowWork]:
+        head = next(iter(self._jobs.values()), None)
+        if head is None or head.given is None:
+            return []
+        started = max(head.given, self._progress)
+        allowance = 0.0 if self._answered and not self._loading else LOAD_ALLOWANCE_SECONDS
+        busy = time.monotonic() - started
+        if busy <= self.timeout + allowance:
+            return []
+        log.warning(
+            "shadow candidate %s@%s still busy after %.1f s: stopped",
+            head.work.model,
+            head.work.candidate,
+            busy,
+        )
+        return self._lose_all(TIMEOUT, busy)
+
+    def _lose_all(self, kind: str, seconds: float = 0.0) -> list[ShadowOutcome | ShadowWork]:
+        """The child is gone: the work at the head failed (``kind``), the rest never ran."""
+        jobs = list(self._jobs.items())
+        self._restart()
+        if not jobs:
+            return []
         self.runs += 1
-        for listener in tuple(outcome_listeners):
-            try:
-                listener(outcome)
-            except Exception:
-                log.exception("shadow outcome listener %r failed", listener)
+        (head_id, head), rest = jobs[0], jobs[1:]
+        found: list[ShadowOutcome | ShadowWork] = []
+        found.extend(self._deliver(head_id, _failed(head.work, None, kind, seconds)))
+        for job_id, job in rest:
+            self.dropped += 1
+            if job_id in self._awaited:
+                self._awaited[job_id] = None
+            else:
+                found.append(job.work)
+        return found
 
-    def drain(self, timeout: float) -> bool:
-        """Wait until this process's queue is empty and its work done (tests, benchmarks);
-        whether it was within ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        while self._queue.unfinished_tasks:
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.01)
-        return True
-
-    def run(self, work: ShadowWork) -> ShadowOutcome | None:
-        """Predict ``work`` on its candidate and compare; None when the candidate is the
-        version that answered (nothing to compare)."""
-        try:
-            candidate = self.registry.get(target_ref(work.model, work.candidate))
-        except ServiceError as exc:
-            log.warning(
-                "shadow candidate %s@%s unavailable: %s", work.model, work.candidate, exc.message
-            )
-            return _failed(work, None, UNAVAILABLE)
-        primary = work.primary
-        if candidate.version == primary.version:
-            return None
-        if candidate.schema.names != primary.schema.names:
-            return _failed(work, candidate.version, INCOMPATIBLE)
-        if self.candidates is not None:
-            return self._run_isolated(work, candidate)
-        started = time.perf_counter()
-        try:
-            prediction = candidate.predict_prepared(work.model_input, with_proba=False)
-        except Exception as exc:
-            self._log_failure(work, candidate, f"{type(exc).__name__}: {exc}")
-            return _failed(work, candidate.version, EXCEPTION, time.perf_counter() - started)
-        seconds = time.perf_counter() - started
-        if seconds > self.timeout:
-            return _failed(work, candidate.version, TIMEOUT, seconds)
-        return compare(work, candidate, prediction.predictions, seconds)
-
-    def _run_isolated(self, work: ShadowWork, candidate: LoadedModel) -> ShadowOutcome:
-        started = time.perf_counter()
-        try:
-            status, value, seconds = self.candidates.predict(
-                candidate.name, candidate.version, work.model_input, self.timeout
-            )
-        except OSError as exc:
-            self._log_failure(work, candidate, str(exc))
-            return _failed(work, candidate.version, EXCEPTION, time.perf_counter() - started)
-        if status == shadow_process.TIMED_OUT:
-            return _failed(work, candidate.version, TIMEOUT, seconds)
-        if status != shadow_process.OK:
-            self._log_failure(work, candidate, str(value))
-            return _failed(work, candidate.version, EXCEPTION, seconds)
-        if seconds > self.timeout:
-            return _failed(work, candidate.version, TIMEOUT, seconds)
-        return compare(work, candidate, value, seconds)
+    def _restart(self) -> None:
+        self.candidates.close()
+        self._jobs.clear()
+        self._unwritten.clear()
+        self._loading = self._answered = False
 
     @staticmethod
-    def _log_failure(work: ShadowWork, candidate: LoadedModel, problem: str) -> None:
-        log.warning(
-            "shadow candidate %s@%d failed: %s",
-            work.model,
-            candidate.version,
-            problem.partition("\n")[0],
+    def _notify(found: list[ShadowOutcome | ShadowWork]) -> None:
+        for item in found:
+            listeners = outcome_listeners if isinstance(item, ShadowOutcome) else drop_listeners
+            for listener in tuple(listeners):
+                try:
+                    listener(item)
+                except Exception:
+                    log.exception("shadow listener %r failed", listener)
+
+    # -- tests, benchmarks, the end ---------------------------------------------------
+
+    def _after_fork(self) -> None:
+        # The parent's work and child are the parent's: this process starts with none.
+        self._jobs = {}
+        self._unwritten = collections.deque()
+        self._lock = threading.Lock()
+        self._loading = self._answered = False
+
+    def stop(self) -> None:
+        with self._lock:
+            self._restart()
+
+    def pending(self) -> int:
+        return len(self._jobs)
+
+    def drain(self, timeout: float) -> bool:
+        """Wait until the candidate has answered every piece of work out (tests,
+        benchmarks), recording the answers; whether it was within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self._notify(self._service())
+            if not self._jobs:
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self.candidates.wait(min(left, 0.05))
+
+    def run(self, work: ShadowWork) -> ShadowOutcome | None:
+        """Hand ``work`` over and wait for the candidate's answer (tests, tools); None when
+        the candidate is the version that answered (nothing to compare) or the work was
+        dropped. Other work's answers found meanwhile go to the listeners."""
+        job_id, found = self._submit(work)
+        if job_id is None:
+            self._notify([item for item in found if not isinstance(item, ShadowOutcome)])
+            return next((item for item in found if isinstance(item, ShadowOutcome)), None)
+        self._awaited[job_id] = _WAITING
+        try:
+            while True:
+                self._notify(self._service())
+                answer = self._awaited[job_id]
+                if answer is not _WAITING:
+                    return answer
+                if job_id not in self._jobs:  # stopped meanwhile
+                    return None
+                self.candidates.wait(0.05)
+        finally:
+            del self._awaited[job_id]
+
+
+def _job_message(job_id: int, work: ShadowWork, timeout: float) -> tuple:
+    primary = work.primary
+    return (
+        job_id,
+        primary.name,
+        work.candidate,
+        primary.version,
+        primary.task,
+        tuple(primary.schema.names),
+        work.model_input,
+        work.predictions,
+        timeout,
+    )
+
+
+# -- in the candidate process -------------------------------------------------------------
+
+
+def run_candidate(
+    store: ModelStore,
+    settings: Settings,
+    models: dict[tuple[str, int], LoadedModel],
+    job: tuple,
+    tell: Callable[[Any], None],
+) -> tuple:
+    """One piece of work, in the candidate process: the answer to send back.
+    ``models`` keeps the versions it loaded; ``tell`` sends a note before a load."""
+    from service.runtime.model import load
+
+    job_id, name, target, primary_version, task, names, model_input, predictions, timeout = job
+
+    def done(error, version=None, rows=0, agreed=0, differences=None, seconds=0.0, why=""):
+        return (
+            shadow_process.DONE,
+            job_id,
+            error,
+            version,
+            rows,
+            agreed,
+            differences,
+            seconds,
+            why,
         )
+
+    try:
+        version = store.resolve(target_ref(name, target))
+    except ServiceError as exc:
+        return done(UNAVAILABLE, why=exc.message)
+    if version == primary_version:
+        return (shadow_process.SAME, job_id)
+    candidate = models.get((name, version))
+    if candidate is None:
+        tell((shadow_process.LOADING, job_id))
+        try:
+            candidate = models[(name, version)] = load(
+                store,
+                name,
+                version,
+                refuse_version_mismatch=settings.refuse_version_mismatch,
+                backend=settings.backend,
+            )
+        except ServiceError as exc:
+            return done(UNAVAILABLE, version, why=exc.message)
+    if tuple(candidate.schema.names) != tuple(names):
+        return done(INCOMPATIBLE, version)
+    started = time.perf_counter()
+    try:
+        answer = candidate.predict_prepared(model_input, with_proba=False).predictions
+    except Exception as exc:
+        why = f"{type(exc).__name__}: {str(exc).partition(chr(10))[0]}"
+        return done(EXCEPTION, version, seconds=time.perf_counter() - started, why=why)
+    seconds = time.perf_counter() - started
+    if seconds > timeout:
+        return done(TIMEOUT, version, seconds=seconds)
+    error, rows, agreed, differences = compare(task, predictions, answer)
+    return done(error, version, rows, agreed, differences, seconds)
 
 
 def compare(
-    work: ShadowWork, candidate: LoadedModel, predictions: list[Any], seconds: float
-) -> ShadowOutcome:
-    """The candidate's answer next to the primary's, in numpy."""
-    rows = len(work.predictions)
-    if len(predictions) != rows:
-        return _failed(work, candidate.version, EXCEPTION, seconds)
-    agreed = 0
-    differences = None
-    if work.primary.task == "classification":
-        mine, theirs = _labels(predictions), _labels(work.predictions)
-        agreed = int(np.count_nonzero(mine == theirs))
-    else:
-        mine = np.asarray(predictions, dtype=np.float64)
-        if not np.isfinite(mine).all():
-            return _failed(work, candidate.version, NON_FINITE, seconds)
-        differences = mine - np.asarray(work.predictions, dtype=np.float64)
-    return ShadowOutcome(
-        work.primary,
-        work.experiment,
-        work.candidate,
-        candidate.version,
-        rows,
-        agreed,
-        differences,
-        None,
-        seconds,
-    )
+    task: str, primary: list[Any], candidate: list[Any]
+) -> tuple[str | None, int, int, np.ndarray | None]:
+    """The candidate's answer next to the primary's, in numpy: (error kind or None, rows,
+    rows that agree (classifier), differences candidate - primary (regressor))."""
+    rows = len(primary)
+    if len(candidate) != rows:
+        return EXCEPTION, 0, 0, None
+    if task == "classification":
+        return None, rows, int(np.count_nonzero(_labels(candidate) == _labels(primary))), None
+    mine = np.asarray(candidate, dtype=np.float64)
+    if not np.isfinite(mine).all():
+        return NON_FINITE, 0, 0, None
+    return None, rows, 0, mine - np.asarray(primary, dtype=np.float64)
 
 
 def _labels(values: list[Any]) -> np.ndarray:
@@ -388,15 +496,7 @@ def _failed(
     work: ShadowWork, version: int | None, kind: str, seconds: float = 0.0
 ) -> ShadowOutcome:
     return ShadowOutcome(
-        work.primary,
-        work.experiment,
-        work.candidate,
-        version,
-        0,
-        0,
-        None,
-        kind,
-        seconds,
+        work.primary, work.experiment, work.candidate, version, 0, 0, None, kind, seconds
     )
 
 
