@@ -133,12 +133,20 @@ def wait_running(base_url: str, request: bench.Request, candidate: str, runs: in
         time.sleep(0.2)
 
 
-def wait_settled(base_url: str, candidate: str) -> None:
-    """Until the workers' shadow queues are empty (their runs stop growing): the next load
-    starts as the first did."""
+def wait_settled(base_url: str, request: bench.Request, candidate: str) -> None:
+    """Until the workers' candidate processes have answered all their work: the next load
+    starts as the first did. A worker reads its process's answers as its requests pass,
+    so requests (to the alias: never shadowed) go on until the runs stop growing."""
     deadline = time.monotonic() + SETTLE_TIMEOUT_S
+    path = request.path.replace(f"/{bench.IRIS}/", f"/{bench.IRIS}@production/")
     last = None
     while time.monotonic() < deadline:
+        for _ in range(20):
+            call = urllib.request.Request(
+                base_url + path, data=request.body, headers=request.headers
+            )
+            with urllib.request.urlopen(call, timeout=10) as answer:
+                answer.read()
         runs = counters(base_url, candidate)[COUNTERS[0]]
         if runs == last:
             return
@@ -190,7 +198,7 @@ def measure(settings: bench.BenchSettings, args: argparse.Namespace) -> dict[str
                         loads[name].append(figures)
                     finally:
                         store.stop_experiment(bench.IRIS)
-                    wait_settled(stack.url, candidate)
+                    wait_settled(stack.url, request, candidate)
     p99 = {name: statistics.median(f["p99_ms"] for f in runs) for name, runs in loads.items()}
     ratios = [
         w["p99_ms"] / wo["p99_ms"]
