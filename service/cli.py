@@ -27,6 +27,7 @@ from service import (
 from service.cli_fleet import open_store, store_location_option
 from service.cli_signing import signing_key_option
 from service.errors import ServiceError
+from service.files import write_atomic
 from service.formatting import format_duration, format_number
 from service.store import ModelStore, parse_ref
 from service.store import metadata as metadata_io
@@ -256,7 +257,9 @@ def publish(
 @cli.command()
 @click.argument("name")
 @click.argument("version", type=int)
-@click.option("--alias", default="production", show_default=True)
+@click.option(
+    "--alias", default="production", show_default=True, help="The alias to point at VERSION."
+)
 @click.option("--reason", default="", help="Recorded in the alias history.")
 @click.option(
     "--force",
@@ -279,7 +282,7 @@ def promote(
 
 @cli.command()
 @click.argument("name")
-@click.option("--alias", default="production", show_default=True)
+@click.option("--alias", default="production", show_default=True, help="The alias to take back.")
 @click.option("--reason", default="", help="Recorded in the alias history.")
 @store_location_option
 def rollback(name: str, alias: str, reason: str, store_location: str) -> None:
@@ -414,9 +417,14 @@ def _change_text(change: dict) -> tuple[str, str]:
     "input_path",
     required=True,
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="The CSV of rows to predict, with a header naming the features.",
 )
 @click.option(
-    "--output", "output_path", required=True, type=click.Path(dir_okay=False, path_type=Path)
+    "--output",
+    "output_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The CSV of predictions to write.",
 )
 @click.option(
     "--skip-bad-rows",
@@ -429,7 +437,13 @@ def _change_text(change: dict) -> tuple[str, str]:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Reject file (default: OUTPUT with .rejects.csv).",
 )
-@click.option("--chunk-rows", default=5000, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--chunk-rows",
+    default=5000,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Rows read and predicted at a time, so a file larger than memory works.",
+)
 @click.option(
     "--backend",
     type=click.Choice(["sklearn", "auto"]),
@@ -492,7 +506,7 @@ def card(ref: str, output_path: Path, store_path: Path) -> None:
     version = store.resolve(model_ref)
     meta = store.metadata(model_ref.name, version)
     html = render_card(meta, aliases=store.aliases(model_ref.name))
-    metadata_io.write_atomic(output_path, html)
+    write_atomic(output_path, html)
     click.echo(f"wrote {output_path} ({model_ref.name}@{version})")
 
 
@@ -549,7 +563,13 @@ def train_demo(store_location: str, if_empty: bool, signing_key: Path | None) ->
 
 @cli.command()
 @store_option
-@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
+@click.option(
+    "--port",
+    default=8080,
+    show_default=True,
+    type=click.IntRange(1, 65535),
+    help="The HTTP port on 127.0.0.1 (Nginx's, or Gunicorn's with --no-nginx).",
+)
 @click.option("--workers", type=click.IntRange(1), help="Gunicorn workers (default: CPU count).")
 @click.option(
     "--runtime-dir",
@@ -707,6 +727,7 @@ def _curl_example(store: ModelStore, url: str) -> str | None:
     default=".run",
     show_default=True,
     type=click.Path(file_okay=False, path_type=Path),
+    help="The --runtime-dir `modelctl serve` was given.",
 )
 def stop(runtime_dir: Path) -> None:
     """Stop the processes `modelctl serve` started (by their pid files)."""
