@@ -10,7 +10,17 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGES = sorted([ROOT / "README.md", *(ROOT / "docs").rglob("*.md")])
+DOCS = ROOT / "docs"
+# The front page, the docs tree, and the READMEs next to what they describe.
+PAGES = sorted(
+    {
+        *ROOT.glob("*.md"),
+        *DOCS.rglob("*.md"),
+        *(ROOT / "deploy").rglob("*.md"),
+        *(ROOT / "examples").rglob("*.md"),
+        *(ROOT / "model_store").glob("*.md"),
+    }
+)
 
 FENCE = re.compile(r"^\s*(```|~~~)")
 # [text](target) and ![alt](target); the target ends at whitespace or ")".
@@ -79,7 +89,7 @@ def broken_links(path):
 
 def test_pages_are_found():
     assert ROOT / "README.md" in PAGES
-    assert ROOT / "docs" / "index.md" in PAGES
+    assert DOCS / "index.md" in PAGES
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda page: str(page.relative_to(ROOT)))
@@ -103,3 +113,41 @@ def test_the_checker_sees_a_broken_link(tmp_path):
     ]
     assert slug("The compiled backend (ONNX)") == "the-compiled-backend-onnx"
     assert slug("`POST /v1/models/<name>/predict`") == "post-v1modelsnamepredict"
+
+
+def linked_pages(path):
+    """The Markdown pages path links to, resolved."""
+    found = set()
+    for _, target in links(path):
+        file_part = target.partition("#")[0]
+        if target.startswith(EXTERNAL) or not file_part.endswith(".md"):
+            continue
+        resolved = (path.parent / file_part).resolve()
+        if resolved.exists():
+            found.add(resolved)
+    return found
+
+
+def clicks_from_readme():
+    """Each page reachable from README.md by links, with the fewest clicks it takes."""
+    distance = {ROOT / "README.md": 0}
+    frontier = [ROOT / "README.md"]
+    while frontier:
+        following = []
+        for page in frontier:
+            for linked in linked_pages(page):
+                if linked not in distance:
+                    distance[linked] = distance[page] + 1
+                    following.append(linked)
+        frontier = following
+    return distance
+
+
+def test_every_docs_page_is_reachable_from_the_readme():
+    reachable = clicks_from_readme()
+    assert [page for page in DOCS.rglob("*.md") if page not in reachable] == []
+
+
+@pytest.mark.parametrize("guide", ["training.md", "serving.md", "fleet-deploy.md", "monitoring.md"])
+def test_train_serve_deploy_and_monitor_are_two_clicks_from_the_readme(guide):
+    assert clicks_from_readme()[DOCS / "guides" / guide] <= 2
