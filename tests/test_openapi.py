@@ -19,6 +19,9 @@ from service import create_app, openapi
 from service.api import auth
 from service.errors import TooManyInstances
 from service.keys import KeyRing
+from service.monitoring import live
+from service.protocols import v2
+from service.store import experiments, layout
 
 IRIS = "iris-classifier"
 CANCER = "breast-cancer-classifier"
@@ -219,6 +222,39 @@ def test_model_details_reuse_the_metadata_schema(document):
     # ECMA-262 anchors for client generators, not Python's \Z.
     assert "\\Z" not in str(schemas["Metadata"])
     assert schemas["Metadata"]["properties"]["name"]["pattern"].endswith("$")
+
+
+def test_limits_and_patterns_come_from_the_code_that_enforces_them(document):
+    """openapi.yaml's !fact values are the code's constants, whatever they are now."""
+    schemas = document["components"]["schemas"]
+    start = schemas["ExperimentStartRequest"]["properties"]
+    assert start["alpha"]["default"] == experiments.DEFAULT_ALPHA
+    assert start["min_effect"]["default"] == experiments.DEFAULT_MIN_EFFECT
+    weights = start["variants"]["oneOf"][0]
+    assert weights["additionalProperties"]["maximum"] == experiments.TOTAL_WEIGHT
+    running = schemas["ExperimentStatus"]["properties"]["experiment"]["oneOf"][1]
+    assert running["properties"]["kind"]["enum"] == list(experiments.KINDS)
+    for tensor in ("V2MetadataTensor", "V2RequestInput", "V2ResponseOutput"):
+        assert schemas[tensor]["properties"]["datatype"]["enum"] == list(v2.DATATYPES)
+    feedback = document["paths"]["/v1/models/{name}/feedback"]["post"]["requestBody"]
+    many = feedback["content"]["application/json"]["schema"]["oneOf"][1]
+    assert many["maxItems"] == live.MAX_FEEDBACK_ITEMS
+    name = document["paths"]["/v1/models/{name}"]["get"]["parameters"][0]["schema"]
+    assert name["pattern"] == f"^{layout.NAME_PATTERN.pattern}$"
+
+
+def test_the_data_files_own_keys_are_not_published(document):
+    """x-shared, x-failures, x-errors and the like are read, completed and left out; every
+    operation gets the request id header once, every answer written out returns it."""
+    text = json.dumps(document)
+    assert not re.search(r'"x-[a-z-]+":', text)
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            names = [p["name"] for p in operation["parameters"]]
+            assert names.count("X-Request-ID") == 1, f"{method} {path}"
+            for status, response in operation["responses"].items():
+                if "$ref" not in response:
+                    assert "X-Request-ID" in response["headers"], f"{method} {path} {status}"
 
 
 # --- per-model schemas ---------------------------------------------------------------

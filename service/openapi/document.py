@@ -1,19 +1,6 @@
 """The OpenAPI 3.1 document: the fixed part read from ``openapi.yaml``, completed with what
-depends on this service as it runs (the scopes keys need, the served models).
-
-``openapi.yaml`` is OpenAPI with a few conventions, each applied here:
-
-- ``!fact "..."`` takes a value from the code that enforces it (``FACTS``): a name pattern,
-  a default, a limit. A placeholder alone (``!fact "{TOTAL_WEIGHT}"``) is the value itself.
-- ``x-every-operation`` and ``x-every-response`` are added to every operation and every
-  response written out (the request id goes in and comes back on all of them).
-- ``x-failures`` lists each kind of failure: the error class the service raises for it (whose
-  status is the response's) or the status Nginx answers, and what it means. Each kind is a
-  component response in each protocol's error shape (``formats``); an operation declares the
-  kinds it may answer besides the usual ones in ``x-errors``, and gets the usual ones here:
-  ``always``, ``with-body``, ``with-path-parameters`` and, when it needs a key, ``with-key``.
-- ``x-shared`` holds the pieces the rest refers to by YAML alias; it is not published.
-"""
+depends on this service as it runs (the scopes keys need, the served models). The YAML's
+header says what of its conventions (``!fact``, the ``x-`` keys) is applied here."""
 
 from __future__ import annotations
 
