@@ -32,11 +32,12 @@ MLFLOW_VERSION := 3.17.2
 .PHONY: install signed-store run stop test lint fmt docs protos bench bench-workers bench-cpu bench-peers bench-shadow loadtest soak clean \
 	deploy rollback-release fleet-up fleet-down ansible
 
-# Versions in constraints.txt are the ones the test suite passes with.
+# Versions in constraints.txt are the ones the test suite passes with. The training extra
+# trains the demos (make run) and draws the model card's plots; the hosts install without it.
 $(INSTALLED): setup.cfg pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,training]'
 	touch $@
 
 install: $(INSTALLED)

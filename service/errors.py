@@ -178,6 +178,22 @@ class ModelNotReady(ServiceError):
     code = "model_not_ready"
 
 
+class ExtraNotInstalled(ServiceError):
+    """What was asked needs a package of an optional extra that this install lacks: a
+    server-only install (``pip install model-service``) serves and publishes, and training
+    needs ``pip install 'model-service[training]'``."""
+
+    status = HTTPStatus.NOT_IMPLEMENTED
+    code = "extra_not_installed"
+
+    def __init__(self, extra: str, missing: str | None, needed_for: str):
+        super().__init__(
+            f"{needed_for} needs the {extra} extra, and {missing} is not installed here: "
+            f"pip install 'model-service[{extra}]'",
+            details={"extra": extra, "missing": missing},
+        )
+
+
 # --- training -----------------------------------------------------------------
 
 

@@ -26,19 +26,7 @@ import dataclasses
 from typing import Any
 
 import numpy as np
-import onnx
 import onnxruntime
-import skl2onnx
-from onnx import TensorProto, helper
-from skl2onnx import convert_sklearn
-from skl2onnx.common.data_types import (
-    DoubleTensorType,
-    FloatTensorType,
-    StringTensorType,
-    guess_numpy_type,
-)
-from skl2onnx.common.tree_ensemble import sklearn_threshold
-from skl2onnx.operator_converters.imputer_op import convert_sklearn_imputer
 from sklearn.base import is_classifier
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import (
@@ -56,6 +44,28 @@ from sklearn.tree import (
     ExtraTreeClassifier,
     ExtraTreeRegressor,
 )
+
+from service.errors import ExtraNotInstalled
+
+# The converter is training's (the `training` extra): a server-only install serves the
+# ONNX form with onnxruntime and never imports this module, so it lacks both.
+try:
+    import onnx
+    import skl2onnx
+    from onnx import TensorProto, helper
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import (
+        DoubleTensorType,
+        FloatTensorType,
+        StringTensorType,
+        guess_numpy_type,
+    )
+    from skl2onnx.common.tree_ensemble import sklearn_threshold
+    from skl2onnx.operator_converters.imputer_op import convert_sklearn_imputer
+except ModuleNotFoundError as missing:
+    raise ExtraNotInstalled(
+        "training", missing.name, "Training a model or converting it to ONNX"
+    ) from missing
 
 MATRIX_INPUT = "X"
 PRECISIONS = ("double", "float32")
