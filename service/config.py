@@ -93,7 +93,7 @@ class Settings:
     rate_limit: str = "20000r/s"
     """Requests a second ("NNNr/s") or a minute ("NNNr/m") from one API key (the bearer
     token), or from one client address when a request has none; "off": no limit. Far
-    above what one client of a healthy deployment sends (loadtests/bench.py peaks near
+    above what one client of a healthy deployment sends (`make bench` peaks near
     4,000 req/s on 2 cores), so it only stops a runaway client."""
     rate_limit_burst: int = 2000
     """Requests above the rate that are still served at once (a burst) before a JSON 429."""
