@@ -5,7 +5,10 @@
 Writes, under OUT:
   wheelhouse/    the project's wheel and a wheel of every runtime dependency, at the versions
                  constraints.txt pins (the ones the test suite passes with), plus the host
-                 tools of deploy/ansible/requirements-host.txt (supervisord)
+                 tools of deploy/ansible/requirements-host.txt (supervisord). A server-only
+                 install: the hosts serve, keep the store and verify what is published to
+                 it, but never train, so the training extra (the ONNX converter, the model
+                 card's plots) stays on the machine that trains
   bundles/       (made by the deploy) archives of the wheels some host lacked
   release.yaml   the release's name, the project wheel, every wheel with its sha256, and the
                  requirements the hosts install with (deploy.yml reads it)
