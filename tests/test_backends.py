@@ -20,6 +20,7 @@ from service.cli import main
 from service.config import Settings
 from service.errors import Conflict, IntegrityError, StoreError
 from service.protocols import v2
+from service.protocols.v2 import rest
 from service.runtime import model as model_runtime
 from service.runtime.backends import OnnxBackend, SklearnBackend
 from service.runtime.registry import ModelRegistry
@@ -457,9 +458,9 @@ def test_v2_encoding_leaves_parameters_out_unless_given(store):
     model = model_runtime.load(store, IRIS, 1)
     prediction = model.predict([IRIS_ROW])
     tensors = v2.output_tensors(model, prediction, [v2.OUTPUT_PREDICT])
-    plain, _ = v2.encode_infer_response(model, tensors)
+    plain, _ = rest.encode_infer_response(model, tensors)
     assert "parameters" not in json.loads(plain)
-    given, _ = v2.encode_infer_response(model, tensors, parameters={"backend": "onnxruntime"})
+    given, _ = rest.encode_infer_response(model, tensors, parameters={"backend": "onnxruntime"})
     assert json.loads(given)["parameters"] == {"backend": "onnxruntime"}
 
 

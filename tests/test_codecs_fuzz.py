@@ -36,6 +36,7 @@ from service.grpc_server import create_server
 from service.protocols import v2
 from service.protocols.grpc import open_inference_pb2 as pb
 from service.protocols.grpc import open_inference_pb2_grpc as pb_grpc
+from service.protocols.v2 import rest
 from service.store import ModelStore
 
 EXAMPLES = int(os.environ.get("MODEL_SERVICE_CODEC_EXAMPLES", "80"))
@@ -466,7 +467,7 @@ def test_v2_any_bytes(http, model, body, content_type, header):
     headers = (
         {}
         if header is None
-        else {v2.HEADER_LENGTH: header.encode("utf-8", "surrogatepass").decode("latin-1")}
+        else {rest.HEADER_LENGTH: header.encode("utf-8", "surrogatepass").decode("latin-1")}
     )
     response = http.post(
         f"/v2/models/{model}/infer", data=body, content_type=content_type, headers=headers
@@ -513,7 +514,7 @@ def test_v2_hostile_binary_requests(http, features, data, model, tensors, traili
                     ("name", name),
                     ("datatype", datatype),
                     ("shape", shape),
-                    ("parameters", Obj([(v2.BINARY_DATA_SIZE, size)])),
+                    ("parameters", Obj([(rest.BINARY_DATA_SIZE, size)])),
                 ]
             )
         )
@@ -529,7 +530,7 @@ def test_v2_hostile_binary_requests(http, features, data, model, tensors, traili
         f"/v2/models/{model}/infer",
         data=body,
         content_type="application/octet-stream",
-        headers={v2.HEADER_LENGTH: str(len(header) + length_offset)},
+        headers={rest.HEADER_LENGTH: str(len(header) + length_offset)},
     )
     assert_answered(response, v2_error)
 
@@ -560,7 +561,7 @@ def test_v2_binary_matrix_of_any_bits(http, features, model, rows, datatype, raw
                                 ("name", "input"),
                                 ("datatype", datatype),
                                 ("shape", [rows, width]),
-                                ("parameters", Obj([(v2.BINARY_DATA_SIZE, len(payload))])),
+                                ("parameters", Obj([(rest.BINARY_DATA_SIZE, len(payload))])),
                             ]
                         )
                     ],
@@ -573,7 +574,7 @@ def test_v2_binary_matrix_of_any_bits(http, features, model, rows, datatype, raw
         f"/v2/models/{model}/infer",
         data=header + payload,
         content_type="application/octet-stream",
-        headers={v2.HEADER_LENGTH: str(len(header))},
+        headers={rest.HEADER_LENGTH: str(len(header))},
     )
     answer = assert_answered(response, v2_error)
     assert response.status_code in (200, 422), answer

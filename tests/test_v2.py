@@ -18,6 +18,7 @@ import yaml
 
 from service import create_app
 from service.protocols import v2
+from service.protocols.v2 import rest
 from service.runtime.model import Prediction
 from service.store import ModelStore
 from tests.test_api import IRIS, IRIS_OBJECT, IRIS_ROW
@@ -823,7 +824,7 @@ def test_datatypes_round_trip():
     tensor = v2.tensor_from_bytes("t", "BYTES", [2, 1], bytes_elements(["ab", "é"]))
     assert tensor.data.tolist() == [[b"ab"], ["é".encode()]]
     assert v2.tensor_to_bytes(tensor) == bytes_elements(["ab", "é"])
-    nested = v2.tensor_from_json("t", "INT32", [2, 2], [[1, 2], [3, 4]])
+    nested = rest.tensor_from_json("t", "INT32", [2, 2], [[1, 2], [3, 4]])
     assert nested.data.dtype == np.dtype("<i4") and nested.data.tolist() == [[1, 2], [3, 4]]
 
 

@@ -27,8 +27,14 @@ def route(
         return routing.client_key(experiment, request.headers.get, field)
 
     model, assignment = state().registry.route(ref, client_key)
-    g.model_service_routed = (model.name, model.version, assignment)
+    note_routed(model, assignment)
     return model, assignment
+
+
+def note_routed(model: LoadedModel, assignment: hooks.Assignment | None) -> None:
+    """Keep what serves the request, for its answer's headers (the errors after this point
+    too) and the experiment's record of it."""
+    g.model_service_routed = (model.name, model.version, assignment)
 
 
 def init_app(app: Flask) -> None:

@@ -10,7 +10,9 @@ Without a version the default alias serves, as on the native API (or, while the 
 runs an experiment, the variant it assigns: the client key is the experiment's key header
 or an entry of the request's ``parameters`` named by its key field); a version is a
 number or an alias. Errors answer ``{"error": "<message>"}`` with the status the
-native API would use. The codec lives in ``service.protocols.v2``.
+native API would use. Only HTTP is done here: the steps of each call are the data plane's
+(``service.protocols.v2.dataplane``), shared with the gRPC server; the body's format is
+``service.protocols.v2.rest``.
 """
 
 from __future__ import annotations
@@ -21,17 +23,14 @@ import re
 from flask import Blueprint, Response, request
 
 from service.api import errors, json_response, routing, state
-from service.errors import BadRequest, ModelNotReady, UnsupportedMediaType
+from service.errors import BadRequest, UnsupportedMediaType
 from service.protocols import v2
-from service.runtime.model import LoadedModel
-from service.store import ModelRef
-from service.store.layout import check_alias, check_name, check_version
+from service.protocols.v2 import rest
+from service.protocols.v2.dataplane import DataPlane, model_ref
 
 bp = Blueprint("v2", __name__, url_prefix="/v2")
 
-errors.register_format(
-    lambda code, message, details: {"error": message}, blueprint="v2", path_prefixes=("/v2",)
-)
+errors.register_format(rest.error_body, blueprint="v2", path_prefixes=("/v2",))
 
 # tritonclient sends its requests without a Content-Type; JSON bodies and the binary
 # tensor data extension (application/octet-stream) are the two formats.
@@ -52,23 +51,20 @@ def live():
 
 @bp.get("/health/ready")
 def ready():
-    is_ready, _ = state().registry.readiness()
+    is_ready = _plane().ready()
     return json_response({"ready": is_ready}, status=200 if is_ready else STATUS_NOT_READY)
 
 
 @bp.get("/models/<name>")
 @bp.get("/models/<name>/versions/<version>")
 def model_metadata(name: str, version: str | None = None):
-    model = _model(name, version)
-    return json_response(v2.model_metadata(model, state().store.versions(model.name)))
+    return json_response(_plane().model_metadata(model_ref(name, version)))
 
 
 @bp.get("/models/<name>/ready")
 @bp.get("/models/<name>/versions/<version>/ready")
 def model_ready(name: str, version: str | None = None):
-    try:
-        _model(name, version)
-    except ModelNotReady:
+    if not _plane().model_ready(model_ref(name, version)):
         return json_response({"name": name, "ready": False}, status=STATUS_NOT_READY)
     return json_response({"name": name, "ready": True})
 
@@ -78,46 +74,35 @@ def model_ready(name: str, version: str | None = None):
 def infer(name: str, version: str | None = None):
     body = _body()
     header_length = _header_length()
-    # Parsed while routing when an experiment keys clients on a parameter, else after (an
-    # unknown model is a 404 whatever the body).
-    parse = functools.cache(lambda: v2.parse_infer_request(body, header_length))
-    model, assignment = routing.route(
-        _ref(name, version), lambda field: parse().parameters.get(field)
+    # Parsed while routing when an experiment keys clients on a parameter, else after.
+    parse = functools.cache(lambda: rest.parse_infer_request(body, header_length))
+    answer = _plane().infer(
+        model_ref(name, version),
+        parse,
+        header=request.headers.get,
+        parameter=lambda field: parse().parameters.get(field),
+        routed=routing.note_routed,
     )
     inference = parse()
-    names = v2.requested_output_names(model, inference.output_names())
-    rows = v2.decode_inputs(model, inference.inputs, max_instances=state().settings.max_instances)
-    prediction = model.predict(rows, with_proba=v2.OUTPUT_PROBA in names)
-    parameters = {"backend": prediction.backend}
-    if assignment is not None:
-        parameters.update(experiment=assignment.experiment, variant=assignment.variant)
-    payload, json_length = v2.encode_infer_response(
-        model,
-        v2.output_tensors(model, prediction, names),
-        binary=inference.binary_names(names),
+    payload, json_length = rest.encode_infer_response(
+        answer.model,
+        answer.outputs,
+        binary=inference.binary_names([tensor.name for tensor in answer.outputs]),
         request_id=inference.id,
-        parameters=parameters,
+        parameters=answer.parameters,
     )
     if json_length is None:
         return Response(payload, mimetype="application/json")
     return Response(
         payload,
         mimetype="application/octet-stream",
-        headers={v2.HEADER_LENGTH: str(json_length)},
+        headers={rest.HEADER_LENGTH: str(json_length)},
     )
 
 
-def _model(name: str, version: str | None) -> LoadedModel:
-    return state().registry.get(_ref(name, version))
-
-
-def _ref(name: str, version: str | None) -> ModelRef:
-    check_name(name)
-    if version is None:
-        return ModelRef(name)
-    if version.isdigit():
-        return ModelRef(name, version=check_version(version))
-    return ModelRef(name, alias=check_alias(version))
+def _plane() -> DataPlane:
+    service = state()
+    return DataPlane(service.registry, service.settings)
 
 
 def _body() -> bytes:
@@ -136,14 +121,14 @@ def _body() -> bytes:
 
 
 def _header_length() -> int | None:
-    value = request.headers.get(v2.HEADER_LENGTH)
+    value = request.headers.get(rest.HEADER_LENGTH)
     if value is None:
         return None
     # ASCII digits only (str.isdigit takes "²", which int() refuses), and few enough that
     # int() takes them (it refuses more than 4300).
     if not HEADER_LENGTH_PATTERN.fullmatch(value.strip()):
         raise BadRequest(
-            f"{v2.HEADER_LENGTH} must be the length of the JSON header in bytes, got {value!r}",
+            f"{rest.HEADER_LENGTH} must be the length of the JSON header in bytes, got {value!r}",
             code="invalid_header_length",
         )
     return int(value)
