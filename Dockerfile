@@ -65,7 +65,7 @@ USER model-service:model-service
 WORKDIR /var/lib/model-service
 
 # 8000: HTTP (Gunicorn). 8001: gRPC, when the container runs
-# `python -m service.grpc_server --bind 0.0.0.0:8001`.
+# `python -m service.grpc --bind 0.0.0.0:8001`.
 EXPOSE 8000 8001
 
 # /healthz answers once Gunicorn listens, which is after the models are loaded

@@ -204,7 +204,7 @@ class LocalStack:
             argv = [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONFIG), self.app]
             commands[name] = self._shell_line(name, argv, env, log="gunicorn")
         if self.grpc_port is not None:
-            argv = [sys.executable, "-m", "service.grpc_server", "--bind", str(self.grpc_address)]
+            argv = [sys.executable, "-m", "service.grpc", "--bind", str(self.grpc_address)]
             commands["grpc"] = self._shell_line("grpc", argv, {}, log="grpc")
         return commands
 

@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 
 from service import create_app
 from service.config import Settings
-from service.grpc_server import create_server
+from service.grpc.server import create_server
 from service.protocols import v2
 from service.protocols.grpc import open_inference_pb2 as pb
 from service.protocols.grpc import open_inference_pb2_grpc as pb_grpc

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from service import create_app
 from service.cli import main
 from service.config import Settings
-from service.grpc_server import create_server
+from service.grpc.server import create_server
 from service.keys import KeyRing, digest
 from service.monitoring import live
 from service.monitoring.state import StateStore

@@ -18,7 +18,7 @@ from scipy.stats import binom
 
 from service import create_app
 from service.config import Settings
-from service.grpc_server import create_server
+from service.grpc.server import create_server
 from service.protocols.grpc import open_inference_pb2 as pb
 from service.protocols.grpc import open_inference_pb2_grpc as pb_grpc
 from service.runtime import hooks

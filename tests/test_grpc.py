@@ -14,7 +14,7 @@ from tritonclient.grpc import service_pb2 as triton_pb2
 from tritonclient.utils import InferenceServerException
 
 from service.config import Settings
-from service.grpc_server import create_server
+from service.grpc.server import create_server
 from service.protocols import v2
 from service.protocols.grpc import open_inference_pb2 as pb
 from service.protocols.grpc import open_inference_pb2_grpc as pb_grpc

@@ -21,7 +21,7 @@ from service.api import auth
 from service.cli import cli
 from service.config import Settings
 from service.errors import BadRequest, Forbidden, Unauthorized
-from service.grpc_server import create_server
+from service.grpc.server import create_server
 from service.keys import (
     KEYS_FILE,
     KeyExists,

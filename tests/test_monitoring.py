@@ -17,7 +17,7 @@ import pytest
 from service import create_app
 from service.cli import main as modelctl
 from service.config import Settings
-from service.grpc_server import create_server
+from service.grpc.server import create_server
 from service.keys import KeyRing, digest
 from service.monitoring import SCRAPE_COLLECTORS, drift, live, predlog
 from service.protocols.grpc import open_inference_pb2 as pb
