@@ -97,13 +97,7 @@ def _operations_by_tag(document: Mapping[str, Any]) -> list[dict[str, Any]]:
                         }
                         for p in operation.get("parameters", [])
                     ],
-                    "body": [
-                        {
-                            "media": media,
-                            "schema": _pretty(_inline(document, spec.get("schema", {}))),
-                        }
-                        for media, spec in (body or {}).get("content", {}).items()
-                    ],
+                    "body": _content((body or {}).get("content", {}), document),
                     "body_required": bool(body and body.get("required")),
                     "responses": [
                         _response_view(document, status, response)
@@ -135,27 +129,31 @@ def _inline(document: Mapping[str, Any], schema: Any, depth: int = 6) -> Any:
 
 
 def _response_view(document: Mapping[str, Any], status: str, response: Mapping[str, Any]):
-    ref = response.get("$ref")
-    if ref:
-        name = ref.rsplit("/", 1)[-1]
-        target = document["components"]["responses"][name]
-        return {
-            "status": status,
-            "description": target["description"],
-            "ref": anchor("response", name),
-            "ref_name": name,
-            "content": [],
-        }
+    """One answer of an operation: written out, or a link to a component response."""
+    name = response["$ref"].rsplit("/", 1)[-1] if "$ref" in response else None
     return {
         "status": status,
-        "description": response["description"],
-        "ref": None,
-        "ref_name": None,
-        "content": [
-            {"media": media, "schema": _pretty(spec.get("schema", {}))}
-            for media, spec in response.get("content", {}).items()
+        "description": (document["components"]["responses"][name] if name else response)[
+            "description"
         ],
+        "ref": anchor("response", name) if name else None,
+        "ref_name": name,
+        "content": [] if name else _content(response.get("content", {})),
     }
+
+
+def _content(content: Mapping[str, Any], document: Mapping[str, Any] | None = None):
+    """Each media type with its schema as linked JSON; with ``document``, the components
+    it refers to inlined (a request body reads best whole)."""
+    return [
+        {
+            "media": media,
+            "schema": _pretty(
+                _inline(document, spec.get("schema", {})) if document else spec.get("schema", {})
+            ),
+        }
+        for media, spec in content.items()
+    ]
 
 
 def render_html(document: Mapping[str, Any], served: Iterable[Any], *, base_url: str) -> str:
@@ -190,10 +188,7 @@ def render_html(document: Mapping[str, Any], served: Iterable[Any], *, base_url:
                 "name": name,
                 "id": anchor("response", name),
                 "description": response["description"],
-                "content": [
-                    {"media": media, "schema": _pretty(spec.get("schema", {}))}
-                    for media, spec in response.get("content", {}).items()
-                ],
+                "content": _content(response.get("content", {})),
             }
             for name, response in components["responses"].items()
         ],
