@@ -46,6 +46,8 @@ import numpy as np
 import pandas as pd
 from scipy import special
 
+from service.formatting import format_number
+
 EPSILON = 1e-4
 MISSING = "missing"
 UNSEEN = "unseen"
@@ -270,13 +272,14 @@ def feature_report(
         status = TOO_FEW_ROWS
         message = f"too few rows ({present} of {min_rows})"
     elif value is not None and value > threshold and p_value is not None and p_value < alpha:
-        status, message = DRIFTED, f"drifted (PSI {value:.3f}, p {p_value:.2g})"
+        status = DRIFTED
+        message = f"drifted (PSI {format_number(value, decimals=3)}, p {format_number(p_value, 2)})"
     elif value is not None and value > threshold:
         status = STABLE
         message = (
-            f"stable: PSI {value:.3f} is above {threshold:g} but the counts are within "
-            f"sampling noise (p {'—' if p_value is None else f'{p_value:.2g}'}, "
-            f"alpha {alpha:.2g})"
+            f"stable: PSI {format_number(value, decimals=3)} is above {format_number(threshold)} "
+            f"but the counts are within sampling noise (p {format_number(p_value, 2)}, "
+            f"alpha {format_number(alpha, 2)})"
         )
     else:
         status, message = STABLE, "stable"

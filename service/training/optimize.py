@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from service.errors import Conflict
+from service.formatting import format_number
 from service.runtime.backends import OnnxBackend, Prediction, SklearnBackend
 from service.runtime.schema import InputSchema
 from service.store import ModelStore
@@ -188,7 +189,10 @@ def _why(parity: dict[str, Any]) -> str:
     for what, diff in (parity.get("max_abs_diff") or {}).items():
         atol = parity["tolerance"]["atol"]
         if not diff <= atol:
-            parts.append(f"{what} differ by up to {diff:.3g} (tolerance {atol:.3g})")
+            parts.append(
+                f"{what} differ by up to {format_number(diff, 3)} "
+                f"(tolerance {format_number(atol, 3)})"
+            )
     return ", ".join(parts) or "outputs differ"
 
 

@@ -27,6 +27,7 @@ from sklearn.preprocessing import OneHotEncoder
 from tqdm import tqdm
 
 from service.errors import BaselineNotBeaten, IntegrityError
+from service.formatting import format_number
 from service.runtime.model import LoadedModel
 from service.store import ModelStore
 from service.store.promotion import higher_is_better
@@ -317,26 +318,28 @@ def _gate(spec: TrainingSpec, validation: Validation, force_reason: str | None) 
         tested["rows_from"] = validation.rows
         beats, significant = gained > margin, tested["p_value"] < alpha
         passed = beats and significant
-        against = f"the baseline's {baseline_score:.4g} ({validation.strategy})"
+        against = f"the baseline's {format_number(baseline_score)} ({validation.strategy})"
+        score = format_number(model_score)
         evidence = (
-            f"p = {tested['p_value']:.3g}, {tested['method']}, {tested['resamples']} "
+            f"p = {format_number(tested['p_value'], 3)}, {tested['method']}, {tested['resamples']} "
             f"resamples of {tested['rows']} {validation.rows} rows"
         )
         if not beats:
             message = (
-                f"{spec.name}: validation {metric} {model_score:.4g} does not beat {against} "
-                f"by more than the margin {margin:g} ({evidence})"
+                f"{spec.name}: validation {metric} {score} does not beat {against} "
+                f"by more than the margin {format_number(margin)} ({evidence})"
             )
         elif not significant:
             message = (
-                f"{spec.name}: validation {metric} {model_score:.4g} beats {against} by "
-                f"{gained:.4g}, more than the margin {margin:g}, but not significantly: "
-                f"{evidence}; not below alpha {alpha:g}"
+                f"{spec.name}: validation {metric} {score} beats {against} by "
+                f"{format_number(gained)}, more than the margin {format_number(margin)}, but not "
+                f"significantly: {evidence}; not below alpha {format_number(alpha)}"
             )
         else:
             message = (
-                f"{spec.name}: validation {metric} {model_score:.4g} beats {against} by more "
-                f"than the margin {margin:g}, significantly ({evidence} < alpha {alpha:g})"
+                f"{spec.name}: validation {metric} {score} beats {against} by more than the "
+                f"margin {format_number(margin)}, significantly ({evidence} < alpha "
+                f"{format_number(alpha)})"
             )
         if not passed:
             message += "; not published (use --force REASON to publish anyway)"
