@@ -6,7 +6,7 @@ The experiment names the candidate (``Shadow(target, share)`` in
 ``Experiment.wants_shadow()`` and, when drawn, puts the target in
 ``hooks.assignment``'s ``shadow``. The observer here hands the work (model, candidate,
 the validated input, the primary's answer) to the worker's candidate process
-(``shadow_process``, at idle CPU priority) with one non-blocking write, and goes on: the
+(``shadow_process``, at the lowest CPU priority) with one non-blocking write, and goes on: the
 child resolves the candidate, predicts on the same input and compares — the share of
 rows with the same label for a classifier, the differences candidate − primary for a
 regressor, the candidate's failures by kind — and sends back only those figures.
@@ -356,6 +356,12 @@ class ShadowRunner:
 
     def pending(self) -> int:
         return len(self._jobs)
+
+    def collect(self) -> None:
+        """Record the answers that have arrived, without waiting: for readers of the
+        figures (the admin API, a report), so an idle worker's last answers count too."""
+        if self._jobs:
+            self._notify(self._service())
 
     def drain(self, timeout: float) -> bool:
         """Wait until the candidate has answered every piece of work out (tests,

@@ -7,8 +7,8 @@ worker that only waits on the candidate must take the GIL back each time it wake
 under load stalls a request for a scheduler time slice whenever the cores are busy
 (measured: the primary's p99 2-3 times higher, docs/experiments/shadow.md). So each
 worker that shadows starts one child process (lazily, at its first shadowed request;
-``python -m service.runtime.shadow_process``, not a fork of the threaded worker) at idle
-CPU priority (``SCHED_IDLE``, niceness 19: it gets the CPU no request wants). The worker
+``python -m service.runtime.shadow_process``, not a fork of the threaded worker) at the
+lowest CPU priority (niceness 19: the CPU the requests leave). The worker
 hands each piece of work over with one non-blocking write to a socket and reads the
 child's answers without waiting, on its own requests (``service.runtime.shadow``); it
 runs no thread for it.
@@ -204,8 +204,9 @@ class CandidateProcess:
 
 
 def _lower_priority() -> None:
-    with contextlib.suppress(OSError, AttributeError):
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    # Not SCHED_IDLE: on a host busy with requests all the time it would get next to no
+    # CPU (a weight of 3 to a request's 1024), and never start or answer; niceness 19 is
+    # a weight of 15, behind every request, yet it gets through.
     with contextlib.suppress(OSError):
         os.nice(NICENESS)
 
