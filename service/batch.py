@@ -17,6 +17,7 @@ from typing import Any, TextIO
 from tqdm import tqdm
 
 from service.errors import InvalidInput, ServiceError
+from service.files import replacing
 from service.runtime.model import LoadedModel
 
 DEFAULT_CHUNK_ROWS = 5000
@@ -46,20 +47,15 @@ def predict_csv(
     input_path, output_path = Path(input_path), Path(output_path)
     if rejects_path is None:
         rejects_path = output_path.with_name(output_path.stem + ".rejects.csv")
-    temp_output = output_path.with_name(f".{output_path.name}.partial")
-    try:
-        result = _predict_to(
-            model, input_path, temp_output, chunk_rows, skip_bad_rows, rejects_path, progress
+    # The output appears whole or not at all: a failed run leaves no partial file.
+    with replacing(output_path, text=True, newline="") as sink:
+        return _predict_to(
+            model, input_path, sink, chunk_rows, skip_bad_rows, rejects_path, progress
         )
-    except BaseException:
-        temp_output.unlink(missing_ok=True)
-        raise
-    os.replace(temp_output, output_path)
-    return result
 
 
 def _predict_to(
-    model, input_path, temp_output, chunk_rows, skip_bad_rows, rejects_path, progress
+    model, input_path, sink: TextIO, chunk_rows, skip_bad_rows, rejects_path, progress
 ) -> BatchResult:
     result = BatchResult()
     with (
@@ -82,40 +78,35 @@ def _predict_to(
         if model.has_proba:
             out_header += [f"probability_{c}" for c in model.classes]
         rejects_writer = None
-        with open(temp_output, "w", newline="", encoding="utf-8") as sink:
-            writer = csv.writer(sink)
-            writer.writerow(out_header)
-            rejects_file: TextIO | None = None
-            try:
-                for chunk in _chunks(reader, chunk_rows):
-                    result.rows += len(chunk)
-                    good, bad, model_input = _validate(model, chunk, columns, header)
-                    if bad and not skip_bad_rows:
-                        line, message = bad[0]
-                        raise BadRow(
-                            f"{input_path}: line {line}: {message}"
-                            + (
-                                f" ({len(bad) - 1} more bad rows in this chunk)"
-                                if len(bad) > 1
-                                else ""
-                            )
-                            + "; use --skip-bad-rows to write bad rows to a reject file"
-                        )
-                    if bad:
-                        if rejects_writer is None:
-                            rejects_file = open(rejects_path, "w", newline="", encoding="utf-8")  # noqa: SIM115
-                            rejects_writer = csv.writer(rejects_file)
-                            rejects_writer.writerow(["line", "error", *header])
-                        raw_by_line = {line: cells for line, cells in chunk}
-                        for line, message in bad:
-                            rejects_writer.writerow([line, message, *raw_by_line[line]])
-                        result.rejected += len(bad)
-                    if good:
-                        _write_predictions(model, good, model_input, header, passthrough, writer)
-                        result.predicted += len(good)
-            finally:
-                if rejects_file is not None:
-                    rejects_file.close()
+        writer = csv.writer(sink)
+        writer.writerow(out_header)
+        rejects_file: TextIO | None = None
+        try:
+            for chunk in _chunks(reader, chunk_rows):
+                result.rows += len(chunk)
+                good, bad, model_input = _validate(model, chunk, columns, header)
+                if bad and not skip_bad_rows:
+                    line, message = bad[0]
+                    raise BadRow(
+                        f"{input_path}: line {line}: {message}"
+                        + (f" ({len(bad) - 1} more bad rows in this chunk)" if len(bad) > 1 else "")
+                        + "; use --skip-bad-rows to write bad rows to a reject file"
+                    )
+                if bad:
+                    if rejects_writer is None:
+                        rejects_file = open(rejects_path, "w", newline="", encoding="utf-8")  # noqa: SIM115
+                        rejects_writer = csv.writer(rejects_file)
+                        rejects_writer.writerow(["line", "error", *header])
+                    raw_by_line = {line: cells for line, cells in chunk}
+                    for line, message in bad:
+                        rejects_writer.writerow([line, message, *raw_by_line[line]])
+                    result.rejected += len(bad)
+                if good:
+                    _write_predictions(model, good, model_input, header, passthrough, writer)
+                    result.predicted += len(good)
+        finally:
+            if rejects_file is not None:
+                rejects_file.close()
     return result
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from service.config import Settings
+from service.files import replacing
 from service.store import ModelStore
 from service.store.remote import RemoteStore, is_remote
 
@@ -191,19 +192,14 @@ def backup(destination: Path, store_location: str, no_keys: bool) -> None:
     from service.store import archive
 
     destination = destination.resolve()
-    partial = destination.with_name(f".{destination.name}.partial")
-    try:
-        with open(partial, "wb") as out:
-            store = open_store(store_location)
-            if isinstance(store, RemoteStore):
-                if no_keys:
-                    raise click.UsageError("--no-keys is for a store on this machine")
-                store.backup(out)
-            else:
-                archive.write_backup(store, out, keys=not no_keys)
-        partial.replace(destination)
-    finally:
-        partial.unlink(missing_ok=True)
+    with replacing(destination) as out:
+        store = open_store(store_location)
+        if isinstance(store, RemoteStore):
+            if no_keys:
+                raise click.UsageError("--no-keys is for a store on this machine")
+            store.backup(out)
+        else:
+            archive.write_backup(store, out, keys=not no_keys)
     digest = hashlib.sha256(destination.read_bytes()).hexdigest()
     click.echo(f"backed up {store_location} to {destination} (sha256 {digest})")
 

@@ -37,6 +37,7 @@ from typing import Any
 import yaml
 
 from service.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
+from service.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -270,7 +271,6 @@ class KeyRing:
             raise BadRequest(f"the key file {self.path} cannot be read: {exc}") from None
 
     def _write(self, keys: dict[str, ApiKey]) -> None:
-        from service.store.metadata import write_atomic
 
         write_atomic(self.path, render_keys(keys))
 

@@ -18,10 +18,10 @@ import pytest
 from service.cli import main
 from service.config import Settings
 from service.errors import IntegrityError, ModelLoadError, StoreError
+from service.files import TEMP_PREFIX
 from service.runtime.registry import ModelRegistry
 from service.store import ModelStore, parse_ref
 from service.store import store as store_module
-from service.store.layout import TEMP_PREFIX
 from tests.test_api import IRIS, IRIS_ROW
 
 

@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from service.files import replacing
+
 SUBDIR = "predictions"
 PREFIX = "predictions-"
 SUFFIX = ".jsonl"
@@ -188,7 +190,7 @@ def export_csv(
         *(f"probability_{c}" for c in classes),
     ]
     Path(output).parent.mkdir(parents=True, exist_ok=True)
-    with open(output, "w", newline="", encoding="utf-8") as handle:
+    with replacing(output, text=True, newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
         for _, line in rows:

@@ -39,6 +39,7 @@ from typing import IO, Any
 import yaml
 
 from service.errors import ServiceError, StoreError
+from service.files import TEMP_PREFIX, write_atomic
 from service.keys import KEYS_FILE, parse_keys
 from service.store import metadata as metadata_io
 from service.store.experiments import EXPERIMENT_FILE, Experiment
@@ -47,7 +48,6 @@ from service.store.layout import (
     COUNTER_FILE,
     METADATA_FILE,
     NAME_PATTERN,
-    TEMP_PREFIX,
     VERSION_PATTERN,
     is_version_dir,
 )
@@ -311,18 +311,16 @@ def _apply_model(store: ModelStore, name: str, source: Path) -> bool:
             _replace_dir(source / version, target / version)
         counter = source / COUNTER_FILE
         if counter.is_file():
-            metadata_io.write_atomic(target / COUNTER_FILE, counter.read_text())
+            write_atomic(target / COUNTER_FILE, counter.read_text())
         aliases = source / ALIASES_FILE
         if aliases.is_file():
-            metadata_io.write_atomic(target / ALIASES_FILE, aliases.read_text(encoding="utf-8"))
+            write_atomic(target / ALIASES_FILE, aliases.read_text(encoding="utf-8"))
         else:
             (target / ALIASES_FILE).unlink(missing_ok=True)
         experiment = source / EXPERIMENT_FILE
         stopped = False
         if experiment.is_file():
-            metadata_io.write_atomic(
-                target / EXPERIMENT_FILE, experiment.read_text(encoding="utf-8")
-            )
+            write_atomic(target / EXPERIMENT_FILE, experiment.read_text(encoding="utf-8"))
         elif (target / EXPERIMENT_FILE).is_file():
             stopped = _runs_experiment(target / EXPERIMENT_FILE)
             (target / EXPERIMENT_FILE).unlink()
@@ -347,7 +345,7 @@ def _apply_keys(store: ModelStore, source: Path) -> str | None:
     target = store.root / KEYS_FILE
     if target.exists():
         return "kept"
-    metadata_io.write_atomic(target, source.read_text(encoding="utf-8"))
+    write_atomic(target, source.read_text(encoding="utf-8"))
     return "restored"
 
 

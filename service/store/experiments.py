@@ -48,7 +48,7 @@ from typing import Any
 import yaml
 
 from service.errors import BadRequest, Conflict, NotFound, StoreError
-from service.store import metadata as metadata_io
+from service.files import write_atomic
 from service.store.layout import ALIAS_PATTERN, VERSION_PATTERN, ModelRef, check_alias
 
 EXPERIMENT_FILE = "experiment.yaml"
@@ -392,7 +392,7 @@ def _append(
 
 def _write(store: Any, name: str, state: dict[str, Any]) -> None:
     text = yaml.safe_dump({"active": state["active"], "history": state["history"]}, sort_keys=False)
-    metadata_io.write_atomic(file_path(store, name), text)
+    write_atomic(file_path(store, name), text)
 
 
 def _now() -> str:

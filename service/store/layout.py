@@ -22,7 +22,6 @@ METADATA_FILE = "metadata.yaml"
 ALIASES_FILE = "aliases.yaml"
 LOCK_FILE = ".lock"
 COUNTER_FILE = ".last_version"
-TEMP_PREFIX = ".tmp-"
 
 
 @dataclasses.dataclass(frozen=True)

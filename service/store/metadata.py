@@ -7,8 +7,6 @@ published in API docs, and reports mistakes with the path of the bad field.
 from __future__ import annotations
 
 import functools
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -604,20 +602,3 @@ def parse(text: str | bytes, path: Path) -> dict[str, Any]:
 
 def dump(metadata: dict[str, Any]) -> str:
     return yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True, width=100)
-
-
-def write_atomic(path: Path, text: str | bytes) -> None:
-    """Write through a temporary file and os.replace, so readers never see half a file."""
-    path = Path(path)
-    data = text.encode() if isinstance(text, str) else text
-    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp makes 0600; every worker user must read the store
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise

@@ -32,9 +32,9 @@ from typing import Any
 import yaml
 
 from service.errors import ServiceError, StoreError
-from service.store import metadata as metadata_io
+from service.files import TEMP_PREFIX, write_atomic
 from service.store.experiments import EXPERIMENT_FILE, Experiment, InvalidExperiment
-from service.store.layout import TEMP_PREFIX, is_version_dir
+from service.store.layout import is_version_dir
 from service.store.remote import RemoteStore
 from service.store.signing import SIGNATURE_FILE
 from service.store.store import (
@@ -222,7 +222,7 @@ class StoreMirror:
                 f"its aliases name version(s) {missing}, not verified here; "
                 "serving the aliases as they were"
             )
-        metadata_io.write_atomic(path, text)
+        write_atomic(path, text)
         return True
 
     def _take_experiment(self, name: str, text: str | None, verified: set[int]) -> bool:
@@ -264,7 +264,7 @@ class StoreMirror:
                     f"its experiment names {', '.join(missing)}, not verified here; "
                     "keeping this host's experiment as it was"
                 )
-        metadata_io.write_atomic(path, text)
+        write_atomic(path, text)
         return True
 
     def _experiment_versions(self, name: str) -> set[int]:
@@ -293,7 +293,7 @@ class StoreMirror:
             raise StoreError(
                 f"the authoritative key file is not valid ({exc}); keeping this host's"
             ) from None
-        metadata_io.write_atomic(path, text)
+        write_atomic(path, text)
         return True
 
     # -- what the host says ---------------------------------------------------------------
@@ -310,7 +310,7 @@ class StoreMirror:
             "last_success": self.last_success,
         }
         try:
-            metadata_io.write_atomic(status_path(self.local.root), json.dumps(status) + "\n")
+            write_atomic(status_path(self.local.root), json.dumps(status) + "\n")
         except OSError as exc:
             log.error("cannot write the sync status: %s", exc)
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from service.errors import SignatureRefused, StoreError
-from service.store.metadata import write_atomic
+from service.files import write_atomic
 
 log = logging.getLogger(__name__)
 

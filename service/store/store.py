@@ -39,13 +39,13 @@ from service.errors import (
     StoreError,
     VersionNotFound,
 )
+from service.files import TEMP_PREFIX, write_atomic
 from service.store import experiments, signing
 from service.store import metadata as metadata_io
 from service.store.layout import (
     COUNTER_FILE,
     LOCK_FILE,
     METADATA_FILE,
-    TEMP_PREFIX,
     ModelRef,
     StoreLayout,
     check_alias,
@@ -431,8 +431,8 @@ class ModelStore:
                     "(setting signing_key), else its signature would no longer verify"
                 )
             for file_name, data in checked.items():
-                _replace_synced(directory / file_name, data)
-            metadata_io.write_atomic(meta_path, metadata_io.dump(new))
+                write_atomic(directory / file_name, data)
+            write_atomic(meta_path, metadata_io.dump(new))
             if self.signing_key is not None:
                 signing.sign_version(directory, self.signing_key)
             _fsync_dir(directory)
@@ -620,7 +620,7 @@ class ModelStore:
             },
             sort_keys=False,
         )
-        metadata_io.write_atomic(self.layout.aliases_file(name), text)
+        write_atomic(self.layout.aliases_file(name), text)
 
     def _next_version(self, name: str) -> int:
         existing = [int(p.name) for p in self.layout.model_dir(name).iterdir() if is_version_dir(p)]
@@ -634,7 +634,7 @@ class ModelStore:
         return max([counted, *existing]) + 1
 
     def _write_counter(self, name: str, version: int) -> None:
-        metadata_io.write_atomic(self.layout.model_dir(name) / COUNTER_FILE, f"{version}\n")
+        write_atomic(self.layout.model_dir(name) / COUNTER_FILE, f"{version}\n")
 
     def _remove_if_empty(self, model_dir: Path) -> None:
         """Undo the directory a failed first publish created (unless another writer used it)."""
@@ -767,17 +767,6 @@ def remove_tree(path: Path) -> None:
     doomed = path.with_name(f"{TEMP_PREFIX}gone-{uuid.uuid4().hex}")
     os.rename(path, doomed)
     shutil.rmtree(doomed, ignore_errors=True)
-
-
-def _replace_synced(path: Path, data: bytes) -> None:
-    temp = path.with_name(f"{TEMP_PREFIX}{uuid.uuid4().hex}-{path.name}")
-    try:
-        _write_synced(temp, data)
-        os.chmod(temp, 0o644)
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
 
 
 def _write_synced(path: Path, data: bytes) -> None:
