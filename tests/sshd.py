@@ -15,13 +15,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from service.localstack import free_port
+from tests.support import eventually
 
 SSHD = "/usr/sbin/sshd"
 
@@ -112,14 +112,14 @@ def loopback_sshd(workdir: Path, forced_command: str) -> Iterator[LoopbackSshd]:
 def wait_for_port(port: int, process: subprocess.Popen, log: Path, timeout: float = 15) -> None:
     import socket
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def listening() -> bool:
         if process.poll() is not None:
             raise RuntimeError(f"sshd exited: {log.read_text(errors='replace')[-2000:]}")
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"sshd did not listen on port {port} within {timeout}s")
+            return True
+        return False
+
+    eventually(listening, timeout, interval=0.05, message=f"sshd listening on port {port}")
 
 
 def modelctl() -> str:

@@ -7,7 +7,7 @@ import hashlib
 import pytest
 
 from service import create_app
-from tests.test_api import IRIS, IRIS_ROW
+from tests.support import IRIS, IRIS_ROW
 
 ADMIN_KEY = "correct-horse-battery-staple"
 

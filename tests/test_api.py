@@ -13,15 +13,7 @@ from service.protocols import native
 from service.runtime.model import load
 from service.store import ModelStore
 from tests.outputs import same_as
-
-IRIS = "iris-classifier"
-IRIS_ROW = [5.1, 3.5, 1.4, 0.2]
-IRIS_OBJECT = {
-    "sepal_length_cm": 5.1,
-    "sepal_width_cm": 3.5,
-    "petal_length_cm": 1.4,
-    "petal_width_cm": 0.2,
-}
+from tests.support import DEMO_MODELS, IRIS, IRIS_OBJECT, IRIS_ROW
 
 
 def post(client, path, body, content_type="application/json", headers=None):
@@ -29,9 +21,7 @@ def post(client, path, body, content_type="application/json", headers=None):
     return client.post(path, data=data, content_type=content_type, headers=headers or {})
 
 
-@pytest.mark.parametrize(
-    "name", ["iris-classifier", "breast-cancer-classifier", "diabetes-regressor"]
-)
+@pytest.mark.parametrize("name", DEMO_MODELS)
 def test_predictions_equal_in_process_predict(client, store_dir, name):
     model = load(ModelStore(store_dir), name, 1)
     rows = np.asarray(model.metadata["golden"]["instances"])

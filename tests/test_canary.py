@@ -16,7 +16,8 @@ from service.cli import main
 from service.experiments import canary
 from service.experiments.canary import Canary, Policy, decide
 from service.experiments.evidence import LATENCY_BUCKETS, VariantTotals
-from tests.test_promotion import IRIS, publish_copy, scored
+from tests.support import IRIS
+from tests.test_promotion import publish_copy, scored
 
 FAST = LATENCY_BUCKETS.index(0.002)  # requests answered within 2 ms
 SLOW = LATENCY_BUCKETS.index(0.05)

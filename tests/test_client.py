@@ -30,10 +30,8 @@ from service.localstack import free_port
 from service.runtime.model import load
 from service.store import ModelStore
 from tests.outputs import same_as
+from tests.support import DEMO_MODELS, IRIS, IRIS_EXPECTED, IRIS_ROWS, running_stack
 
-IRIS = "iris-classifier"
-IRIS_ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
-MODELS = {"iris-classifier", "breast-cancer-classifier", "diabetes-regressor"}
 MAX_INSTANCES = 50
 
 
@@ -42,13 +40,10 @@ MAX_INSTANCES = 50
 
 @pytest.fixture(scope="module")
 def stack(trained_store_dir, tmp_path_factory):
-    from tests.integration.conftest import demo_stack
-
-    with demo_stack(
-        trained_store_dir,
-        tmp_path_factory,
-        "client-stack",
-        {"MODEL_SERVICE_MAX_INSTANCES": str(MAX_INSTANCES)},
+    with running_stack(
+        tmp_path_factory.mktemp("client-stack"),
+        store_from=trained_store_dir,
+        env={"MODEL_SERVICE_MAX_INSTANCES": str(MAX_INSTANCES)},
     ) as started:
         yield started
 
@@ -60,7 +55,7 @@ def client(stack):
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("name", sorted(DEMO_MODELS))
 def test_predict_equals_the_estimator_in_process(stack, client, name):
     model = load(ModelStore(stack.store), name, 1)
     rows = np.asarray(model.metadata["golden"]["instances"])
@@ -77,7 +72,7 @@ def test_predict_equals_the_estimator_in_process(stack, client, name):
 def test_objects_keyed_by_feature_name(client):
     model = client.model(IRIS)
     objects = [dict(zip(model["features"], row, strict=True)) for row in IRIS_ROWS]
-    assert client.predict(f"{IRIS}@production", objects) == ["setosa", "virginica"]
+    assert client.predict(f"{IRIS}@production", objects) == IRIS_EXPECTED
     probabilities = client.predict_proba(IRIS, objects)
     assert len(probabilities) == 2 and len(probabilities[0]) == len(model["classes"])
     assert model["classes"][int(np.argmax(probabilities[1]))] == "virginica"
@@ -86,7 +81,7 @@ def test_objects_keyed_by_feature_name(client):
 @pytest.mark.integration
 def test_models_and_model(client):
     listing = client.models()
-    assert {m["name"] for m in listing} == MODELS
+    assert {m["name"] for m in listing} == set(DEMO_MODELS)
     details = client.model(IRIS)
     assert details["name"] == IRIS
     assert details["classes"] == ["setosa", "versicolor", "virginica"]
@@ -143,7 +138,7 @@ def test_too_many_instances_and_bad_names(client):
 @pytest.mark.integration
 def test_an_api_key_does_not_get_in_the_way_of_predictions(stack):
     with ModelClient(stack.url, api_key="some-key") as keyed:
-        assert keyed.predict(IRIS, IRIS_ROWS) == ["setosa", "virginica"]
+        assert keyed.predict(IRIS, IRIS_ROWS) == IRIS_EXPECTED
 
 
 # -- retries, against a closed port and a scripted server ---------------------------------
@@ -221,7 +216,7 @@ class ScriptedServer:
 
 
 UNAVAILABLE = {"error": {"code": "model_not_ready", "message": "loading", "request_id": "r1"}}
-PREDICTED = {"model": IRIS, "version": 1, "predictions": ["setosa", "virginica"]}
+PREDICTED = {"model": IRIS, "version": 1, "predictions": IRIS_EXPECTED}
 
 
 def test_503_is_retried_with_backoff_then_succeeds():
@@ -229,7 +224,7 @@ def test_503_is_retried_with_backoff_then_succeeds():
     with ScriptedServer(script) as server:
         client = ModelClient(server.url, retries=3, backoff=0.1)
         started = time.monotonic()
-        assert client.predict(IRIS, IRIS_ROWS) == ["setosa", "virginica"]
+        assert client.predict(IRIS, IRIS_ROWS) == IRIS_EXPECTED
         elapsed = time.monotonic() - started
     assert len(server.requests) == 3
     assert all(r["path"] == f"/v1/models/{IRIS}/predict" for r in server.requests)
@@ -318,7 +313,7 @@ def test_load_model_predicts_like_the_runtime(store_dir):
     reference = load(ModelStore(store_dir), IRIS, 1)
     assert (model.name, model.version) == (IRIS, 1)
     prediction = model.predict(IRIS_ROWS)
-    assert prediction.predictions == ["setosa", "virginica"]
+    assert prediction.predictions == IRIS_EXPECTED
     assert prediction.predictions == same_as(reference.estimator.predict(np.array(IRIS_ROWS)))
     assert prediction.probabilities == same_as(reference.estimator.predict_proba(IRIS_ROWS))
     with pytest.raises(InvalidInput, match="has 3 values, the model takes 4"):

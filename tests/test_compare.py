@@ -19,8 +19,7 @@ from service.training.compare import (
     flatten,
     score_rows,
 )
-
-IRIS = "iris-classifier"
+from tests.support import IRIS
 
 PIPELINE = {
     "class": "sklearn.pipeline.Pipeline",

@@ -11,9 +11,9 @@ import pytest
 
 from service import create_app
 from service.api import content_encoding
+from tests.support import IRIS, IRIS_ROW
 
-IRIS = "iris-classifier"
-BODY = json.dumps({"instances": [[5.1, 3.5, 1.4, 0.2]]}).encode()
+BODY = json.dumps({"instances": [IRIS_ROW]}).encode()
 LIMIT = 4096
 
 

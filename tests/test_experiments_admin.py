@@ -9,8 +9,8 @@ import pytest
 
 from service import create_app
 from service.store.experiments import EXPERIMENT_FILE
+from tests.support import IRIS
 
-IRIS = "iris-classifier"
 ADMIN_KEY = "experiments-admin-key"
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
 URL = f"/v1/admin/experiments/{IRIS}"

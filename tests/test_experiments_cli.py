@@ -21,9 +21,8 @@ from service.store.experiments import EXPERIMENT_FILE, Shadow, parse_variants
 from service.store.mirror import StoreMirror
 from service.store.remote import RemoteStore
 from tests.sshd import loopback_sshd, store_serve
+from tests.support import IRIS
 from tests.test_remote_store import republish
-
-IRIS = "iris-classifier"
 
 
 def staged_copy(trained_store_dir: Path, target: Path) -> ModelStore:

@@ -21,8 +21,7 @@ from service.store.experiments import (
     Variant,
     parse_variants,
 )
-
-IRIS = "iris-classifier"
+from tests.support import IRIS
 
 
 @pytest.fixture

@@ -6,11 +6,10 @@ import os
 import threading
 import time
 
-import pytest
-
 from service.config import Settings
 from service.monitoring import live
 from service.monitoring.flusher import ProcessFlusher
+from tests.support import eventually
 
 
 def run_in_child(action) -> int:
@@ -23,15 +22,18 @@ def run_in_child(action) -> int:
             code = 0
         finally:
             os._exit(code)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+
+    def exit_code() -> tuple[int] | None:
         done, status = os.waitpid(child, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.02)
-    os.kill(child, 9)
-    os.waitpid(child, 0)
-    pytest.fail("the forked child hung")
+        return (os.waitstatus_to_exitcode(status),) if done else None
+
+    try:
+        (code,) = eventually(exit_code, timeout=10, interval=0.02, message="the forked child hung")
+    except AssertionError:
+        os.kill(child, 9)
+        os.waitpid(child, 0)
+        raise
+    return code
 
 
 class _Writer:
@@ -51,15 +53,15 @@ class _Writer:
 
 def test_the_timer_flushes_every_interval_and_stops():
     writer = _Writer()
+    before = set(threading.enumerate())
     writer.flusher.start()
-    deadline = time.monotonic() + 5
-    while writer.flushes < 3 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert writer.flushes >= 3
+    (timer,) = set(threading.enumerate()) - before
+    eventually(lambda: writer.flushes >= 3, timeout=5, interval=0.02, message="3 flushes")
     writer.flusher.stop()
-    time.sleep(0.2)
+    timer.join(timeout=5)  # a flush under way ends first
+    assert not timer.is_alive()
     stopped_at = writer.flushes
-    time.sleep(0.2)
+    time.sleep(0.2)  # four intervals pass: what is under test is that nothing happens in them
     assert writer.flushes == stopped_at
 
 

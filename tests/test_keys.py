@@ -39,17 +39,9 @@ from service.store import ModelStore, archive
 from service.store.mirror import StoreMirror
 from service.store.remote import RemoteStore
 from tests.sshd import loopback_sshd, modelctl, store_serve
+from tests.support import IRIS, IRIS_ROW, eventually
 
-IRIS = "iris-classifier"
-IRIS_ROW = [5.1, 3.5, 1.4, 0.2]
 V2_BODY = {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": IRIS_ROW}]}
-
-
-def wait_until(condition, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -134,9 +126,9 @@ def test_a_change_of_the_file_is_seen_within_the_check_interval(tmp_path):
     with pytest.raises(Unauthorized):
         keys.authorize("k", "read")
     ring.add("k", ["read"], digest("k"))
-    wait_until(lambda: _allowed(keys, "k", "read"), timeout=2)
+    eventually(lambda: _allowed(keys, "k", "read"), timeout=2)
     ring.revoke("k")
-    wait_until(lambda: not _allowed(keys, "k", "read"), timeout=2)
+    eventually(lambda: not _allowed(keys, "k", "read"), timeout=2)
 
 
 def test_a_broken_file_keeps_the_keys_read_before(tmp_path):
@@ -144,7 +136,7 @@ def test_a_broken_file_keeps_the_keys_read_before(tmp_path):
     keys = KeyVerifier(tmp_path, check_interval=0.05)
     assert _allowed(keys, "k", "read")
     (tmp_path / KEYS_FILE).write_text("keys: [not, a, mapping")
-    time.sleep(0.1)
+    time.sleep(0.1)  # two check intervals: the broken file has been looked at
     assert _allowed(keys, "k", "read")
 
 
@@ -360,9 +352,9 @@ def test_a_revoked_key_is_refused_within_seconds(make_client, store_dir, keyed_s
     headers = bearer(keyed_store["read"])
     assert client.get("/v1/models", headers=headers).status_code == 200
     KeyRing(store_dir).revoke("reader")
-    wait_until(lambda: client.get("/v1/models", headers=headers).status_code == 401, timeout=3)
+    eventually(lambda: client.get("/v1/models", headers=headers).status_code == 401, timeout=3)
     added = KeyRing(store_dir).create("late", ["read"])
-    wait_until(lambda: client.get("/v1/models", headers=bearer(added)).status_code == 200, 3)
+    eventually(lambda: client.get("/v1/models", headers=bearer(added)).status_code == 200, 3)
 
 
 # -- gRPC ------------------------------------------------------------------------------

@@ -18,12 +18,7 @@ from service.runtime.model import load
 from service.runtime.schema import FeatureSpec, InputSchema
 from service.store import ModelStore
 from tests.outputs import same_as
-
-IRIS = "iris-classifier"
-MODELS = ["iris-classifier", "breast-cancer-classifier", "diabetes-regressor"]
-IRIS_COLUMNS = ["sepal_length_cm", "sepal_width_cm", "petal_length_cm", "petal_width_cm"]
-IRIS_ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]]
-IRIS_EXPECTED = ["setosa", "virginica", "versicolor"]
+from tests.support import DEMO_MODELS, IRIS, IRIS_EXPECTED, IRIS_FEATURES, IRIS_ROWS
 
 
 @pytest.fixture
@@ -101,7 +96,7 @@ def _bodies(frame: pd.DataFrame) -> dict[str, tuple[object, str]]:
 FORMAT_NAMES = list(_bodies(pd.DataFrame({"a": [1]})))
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", DEMO_MODELS)
 @pytest.mark.parametrize("form", FORMAT_NAMES)
 def test_every_format_gives_the_native_predictions(client, store_dir, name, form):
     frame, in_process = model_frame(store_dir, name)
@@ -125,12 +120,12 @@ def test_every_format_gives_the_native_predictions(client, store_dir, name, form
 
 
 def test_iris_labels_are_class_names(client):
-    body = {"dataframe_split": {"columns": IRIS_COLUMNS, "data": IRIS_ROWS}}
+    body = {"dataframe_split": {"columns": IRIS_FEATURES, "data": IRIS_ROWS}}
     assert invoke(client, body).json == {"predictions": IRIS_EXPECTED}
 
 
 def test_a_single_row_as_an_object_of_values(client):
-    row = dict(zip(IRIS_COLUMNS, IRIS_ROWS[1], strict=True))
+    row = dict(zip(IRIS_FEATURES, IRIS_ROWS[1], strict=True))
     assert invoke(client, {"inputs": row}).json == {"predictions": ["virginica"]}
 
 
@@ -176,7 +171,7 @@ def test_invocations_without_a_default_and_several_models_is_409(client):
     assert response.status_code == 409
     assert response.json["error_code"] == "RESOURCE_CONFLICT"
     assert "MODEL_SERVICE_DEFAULT_MODEL" in response.json["message"]
-    assert response.json["details"]["models"] == sorted(MODELS)
+    assert response.json["details"]["models"] == sorted(DEMO_MODELS)
 
 
 @pytest.mark.parametrize("default", [IRIS, f"{IRIS}@production", f"{IRIS}@1"])
@@ -264,8 +259,8 @@ def test_ping_and_health_answer_503_when_a_model_cannot_load(store_dir, path):
 
 # -- mistakes: our statuses, MLflow's error shape ------------------------------------------
 
-CSV_HEADER = ",".join(IRIS_COLUMNS)
-SPLIT = {"columns": IRIS_COLUMNS, "data": IRIS_ROWS}
+CSV_HEADER = ",".join(IRIS_FEATURES)
+SPLIT = {"columns": IRIS_FEATURES, "data": IRIS_ROWS}
 
 BAD_REQUESTS = [
     # (id, body, content type, status, error_code, message fragment)
@@ -292,7 +287,7 @@ BAD_REQUESTS = [
     ),
     (
         "split without data",
-        {"dataframe_split": {"columns": IRIS_COLUMNS}},
+        {"dataframe_split": {"columns": IRIS_FEATURES}},
         None,
         400,
         "BAD_REQUEST",
@@ -300,7 +295,7 @@ BAD_REQUESTS = [
     ),
     (
         "split row of the wrong length",
-        {"dataframe_split": {"columns": IRIS_COLUMNS, "data": [[5.1, 3.5, 1.4]]}},
+        {"dataframe_split": {"columns": IRIS_FEATURES, "data": [[5.1, 3.5, 1.4]]}},
         None,
         400,
         "BAD_REQUEST",
@@ -349,7 +344,7 @@ BAD_REQUESTS = [
     ("no instances", {"instances": []}, None, 400, "BAD_REQUEST", "no instances"),
     (
         "wrong columns",
-        {"dataframe_split": {"columns": [*IRIS_COLUMNS[:3], "petal_widht_cm"], "data": IRIS_ROWS}},
+        {"dataframe_split": {"columns": [*IRIS_FEATURES[:3], "petal_widht_cm"], "data": IRIS_ROWS}},
         None,
         422,
         "INVALID_PARAMETER_VALUE",
@@ -357,7 +352,7 @@ BAD_REQUESTS = [
     ),
     (
         "a missing column",
-        {"dataframe_records": [dict(zip(IRIS_COLUMNS[:3], IRIS_ROWS[0], strict=False))]},
+        {"dataframe_records": [dict(zip(IRIS_FEATURES[:3], IRIS_ROWS[0], strict=False))]},
         None,
         422,
         "INVALID_PARAMETER_VALUE",
@@ -375,7 +370,7 @@ BAD_REQUESTS = [
         "a string for a number",
         {
             "dataframe_records": [
-                {**dict(zip(IRIS_COLUMNS, IRIS_ROWS[0], strict=True)), "sepal_width_cm": "wide"}
+                {**dict(zip(IRIS_FEATURES, IRIS_ROWS[0], strict=True)), "sepal_width_cm": "wide"}
             ]
         },
         None,
@@ -551,7 +546,7 @@ def test_mistakes_get_our_status_in_mlflows_error_shape(
 
 
 def test_wrong_columns_are_named_with_a_suggestion(client):
-    columns = [*IRIS_COLUMNS[:3], "petal_widht_cm"]
+    columns = [*IRIS_FEATURES[:3], "petal_widht_cm"]
     split = invoke(client, {"dataframe_split": {"columns": columns, "data": IRIS_ROWS[:1]}})
     csv_body = ",".join(columns) + "\n5.1,3.5,1.4,0.2\n"
     csv_answer = invoke(client, csv_body, content_type="text/csv")
@@ -567,7 +562,9 @@ def test_wrong_columns_are_named_with_a_suggestion(client):
 
 
 def test_duplicated_columns_are_refused(client):
-    body = {"dataframe_split": {"columns": [*IRIS_COLUMNS[:3], IRIS_COLUMNS[0]], "data": [[1] * 4]}}
+    body = {
+        "dataframe_split": {"columns": [*IRIS_FEATURES[:3], IRIS_FEATURES[0]], "data": [[1] * 4]}
+    }
     response = invoke(client, body)
     assert response.status_code == 400
     assert response.json["error_code"] == "BAD_REQUEST"

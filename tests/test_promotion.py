@@ -14,10 +14,8 @@ from service.cli import main
 from service.errors import Conflict, PromotionRefused
 from service.formatting import format_pair
 from service.store.promotion import GateRefusal, check_promotion, higher_is_better
+from tests.support import DIABETES, IRIS
 from tests.test_admin import ADMIN_KEY, bearer
-
-IRIS = "iris-classifier"
-DIABETES = "diabetes-regressor"
 
 # iris-classifier@1 scores f1_macro 0.966583 on its test set (written as 0.967).
 WORSE = (

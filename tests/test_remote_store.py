@@ -25,8 +25,7 @@ from service.store.experiments import Shadow, parse_variants
 from service.store.mirror import StoreMirror, describe, read_status
 from service.store.remote import RemoteStore
 from tests.sshd import loopback_sshd, modelctl, store_serve
-
-IRIS = "iris-classifier"
+from tests.support import IRIS
 
 
 @pytest.fixture

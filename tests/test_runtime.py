@@ -24,10 +24,7 @@ from service.runtime.registry import ModelRegistry
 from service.store import ModelRef
 from service.training.demo import demo_specs
 from service.training.split import prepare
-
-IRIS = "iris-classifier"
-CANCER = "breast-cancer-classifier"
-DIABETES = "diabetes-regressor"
+from tests.support import CANCER, DIABETES, IRIS
 
 
 def edit_metadata(store, name, version, change):

@@ -18,8 +18,8 @@ from service.store.mirror import StoreMirror
 from service.store.remote import RemoteStore
 from tests.signing_support import edit_metadata, key_pair, replace_pickle_and_its_sha256, republish
 from tests.sshd import loopback_sshd, store_serve
+from tests.support import IRIS
 
-IRIS = "iris-classifier"
 # A publish over SSH replays the golden example on the store host: slow on a busy machine.
 REMOTE_TIMEOUT = 60.0
 

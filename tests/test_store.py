@@ -25,11 +25,9 @@ from service.errors import (
 )
 from service.store import ModelRef, ModelStore, parse_ref
 from service.store.layout import check_alias, check_name
+from tests.support import CANCER, DEMO_MODELS, DIABETES, IRIS
 
-IRIS = "iris-classifier"
-CANCER = "breast-cancer-classifier"
-DIABETES = "diabetes-regressor"
-DEMO_NAMES = [CANCER, DIABETES, IRIS]
+DEMO_NAMES = sorted(DEMO_MODELS)
 
 
 # -- helpers -------------------------------------------------------------------

@@ -18,9 +18,8 @@ from service.keys import KeyRing, digest
 from service.store import ModelStore
 from service.training.demo import demo_specs
 from service.training.trainer import train
-from tests.integration.conftest import demo_stack, wait_for
 from tests.integration.test_monitoring_stack import iris_rows
-from tests.test_promotion import IRIS
+from tests.support import IRIS, eventually, running_stack
 
 pytestmark = pytest.mark.integration
 
@@ -42,8 +41,11 @@ def add_keys(stack) -> None:
 @pytest.fixture(scope="module")
 def canary_stack(trained_store_dir, tmp_path_factory):
     env = {"MODEL_SERVICE_RELOAD_INTERVAL": "0.2"}
-    with demo_stack(
-        trained_store_dir, tmp_path_factory, "canary-stack", env, before_start=add_keys
+    with running_stack(
+        tmp_path_factory.mktemp("canary-stack"),
+        store_from=trained_store_dir,
+        env=env,
+        before_start=add_keys,
     ) as started:
         yield started
 
@@ -160,7 +162,7 @@ def test_a_bad_version_is_rolled_back_on_feedback(canary_stack, capsys):
         took = time.monotonic() - started
         assert code == 1, progress
         # Once the canary is stopped, production serves everything again.
-        wait_for(lambda: traffic.recent_versions(40) == {"1"}, timeout=15)
+        eventually(lambda: traffic.recent_versions(40) == {"1"}, 15, message="only v1 served")
     assert traffic.failures == []
 
     assert summary["result"] == "rolled_back"
@@ -190,7 +192,9 @@ def test_a_version_as_good_as_production_is_promoted(canary_stack, capsys):
         api = ["--url", canary_stack.url, "--key", ADMIN_KEY]
         code, summary, progress = run_canary(canary_stack, good, capsys, api)
         assert code == 0, progress
-        wait_for(lambda: traffic.recent_versions(40) == {str(good)}, timeout=15)
+        eventually(
+            lambda: traffic.recent_versions(40) == {str(good)}, 15, message=f"only v{good} served"
+        )
     assert traffic.failures == []
 
     assert summary["result"] == "promoted"

@@ -36,7 +36,7 @@ from service.localstack import (
     nginx_binary,
     render_nginx_config,
 )
-from tests.integration.conftest import nginx_stack, require_nginx, wait_for
+from tests.support import eventually, require_nginx, running_stack
 
 pytestmark = pytest.mark.integration
 
@@ -77,7 +77,7 @@ def edge(certificate, tmp_path_factory) -> Iterator[LocalStack]:
         "MODEL_SERVICE_TLS_PORT": str(free_port()),
         "MODEL_SERVICE_MAX_BODY_BYTES": str(MAX_BODY_BYTES),
     }
-    with nginx_stack(tmp_path_factory, "edge", extra_env, workers=1) as started:
+    with running_stack(tmp_path_factory.mktemp("edge"), env=extra_env, workers=1) as started:
         yield started
 
 
@@ -287,7 +287,7 @@ def test_the_rate_limit_is_per_api_key_and_answers_429_with_retry_after(edge, tl
         answer = request(tls_port(edge), "GET", "/healthz", tls=tls, headers=headers)
         return answer.status == 200
 
-    wait_for(served_again, timeout=10, step=0.5)
+    eventually(served_again, timeout=10, interval=0.5)
 
 
 def test_without_a_key_the_rate_limit_is_per_client_address(edge, tls):
@@ -315,7 +315,7 @@ def test_requests_in_progress_are_limited_per_client_address(edge, tls):
             answer = request(tls_port(edge), "GET", "/healthz", tls=tls, source=source)
             return answer if answer.status == 429 else None
 
-        answer = wait_for(refused, timeout=5)
+        answer = eventually(refused, timeout=5)
         assert answer.headers["Retry-After"] == "1"
         assert answer.error()["code"] == "too_many_connections"
         # Another address is not held back.
@@ -329,7 +329,7 @@ def test_requests_in_progress_are_limited_per_client_address(edge, tls):
         """the address is served again once its requests are gone"""
         return request(tls_port(edge), "GET", "/healthz", tls=tls, source=source).status == 200
 
-    wait_for(served_again, timeout=10, step=0.5)
+    eventually(served_again, timeout=10, interval=0.5)
 
 
 # -- the admin API's networks ---------------------------------------------------------------
@@ -501,7 +501,7 @@ def bare_edge(tmp_path_factory) -> Iterator[tuple[int, ScriptedUpstream]]:
                 return True
             return False
 
-        wait_for(listening, timeout=15, step=0.05)
+        eventually(listening, timeout=15, interval=0.05)
         yield port, upstream
     finally:
         process.send_signal(signal.SIGQUIT)

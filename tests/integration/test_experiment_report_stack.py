@@ -15,9 +15,9 @@ from service.cli import main
 from service.keys import KeyRing, digest
 from service.store import ModelStore
 from service.store.experiments import parse_variants
-from tests.integration.conftest import demo_stack, wait_for
+from tests.support import IRIS, eventually, running_stack
 from tests.test_monitoring import IRIS_LABELS, IRIS_ROWS
-from tests.test_promotion import IRIS, publish_copy
+from tests.test_promotion import publish_copy
 
 pytestmark = pytest.mark.integration
 
@@ -37,8 +37,11 @@ def prepare(stack) -> None:
 @pytest.fixture(scope="module")
 def stack(trained_store_dir, tmp_path_factory):
     env = {"MODEL_SERVICE_RELOAD_INTERVAL": "0.2"}
-    with demo_stack(
-        trained_store_dir, tmp_path_factory, "experiment-report", env, before_start=prepare
+    with running_stack(
+        tmp_path_factory.mktemp("experiment-report"),
+        store_from=trained_store_dir,
+        env=env,
+        before_start=prepare,
     ) as started:
         yield started
 
@@ -70,7 +73,7 @@ def test_every_workers_answers_reach_the_report_and_metrics(stack, http, capsys)
             for _ in range(8)
         )
 
-    wait_for(routed)
+    eventually(routed)
     # The answers before this point are in the evidence too: count from the report itself.
     served: dict[str, int] = collections.Counter()
     correct: dict[str, int] = collections.Counter()
@@ -103,7 +106,7 @@ def test_every_workers_answers_reach_the_report_and_metrics(stack, http, capsys)
         labelled = {v["name"]: v["quality"]["labelled"] for v in built["variants"]}
         return built if labelled == served else None
 
-    built = wait_for(reported, timeout=20, step=0.5)
+    built = eventually(reported, timeout=20, interval=0.5)
     assert all(v["requests"] >= served[v["name"]] for v in built["variants"])
     # Feedback joined to the variant that served each request, whichever worker took it.
     assert {v["name"]: v["quality"]["count"] for v in built["variants"]} == correct
@@ -115,4 +118,4 @@ def test_every_workers_answers_reach_the_report_and_metrics(stack, http, capsys)
         requests = {v["name"]: v["requests"] for v in built["variants"]}
         return experiment_series(http, stack.url) == requests
 
-    wait_for(scraped, timeout=20, step=0.5)
+    eventually(scraped, timeout=20, interval=0.5)

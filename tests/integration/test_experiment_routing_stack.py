@@ -17,13 +17,11 @@ from service.protocols.grpc import open_inference_pb2 as pb
 from service.protocols.grpc import open_inference_pb2_grpc as pb_grpc
 from service.store import ModelStore
 from service.store.experiments import parse_variants
-from tests.integration.conftest import demo_stack, wait_for
+from tests.support import IRIS, IRIS_ROW, eventually, running_stack
 from tests.test_experiment_routing import publish_copy
 
 pytestmark = pytest.mark.integration
 
-IRIS = "iris-classifier"
-ROW = [5.1, 3.5, 1.4, 0.2]
 KEY_HEADER = "X-Client-ID"
 VERSIONS = {"production": "1", "staging": "2"}
 KEYLESS_REQUESTS = 2_000
@@ -31,11 +29,10 @@ KEYLESS_REQUESTS = 2_000
 
 @pytest.fixture(scope="module")
 def stack(trained_store_dir, tmp_path_factory):
-    with demo_stack(
-        trained_store_dir,
-        tmp_path_factory,
-        "experiment-routing",
-        {"MODEL_SERVICE_RELOAD_INTERVAL": "0.2"},
+    with running_stack(
+        tmp_path_factory.mktemp("experiment-routing"),
+        store_from=trained_store_dir,
+        env={"MODEL_SERVICE_RELOAD_INTERVAL": "0.2"},
         grpc_port=free_port(),
         before_start=lambda stack: publish_copy(ModelStore(stack.store), aliases=("staging",)),
     ) as started:
@@ -45,7 +42,7 @@ def stack(trained_store_dir, tmp_path_factory):
 def served_by_http(http: requests.Session, url: str, key: str | None = None) -> tuple:
     response = http.post(
         f"{url}/v1/models/{IRIS}/predict",
-        json={"instances": [ROW]},
+        json={"instances": [IRIS_ROW]},
         headers={KEY_HEADER: key} if key else {},
         timeout=10,
     )
@@ -65,7 +62,7 @@ def served_by_http(http: requests.Session, url: str, key: str | None = None) -> 
 def served_by_grpc(stub, key: str | None = None) -> tuple:
     request = pb.ModelInferRequest(model_name=IRIS)
     tensor = request.inputs.add(name="instances", datatype="FP64", shape=[1, 4])
-    tensor.contents.fp64_contents.extend(ROW)
+    tensor.contents.fp64_contents.extend(IRIS_ROW)
     metadata = ((KEY_HEADER.lower(), key),) if key else ()
     response, call = stub.ModelInfer.with_call(request, metadata=metadata, timeout=10)
     sent = dict(call.initial_metadata())
@@ -92,7 +89,7 @@ def test_an_experiment_reaches_every_process_sticks_splits_and_ends(stack):
         experiment = store.start_experiment(
             IRIS, parse_variants("production=50,staging=50"), key_header=KEY_HEADER
         )
-        wait_for(lambda: experiment_everywhere() == {experiment.id}, timeout=30)
+        eventually(lambda: experiment_everywhere() == {experiment.id}, message="routed everywhere")
 
         keys = [f"client-{i}" for i in range(20)]
         expected = {key: experiment.assign(key).name for key in keys}
@@ -108,6 +105,6 @@ def test_an_experiment_reaches_every_process_sticks_splits_and_ends(stack):
         assert all(low <= count <= high for count in split.values()), split
 
         store.stop_experiment(IRIS)
-        wait_for(lambda: experiment_everywhere() == {None}, timeout=30)
+        eventually(lambda: experiment_everywhere() == {None}, message="stopped everywhere")
         assert served_by_http(http, stack.url, keys[0]) == (None, None, "1")
         assert served_by_grpc(stub, keys[0]) == (None, None, "1")

@@ -11,12 +11,14 @@ import pytest
 import requests
 
 from service.store import ModelStore
-from tests.test_api import IRIS, IRIS_ROW
+from tests.support import IRIS, IRIS_ROW, eventually
 
 pytestmark = pytest.mark.integration
 
 SWITCH_DEADLINE_SECONDS = 2.0
 CLIENT_THREADS = 4
+# Answers past a switch's deadline that show it done (4 clients give ~50 a second here).
+SETTLED_ANSWERS = 20
 
 
 class Traffic:
@@ -74,14 +76,18 @@ def test_promote_and_rollback_under_traffic(stack):
     workers = sorted(stack.worker_pids())
     url = f"{stack.url}/v1/models/{IRIS}/predict"
 
+    def settled(since: float):
+        """enough answers after the switch's deadline"""
+        return len(traffic.since(since + SWITCH_DEADLINE_SECONDS)) >= SETTLED_ANSWERS
+
     with Traffic(url) as traffic:
-        time.sleep(0.5)
+        eventually(lambda: traffic.since(0), message="traffic flowing")
         promoted_at = time.monotonic()
         store.promote(IRIS, new_version, reason="hot swap test")
-        time.sleep(SWITCH_DEADLINE_SECONDS + 0.5)
+        eventually(lambda: settled(promoted_at), message="answers after the promotion settled")
         rolled_back_at = time.monotonic()
         store.rollback(IRIS, reason="hot swap test")
-        time.sleep(SWITCH_DEADLINE_SECONDS + 0.5)
+        eventually(lambda: settled(rolled_back_at), message="answers after the rollback settled")
         ended_at = time.monotonic()
 
     statuses = Counter(status for _, _, status in traffic.since(0))

@@ -19,11 +19,9 @@ from service.keys import KeyRing, digest
 from service.localstack import free_port
 from service.protocols.grpc import open_inference_pb2 as pb
 from service.protocols.grpc import open_inference_pb2_grpc as pb_grpc
-from tests.integration.conftest import demo_stack
 from tests.sshd import modelctl
+from tests.support import IRIS, IRIS_ROW, eventually, running_stack
 
-IRIS = "iris-classifier"
-ROW = [5.1, 3.5, 1.4, 0.2]
 # Requests in a burst after a change, 8 at a time: with 2 workers, each gets some of them.
 SPREAD = 32
 RELOAD_DEADLINE_S = 5.0
@@ -46,11 +44,10 @@ def keyed(trained_store_dir, tmp_path_factory):
         # The key a deploy's gate uses, given by the host's settings rather than the store.
         "MODEL_SERVICE_GATE_KEY_HASHES": digest(GATE_KEY),
     }
-    with demo_stack(
-        trained_store_dir,
-        tmp_path_factory,
-        "keys",
-        env,
+    with running_stack(
+        tmp_path_factory.mktemp("keys"),
+        store_from=trained_store_dir,
+        env=env,
         grpc_port=free_port(),
         before_start=make_keys,
     ) as stack:
@@ -64,7 +61,10 @@ def bearer(key: str) -> dict[str, str]:
 def predict(url: str, headers: dict[str, str]) -> requests.Response:
     # A new connection each time (no Session).
     return requests.post(
-        f"{url}/v1/models/{IRIS}/predict", json={"instances": [ROW]}, headers=headers, timeout=10
+        f"{url}/v1/models/{IRIS}/predict",
+        json={"instances": [IRIS_ROW]},
+        headers=headers,
+        timeout=10,
     )
 
 
@@ -80,7 +80,7 @@ def test_refusals_through_nginx_in_each_protocols_shape(keyed):
     assert "needs a key with scope 'predict'" in v2.json()["error"]
     mlflow = requests.post(
         f"{url}/v1/models/{IRIS}/invocations",
-        json={"instances": [ROW]},
+        json={"instances": [IRIS_ROW]},
         headers=bearer(keys["read"]),
         timeout=10,
     )
@@ -106,7 +106,7 @@ def test_grpc_refuses_without_a_key_and_serves_with_one(keyed):
     stack, keys = keyed
     request = pb.ModelInferRequest(model_name=IRIS)
     tensor = request.inputs.add(name="input-0", datatype="FP64", shape=[1, 4])
-    tensor.contents.fp64_contents.extend(ROW)
+    tensor.contents.fp64_contents.extend(IRIS_ROW)
     with grpc.insecure_channel(stack.grpc_address) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         with pytest.raises(grpc.RpcError) as refused:
@@ -159,8 +159,15 @@ def test_no_key_and_no_digest_reach_any_log(keyed):
     for key in keys.values():
         predict(stack.url, bearer(key))
         requests.get(f"{stack.url}/v1/models", headers=bearer(key), timeout=10)
-    predict(stack.url, bearer("msk_a-wrong-key-that-must-not-be-logged"))
-    time.sleep(1.5)  # Nginx flushes its buffered access log every second
+    wrong = bearer("msk_a-wrong-key-that-must-not-be-logged")
+    predict(stack.url, {**wrong, "X-Request-ID": "the-last-request"})
+    # The last request in both logs (Nginx flushes its access log every second, the workers
+    # their request log within half a second) is every request in them.
+    logs_of_requests = [stack.runtime_dir / name for name in ("nginx-access.log", "gunicorn.log")]
+    eventually(
+        lambda: all("the-last-request" in _text(log) for log in logs_of_requests),
+        message="the last request in the access and request logs",
+    )
     secrets = [*keys.values(), "msk_a-wrong-key-that-must-not-be-logged"]
     secrets += [digest(key) for key in keys.values()]
     base = Path(stack.runtime_dir).parent
@@ -183,10 +190,10 @@ def _wait_all(stack, headers: dict[str, str], status: int) -> float:
     """Wait until a burst of SPREAD concurrent requests (so Nginx opens several upstream
     connections) all answer ``status``, and the request log shows that every worker answered
     some of them; the time the burst began."""
-    deadline = time.monotonic() + RELOAD_DEADLINE_S
     workers = set(stack.worker_pids())
     assert len(workers) == 2
-    while True:
+
+    def a_burst_every_worker_answers() -> float | None:
         began = time.monotonic()
         tag = uuid.uuid4().hex[:12]
         ids = [f"{tag}-{i}" for i in range(SPREAD)]
@@ -194,27 +201,31 @@ def _wait_all(stack, headers: dict[str, str], status: int) -> float:
             answers = list(
                 pool.map(lambda i: predict(stack.url, {**headers, "X-Request-ID": i}), ids)
             )
-        if all(answer.status_code == status for answer in answers):
-            answered_by = _pids_of(stack, set(ids))
-            if answered_by == workers:
-                return began
-        assert time.monotonic() < deadline, f"not every worker answers {status} yet"
-        time.sleep(0.1)
+        answered = all(answer.status_code == status for answer in answers)
+        return began if answered and _pids_of(stack, set(ids)) == workers else None
+
+    return eventually(
+        a_burst_every_worker_answers, RELOAD_DEADLINE_S, message=f"every worker answers {status}"
+    )
 
 
 def _pids_of(stack, request_ids: set[str]) -> set[int]:
-    """The worker pids the request log names for these requests (lines are flushed within
-    half a second)."""
+    """The worker pids the request log names for these requests, once it names them all
+    (lines are flushed within half a second)."""
     log = Path(stack.runtime_dir) / "gunicorn.log"
-    deadline = time.monotonic() + 3
-    while True:
+
+    def every_request_logged() -> set[int] | None:
         pids, seen = set(), set()
-        for line in log.read_text(errors="replace").splitlines():
+        for line in _text(log).splitlines():
             if line.startswith("{") and '"request_id"' in line:
                 entry = json.loads(line)
                 if entry.get("request_id") in request_ids:
                     seen.add(entry["request_id"])
                     pids.add(entry["pid"])
-        if seen == request_ids or time.monotonic() > deadline:
-            return pids
-        time.sleep(0.1)
+        return pids if seen == request_ids else None
+
+    return eventually(every_request_logged, 10, message="every request in the request log")
+
+
+def _text(log: Path) -> str:
+    return log.read_text(errors="replace") if log.exists() else ""

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 
 import numpy as np
 import pytest
@@ -16,14 +15,12 @@ import tritonclient.grpc as triton
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.localstack import free_port
-from tests.integration.conftest import DEMO_STACK_WORKERS, demo_stack
+from tests.support import IRIS, IRIS_EXPECTED, IRIS_ROWS, STACK_WORKERS, eventually, running_stack
 
 pytestmark = pytest.mark.integration
 
-IRIS = "iris-classifier"
-ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
 PREDICT = "/v1/models/<model_ref>/predict"
-WORKERS = DEMO_STACK_WORKERS
+WORKERS = STACK_WORKERS
 
 
 @pytest.fixture(scope="module")
@@ -33,11 +30,9 @@ def metrics_stack(trained_store_dir, tmp_path_factory):
         stack.metrics_dir.mkdir(parents=True)
         (stack.metrics_dir / "counter_1.db").write_bytes(b"stale")
 
-    with demo_stack(
-        trained_store_dir,
-        tmp_path_factory,
-        "metrics-stack",
-        {},
+    with running_stack(
+        tmp_path_factory.mktemp("metrics-stack"),
+        store_from=trained_store_dir,
         grpc_port=free_port(),
         before_start=plant_stale_file,
     ) as started:
@@ -73,12 +68,12 @@ def worker_starts(stack) -> float:
 def predict(stack, request_id: str) -> None:
     response = requests.post(
         f"{stack.url}/v1/models/{IRIS}/predict",
-        json={"instances": ROWS},
+        json={"instances": IRIS_ROWS},
         headers={"Connection": "close", "X-Request-ID": request_id},
         timeout=10,
     )
     assert response.status_code == 200
-    assert response.json()["predictions"] == ["setosa", "virginica"]
+    assert response.json()["predictions"] == IRIS_EXPECTED
 
 
 def request_log(stack) -> dict[str, dict]:
@@ -92,22 +87,12 @@ def request_log(stack) -> dict[str, dict]:
     return lines
 
 
-def wait_for(condition, timeout: float = 30.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.1)
-    pytest.fail(f"timed out waiting for {what}")
-
-
 def test_counts_are_exact_across_workers_and_survive_a_killed_worker(metrics_stack):
     stack = metrics_stack
     assert not (stack.metrics_dir / "counter_1.db").exists()
     assert served_requests(scrape(stack)) == 0
     # A worker's pid shows a moment before its post_fork hook has counted it.
-    wait_for(lambda: worker_starts(stack) >= WORKERS, what="both workers' post_fork")
+    eventually(lambda: worker_starts(stack) >= WORKERS, message="both workers' post_fork")
     assert worker_starts(stack) == WORKERS
 
     # Predict until both workers have answered (new connection each), and count them.
@@ -116,13 +101,15 @@ def test_counts_are_exact_across_workers_and_survive_a_killed_worker(metrics_sta
         request_id = f"spread-{len(sent)}"
         predict(stack, request_id)
         sent.append(request_id)
-        line = wait_for(
-            lambda rid=request_id: request_log(stack).get(rid), 10, f"the log of {request_id}"
+        line = eventually(
+            lambda rid=request_id: request_log(stack).get(rid),
+            10,
+            message=f"the log of {request_id}",
         )
         served_by = {request_log(stack)[r]["pid"] for r in sent}
         if len(served_by) == WORKERS or len(sent) >= 200:
             break
-    assert (line["route"], line["model"], line["instances"]) == (PREDICT, IRIS, len(ROWS))
+    assert (line["route"], line["model"], line["instances"]) == (PREDICT, IRIS, len(IRIS_ROWS))
     assert served_by == set(stack.worker_pids())
     n = len(sent)
     for _ in range(4):
@@ -131,11 +118,11 @@ def test_counts_are_exact_across_workers_and_survive_a_killed_worker(metrics_sta
     # SIGKILL a worker that served some of them: no goodbye, no flush.
     victim = request_log(stack)[sent[0]]["pid"]
     os.kill(victim, signal.SIGKILL)
-    wait_for(
+    eventually(
         lambda: victim not in stack.worker_pids() and len(stack.worker_pids()) == WORKERS,
-        what="Gunicorn to replace the killed worker",
+        message="Gunicorn to replace the killed worker",
     )
-    wait_for(lambda: worker_starts(stack) > WORKERS, what="the new worker's post_fork")
+    eventually(lambda: worker_starts(stack) > WORKERS, message="the new worker's post_fork")
     assert worker_starts(stack) == WORKERS + 1
     m = 7
     for i in range(m):
@@ -145,7 +132,7 @@ def test_counts_are_exact_across_workers_and_survive_a_killed_worker(metrics_sta
         assert served_requests(families) == n + m
         assert value(families, "model_service_worker_starts_total") == WORKERS + 1
     classes = value(families, "model_service_predictions_total", model=IRIS, version="1")
-    assert classes == (n + m) * len(ROWS)
+    assert classes == (n + m) * len(IRIS_ROWS)
     assert value(families, "model_service_instances_per_request_count", model=IRIS) == n + m
     # Loaded once per Gunicorn instance, in its master (preload_app); its workers share it.
     assert value(families, "model_service_model_load_seconds_count", model=IRIS) == len(
@@ -163,16 +150,16 @@ def test_counts_are_exact_across_workers_and_survive_a_killed_worker(metrics_sta
 def test_grpc_predictions_count_in_the_same_sums(metrics_stack):
     stack = metrics_stack
     before = scrape(stack)
-    rows = np.array(ROWS)
+    rows = np.array(IRIS_ROWS)
     tensor = triton.InferInput("instances", list(rows.shape), "FP64")
     tensor.set_data_from_numpy(rows)
     k = 3
     with triton.InferenceServerClient(stack.grpc_address) as client:
         for _ in range(k):
             result = client.infer(IRIS, [tensor])
-            assert result.as_numpy("predict").tolist() == [b"setosa", b"virginica"]
+            assert result.as_numpy("predict").tolist() == [c.encode() for c in IRIS_EXPECTED]
     after = scrape(stack)
-    for label in ("setosa", "virginica"):
+    for label in IRIS_EXPECTED:
         labels = {"model": IRIS, "version": "1", "class": label}
         moved = value(after, "model_service_predictions_total", **labels) - value(
             before, "model_service_predictions_total", **labels

@@ -12,13 +12,11 @@ import requests
 
 from service.runtime.model import load
 from service.store import ModelStore
-from tests.integration.conftest import demo_stack
 from tests.outputs import same_as
-from tests.test_mlflow import BAD_REQUESTS, IRIS, IRIS_COLUMNS, IRIS_EXPECTED, IRIS_ROWS
+from tests.support import DEMO_MODELS, IRIS, IRIS_EXPECTED, IRIS_FEATURES, IRIS_ROWS, running_stack
+from tests.test_mlflow import BAD_REQUESTS
 
 pytestmark = pytest.mark.integration
-
-MODELS = ["iris-classifier", "breast-cancer-classifier", "diabetes-regressor"]
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +26,9 @@ def mlflow_stack(trained_store_dir, tmp_path_factory):
         "MODEL_SERVICE_RELOAD_INTERVAL": "0.2",
         "MODEL_SERVICE_DEFAULT_MODEL": f"{IRIS}@production",
     }
-    with demo_stack(trained_store_dir, tmp_path_factory, "mlflow-stack", env) as started:
+    with running_stack(
+        tmp_path_factory.mktemp("mlflow-stack"), store_from=trained_store_dir, env=env
+    ) as started:
         yield started
 
 
@@ -45,7 +45,7 @@ def frame_of(store, name: str) -> tuple[pd.DataFrame, list]:
 
 def test_invocations_with_a_dataframe_as_an_mlflow_user_sends_it(mlflow_stack):
     url = mlflow_stack.url
-    df = pd.DataFrame(IRIS_ROWS, columns=IRIS_COLUMNS)
+    df = pd.DataFrame(IRIS_ROWS, columns=IRIS_FEATURES)
 
     split = requests.post(
         url + "/invocations", json={"dataframe_split": df.to_dict(orient="split")}
@@ -65,7 +65,7 @@ def test_invocations_with_a_dataframe_as_an_mlflow_user_sends_it(mlflow_stack):
         assert response.json() == {"predictions": IRIS_EXPECTED}
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", DEMO_MODELS)
 @pytest.mark.parametrize("form", ["dataframe_split", "dataframe_records", "csv"])
 def test_every_model_through_nginx_equals_in_process(mlflow_stack, name, form):
     df, expected = frame_of(mlflow_stack.store, name)

@@ -5,8 +5,6 @@ within the reload interval, without a restart."""
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import requests
@@ -16,14 +14,18 @@ from service.runtime.model import load
 from service.store import ModelStore
 from service.training.demo import demo_specs
 from service.training.trainer import train
-from tests.integration.conftest import DEMO_STACK_WORKERS, demo_stack
 from tests.outputs import same_as
+from tests.support import (
+    CANCER,
+    IRIS,
+    IRIS_EXPECTED,
+    IRIS_ROWS,
+    STACK_WORKERS,
+    eventually,
+    running_stack,
+)
 
 pytestmark = pytest.mark.integration
-
-IRIS = "iris-classifier"
-CANCER = "breast-cancer-classifier"
-IRIS_ROWS = [[5.1, 3.5, 1.4, 0.2], [6.3, 3.3, 6.0, 2.5]]
 
 
 @pytest.fixture(scope="module")
@@ -33,11 +35,10 @@ def onnx_stack(trained_store_dir, tmp_path_factory):
         (iris,) = [spec for spec in demo_specs() if spec.name == IRIS]
         train(iris, ModelStore(stack.store), aliases=("production",), onnx=False)
 
-    with demo_stack(
-        trained_store_dir,
-        tmp_path_factory,
-        "onnx-stack",
-        {"MODEL_SERVICE_RELOAD_INTERVAL": "0.2"},
+    with running_stack(
+        tmp_path_factory.mktemp("onnx-stack"),
+        store_from=trained_store_dir,
+        env={"MODEL_SERVICE_RELOAD_INTERVAL": "0.2"},
         before_start=publish_pickle_only,
     ) as started:
         yield started
@@ -54,7 +55,7 @@ def test_forked_workers_serve_through_onnxruntime(onnx_stack):
     model = load(ModelStore(onnx_stack.store), CANCER, 1, backend="sklearn")
     rows = np.asarray(model.metadata["golden"]["instances"])
     # Enough requests for both workers to answer several (Nginx spreads them).
-    for _ in range(8 * DEMO_STACK_WORKERS):
+    for _ in range(8 * STACK_WORKERS):
         body = predict(onnx_stack.url, CANCER, rows.tolist())
         assert body["backend"] == "onnxruntime"
         assert body["predictions"] == same_as(model.estimator.predict(rows))
@@ -72,12 +73,14 @@ def test_optimize_switches_every_worker_without_a_restart(onnx_stack, capsys):
 
     # Every worker polls the store each 0.2 s; a run of answers all from onnxruntime
     # (twice the requests that reach each worker) shows every one of them switched.
-    deadline, in_a_row = time.monotonic() + 20, 0
-    while in_a_row < 10 * DEMO_STACK_WORKERS and time.monotonic() < deadline:
-        body = predict(onnx_stack.url, IRIS, IRIS_ROWS)
-        in_a_row = in_a_row + 1 if body["backend"] == "onnxruntime" else 0
-        time.sleep(0.02)
-    assert in_a_row >= 10 * DEMO_STACK_WORKERS, "the workers did not all switch to onnxruntime"
+    def a_run_from_onnxruntime() -> list[dict] | None:
+        answers = [predict(onnx_stack.url, IRIS, IRIS_ROWS) for _ in range(10 * STACK_WORKERS)]
+        return answers if all(a["backend"] == "onnxruntime" for a in answers) else None
+
+    answers = eventually(
+        a_run_from_onnxruntime, timeout=20, interval=0.02, message="every worker on onnxruntime"
+    )
+    body = answers[-1]
     assert body["version"] == 2
-    assert body["predictions"] == before["predictions"] == ["setosa", "virginica"]
+    assert body["predictions"] == before["predictions"] == IRIS_EXPECTED
     assert body["probabilities"] == same_as(before["probabilities"])

@@ -11,9 +11,9 @@ import jsonschema
 import pytest
 from openapi_spec_validator import OpenAPIV31SpecValidator, validate
 
-pytestmark = pytest.mark.integration
+from tests.support import DEMO_MODELS, IRIS
 
-MODELS = ["iris-classifier", "breast-cancer-classifier", "diabetes-regressor"]
+pytestmark = pytest.mark.integration
 
 
 def test_openapi_document_through_nginx(stack, http):
@@ -23,7 +23,7 @@ def test_openapi_document_through_nginx(stack, http):
     assert response.headers["Content-Type"].startswith("application/json")
     document = response.json()
     validate(document, cls=OpenAPIV31SpecValidator)
-    for name in MODELS:
+    for name in DEMO_MODELS:
         assert f"/v1/models/{name}/predict" in document["paths"]
         assert f"{name}.Instance" in document["components"]["schemas"]
     # Every worker answers with the same document (same models served).
@@ -33,16 +33,16 @@ def test_openapi_document_through_nginx(stack, http):
 
 def test_a_body_valid_for_the_documented_schema_predicts_through_nginx(stack, http):
     document = http.get(f"{stack.url}/openapi.json").json()
-    operation = document["paths"]["/v1/models/iris-classifier/predict"]["post"]
+    operation = document["paths"][f"/v1/models/{IRIS}/predict"]["post"]
     body = operation["requestBody"]["content"]["application/json"]["example"]
     schema = {
-        "$ref": "#/components/schemas/iris-classifier.PredictRequest",
+        "$ref": f"#/components/schemas/{IRIS}.PredictRequest",
         "components": document["components"],
     }
     jsonschema.Draft202012Validator(schema).validate(body)
-    response = http.post(f"{stack.url}/v1/models/iris-classifier/predict", json=body)
+    response = http.post(f"{stack.url}/v1/models/{IRIS}/predict", json=body)
     assert response.status_code == 200
-    answer = {**schema, "$ref": "#/components/schemas/iris-classifier.PredictResponse"}
+    answer = {**schema, "$ref": f"#/components/schemas/{IRIS}.PredictResponse"}
     jsonschema.Draft202012Validator(answer).validate(response.json())
 
 
@@ -57,7 +57,7 @@ def test_docs_page_through_nginx(stack, http):
     assert response.headers["X-Content-Type-Options"] == "nosniff"
     html = response.text
     assert 'src="http' not in html and 'href="http' not in html
-    for name in MODELS:
+    for name in DEMO_MODELS:
         assert f'id="model-{name}"' in html
         assert f"/v1/models/{name}/predict" in html
     # Nginx passes the Host the client sent, port included: the curl examples work as shown.
@@ -77,7 +77,7 @@ def test_docs_page_through_nginx(stack, http):
 )
 def test_a_request_id_is_kept_only_when_sane(stack, http, sent, kept):
     response = http.post(
-        f"{stack.url}/v1/models/{MODELS[0]}/predict",
+        f"{stack.url}/v1/models/{IRIS}/predict",
         json={"instances": [{"x": 1}]},
         headers={"X-Request-ID": sent},
     )
@@ -90,7 +90,7 @@ def test_a_request_id_is_kept_only_when_sane(stack, http, sent, kept):
 
 def test_a_request_id_larger_than_the_header_buffers_is_the_documented_431(stack, http):
     document = http.get(f"{stack.url}/openapi.json").json()
-    path = f"/v1/models/{MODELS[0]}/predict"
+    path = f"/v1/models/{IRIS}/predict"
     response = http.post(f"{stack.url}{path}", json={}, headers={"X-Request-ID": "x" * 10_000})
     assert response.status_code == 431
     assert "431" in document["paths"][path]["post"]["responses"]
@@ -100,7 +100,7 @@ def test_a_request_id_larger_than_the_header_buffers_is_the_documented_431(stack
 
 
 def test_encoded_bodies_through_nginx(stack, http):
-    url = f"{stack.url}/v1/models/iris-classifier/predict"
+    url = f"{stack.url}/v1/models/{IRIS}/predict"
     body = json.dumps({"instances": [[5.1, 3.5, 1.4, 0.2]]}).encode()
     headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
     answer = http.post(url, data=gzip.compress(body), headers=headers)

@@ -13,8 +13,7 @@ import pytest
 import requests
 
 from service.localstack import free_port
-from tests.integration.conftest import require_nginx
-from tests.test_api import IRIS, IRIS_OBJECT
+from tests.support import IRIS, IRIS_OBJECT, require_nginx
 
 pytestmark = pytest.mark.integration
 

@@ -10,10 +10,8 @@ import pytest
 import requests
 
 from service.store import ModelStore
-from tests.integration.conftest import demo_stack
-from tests.integration.test_faults import wait_for
 from tests.signing_support import edit_metadata, key_pair, replace_pickle_and_its_sha256, republish
-from tests.test_api import IRIS, IRIS_ROW
+from tests.support import IRIS, IRIS_ROW, eventually, running_stack
 
 pytestmark = pytest.mark.integration
 
@@ -35,8 +33,11 @@ def stack(trained_store_dir, tmp_path_factory, keys):
         "MODEL_SERVICE_RELOAD_INTERVAL": "0.1",
         "MODEL_SERVICE_TRUSTED_SIGNING_KEYS": str(keys["trusted"][1]),
     }
-    with demo_stack(
-        trained_store_dir, tmp_path_factory, "signed", env, before_start=sign_the_store
+    with running_stack(
+        tmp_path_factory.mktemp("signed"),
+        store_from=trained_store_dir,
+        env=env,
+        before_start=sign_the_store,
     ) as started:
         yield started
 
@@ -71,7 +72,7 @@ def test_a_tampered_production_version_is_refused_and_the_old_one_keeps_serving(
         edit_metadata(directory)
     publisher.promote(IRIS, version, force=True)
     try:
-        wait_for(lambda: refusals(stack, version, reason) >= 1, timeout=30)
+        eventually(lambda: refusals(stack, version, reason) >= 1, message=f"a {reason} refusal")
         for _ in range(10):
             answer = requests.post(
                 f"{stack.url}/v1/models/{IRIS}/predict", json={"instances": [IRIS_ROW]}, timeout=10
@@ -83,7 +84,7 @@ def test_a_tampered_production_version_is_refused_and_the_old_one_keeps_serving(
             ready = requests.get(f"{stack.url}/readyz", timeout=10).json()["models"][IRIS]
             return ready.get("wanted") == version and "refusing to unpickle" in ready["error"]
 
-        wait_for(readiness_says_why, timeout=30)
+        eventually(readiness_says_why, message="/readyz says why the version is refused")
         log = (stack.runtime_dir / "gunicorn.log").read_text()
         assert f"cannot load {IRIS}@{version}" in log and logged in log
         assert not marker.exists()

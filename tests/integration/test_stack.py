@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import time
 
 import numpy as np
 import pytest
@@ -13,14 +12,13 @@ import pytest
 from service.runtime.model import load
 from service.store import ModelStore
 from tests.outputs import same_as
-from tests.test_api import BAD_INPUTS, IRIS, IRIS_ROW
+from tests.support import DEMO_MODELS, IRIS, IRIS_ROW, eventually
+from tests.test_api import BAD_INPUTS
 
 pytestmark = pytest.mark.integration
 
-MODELS = ["iris-classifier", "breast-cancer-classifier", "diabetes-regressor"]
 
-
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", DEMO_MODELS)
 def test_predictions_through_nginx_equal_in_process(stack, http, name):
     model = load(ModelStore(stack.store), name, 1)
     rows = np.asarray(model.metadata["golden"]["instances"])
@@ -108,7 +106,7 @@ def test_health_and_models_through_nginx(stack, http):
     assert http.get(f"{stack.url}/healthz").json() == {"status": "ok"}
     assert http.get(f"{stack.url}/readyz").status_code == 200
     names = [m["name"] for m in http.get(f"{stack.url}/v1/models").json()["models"]]
-    assert names == sorted(MODELS)
+    assert names == sorted(DEMO_MODELS)
 
 
 def test_nginx_logs_upstream_timing(stack, http):
@@ -118,13 +116,11 @@ def test_nginx_logs_upstream_timing(stack, http):
         headers={"X-Request-ID": "logged-1"},
     )
     log_path = stack.runtime_dir / "nginx-access.log"
-    # The access log is buffered (flush=1s); stopping is not needed, waiting briefly is.
 
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
+    def logged_line() -> str | None:
         text = log_path.read_text() if log_path.exists() else ""
-        if "rid=logged-1" in text:
-            break
-        time.sleep(0.2)
-    line = next(line for line in text.splitlines() if "rid=logged-1" in line)
+        return next((line for line in text.splitlines() if "rid=logged-1" in line), None)
+
+    # The access log is buffered (flush=1s): the line comes within a second or so.
+    line = eventually(logged_line, timeout=5, interval=0.2, message="logged-1 in the access log")
     assert " urt=" in line and " rt=" in line and "upstream=127.0.0.1:" in line

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import DEMO_MODELS, IRIS, IRIS_OBJECT
+
 pytestmark = pytest.mark.integration
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -23,12 +25,6 @@ CHROMIUM_ARGS = [
 ]
 # Every wait is bounded: the page refreshes every few seconds.
 WAIT_MS = 20_000
-IRIS_ROW = {
-    "sepal_length_cm": 5.5,
-    "sepal_width_cm": 3.5,
-    "petal_length_cm": 1.3,
-    "petal_width_cm": 0.2,
-}
 
 
 def browser_required() -> bool:
@@ -107,7 +103,7 @@ def wait_for_field(page, name: str, field: str, predicate_js: str) -> None:
 
 def test_the_page_shows_every_model_and_follows_the_traffic(stack, http, page):
     served = [m["name"] for m in http.get(f"{stack.url}/v1/models", timeout=10).json()["models"]]
-    assert sorted(served) == ["breast-cancer-classifier", "diabetes-regressor", "iris-classifier"]
+    assert sorted(served) == sorted(DEMO_MODELS)
 
     response = page.goto(f"{stack.url}/status", timeout=WAIT_MS)
     assert response is not None and response.status == 200
@@ -116,42 +112,38 @@ def test_the_page_shows_every_model_and_follows_the_traffic(stack, http, page):
         section = page.locator(f'section[data-model="{name}"]')
         assert section.locator("h2").inner_text() == name
         assert section.is_visible()
-    assert field_text(page, "iris-classifier", "test-score") == "0.967"
-    assert field_text(page, "iris-classifier", "baseline-score") == "0.227"
+    assert field_text(page, IRIS, "test-score") == "0.967"
+    assert field_text(page, IRIS, "baseline-score") == "0.227"
 
     # The first refresh fills in the cumulative count.
-    wait_for_field(page, "iris-classifier", "requests-total", r"/^[\d,]+$/.test(t)")
-    start = as_number(field_text(page, "iris-classifier", "requests-total"))
+    wait_for_field(page, IRIS, "requests-total", r"/^[\d,]+$/.test(t)")
+    start = as_number(field_text(page, IRIS, "requests-total"))
     other_start = as_number(field_text(page, "diabetes-regressor", "requests-total"))
 
-    url = f"{stack.url}/v1/models/iris-classifier/predict"
+    url = f"{stack.url}/v1/models/{IRIS}/predict"
     for _ in range(5):
-        assert http.post(url, json={"instances": [IRIS_ROW]}, timeout=10).status_code == 200
+        assert http.post(url, json={"instances": [IRIS_OBJECT]}, timeout=10).status_code == 200
     for _ in range(2):
         assert http.post(url, json={"instances": [{"nope": 1}]}, timeout=10).status_code == 422
 
     # The page's own refresh picks it up; nothing here reloads it.
     expected = int(start) + 7
-    wait_for_field(
-        page, "iris-classifier", "requests-total", f"Number(t.replace(/,/g, '')) === {expected}"
-    )
+    wait_for_field(page, IRIS, "requests-total", f"Number(t.replace(/,/g, '')) === {expected}")
     # The window began before the traffic: 7 requests in it, 2 of them refused.
-    wait_for_field(page, "iris-classifier", "window-requests", r"/^7 in /.test(t)")
-    assert as_number(field_text(page, "iris-classifier", "rate")) > 0
-    assert field_text(page, "iris-classifier", "error-rate") == "28.6 %"
-    assert field_text(page, "iris-classifier", "status-4xx") == "2"
-    assert field_text(page, "iris-classifier", "status-2xx") == "5"
-    assert re.fullmatch(r"[\d.]+ ms", field_text(page, "iris-classifier", "p50"))
+    wait_for_field(page, IRIS, "window-requests", r"/^7 in /.test(t)")
+    assert as_number(field_text(page, IRIS, "rate")) > 0
+    assert field_text(page, IRIS, "error-rate") == "28.6 %"
+    assert field_text(page, IRIS, "status-4xx") == "2"
+    assert field_text(page, IRIS, "status-2xx") == "5"
+    assert re.fullmatch(r"[\d.]+ ms", field_text(page, IRIS, "p50"))
     assert (
-        page.locator(
-            'section[data-model="iris-classifier"] [data-slot="rate-chart"] svg polyline'
-        ).count()
+        page.locator(f'section[data-model="{IRIS}"] [data-slot="rate-chart"] svg polyline').count()
         == 1
     )
     # Five rows are too few to judge drift on: the drift panel says so for the version and
     # in place of each feature's PSI, and flags nothing.
-    wait_for_field(page, "iris-classifier", "drift-too-few", "t === 'too few rows (5 of 100)'")
-    drift_panel = page.locator('section[data-model="iris-classifier"] [data-slot="drift"]')
+    wait_for_field(page, IRIS, "drift-too-few", "t === 'too few rows (5 of 100)'")
+    drift_panel = page.locator(f'section[data-model="{IRIS}"] [data-slot="drift"]')
     assert drift_panel.locator("svg text", has_text="too few rows (5 of 100)").count() == 4
     assert drift_panel.locator('[data-field="drift-flagged"]').count() == 0
     # Another model's figures did not move.
