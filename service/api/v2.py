@@ -26,7 +26,8 @@ from service.api import errors, json_response, routing, state
 from service.errors import BadRequest, UnsupportedMediaType
 from service.protocols import v2
 from service.protocols.v2 import rest
-from service.protocols.v2.dataplane import DataPlane, model_ref
+from service.protocols.v2.dataplane import DataPlane
+from service.store.layout import model_ref
 
 bp = Blueprint("v2", __name__, url_prefix="/v2")
 

@@ -31,10 +31,10 @@ from service.protocols.grpc import open_inference_pb2 as pb
 from service.protocols.grpc import open_inference_pb2_grpc as pb_grpc
 from service.protocols.grpc import tensors
 from service.protocols.v2.dataplane import DataPlane
-from service.protocols.v2.dataplane import model_ref as plane_model_ref
 from service.runtime import hooks
 from service.runtime.registry import ModelRegistry
 from service.store import ModelRef, parse_ref
+from service.store.layout import model_ref as named_ref
 
 log = logging.getLogger("service.grpc")
 
@@ -56,7 +56,7 @@ def model_ref(name: str, version: str) -> ModelRef:
     """``name`` with ``version`` empty (the default alias), a version number or an alias;
     ``name@3`` / ``name@staging`` work too when ``version`` is empty."""
     if "@" not in name:
-        return plane_model_ref(name, version)
+        return named_ref(name, version or None)
     if version:
         raise BadRequest(
             "give the version in model_version or after '@' in the name, not both",

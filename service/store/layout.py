@@ -74,8 +74,14 @@ def check_version(version: int | str) -> int:
 def parse_ref(text: str) -> ModelRef:
     """Parse ``name[@version|@alias]``."""
     name, sep, selector = text.partition("@")
+    return model_ref(name, selector if sep else None)
+
+
+def model_ref(name: str, selector: str | None = None) -> ModelRef:
+    """``name`` at ``selector``: None for the default alias, else a version number or an
+    alias (for protocols that send the two apart, as the Open Inference Protocol does)."""
     check_name(name)
-    if not sep:
+    if selector is None:
         return ModelRef(name)
     if selector.isdigit():
         return ModelRef(name, version=check_version(selector))

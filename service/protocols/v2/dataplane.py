@@ -29,7 +29,6 @@ from service.runtime.hooks import Assignment
 from service.runtime.model import LoadedModel
 from service.runtime.registry import ModelRegistry
 from service.store import ModelRef
-from service.store.layout import check_alias, check_name, check_version
 
 # Told which model and variant serve a call as soon as that is known, so a front end can
 # say so in its answer's headers (metadata) even when a later step fails.
@@ -44,17 +43,6 @@ class InferenceResponse:
     # The answer's own parameters: the backend that computed it; in an experiment, the
     # experiment and the variant.
     parameters: dict[str, str]
-
-
-def model_ref(name: str, version: str | None = None) -> ModelRef:
-    """The model a call names: ``version`` None or empty for the default alias (or, in an
-    experiment, the assigned variant), else a version number or an alias."""
-    check_name(name)
-    if not version:
-        return ModelRef(name)
-    if version.isdigit():
-        return ModelRef(name, version=check_version(version))
-    return ModelRef(name, alias=check_alias(version))
 
 
 class DataPlane:
