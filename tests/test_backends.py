@@ -32,10 +32,9 @@ from service.training.demo import demo_specs
 from service.training.split import held_out_instances, prepare
 from service.training.trainer import train
 from tests.outputs import same_as
-from tests.test_api import IRIS, IRIS_ROW, post
+from tests.support import CANCER, DIABETES, IRIS, IRIS_ROW
+from tests.test_api import post
 
-CANCER = "breast-cancer-classifier"
-DIABETES = "diabetes-regressor"
 DEMO = {spec.name: spec for spec in demo_specs()}
 PENGUINS_DIR = Path(__file__).resolve().parents[1] / "examples" / "penguins"
 PENGUINS = "penguins"

@@ -38,6 +38,7 @@ from service.protocols.grpc import open_inference_pb2 as pb
 from service.protocols.grpc import open_inference_pb2_grpc as pb_grpc
 from service.protocols.v2 import rest
 from service.store import ModelStore
+from tests.support import DEMO_MODELS, IRIS_ROW
 
 EXAMPLES = int(os.environ.get("MODEL_SERVICE_CODEC_EXAMPLES", "80"))
 settings.register_profile(
@@ -52,7 +53,7 @@ settings.register_profile(
 FUZZ = settings(settings.get_profile("codecs"))
 
 # The demo models, and the cars example: categories, integers and missing values allowed.
-MODELS = ("iris-classifier", "breast-cancer-classifier", "diabetes-regressor", "car-mpg")
+MODELS = (*DEMO_MODELS, "car-mpg")
 CARS_SPEC = Path(__file__).resolve().parents[1] / "examples" / "cars" / "spec.yaml"
 # Statuses a client mistake may get; anything else (above all a 5xx) fails the property.
 CLIENT_STATUSES = {400, 401, 403, 404, 405, 409, 413, 415, 422}
@@ -155,9 +156,6 @@ def grpc_channel(fuzz_store):
     channel.close()
     server.stop(None)
     registry.stop()
-
-
-IRIS_ROW = [5.1, 3.5, 1.4, 0.2]
 
 
 # -- hostile values --------------------------------------------------------------

@@ -26,14 +26,13 @@ from service.runtime import registry as registry_module
 from service.store import ModelRef, ModelStore
 from service.store import experiments as experiments_module
 from service.store.experiments import Shadow, parse_variants
+from tests.support import IRIS, IRIS_ROW
 
-IRIS = "iris-classifier"
-ROW = [5.1, 3.5, 1.4, 0.2]
 EXPERIMENT_ID = "iris-classifier-routing-test"
 KEY_HEADER = "X-Client-ID"
 KEY_FIELD = "client_id"
 CONFIDENCE = 0.999
-V2_BODY = {"inputs": [{"name": "instances", "shape": [1, 4], "datatype": "FP64", "data": ROW}]}
+V2_BODY = {"inputs": [{"name": "instances", "shape": [1, 4], "datatype": "FP64", "data": IRIS_ROW}]}
 
 
 def publish_copy(store: ModelStore, aliases: tuple[str, ...] = ()) -> int:
@@ -185,9 +184,9 @@ def variant_of(response) -> tuple[str | None, str | None, str]:
 
 def test_answers_name_the_variant_and_version_on_every_http_protocol(client, experiment):
     started = experiment("production=0,3=100")
-    native = post(client, f"/v1/models/{IRIS}/predict", {"instances": [ROW]})
+    native = post(client, f"/v1/models/{IRIS}/predict", {"instances": [IRIS_ROW]})
     v2 = post(client, f"/v2/models/{IRIS}/infer", V2_BODY)
-    mlflow = post(client, f"/v1/models/{IRIS}/invocations", {"inputs": [ROW]})
+    mlflow = post(client, f"/v1/models/{IRIS}/invocations", {"inputs": [IRIS_ROW]})
     for response in (native, v2, mlflow):
         assert response.status_code == 200, response.json
         assert variant_of(response) == (started.id, "3", "3")
@@ -205,15 +204,15 @@ def test_answers_name_the_variant_and_version_on_every_http_protocol(client, exp
 def test_an_explicit_version_or_alias_bypasses_the_experiment(client, experiment):
     experiment("production=0,3=100")
     answers = {
-        "native @1": post(client, f"/v1/models/{IRIS}@1/predict", {"instances": [ROW]}),
+        "native @1": post(client, f"/v1/models/{IRIS}@1/predict", {"instances": [IRIS_ROW]}),
         "native @production": post(
-            client, f"/v1/models/{IRIS}@production/predict", {"instances": [ROW]}
+            client, f"/v1/models/{IRIS}@production/predict", {"instances": [IRIS_ROW]}
         ),
         "v2 versions/1": post(client, f"/v2/models/{IRIS}/versions/1/infer", V2_BODY),
         "v2 versions/production": post(
             client, f"/v2/models/{IRIS}/versions/production/infer", V2_BODY
         ),
-        "mlflow @1": post(client, f"/v1/models/{IRIS}@1/invocations", {"inputs": [ROW]}),
+        "mlflow @1": post(client, f"/v1/models/{IRIS}@1/invocations", {"inputs": [IRIS_ROW]}),
     }
     for what, response in answers.items():
         assert response.status_code == 200, (what, response.json)
@@ -224,10 +223,10 @@ def test_an_explicit_version_or_alias_bypasses_the_experiment(client, experiment
 
 def test_outside_an_experiment_answers_name_their_version(client):
     answers = [
-        post(client, f"/v1/models/{IRIS}/predict", {"instances": [ROW]}),
+        post(client, f"/v1/models/{IRIS}/predict", {"instances": [IRIS_ROW]}),
         post(client, f"/v2/models/{IRIS}/infer", V2_BODY),
-        post(client, f"/v1/models/{IRIS}/invocations", {"inputs": [ROW]}),
-        post(client, "/invocations", {"inputs": [ROW]}),
+        post(client, f"/v1/models/{IRIS}/invocations", {"inputs": [IRIS_ROW]}),
+        post(client, "/invocations", {"inputs": [IRIS_ROW]}),
     ]
     for response in answers:
         assert response.status_code == 200, response.json
@@ -247,19 +246,19 @@ def test_a_client_key_picks_the_same_variant_on_every_protocol(client, experimen
     for key in keys:
         header = {KEY_HEADER: key}
         answers = [
-            post(client, f"/v1/models/{IRIS}/predict", {"instances": [ROW]}, header),
-            post(client, f"/v1/models/{IRIS}/predict", {"instances": [ROW], KEY_FIELD: key}),
+            post(client, f"/v1/models/{IRIS}/predict", {"instances": [IRIS_ROW]}, header),
+            post(client, f"/v1/models/{IRIS}/predict", {"instances": [IRIS_ROW], KEY_FIELD: key}),
             post(client, f"/v2/models/{IRIS}/infer", V2_BODY, header),
             post(
                 client,
                 f"/v2/models/{IRIS}/infer",
                 {**V2_BODY, "parameters": {KEY_FIELD: key}},
             ),
-            post(client, f"/v1/models/{IRIS}/invocations", {"inputs": [ROW]}, header),
+            post(client, f"/v1/models/{IRIS}/invocations", {"inputs": [IRIS_ROW]}, header),
             post(
                 client,
                 f"/v1/models/{IRIS}/invocations",
-                {"inputs": [ROW], "params": {KEY_FIELD: key}},
+                {"inputs": [IRIS_ROW], "params": {KEY_FIELD: key}},
             ),
         ]
         for response in answers:
@@ -270,7 +269,7 @@ def test_a_client_key_picks_the_same_variant_on_every_protocol(client, experimen
     both = post(
         client,
         f"/v1/models/{IRIS}/predict",
-        {"instances": [ROW], KEY_FIELD: other},
+        {"instances": [IRIS_ROW], KEY_FIELD: other},
         {KEY_HEADER: key},
     )
     assert both.headers["X-Model-Variant"] == expected[key]
@@ -279,13 +278,18 @@ def test_a_client_key_picks_the_same_variant_on_every_protocol(client, experimen
 @pytest.mark.parametrize(
     ("path", "body", "headers", "message"),
     [
-        (f"/v1/models/{IRIS}/predict", {"instances": [ROW], KEY_FIELD: {"id": 1}}, None, "dict"),
-        (f"/v1/models/{IRIS}/predict", {"instances": [ROW], KEY_FIELD: True}, None, "bool"),
-        (f"/v1/models/{IRIS}/predict", {"instances": [ROW]}, {KEY_HEADER: "k" * 300}, "300"),
+        (
+            f"/v1/models/{IRIS}/predict",
+            {"instances": [IRIS_ROW], KEY_FIELD: {"id": 1}},
+            None,
+            "dict",
+        ),
+        (f"/v1/models/{IRIS}/predict", {"instances": [IRIS_ROW], KEY_FIELD: True}, None, "bool"),
+        (f"/v1/models/{IRIS}/predict", {"instances": [IRIS_ROW]}, {KEY_HEADER: "k" * 300}, "300"),
         (f"/v2/models/{IRIS}/infer", {**V2_BODY, "parameters": {KEY_FIELD: [1]}}, None, "list"),
         (
             f"/v1/models/{IRIS}/invocations",
-            {"inputs": [ROW], "params": {KEY_FIELD: 1.5}},
+            {"inputs": [IRIS_ROW], "params": {KEY_FIELD: 1.5}},
             None,
             "float",
         ),
@@ -307,9 +311,9 @@ def test_a_key_field_is_still_accepted_after_its_experiment(client, store, regis
     experiment("production=50,staging=50", key_field=KEY_FIELD)
     store.stop_experiment(IRIS)
     registry.refresh()
-    kept = post(client, f"/v1/models/{IRIS}/predict", {"instances": [ROW], KEY_FIELD: "c-1"})
+    kept = post(client, f"/v1/models/{IRIS}/predict", {"instances": [IRIS_ROW], KEY_FIELD: "c-1"})
     assert kept.status_code == 200 and "experiment" not in kept.json
-    other = post(client, f"/v1/models/{IRIS}/predict", {"instances": [ROW], "user": "c-1"})
+    other = post(client, f"/v1/models/{IRIS}/predict", {"instances": [IRIS_ROW], "user": "c-1"})
     assert other.status_code == 400 and other.json["error"]["code"] == "unexpected_keys"
 
 
@@ -354,7 +358,7 @@ def test_grpc_answers_name_the_variant_and_take_the_client_key(store, experiment
 def infer(stub, *, version: str = "", metadata=(), parameters=None):
     request = pb.ModelInferRequest(model_name=IRIS, model_version=version)
     tensor = request.inputs.add(name="instances", datatype="FP64", shape=[1, 4])
-    tensor.contents.fp64_contents.extend(ROW)
+    tensor.contents.fp64_contents.extend(IRIS_ROW)
     for name, value in (parameters or {}).items():
         if isinstance(value, str):
             request.parameters[name].string_param = value

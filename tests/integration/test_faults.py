@@ -12,7 +12,6 @@ import json
 import os
 import pickle
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -25,15 +24,13 @@ import requests
 from service.localstack import LocalStack, free_port
 from service.store import ModelStore
 from tests.fleet.load import BoundedLoad
-from tests.integration.conftest import demo_stack, require_nginx, wait_for
 from tests.integration.fault_models import Shifted, SlowToUnpickle
 from tests.integration.test_hot_swap import publish_copy
-from tests.test_api import IRIS, IRIS_ROW
+from tests.support import DIABETES, IRIS, IRIS_ROW, eventually, running_stack
 
 pytestmark = pytest.mark.integration
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-DIABETES = "diabetes-regressor"
 # Short enough that a model slower to load than it costs the test little time.
 WORKER_TIMEOUT = 8
 SLOW_LOAD_SECONDS = 12
@@ -55,8 +52,11 @@ def stack(trained_store_dir, tmp_path_factory):
         # The workers unpickle tests.integration.fault_models.
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
     }
-    with demo_stack(
-        trained_store_dir, tmp_path_factory, "faults", env, grpc_port=free_port()
+    with running_stack(
+        tmp_path_factory.mktemp("faults"),
+        store_from=trained_store_dir,
+        env=env,
+        grpc_port=free_port(),
     ) as started:
         assert started.gunicorn_names == ["gunicorn-a", "gunicorn-b"]
         yield started
@@ -92,12 +92,13 @@ def test_a_killed_worker_is_replaced_and_serves_the_current_version(stack):
         pids = stack.worker_pids()
         return len(pids) == len(before) and victim not in pids and pids
 
-    after = wait_for(replaced)
+    after = eventually(replaced)
     newcomer = (set(after) - set(before)).pop()
+    served_by = {}
     with requests.Session() as session:
-        served_by = {}
-        deadline = time.monotonic() + 20
-        while newcomer not in served_by and time.monotonic() < deadline:
+
+        def the_newcomer_served():
+            """the new worker answered a request"""
             for url in stack.gunicorn_urls:
                 response = session.post(
                     f"{url}/v1/models/{IRIS}/predict",
@@ -107,20 +108,26 @@ def test_a_killed_worker_is_replaced_and_serves_the_current_version(stack):
                 assert response.status_code == 200
                 pid = _worker_pid_from_log(stack, response.headers["X-Request-ID"])
                 served_by[pid] = response.json()["version"]
+            return newcomer in served_by
+
+        eventually(the_newcomer_served, timeout=20, interval=0)
     assert served_by.get(newcomer) == version
 
 
-def _worker_pid_from_log(stack, request_id: str) -> int | None:
-    """The worker that answered a request, from its JSON request-log line."""
+def _worker_pid_from_log(stack, request_id: str) -> int:
+    """The worker that answered a request, from its JSON request-log line (written within
+    half a second)."""
     log = stack.runtime_dir / "gunicorn.log"
-    for _ in range(50):
+
+    def logged_pid() -> int | None:
         for line in reversed(log.read_text().splitlines()):
             if f'"request_id":"{request_id}"' in line:
                 entry = json.loads(line)
                 if entry.get("logger") == "service.requests":
                     return int(entry["pid"])
-        time.sleep(0.05)
-    return None
+        return None
+
+    return eventually(logged_pid, timeout=10, interval=0.05, message=f"{request_id} logged")
 
 
 def test_a_worker_killed_every_2_seconds_under_load_fails_no_request(stack):
@@ -135,7 +142,7 @@ def test_a_worker_killed_every_2_seconds_under_load_fails_no_request(stack):
                 kills += 1
             time.sleep(2.0)  # the fault's own pace
         # Until the last kill's replacement has answered too.
-        wait_for(lambda: len(stack.worker_pids()) == stack.total_workers)
+        eventually(lambda: len(stack.worker_pids()) == stack.total_workers)
         load.wait_for(20)
     report("worker SIGKILL every 2 s", load, kills=kills)
     assert kills >= FAULT_SECONDS / 2 - 1
@@ -162,11 +169,11 @@ def test_a_killed_gunicorn_master_and_grpc_server_are_started_again_and_no_reque
             pid = stack.master_pids().get(name)
             return pid not in (None, master) and pid
 
-        started_again = wait_for(master_started_again, timeout=90)
+        started_again = eventually(master_started_again, timeout=90)
         # Its workers did not outlive it (they would hold its port).
-        wait_for(lambda: not any(_alive(pid) for pid in orphans), timeout=30)
+        eventually(lambda: not any(_alive(pid) for pid in orphans), timeout=30)
         os.kill(grpc, signal.SIGKILL)
-        wait_for(lambda: stack.running_pids().get("grpc") not in (None, grpc), timeout=60)
+        eventually(lambda: stack.running_pids().get("grpc") not in (None, grpc), timeout=60)
         stack.wait_ready(90)  # both instances, all workers, Nginx, the gRPC server
         load.wait_for(int(RATE * 2))  # and traffic after it
     report("Gunicorn master SIGKILL", load)
@@ -261,13 +268,13 @@ def test_a_model_slower_to_load_than_the_worker_timeout_boots_no_loop(stack):
         model = answer.json().get("models", {}).get(DIABETES, {})
         return answer.status_code == 503 and "loading" in model.get("reason", "") and model
 
-    model = wait_for(says_it_is_loading, timeout=10)
+    model = eventually(says_it_is_loading, timeout=10)
     assert model["wanted"] == slow and f"{DIABETES}@{slow}" in model["reason"]
     # A worker forked now must catch up with the store: before, it loaded the slow version
     # in its first request and Gunicorn killed it, and the next, and so on.
     victim = stack.worker_pids()[0]
     os.kill(victim, signal.SIGKILL)
-    wait_for(lambda: len(stack.worker_pids()) == stack.total_workers and stack.worker_pids())
+    eventually(lambda: len(stack.worker_pids()) == stack.total_workers and stack.worker_pids())
     with requests.Session() as session:
 
         def serves_the_slow_version():
@@ -283,7 +290,7 @@ def test_a_model_slower_to_load_than_the_worker_timeout_boots_no_loop(stack):
             assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
             return all(a.json()["version"] == slow for a in answers)
 
-        wait_for(serves_the_slow_version, timeout=SLOW_LOAD_SECONDS * 4)
+        eventually(serves_the_slow_version, timeout=SLOW_LOAD_SECONDS * 4)
     assert time.monotonic() - loading_since >= SLOW_LOAD_SECONDS
     assert requests.get(f"{stack.url}/readyz", timeout=10).status_code == 200
     with open(log, encoding="utf-8", errors="replace") as handle:
@@ -315,7 +322,7 @@ def test_stop_reports_what_died_and_every_worker_exits_cleanly(stack):
             session.post(f"{stack.url}/v1/models/{IRIS}/predict", json={"instances": [IRIS_ROW]})
     grpc = stack.running_pids()["grpc"]
     os.kill(grpc, signal.SIGKILL)
-    wait_for(lambda: stack.running_pids().get("grpc") not in (None, grpc), timeout=60)
+    eventually(lambda: stack.running_pids().get("grpc") not in (None, grpc), timeout=60)
     stack.wait_ready(90)  # a server stopped before it is up has no handler for SIGTERM yet
     pids = [*stack.running_pids().values(), *stack.worker_pids()]
     stopped = modelctl("stop", "--runtime-dir", str(stack.runtime_dir))
@@ -343,14 +350,7 @@ def test_stop_reports_what_died_and_every_worker_exits_cleanly(stack):
 def test_with_supervisord_gone_nginx_answers_json_and_stop_says_what_died(
     trained_store_dir, tmp_path
 ):
-    require_nginx()
-    store = tmp_path / "model_store"
-    shutil.copytree(trained_store_dir, store)
-    stack = LocalStack(
-        runtime_dir=tmp_path / "run", store=store, port=free_port(), workers=1, use_nginx=True
-    )
-    stack.start(ready_timeout=90)
-    try:
+    with running_stack(tmp_path, store_from=trained_store_dir, workers=1) as stack:
         assert stack.gunicorn_names == ["gunicorn"]
         # One instance, listed twice upstream: a request whose worker died is passed to the
         # same instance again, where the worker Gunicorn forks in its place takes it.
@@ -359,7 +359,7 @@ def test_with_supervisord_gone_nginx_answers_json_and_stop_says_what_died(
             for _ in range(3):
                 kill_quietly(stack.worker_pids()[0], signal.SIGKILL)
                 time.sleep(1.5)  # the fault's own pace
-            wait_for(lambda: len(stack.worker_pids()) == 1)
+            eventually(lambda: len(stack.worker_pids()) == 1)
             load.wait_for(20)
         report("one instance, its one worker SIGKILLed 3 times", load)
         assert load.failures == []
@@ -369,7 +369,7 @@ def test_with_supervisord_gone_nginx_answers_json_and_stop_says_what_died(
         os.kill(pids["supervisord"], signal.SIGKILL)
         os.kill(pids["gunicorn"], signal.SIGKILL)
         # Its worker leaves with it (it would keep the port otherwise).
-        wait_for(lambda: not any(_alive(pid) for pid in workers), timeout=30)
+        eventually(lambda: not any(_alive(pid) for pid in workers), timeout=30)
         response = requests.post(
             f"{stack.url}/v1/models/{IRIS}/predict",
             json={"instances": [IRIS_ROW]},
@@ -380,8 +380,6 @@ def test_with_supervisord_gone_nginx_answers_json_and_stop_says_what_died(
         assert response.json()["error"]["code"] == "upstream_unavailable"
         assert response.json()["error"]["request_id"] == "down-1"
         stopped = modelctl("stop", "--runtime-dir", str(stack.runtime_dir))
-    finally:
-        stack.stop()
     assert stopped.returncode == 0, stopped.stderr
     assert "supervisord was not running" in stopped.stdout
     assert "gunicorn was not running (exited" in stopped.stdout
