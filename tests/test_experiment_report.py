@@ -25,15 +25,15 @@ from service.monitoring.state import StateStore
 from service.protocols.grpc import open_inference_pb2 as pb
 from service.protocols.grpc import open_inference_pb2_grpc as pb_grpc
 from service.store.experiments import parse_variants
+from tests.support import DIABETES, IRIS, IRIS_FEATURES
 from tests.test_monitoring import IRIS_LABELS, IRIS_PREDICTED, IRIS_ROWS
-from tests.test_promotion import DIABETES, IRIS, publish_copy, scored
+from tests.test_promotion import publish_copy, scored
 
 ADMIN_KEY = "experiment-report-admin-key"
 FEEDBACK_KEY = "msk_experiment-report-feedback-key"
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 LABELLER = {"Authorization": f"Bearer {FEEDBACK_KEY}"}
 REQUESTS = 40
-FEATURES = ["sepal_length_cm", "sepal_width_cm", "petal_length_cm", "petal_width_cm"]
 
 
 @pytest.fixture(autouse=True)
@@ -119,7 +119,7 @@ def test_answers_and_feedback_are_recorded_per_variant(client, experiment, tmp_p
     unlabelled[v2.json["parameters"]["variant"]] += 1
     mlflow = client.post(
         "/invocations",
-        json={"dataframe_split": {"columns": FEATURES, "data": [IRIS_ROWS[0]]}},
+        json={"dataframe_split": {"columns": IRIS_FEATURES, "data": [IRIS_ROWS[0]]}},
     )
     assert mlflow.status_code == 200, mlflow.json
     unlabelled[mlflow.headers["X-Model-Variant"]] += 1
