@@ -23,7 +23,7 @@ import requests
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from loadtests.bench import total_pss_kib  # noqa: E402
+from loadtests.benchlib.stacks import total_pss_kib  # noqa: E402
 from service.localstack import LocalStack, free_port  # noqa: E402
 from service.store import ModelStore  # noqa: E402
 

@@ -33,16 +33,28 @@ import time
 import urllib.request
 from typing import Any
 
-import bench
+from benchlib.payloads import IRIS, NATIVE, Request, service_request
+from benchlib.report import report
+from benchlib.rounds import PACED_FRACTION, Round
+from benchlib.settings import (
+    MAX_ROUNDS,
+    MAX_WORKERS,
+    REPO_ROOT,
+    BenchError,
+    BenchSettings,
+    add_stack_arguments,
+    bounded_int,
+    progress,
+)
+from benchlib.stacks import demo_workdir
 
-sys.path.insert(0, str(bench.REPO_ROOT))  # the candidate's class, which the workers unpickle
+sys.path.insert(0, str(REPO_ROOT))  # the candidate's class, which the workers unpickle
 
 from service.store import ModelStore
 from service.store.experiments import Shadow, Variant
 from tests.integration.fault_models import BusyRows, SlowRows
 
 TARGET = 1.05
-PACED_FRACTION = bench.PACED_FRACTION
 PEAK_SECONDS = 5
 APPLY_TIMEOUT_S = 30.0
 # A full queue (service.runtime.shadow.QUEUE_SIZE) of 50 ms runs takes 5 s to empty.
@@ -52,11 +64,11 @@ EXPERIMENT_HEADER = "X-Experiment-Id"
 COUNTERS = ("model_service_shadow_runs_total", "model_service_shadow_dropped_total")
 
 
-def parse_args(argv: list[str] | None) -> tuple[bench.BenchSettings, argparse.Namespace]:
+def parse_args(argv: list[str] | None) -> tuple[BenchSettings, argparse.Namespace]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    bench.add_stack_arguments(parser)
-    parser.add_argument("--rounds", type=bench.bounded_int(1, bench.MAX_ROUNDS), default=4)
-    parser.add_argument("--workers", type=bench.bounded_int(1, bench.MAX_WORKERS), default=2)
+    add_stack_arguments(parser)
+    parser.add_argument("--rounds", type=bounded_int(1, MAX_ROUNDS), default=4)
+    parser.add_argument("--workers", type=bounded_int(1, MAX_WORKERS), default=2)
     parser.add_argument("--share", type=float, default=0.2, help="of requests shadowed")
     parser.add_argument("--row-seconds", type=float, default=0.05, help="the candidate's cost")
     parser.add_argument(
@@ -69,7 +81,7 @@ def parse_args(argv: list[str] | None) -> tuple[bench.BenchSettings, argparse.Na
     if not 0 < args.share <= 1:
         parser.error("--share: in (0, 1]")
     duration = args.duration or (1 if args.quick else 8)
-    settings = bench.BenchSettings(
+    settings = BenchSettings(
         duration_s=duration,
         connections=args.connections,
         wrk_threads=min(args.wrk_threads, args.connections),
@@ -94,12 +106,12 @@ def counters(base_url: str, candidate: str) -> dict[str, float]:
         match = re.fullmatch(r"(\w+)\{([^}]*)\} (\S+)", line)
         if match is None or match[1] not in found:
             continue
-        if f'model="{bench.IRIS}"' in match[2] and f'candidate="{candidate}"' in match[2]:
+        if f'model="{IRIS}"' in match[2] and f'candidate="{candidate}"' in match[2]:
             found[match[1]] += float(match[3])
     return found
 
 
-def wait_applied(base_url: str, request: bench.Request, experiment_id: str) -> None:
+def wait_applied(base_url: str, request: Request, experiment_id: str) -> None:
     """Until a run of answers all name the experiment: every worker has applied it."""
     deadline = time.monotonic() + APPLY_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -113,17 +125,17 @@ def wait_applied(base_url: str, request: bench.Request, experiment_id: str) -> N
         if seen == {experiment_id}:
             return
         time.sleep(0.2)
-    raise bench.BenchError(f"experiment {experiment_id} not applied within {APPLY_TIMEOUT_S} s")
+    raise BenchError(f"experiment {experiment_id} not applied within {APPLY_TIMEOUT_S} s")
 
 
-def wait_running(base_url: str, request: bench.Request, candidate: str, runs: int) -> None:
+def wait_running(base_url: str, request: Request, candidate: str, runs: int) -> None:
     """Until the candidate has run ``runs`` times: each worker's shadow process has started
     (at the lowest CPU priority, it may take a while) before the load is timed."""
     deadline = time.monotonic() + START_TIMEOUT_S
     first = counters(base_url, candidate)[COUNTERS[0]]
     while counters(base_url, candidate)[COUNTERS[0]] < first + runs:
         if time.monotonic() > deadline:
-            raise bench.BenchError(f"the shadow did not run {runs} times in {START_TIMEOUT_S} s")
+            raise BenchError(f"the shadow did not run {runs} times in {START_TIMEOUT_S} s")
         for _ in range(20):
             call = urllib.request.Request(
                 base_url + request.path, data=request.body, headers=request.headers
@@ -133,12 +145,12 @@ def wait_running(base_url: str, request: bench.Request, candidate: str, runs: in
         time.sleep(0.2)
 
 
-def wait_settled(base_url: str, request: bench.Request, candidate: str) -> None:
+def wait_settled(base_url: str, request: Request, candidate: str) -> None:
     """Until the workers' candidate processes have answered all their work: the next load
     starts as the first did. A worker reads its process's answers as its requests pass,
     so requests (to the alias: never shadowed) go on until the runs stop growing."""
     deadline = time.monotonic() + SETTLE_TIMEOUT_S
-    path = request.path.replace(f"/{bench.IRIS}/", f"/{bench.IRIS}@production/")
+    path = request.path.replace(f"/{IRIS}/", f"/{IRIS}@production/")
     last = None
     while time.monotonic() < deadline:
         for _ in range(20):
@@ -154,33 +166,33 @@ def wait_settled(base_url: str, request: bench.Request, candidate: str) -> None:
         time.sleep(1.0)
 
 
-def measure(settings: bench.BenchSettings, args: argparse.Namespace) -> dict[str, Any]:
+def measure(settings: BenchSettings, args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
-    with bench.demo_workdir(settings, "model-service-shadow-") as work:
+    with demo_workdir(settings, "model-service-shadow-") as work:
         store = ModelStore(work.store_dir)
-        meta = store.metadata(bench.IRIS, 1)
+        meta = store.metadata(IRIS, 1)
         kind = BusyRows if args.busy else SlowRows
         meta["description"] = f"iris-classifier {args.row_seconds * 1000:g} ms a row slower"
         for key in ("golden", "backends"):
             meta.pop(key, None)
-        base = store.load_artifact(bench.IRIS, 1).estimator
-        candidate = str(store.publish(bench.IRIS, pickle.dumps(kind(base, args.row_seconds)), meta))
-        iris = next(p for p in work.payloads if p.name == bench.IRIS)
-        request = bench.service_request(bench.NATIVE, iris, 1)
-        one = bench.Round(settings, work.load_generator, work.path, work.store_dir, [iris], 1)
+        base = store.load_artifact(IRIS, 1).estimator
+        candidate = str(store.publish(IRIS, pickle.dumps(kind(base, args.row_seconds)), meta))
+        iris = next(p for p in work.payloads if p.name == IRIS)
+        request = service_request(NATIVE, iris, 1)
+        one = Round(settings, work.load_generator, work.path, work.store_dir, [iris], 1)
         conditions = {
             "without": None,
             "with": Shadow(candidate, args.share),
         }
         loads: dict[str, list[dict[str, Any]]] = {name: [] for name in conditions}
-        with one.stack("shadow", env={"PYTHONPATH": str(bench.REPO_ROOT)}) as stack:
+        with one.stack("shadow", env={"PYTHONPATH": str(REPO_ROOT)}) as stack:
             peak = None
             for number in range(1, settings.rounds + 1):
                 # Alternated, so a drift of the machine's speed weighs on both alike.
                 order = list(conditions.items())
                 for name, shadow in order if number % 2 else order[::-1]:
                     experiment = store.start_experiment(
-                        bench.IRIS, [Variant("production", 100)], shadow=shadow
+                        IRIS, [Variant("production", 100)], shadow=shadow
                     )
                     try:
                         wait_applied(stack.url, request, experiment.id)
@@ -188,7 +200,7 @@ def measure(settings: bench.BenchSettings, args: argparse.Namespace) -> dict[str
                             wait_running(stack.url, request, candidate, 4 * settings.workers)
                         if peak is None:
                             peak = one.load("peak", stack.url, request)
-                            bench.progress(f"closed loop: {peak['requests_per_s']:.0f} req/s")
+                            progress(f"closed loop: {peak['requests_per_s']:.0f} req/s")
                         before = counters(stack.url, candidate)
                         rate = PACED_FRACTION * peak["requests_per_s"]
                         figures = one.load(f"{name}/{number}", stack.url, request, rate=rate)
@@ -197,7 +209,7 @@ def measure(settings: bench.BenchSettings, args: argparse.Namespace) -> dict[str
                         figures["shadow_dropped"] = after[COUNTERS[1]] - before[COUNTERS[1]]
                         loads[name].append(figures)
                     finally:
-                        store.stop_experiment(bench.IRIS)
+                        store.stop_experiment(IRIS)
                     wait_settled(stack.url, request, candidate)
     p99 = {name: statistics.median(f["p99_ms"] for f in runs) for name, runs in loads.items()}
     ratios = [
@@ -207,7 +219,7 @@ def measure(settings: bench.BenchSettings, args: argparse.Namespace) -> dict[str
     ]
     return {
         "settings": {
-            "model": bench.IRIS,
+            "model": IRIS,
             "workers": settings.workers,
             "duration_s": settings.duration_s,
             "rounds": settings.rounds,
@@ -265,7 +277,7 @@ def render(results: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     settings, args = parse_args(argv)
-    return bench.report(
+    return report(
         "shadow cost",
         lambda: measure(settings, args),
         render,

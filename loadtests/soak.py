@@ -53,7 +53,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-import bench
+from benchlib.loads import WRK_PACING_AND_TOTALS, run_wrk
+from benchlib.payloads import (
+    BATCH_ROWS,
+    NATIVE,
+    DemoPayload,
+    Request,
+    demo_payloads,
+    service_request,
+    warm_up,
+)
+from benchlib.settings import MAX_CONNECTIONS, MAX_WORKERS, BenchError, bounded_int
+from benchlib.stacks import smaps_rollup_kib
 
 from service.errors import ServiceError
 from service.localstack import LocalStack, StackError, free_port
@@ -68,7 +79,6 @@ DEFAULT_MINUTES = 30.0
 DEFAULT_WARM_UP_MINUTES = 5.0
 DEFAULT_WINDOW_MINUTES = 5.0
 MAX_GROWTH = 0.10
-BATCH_ROWS = bench.BATCH_ROWS
 # /proc/PID/fd is read this many times, this far apart, and the least count kept: a sync
 # worker holds one more socket while it answers a request.
 FD_READS = 5
@@ -77,7 +87,7 @@ STACK_READY_TIMEOUT_S = 120.0
 
 # Runs inside each wrk thread. $SOAK_WRK_MANIFEST: the first line is the order requests go
 # out in (indices, repeated), every further line the file of one whole HTTP request. Paced
-# and summed up as loadtests/bench.py's script is (bench.WRK_PACING_AND_TOTALS).
+# and summed up as the bench's wrk script is (WRK_PACING_AND_TOTALS, benchlib/loads.py).
 WRK_SCRIPT = (
     """\
 local manifest = assert(io.open(os.getenv("SOAK_WRK_MANIFEST"), "r"))
@@ -98,7 +108,7 @@ request = function()
 end
 
 """
-    + bench.WRK_PACING_AND_TOTALS
+    + WRK_PACING_AND_TOTALS
 )
 
 
@@ -169,19 +179,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--probe-seconds",
-        type=bench.bounded_int(1, 300),
+        type=bounded_int(1, 300),
         default=15,
         help="Seconds of closed-loop load that measure the highest rate (default 15).",
     )
     parser.add_argument(
         "--connections",
-        type=bench.bounded_int(1, bench.MAX_CONNECTIONS),
+        type=bounded_int(1, MAX_CONNECTIONS),
         default=16,
         help="wrk's keep-alive connections (default 16).",
     )
     parser.add_argument(
         "--wrk-threads",
-        type=bench.bounded_int(1, 64),
+        type=bounded_int(1, 64),
         default=2,
         help="wrk threads (default 2; never more than --connections).",
     )
@@ -194,12 +204,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--store", type=Path, default=Path("model_store"))
     parser.add_argument(
         "--workers",
-        type=bench.bounded_int(1, bench.MAX_WORKERS),
+        type=bounded_int(1, MAX_WORKERS),
         help="Gunicorn workers (default: as make run, one per core).",
     )
     parser.add_argument(
         "--max-requests",
-        type=bench.bounded_int(0, 10_000_000),
+        type=bounded_int(0, 10_000_000),
         help="Requests before Gunicorn recycles a worker (MODEL_SERVICE_MAX_REQUESTS; "
         "0: never; default: deploy/gunicorn.conf.py's).",
     )
@@ -228,17 +238,17 @@ class Mix:
     """The requests, and the order wrk sends them in: for each demo model in turn, its
     1-row request (1 - batch_share) / batch_share times, then its 1,000-row one."""
 
-    requests: list[bench.Request]
+    requests: list[Request]
     order: list[int]
 
     @classmethod
-    def of(cls, payloads: list[bench.DemoPayload], batch_share: float) -> Mix:
+    def of(cls, payloads: list[DemoPayload], batch_share: float) -> Mix:
         singles_per_batch = max(1, round((1 - batch_share) / batch_share))
-        requests: list[bench.Request] = []
+        requests: list[Request] = []
         order: list[int] = []
         for payload in payloads:
-            single = bench.service_request(bench.NATIVE, payload, 1)
-            batch = bench.service_request(bench.NATIVE, payload, BATCH_ROWS)
+            single = service_request(NATIVE, payload, 1)
+            batch = service_request(NATIVE, payload, BATCH_ROWS)
             requests += [single, batch]
             order += [len(requests) - 2] * singles_per_batch + [len(requests) - 1]
         return cls(requests, order)
@@ -255,7 +265,7 @@ class Mix:
         )
 
 
-def raw_request(request: bench.Request, host: str) -> bytes:
+def raw_request(request: Request, host: str) -> bytes:
     head = [f"POST {request.path} HTTP/1.1", f"Host: {host}"]
     head += [f"{name}: {value}" for name, value in request.headers.items()]
     head.append(f"Content-Length: {len(request.body)}")
@@ -302,7 +312,7 @@ class Wrk:
 
     def run(self, seconds: float, rate: float | None = None) -> LoadRun:
         """A closed loop, or with ``rate`` (req/s over all threads) a paced load."""
-        totals = bench.run_wrk(
+        totals = run_wrk(
             self.binary,
             self.script,
             self.url + "/",
@@ -351,7 +361,7 @@ def fd_kinds(pid: int) -> dict[str, int]:
 def process_sample(pid: int) -> dict[str, Any] | None:
     """RSS and PSS in KiB and the open descriptors of one process; None once it is gone."""
     try:
-        kib = bench.smaps_rollup_kib(pid)
+        kib = smaps_rollup_kib(pid)
         return {
             "pid": pid,
             "rss_kib": kib["Rss"],
@@ -529,13 +539,13 @@ def check_mix(base_url: str, mix: Mix) -> None:
     """Each request once, its answer checked, before any load: a broken request must not
     pass for a fast one."""
     for request in mix.requests:
-        bench.warm_up(base_url, request, count=2)
+        warm_up(base_url, request, count=2)
 
 
 def soak(args: argparse.Namespace) -> dict[str, Any]:
     store = ModelStore(args.store)
     try:
-        payloads = bench.demo_payloads(store)
+        payloads = demo_payloads(store)
     except (ServiceError, KeyError) as exc:
         raise SoakError(
             f"{args.store} does not hold the demo models with a production alias ({exc}); "
@@ -726,7 +736,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         results = soak(args)
-    except (SoakError, bench.BenchError, StackError) as exc:
+    except (SoakError, BenchError, StackError) as exc:
         print(f"soak: error: {exc}", file=sys.stderr)
         return 1
     print(render(results))

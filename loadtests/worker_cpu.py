@@ -24,7 +24,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-import bench
+from benchlib.payloads import IRIS, NATIVE, Request, naive_request, service_request, warm_up
+from benchlib.report import report
+from benchlib.rounds import Round
+from benchlib.settings import (
+    MAX_ROUNDS,
+    BenchError,
+    BenchSettings,
+    add_stack_arguments,
+    bounded_int,
+    progress,
+)
+from benchlib.stacks import HELLO_APP, HELLO_PATH, NAIVE_ONNX_APP, NAIVE_ONNX_ENV, demo_workdir
 
 from service.localstack import LocalStack
 
@@ -38,18 +49,18 @@ TARGETS = (
 SIDES = ("gunicorn", "nginx")
 
 
-def parse_args(argv: list[str] | None) -> tuple[bench.BenchSettings, int]:
+def parse_args(argv: list[str] | None) -> tuple[BenchSettings, int]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    bench.add_stack_arguments(parser)
+    add_stack_arguments(parser)
     parser.add_argument(
         "--rounds",
-        type=bench.bounded_int(1, bench.MAX_ROUNDS),
+        type=bounded_int(1, MAX_ROUNDS),
         default=1,
         help="Measure every target this many times, one after the other, and report "
         "the median of each figure (default 1).",
     )
     args = parser.parse_args(argv)
-    settings = bench.BenchSettings(
+    settings = BenchSettings(
         duration_s=args.duration or (1 if args.quick else 10),
         connections=args.connections,
         wrk_threads=min(args.wrk_threads, args.connections),
@@ -121,35 +132,35 @@ def cost_per_request(before: dict, after: dict, requests: int) -> dict[str, floa
     return figures
 
 
-def measure(settings: bench.BenchSettings, rounds: int) -> dict[str, Any]:
+def measure(settings: BenchSettings, rounds: int) -> dict[str, Any]:
     started = time.monotonic()
-    with bench.demo_workdir(settings, "model-service-cpu-") as work:
+    with demo_workdir(settings, "model-service-cpu-") as work:
         workdir, store_dir, load_generator = work.path, work.store_dir, work.load_generator
-        iris = next(p for p in work.payloads if p.name == bench.IRIS)
+        iris = next(p for p in work.payloads if p.name == IRIS)
         if iris.onnx_path is None:
-            raise bench.BenchError(f"{bench.IRIS} has no ONNX form to give the naive handler")
+            raise BenchError(f"{IRIS} has no ONNX form to give the naive handler")
         hello_body = max((p.objects_body(1) for p in work.payloads), key=len)
         stacks = {
             "hello": (
-                {"app": bench.HELLO_APP},
-                bench.Request("hello", bench.HELLO_PATH, hello_body, 1, answer="none"),
+                {"app": HELLO_APP},
+                Request("hello", HELLO_PATH, hello_body, 1, answer="none"),
             ),
             "naive-onnx": (
-                {"app": bench.NAIVE_ONNX_APP, "env": {bench.NAIVE_ONNX_ENV: str(iris.onnx_path)}},
-                bench.naive_request(iris, 1),
+                {"app": NAIVE_ONNX_APP, "env": {NAIVE_ONNX_ENV: str(iris.onnx_path)}},
+                naive_request(iris, 1),
             ),
-            "service": ({}, bench.service_request(bench.NATIVE, iris, 1)),
+            "service": ({}, service_request(NATIVE, iris, 1)),
         }
         samples: dict[str, list[dict[str, float]]] = {key: [] for key, _ in TARGETS}
         front = "nginx"
         for number in range(1, rounds + 1):
-            one = bench.Round(settings, load_generator, workdir, store_dir, [iris], number)
+            one = Round(settings, load_generator, workdir, store_dir, [iris], number)
             for key, _ in TARGETS:
                 options, request = stacks[key]
                 with one.stack(key, **options) as stack:
                     front = one.front
-                    bench.warm_up(stack.url, request)
-                    bench.progress(f"load {key}, round {number}")
+                    warm_up(stack.url, request)
+                    progress(f"load {key}, round {number}")
                     before = cpu_seconds(stack)
                     result = load_generator.run(
                         stack.url + request.path, request.body, request.headers
@@ -176,7 +187,7 @@ def measure(settings: bench.BenchSettings, rounds: int) -> dict[str, Any]:
             "connections": settings.connections,
             "workers": settings.workers,
             "rounds": rounds,
-            "model": bench.IRIS,
+            "model": IRIS,
             "front": front,
         },
         "load_generator": {"tool": load_generator.name, "description": load_generator.describe()},
@@ -209,7 +220,7 @@ def render(results: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     settings, rounds = parse_args(argv)
-    return bench.report(
+    return report(
         "worker cpu",
         lambda: measure(settings, rounds),
         render,

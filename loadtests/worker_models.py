@@ -19,10 +19,14 @@ import sys
 import time
 from typing import Any
 
-import bench
+from benchlib.payloads import BATCH_ROWS, IRIS, NATIVE_LISTS, service_request
+from benchlib.report import report
+from benchlib.rounds import Round
+from benchlib.settings import MAX_WORKERS, BenchSettings, add_stack_arguments
+from benchlib.stacks import demo_workdir
 
 DEFAULT_CONFIGS = "sync:2,sync:4,gthread:2:4,gthread:4:2"
-LOADS = (("1 row", 1), ("1,000 rows", bench.BATCH_ROWS))
+LOADS = (("1 row", 1), ("1,000 rows", BATCH_ROWS))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,22 +54,20 @@ def parse_configs(text: str) -> list[WorkerModel]:
         threads = int(fields[2]) if len(fields) == 3 else (4 if fields[0] == "gthread" else 1)
         if fields[0] == "sync" and threads != 1:
             raise argparse.ArgumentTypeError(f"{item!r}: sync workers have one thread")
-        if not (1 <= workers <= bench.MAX_WORKERS and 1 <= threads <= 64):
-            raise argparse.ArgumentTypeError(
-                f"{item!r}: workers 1..{bench.MAX_WORKERS}, threads 1..64"
-            )
+        if not (1 <= workers <= MAX_WORKERS and 1 <= threads <= 64):
+            raise argparse.ArgumentTypeError(f"{item!r}: workers 1..{MAX_WORKERS}, threads 1..64")
         models.append(WorkerModel(fields[0], workers, threads))
     if not models:
         raise argparse.ArgumentTypeError("no worker model given")
     return models
 
 
-def parse_args(argv: list[str] | None) -> tuple[bench.BenchSettings, list[WorkerModel]]:
+def parse_args(argv: list[str] | None) -> tuple[BenchSettings, list[WorkerModel]]:
     parser = argparse.ArgumentParser(
         description="iris-classifier's single-row and 1,000-row loads under several Gunicorn "
         "worker models, behind the same Nginx, on 127.0.0.1."
     )
-    bench.add_stack_arguments(parser)
+    add_stack_arguments(parser)
     parser.add_argument(
         "--configs",
         type=parse_configs,
@@ -74,7 +76,7 @@ def parse_args(argv: list[str] | None) -> tuple[bench.BenchSettings, list[Worker
     )
     args = parser.parse_args(argv)
     duration = args.duration or (1 if args.quick else 10)
-    settings = bench.BenchSettings(
+    settings = BenchSettings(
         duration_s=duration,
         connections=args.connections,
         wrk_threads=min(args.wrk_threads, args.connections),
@@ -90,11 +92,11 @@ def parse_args(argv: list[str] | None) -> tuple[bench.BenchSettings, list[Worker
     return settings, args.configs
 
 
-def measure(settings: bench.BenchSettings, models: list[WorkerModel]) -> dict[str, Any]:
+def measure(settings: BenchSettings, models: list[WorkerModel]) -> dict[str, Any]:
     started = time.monotonic()
-    with bench.demo_workdir(settings, "model-service-workers-") as work:
+    with demo_workdir(settings, "model-service-workers-") as work:
         workdir, store_dir, load_generator = work.path, work.store_dir, work.load_generator
-        iris = next(p for p in work.payloads if p.name == bench.IRIS)
+        iris = next(p for p in work.payloads if p.name == IRIS)
         rows = []
         for number, model in enumerate(models, start=1):
             these = dataclasses.replace(
@@ -103,12 +105,12 @@ def measure(settings: bench.BenchSettings, models: list[WorkerModel]) -> dict[st
                 worker_class=model.worker_class,
                 threads=model.threads,
             )
-            one = bench.Round(these, load_generator, workdir, store_dir, [iris], number)
+            one = Round(these, load_generator, workdir, store_dir, [iris], number)
             row: dict[str, Any] = {**dataclasses.asdict(model), "label": model.label}
             with one.stack(f"{model.worker_class}-{model.workers}x{model.threads}") as stack:
                 for name, rows_per_request in LOADS:
                     # The naive handler's body: rows as lists, as in P3.
-                    request = bench.service_request(bench.NATIVE_LISTS, iris, rows_per_request)
+                    request = service_request(NATIVE_LISTS, iris, rows_per_request)
                     figures = one.load(f"{model.label}/{name}", stack.url, request)
                     row[name] = {
                         **figures,
@@ -121,7 +123,7 @@ def measure(settings: bench.BenchSettings, models: list[WorkerModel]) -> dict[st
         "settings": {
             "duration_s": settings.duration_s,
             "connections": settings.connections,
-            "model": bench.IRIS,
+            "model": IRIS,
             "front": one.front,
         },
         "load_generator": {"tool": load_generator.name, "description": load_generator.describe()},
@@ -158,7 +160,7 @@ def render(results: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     settings, models = parse_args(argv)
-    return bench.report(
+    return report(
         "worker models",
         lambda: measure(settings, models),
         render,

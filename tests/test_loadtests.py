@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import http.server
-import importlib.util
 import json
 import math
 import shutil
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from loadtests.benchlib import loads
 from service.localstack import LocalStack, free_port, nginx_binary
 from service.training.demo import demo_specs
 
@@ -253,24 +253,12 @@ def answering_server():
         server.server_close()
 
 
-@pytest.fixture
-def bench_module(monkeypatch):
-    spec = importlib.util.spec_from_file_location("bench_under_test", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    # Its dataclasses look their module up by name while the module runs.
-    monkeypatch.setitem(sys.modules, spec.name, module)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("generator", ["builtin", "wrk"])
-def test_load_generators_pace_to_the_rate_asked(
-    bench_module, answering_server, tmp_path, generator
-):
+def test_load_generators_pace_to_the_rate_asked(answering_server, tmp_path, generator):
     """P5's paced load: a rate far below what the server answers is what is sent."""
     if generator == "wrk" and shutil.which("wrk") is None:
         pytest.skip("wrk is not installed")
-    load = bench_module.choose_load_generator(generator, tmp_path, 2, 4, 2)
+    load = loads.choose_load_generator(generator, tmp_path, 2, 4, 2)
     body = b'{"instances": [[1.0]]}'
     rate = 100.0
     paced = load.run(answering_server, body, rate=rate)

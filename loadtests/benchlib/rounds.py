@@ -1,0 +1,367 @@
+"""One round of `make bench`: every stack started one after the other (so they never
+compete for the CPUs), its loads run, and each figure recorded under a key."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from threadpoolctl import threadpool_limits
+
+from service.localstack import LocalStack, free_port
+from service.runtime.model import LoadedModel, load
+from service.store import ModelStore
+
+from .loads import LoadGenerator
+from .payloads import (
+    BATCH_ROWS,
+    FOREST,
+    IRIS,
+    MLFLOW_FORMAT,
+    NATIVE,
+    NATIVE_LISTS,
+    NO_BACKEND,
+    REGRESSOR,
+    SKLEARN_BACKEND,
+    V2_BINARY,
+    V2_JSON,
+    DemoPayload,
+    Request,
+    backend_name,
+    median_seconds,
+    mlflow_serve_request,
+    naive_request,
+    service_request,
+    warm_up,
+)
+from .peers import build_mlflow_models, mlflow_servers
+from .settings import LOOPBACK, REPO_ROOT, BenchError, BenchSettings, progress
+from .stacks import (
+    BACKEND_ENV,
+    HELLO_APP,
+    HELLO_PATH,
+    MONITORING_OFF_ENV,
+    NAIVE_APP,
+    NAIVE_MODEL_ENV,
+    NAIVE_ONNX_APP,
+    NAIVE_ONNX_ENV,
+    PARSE_HELLO_PATH,
+    READ_HELLO_PATH,
+    STACK_READY_TIMEOUT_S,
+    concurrent_traffic,
+    stack_memory,
+)
+
+# Single-row loads of the naive handler and of the service with the pickle backend forced.
+SINGLE_ROW_REFERENCE_MODELS = (IRIS, FOREST)
+# The service again with metrics and the request log off (feedback and drift stay on).
+MONITORING_OFF_MODELS = (IRIS, REGRESSOR)
+PACED_FRACTION = 0.8
+MEMORY_WORKERS = (1, 4)
+# The warm-up before P4's memory is read, the same on both stacks: for every demo model,
+# single-row and 1,000-row requests, this many of each over this many connections.
+MEMORY_WARM_UP_REQUESTS = 32
+MEMORY_WARM_UP_CONNECTIONS = 8
+# Many-row loads: long enough for a few hundred requests, short enough for 21 of them.
+BATCH_LOAD_S = 3
+BATCH_WARM_UP_REQUESTS = 4
+SINGLE_ROW_PROTOCOLS = (V2_JSON, V2_BINARY, MLFLOW_FORMAT)  # native: the P1 row itself
+BATCH_PROTOCOLS = (NATIVE_LISTS, NATIVE, V2_JSON, V2_BINARY, MLFLOW_FORMAT)
+
+
+class Round:
+    """Runs the stacks one after the other and records each figure under a key:
+    single/<who>/<model> (a load), batch/<who>/<model> (rows/s), memory/<stack>,
+    inproc/<call>/<rows>/<model> (seconds per call)."""
+
+    def __init__(
+        self,
+        settings: BenchSettings,
+        load_generator: LoadGenerator,
+        workdir: Path,
+        store_dir: Path,
+        payloads: list[DemoPayload],
+        number: int,
+    ):
+        self.settings = settings
+        self.load_generator = load_generator
+        self.workdir = workdir
+        self.store_dir = store_dir
+        self.payloads = {p.name: p for p in payloads}
+        self.number = number
+        self.figures: dict[str, dict[str, Any]] = {}
+        self.front = "nginx"
+
+    # -- recording --------------------------------------------------------------
+
+    def load(
+        self, key: str, base_url: str, request: Request, rate: float | None = None
+    ) -> dict[str, Any]:
+        backend = warm_up(base_url, request)
+        progress(f"load {key}" + (f" paced at {rate:.0f} req/s" if rate else ""))
+        result = self.load_generator.run(
+            base_url + request.path, request.body, request.headers, rate
+        )
+        self.figures[key] = {
+            "requests": result.requests,
+            "errors": result.errors,
+            "seconds": round(result.seconds, 3),
+            "requests_per_s": result.requests_per_s,
+            "p50_ms": result.p50_ms,
+            "p99_ms": result.p99_ms,
+            "backend": backend,
+            **({"target_requests_per_s": rate} if rate else {}),
+        }
+        return self.figures[key]
+
+    def paced(self, key: str, base_url: str, request: Request, peak: dict[str, Any]) -> None:
+        """P5: the same request at PACED_FRACTION of the rate the closed loop reached."""
+        if peak["requests_per_s"] <= 0:
+            raise BenchError(f"{request.label}: no successful request to pace from")
+        self.load(key, base_url, request, rate=PACED_FRACTION * peak["requests_per_s"])
+
+    def batch(self, key: str, base_url: str, request: Request) -> None:
+        """Rows/s of the same many-row request under the concurrent closed loop (every
+        worker busy, as in production), over a shorter load than the single-row ones."""
+        backend = warm_up(base_url, request, count=BATCH_WARM_UP_REQUESTS)
+        duration = min(self.settings.duration_s, BATCH_LOAD_S)
+        progress(f"{request.rows:,}-row load {key} ({duration} s)")
+        result = self.load_generator.run(
+            base_url + request.path, request.body, request.headers, duration_s=duration
+        )
+        self.figures[key] = {
+            "rows_per_s": result.requests_per_s * request.rows,
+            "requests": result.requests,
+            "errors": result.errors,
+            "p50_ms": result.p50_ms,
+            "p99_ms": result.p99_ms,
+            "backend": backend,
+        }
+
+    def memory(self, key: str, stack: LocalStack) -> None:
+        self.figures[key] = stack_memory(stack)
+
+    @contextlib.contextmanager
+    def stack(
+        self,
+        name: str,
+        *,
+        app: str | None = None,
+        env: dict[str, str] | None = None,
+        workers: int | None = None,
+    ) -> Iterator[LocalStack]:
+        extra_env = {**self.settings.worker_env, **(env or {})}
+        if app is not None:
+            # Gunicorn imports the app by module path, so the repository root must be
+            # importable from wherever the bench was started.
+            extra_env["PYTHONPATH"] = os.pathsep.join(
+                filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])
+            )
+        stack = LocalStack(
+            runtime_dir=self.workdir / f"round-{self.number}" / name,
+            store=self.store_dir,
+            host=LOOPBACK,
+            port=free_port(),
+            workers=workers or self.settings.workers,
+            extra_env=extra_env,
+            **({"app": app} if app else {}),
+        )
+        progress(f"starting the {name} stack on {stack.url}")
+        try:
+            stack.start(ready_timeout=STACK_READY_TIMEOUT_S)
+            self.front = "nginx" if stack.use_nginx else "gunicorn"
+            yield stack
+        finally:
+            stack.stop()
+
+    # -- the stacks -------------------------------------------------------------
+
+    def run(self) -> dict[str, dict[str, Any]]:
+        self.in_process()
+        self.hello()
+        self.naive()
+        self.service()
+        self.monitoring_off()
+        self.backend_forced()
+        for workers in MEMORY_WORKERS:
+            self.memory_stack(workers)
+        self.peers()
+        return self.figures
+
+    def in_process(self) -> None:
+        """Per-call timings with no HTTP, while no stack runs, with one worker's share of
+        native threads: LoadedModel.predict (what the API calls: validation, and
+        probabilities for classifiers) through the backend it chose, again through the
+        pickle when that was another, and the estimator's own predict on prepared rows."""
+        store = ModelStore(self.store_dir)
+        budget = self.settings.repeat_budget_s
+        with threadpool_limits(limits=self.settings.threads_per_worker):
+            for payload in self.payloads.values():
+                progress(f"in-process: {payload.name}")
+                model: LoadedModel = load(store, payload.name, payload.version)
+                models = {"loaded-model": model}
+                if backend_name(model) not in (SKLEARN_BACKEND, NO_BACKEND):
+                    models["loaded-model-sklearn"] = load(
+                        store, payload.name, payload.version, backend=SKLEARN_BACKEND
+                    )
+                for rows in (1, BATCH_ROWS):
+                    instances = payload.instances[:rows]
+                    for call, loaded in models.items():
+                        self.figures[f"inproc/{call}/{rows}/{payload.name}"] = {
+                            "seconds": median_seconds(
+                                lambda m=loaded, i=instances: m.predict(i), budget
+                            ),
+                            "backend": backend_name(loaded),
+                        }
+                    if rows == BATCH_ROWS:
+                        self.compute_bound(payload.name, model, instances)
+                    prepared = model.prepare(instances)
+                    self.figures[f"inproc/estimator/{rows}/{payload.name}"] = {
+                        "seconds": median_seconds(
+                            lambda e=model.estimator, x=prepared: e.predict(x), budget
+                        ),
+                        "backend": SKLEARN_BACKEND,
+                    }
+
+    def compute_bound(self, name: str, model: LoadedModel, instances: list[Any]) -> None:
+        """The backend's own time on validated rows, and the rows/s it allows when every
+        core does nothing else: what no handler of these rows can beat on this machine."""
+        values = model.validate(instances)
+        seconds = median_seconds(
+            lambda: model.backend.run(values, model.has_proba), self.settings.repeat_budget_s
+        )
+        backend = backend_name(model)
+        self.figures[f"inproc/backend/{BATCH_ROWS}/{name}"] = {
+            "seconds": seconds,
+            "backend": backend,
+        }
+        cores = os.cpu_count() or 1
+        self.figures[f"batch/compute-bound/{name}"] = {
+            "rows_per_s": cores * len(instances) / seconds,
+            "cores": cores,
+            "backend": backend,
+        }
+
+    def hello(self) -> None:
+        # The ceiling gets the largest single-row body, so it parses at least as much JSON
+        # as any model's request.
+        body = max((p.objects_body(1) for p in self.payloads.values()), key=len)
+        request = Request("hello", HELLO_PATH, body, 1, answer="none")
+        with self.stack("hello", app=HELLO_APP) as stack:
+            peak = self.load("single/hello", stack.url, request)
+            # What bounds P5 and P3 here, whatever the handler does: the ceiling's own
+            # p99 ÷ p50 when paced the same way, and its rows/s when it only reads the
+            # 1,000-row bodies and parses them with orjson.
+            self.paced("paced/hello", stack.url, request, peak)
+            for payload in self.payloads.values():
+                rows = Request(
+                    "hello",
+                    PARSE_HELLO_PATH,
+                    payload.lists_body(BATCH_ROWS),
+                    BATCH_ROWS,
+                    answer="none",
+                )
+                self.batch(f"batch/hello/{payload.name}", stack.url, rows)
+                binary = service_request(V2_BINARY, payload, BATCH_ROWS)
+                binary = dataclasses.replace(binary, path=READ_HELLO_PATH, answer="none")
+                self.batch(f"batch/hello-binary/{payload.name}", stack.url, binary)
+            warm_up(stack.url, request)  # as for the models: no fresh, untouched worker
+            self.memory("memory/hello", stack)
+
+    def naive(self) -> None:
+        for payload in self.payloads.values():
+            env = {NAIVE_MODEL_ENV: str(payload.pickle_path)}
+            with self.stack(f"naive-{payload.name}", app=NAIVE_APP, env=env) as stack:
+                if payload.name in SINGLE_ROW_REFERENCE_MODELS:
+                    single = naive_request(payload, 1)
+                    peak = self.load(f"single/naive/{payload.name}", stack.url, single)
+                    if payload.name == IRIS:
+                        self.paced(f"paced/naive/{IRIS}", stack.url, single, peak)
+                batch = naive_request(payload, BATCH_ROWS)
+                self.batch(f"batch/naive/{payload.name}", stack.url, batch)
+                warm_up(stack.url, naive_request(payload, 1))
+                self.memory(f"memory/naive/{payload.name}", stack)
+            if payload.name in SINGLE_ROW_REFERENCE_MODELS and payload.onnx_path is not None:
+                # P1 and P2's bound: the same onnxruntime call with none of the service's work.
+                env = {NAIVE_ONNX_ENV: str(payload.onnx_path)}
+                with self.stack(f"naive-onnx-{payload.name}", app=NAIVE_ONNX_APP, env=env) as stack:
+                    single = naive_request(payload, 1)
+                    self.load(f"single/naive-onnx/{payload.name}", stack.url, single)
+
+    def service(self) -> None:
+        iris = self.payloads[IRIS]
+        with self.stack("model-service") as stack:
+            for payload in self.payloads.values():
+                self.load(
+                    f"single/service/{payload.name}",
+                    stack.url,
+                    service_request(NATIVE, payload, 1),
+                )
+            peak = self.figures[f"single/service/{IRIS}"]
+            self.paced(f"paced/service/{IRIS}", stack.url, service_request(NATIVE, iris, 1), peak)
+            for protocol in SINGLE_ROW_PROTOCOLS:
+                self.load(
+                    f"single/{protocol}/{IRIS}", stack.url, service_request(protocol, iris, 1)
+                )
+            for payload in self.payloads.values():
+                for protocol in BATCH_PROTOCOLS:
+                    request = service_request(protocol, payload, BATCH_ROWS)
+                    self.batch(f"batch/{protocol}/{payload.name}", stack.url, request)
+            # A worker recycled by max_requests during the load has touched little yet:
+            # let the workers serve every model again before their memory is read.
+            for payload in self.payloads.values():
+                warm_up(stack.url, service_request(NATIVE, payload, 1))
+            self.memory("memory/service", stack)
+
+    def monitoring_off(self) -> None:
+        with self.stack("model-service-monitoring-off", env=MONITORING_OFF_ENV) as stack:
+            for name in MONITORING_OFF_MODELS:
+                request = service_request(NATIVE, self.payloads[name], 1)
+                self.load(f"single/monitoring-off/{name}", stack.url, request)
+
+    def backend_forced(self) -> None:
+        """The service with the unpickled estimator forced, when answers name a backend
+        (the compiled one is there); otherwise nothing to compare."""
+        named = {
+            self.figures[f"single/service/{name}"]["backend"]
+            for name in SINGLE_ROW_REFERENCE_MODELS
+        }
+        if named == {NO_BACKEND}:
+            progress("the answers name no backend: no run with the pickle backend forced")
+            return
+        env = {BACKEND_ENV: SKLEARN_BACKEND}
+        with self.stack("model-service-backend-sklearn", env=env) as stack:
+            for name in SINGLE_ROW_REFERENCE_MODELS:
+                request = service_request(NATIVE, self.payloads[name], 1)
+                self.load(f"single/backend-sklearn/{name}", stack.url, request)
+
+    def memory_stack(self, workers: int) -> None:
+        """P4: the service with 1 and with 4 workers, read after the same warm-up traffic."""
+        with self.stack(f"model-service-{workers}w", workers=workers) as stack:
+            progress(f"warm-up traffic, then memory: {self.settings.describe_workers(workers)}")
+            requests = [
+                service_request(NATIVE, payload, rows)
+                for payload in self.payloads.values()
+                for rows in (1, BATCH_ROWS)
+            ]
+            concurrent_traffic(
+                stack.url, requests, MEMORY_WARM_UP_REQUESTS, MEMORY_WARM_UP_CONNECTIONS
+            )
+            self.memory(f"memory/service-{workers}w", stack)
+
+    def peers(self) -> None:
+        venv = self.settings.peers_venv
+        if venv is None or not (venv / "bin" / "mlflow").exists():
+            return
+        model_dirs = build_mlflow_models(venv, self.workdir / "mlflow-models", self.payloads)
+        with mlflow_servers(venv, model_dirs, self.workdir) as urls:
+            for name, payload in self.payloads.items():
+                if name in SINGLE_ROW_REFERENCE_MODELS:
+                    request = mlflow_serve_request(payload, 1)
+                    self.load(f"single/mlflow-serve/{name}", urls[name], request)
+                request = mlflow_serve_request(payload, BATCH_ROWS)
+                self.batch(f"batch/mlflow-serve/{name}", urls[name], request)

@@ -1,0 +1,303 @@
+"""From figures to rows: the median over rounds, one table row per figure with its ratio
+to the row it is compared with, and the goals (P1-P5, M) with their targets and
+bounds."""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+from typing import Any
+
+from .payloads import BATCH_ROWS, FOREST, IRIS, NATIVE_LISTS, NO_BACKEND, PROTOCOL_LABELS, V2_BINARY
+from .rounds import (
+    BATCH_PROTOCOLS,
+    MEMORY_WORKERS,
+    MONITORING_OFF_MODELS,
+    PACED_FRACTION,
+    SINGLE_ROW_PROTOCOLS,
+)
+from .settings import BenchSettings
+from .stacks import BACKEND_ENV
+
+GOALS = {
+    "P1": (">=", 0.85),
+    "P2": (">=", 0.70),
+    "P3 native": (">=", 3.0),
+    "P3 v2 binary": (">=", 10.0),
+    "P4": ("<=", 1.3),
+    "P5": ("<=", 3.0),
+    "M": (">=", 0.90),
+}
+
+
+def median_figures(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Each figure's median over the rounds; requests and errors are summed, and the
+    backend is the one any round's answers named."""
+    merged: dict[str, dict[str, Any]] = {}
+    for key in dict.fromkeys(k for figures in rounds for k in figures):
+        present = [figures[key] for figures in rounds if key in figures]
+        entry: dict[str, Any] = {}
+        for field in present[0]:
+            values = [p[field] for p in present if field in p]
+            if field == "backend":
+                entry[field] = next((v for v in values if v != NO_BACKEND), NO_BACKEND)
+            elif field in ("requests", "errors", "workers"):
+                entry[field] = sum(values) if field != "workers" else values[0]
+            else:
+                entry[field] = statistics.median(values)
+        merged[key] = entry
+    return merged
+
+
+@dataclasses.dataclass
+class Row:
+    """One line of the table, and one object of the JSON "goals" or "rows" list."""
+
+    key: str  # the figure it shows, e.g. single/service/iris-classifier
+    section: str
+    label: str
+    unit: str = ""
+    value: float | None = None
+    backend: str = ""
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    errors: int | None = None
+    ratio: float | None = None
+    ratio_of: str = ""
+    goal: str = ""
+    target: float | None = None
+    comparison: str = ""
+    passed: bool | None = None
+    # The most the service can reach on this machine, from the bound rows of this run: a
+    # handler doing less of the same work (P1, P2, P3), the ceiling's own tail (P5).
+    bound: float | None = None
+    note: str = ""
+    figures: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+SECTIONS = {
+    "goals": "Goals: ratios of two figures of this run, with their targets, and the bound "
+    "set by a handler that does less (rows below)",
+    "single": "Single-row predictions through {front}, req/s (closed loop); ratio ÷ the row named",
+    "paced": f"Single-row load paced at {PACED_FRACTION:.0%} of the closed loop's rate (P5): "
+    "achieved req/s, target in the row; ratio p99 ÷ p50",
+    "batch": "1,000-row requests through {front}, rows/s (closed loop, 3 s each); "
+    "ratio ÷ the naive handler",
+    "inproc": "In process, no HTTP: median ms per call; ratio ÷ the estimator's own predict",
+    "memory": "Memory: PSS of the Gunicorn master + workers (/proc/PID/smaps_rollup), MiB",
+    "peers": "Peers: MLflow's scoring server (mlflow models serve -w 2), the same pickles and "
+    "rows; ratio ÷ naive",
+}
+# The figure a row shows for each kind of key, its unit, and a scale.
+MAIN_FIGURE = {
+    "single": ("requests_per_s", "req/s", 1.0),
+    "paced": ("requests_per_s", "req/s", 1.0),
+    "batch": ("rows_per_s", "rows/s", 1.0),
+    "inproc": ("seconds", "ms", 1000.0),
+    "memory": ("total_pss_mib", "MiB", 1.0),
+}
+
+
+def ratio(value: float | None, reference: float | None) -> float | None:
+    if value is None or not reference:
+        return None
+    return value / reference
+
+
+def figure_row(
+    figures: dict[str, dict[str, Any]],
+    key: str,
+    section: str,
+    label: str,
+    of: tuple[str, str] | None = None,
+    backend: str | None = None,
+) -> Row | None:
+    """The row of one figure, with its ratio to the figure `of` names: (key, label)."""
+    found = figures.get(key)
+    if found is None:
+        return None
+    field, unit, scale = MAIN_FIGURE[key.split("/")[0]]
+    reference = figures.get(of[0], {}).get(field) if of else None
+    return Row(
+        key=key,
+        section=section,
+        label=label,
+        unit=unit,
+        value=found[field] * scale,
+        backend=backend or found.get("backend", ""),
+        p50_ms=found.get("p50_ms"),
+        p99_ms=found.get("p99_ms"),
+        errors=found.get("errors"),
+        ratio=ratio(found[field], reference),
+        ratio_of=of[1] if of and reference else "",
+        figures=dict(found),
+    )
+
+
+def detail_rows(
+    figures: dict[str, dict[str, Any]],
+    names: list[str],
+    settings: BenchSettings,
+    peer_version: str | None,
+    peer_note: str,
+) -> list[Row]:
+    rows: list[Row | None] = []
+
+    def add(key: str, section: str, label: str, of=None, backend=None) -> None:
+        rows.append(figure_row(figures, key, section, label, of, backend))
+
+    hello = ("single/hello", "hello")
+    add("single/hello", "single", "hello (ceiling)", hello)
+    for name in names:
+        naive = f"single/naive/{name}"
+        reference = (naive, "naive") if naive in figures else hello
+        add(naive, "single", f"naive {name}", hello, backend="pickle")
+        label = f"bound: naive on onnxruntime, {name}"
+        add(f"single/naive-onnx/{name}", "single", label, hello, backend="onnxruntime")
+        add(f"single/service/{name}", "single", name, reference)
+        add(f"single/backend-sklearn/{name}", "single", f"{name}, backend=sklearn", reference)
+        add(f"single/monitoring-off/{name}", "single", f"{name}, monitoring off", reference)
+        for protocol in SINGLE_ROW_PROTOCOLS:
+            native = (f"single/service/{name}", "native")
+            add(
+                f"single/{protocol}/{name}",
+                "single",
+                f"{name}, {PROTOCOL_LABELS[protocol]}",
+                native,
+            )
+    if not any(key.startswith("single/backend-sklearn/") for key in figures):
+        note = "not measured: the answers name no backend (the pickle is the only one)"
+        rows.append(Row("single/backend-sklearn", "single", f"{BACKEND_ENV}=sklearn", note=note))
+
+    paced = (
+        ("paced/hello", "hello (ceiling)", None),
+        (f"paced/naive/{IRIS}", f"naive {IRIS}", "pickle"),
+        (f"paced/service/{IRIS}", IRIS, None),
+    )
+    for key, label, backend in paced:
+        if key in figures:
+            target = figures[key]["target_requests_per_s"]
+            add(key, "paced", f"{label}, target {target:,.0f} req/s", backend=backend)
+            rows[-1].ratio = ratio(rows[-1].p99_ms, rows[-1].p50_ms)
+            rows[-1].ratio_of = "p99 ÷ p50"
+
+    for name in names:
+        naive = (f"batch/naive/{name}", "naive")
+        cores = figures.get(f"batch/compute-bound/{name}", {}).get("cores", "all")
+        add(
+            f"batch/compute-bound/{name}",
+            "batch",
+            f"bound: backend alone, {cores} cores, {name}",
+            naive,
+        )
+        add(f"batch/hello/{name}", "batch", f"bound: hello + orjson parse, {name}", naive)
+        add(f"batch/hello-binary/{name}", "batch", f"bound: hello reading v2 binary, {name}", naive)
+        add(f"batch/naive/{name}", "batch", f"naive {name}", naive, backend="pickle")
+        for protocol in BATCH_PROTOCOLS:
+            add(f"batch/{protocol}/{name}", "batch", f"{name}, {PROTOCOL_LABELS[protocol]}", naive)
+
+    calls = {"loaded-model": "LoadedModel", "loaded-model-sklearn": "LoadedModel"}
+    calls["estimator"] = "estimator"
+    for name in names:
+        for count in (1, BATCH_ROWS):
+            estimator = (f"inproc/estimator/{count}/{name}", "estimator")
+            for call, label in calls.items():
+                label = f"{name}, {count:,} row{'s' if count > 1 else ''}, {label}.predict"
+                add(f"inproc/{call}/{count}/{name}", "inproc", label, estimator)
+        label = f"{name}, {BATCH_ROWS:,} rows, backend alone"
+        estimator = (f"inproc/estimator/{BATCH_ROWS}/{name}", "estimator")
+        add(f"inproc/backend/{BATCH_ROWS}/{name}", "inproc", label, estimator)
+
+    one_worker = (f"memory/service-{MEMORY_WORKERS[0]}w", "1 worker")
+    for workers in MEMORY_WORKERS:
+        add(
+            f"memory/service-{workers}w",
+            "memory",
+            f"model-service, {workers}w, P4 warm-up",
+            one_worker,
+        )
+    add("memory/service", "memory", f"model-service, {settings.workers}w, after the loads")
+    add("memory/hello", "memory", f"hello, {settings.workers}w, after the load")
+    for name in names:
+        add(f"memory/naive/{name}", "memory", f"naive {name}, {settings.workers}w")
+    for row in rows:
+        if row is not None and row.section == "memory":
+            row.label += f"; largest worker {row.figures['worker_pss_mib']:.0f}"
+
+    if peer_version is None:
+        rows.append(Row("peers/mlflow", "peers", "mlflow models serve", note=peer_note))
+    for name in names:
+        label = f"{name}, MLflow {peer_version}"
+        naive = (f"single/naive/{name}", "naive")
+        add(f"single/mlflow-serve/{name}", "peers", f"{label}, 1 row", naive, "pickle")
+        naive = (f"batch/naive/{name}", "naive")
+        add(f"batch/mlflow-serve/{name}", "peers", f"{label}, 1,000 rows", naive, "pickle")
+    return [row for row in rows if row is not None]
+
+
+def goal_rows(figures: dict[str, dict[str, Any]], names: list[str]) -> list[Row]:
+    """Each goal: the figure it judges, and the ratio (numerator ÷ denominator) to its target."""
+    specs = [
+        ("P1", f"{IRIS}, 1 row", f"single/service/{IRIS}", "single/hello", "hello"),
+        ("P2", f"{FOREST}, 1 row", f"single/service/{FOREST}", "single/hello", "hello"),
+    ]
+    for name in names:
+        for goal, protocol in (("P3 native", NATIVE_LISTS), ("P3 v2 binary", V2_BINARY)):
+            label = f"{name}, 1,000 rows, {PROTOCOL_LABELS[protocol]}"
+            specs.append((goal, label, f"batch/{protocol}/{name}", f"batch/naive/{name}", "naive"))
+    most, fewest = (f"memory/service-{w}w" for w in (MEMORY_WORKERS[-1], MEMORY_WORKERS[0]))
+    specs.append(
+        ("P4", f"model-service PSS, {MEMORY_WORKERS[-1]} workers", most, fewest, "1 worker")
+    )
+    paced = f"paced/service/{IRIS}"
+    specs.append(("P5", f"{IRIS} at {PACED_FRACTION:.0%} of P1's rate", paced, paced, "p99 ÷ p50"))
+    for name in MONITORING_OFF_MODELS:
+        key = f"single/service/{name}"
+        specs.append(("M", f"{name}, monitoring on", key, f"single/monitoring-off/{name}", "off"))
+
+    rows = []
+    for goal, label, key, reference_key, of in specs:
+        comparison, target = GOALS[goal]
+        row = figure_row(figures, key, "goals", label) or Row(key, "goals", label)
+        if goal == "P5":
+            row.ratio = ratio(row.p99_ms, row.p50_ms)
+            if "target_requests_per_s" in row.figures:
+                row.label += f", {row.figures['target_requests_per_s']:,.0f} req/s"
+        else:
+            field = MAIN_FIGURE[key.split("/")[0]][0]
+            reference = figures.get(reference_key, {}).get(field)
+            row.ratio = ratio(row.figures.get(field), reference)
+        row.ratio_of, row.goal, row.target, row.comparison = of, goal, target, comparison
+        if row.ratio is not None:
+            row.passed = row.ratio >= target if comparison == ">=" else row.ratio <= target
+        if goal.startswith("P3"):
+            row.bound = p3_bound(figures, key.split("/")[1], key.split("/")[2])
+        elif goal in ("P1", "P2"):
+            # The naive handler on the same onnxruntime call: the service does strictly more.
+            bound = figures.get(key.replace("/service/", "/naive-onnx/"), {})
+            hello = figures.get(reference_key, {})
+            row.bound = ratio(bound.get("requests_per_s"), hello.get("requests_per_s"))
+        elif goal == "P5":
+            # The ceiling paced the same way: the tail of wrk, Nginx and Gunicorn alone.
+            hello = figures.get("paced/hello", {})
+            row.bound = ratio(hello.get("p99_ms"), hello.get("p50_ms"))
+        rows.append(row)
+    return rows
+
+
+def p3_bound(figures: dict[str, dict[str, Any]], protocol: str, name: str) -> float | None:
+    """The most a 1,000-row handler can reach, as a ratio to the naive handler: it must
+    both take the body in (hello reading it, and parsing it when it is JSON) and run the
+    backend, on the same cores, so their times per row add up."""
+    intake = "hello-binary" if protocol == V2_BINARY else "hello"
+    rates = [
+        figures.get(key, {}).get("rows_per_s")
+        for key in (f"batch/{intake}/{name}", f"batch/compute-bound/{name}")
+    ]
+    naive = figures.get(f"batch/naive/{name}", {}).get("rows_per_s")
+    if not all(rates) or not naive:
+        return None
+    return 1.0 / sum(1.0 / rate for rate in rates) / naive
