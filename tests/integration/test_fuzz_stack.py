@@ -23,7 +23,7 @@ import pytest
 
 from service.keys import SCOPES, KeyRing
 from service.localstack import LocalStack
-from tests.integration.conftest import demo_stack
+from tests.support import running_stack
 
 pytestmark = pytest.mark.integration
 
@@ -81,8 +81,11 @@ def fuzzed_stack(trained_store_dir, tmp_path_factory):
     # The coverage phase sends bodies at the schemas' bounds: 100 instances instead of
     # 10,000 keep those bodies small (the document's maxItems follows the setting).
     env = {"MODEL_SERVICE_OPEN_SCOPES": "", "MODEL_SERVICE_MAX_INSTANCES": "100"}
-    with demo_stack(
-        trained_store_dir, tmp_path_factory, "fuzz", env, before_start=create_key
+    with running_stack(
+        tmp_path_factory.mktemp("fuzz"),
+        store_from=trained_store_dir,
+        env=env,
+        before_start=create_key,
     ) as stack:
         yield stack, keys[0]
 
