@@ -164,7 +164,6 @@ def run(
     sys.path.insert(0, str(REPO_ROOT))
     from loadtests.hello_app import create_app as create_hello
     from service import create_app
-    from service.monitoring import live
 
     bodies = single_row_bodies(store_dir)
     largest = max(bodies.values(), key=len)
@@ -189,7 +188,7 @@ def run(
                 results.append((name, variant, micros))
         finally:
             # Its writer thread and watcher go before the scratch directory does.
-            live.active().stop()
+            app.extensions["model_service.monitoring"].stop()
             app.extensions["model_service"].registry.stop()
     return results
 

@@ -33,7 +33,7 @@ from service.api import (
 )
 from service.api import shadow as shadow_api
 from service.config import Settings
-from service.monitoring import shadow_record
+from service.monitoring.hub import Monitoring
 from service.runtime import shadow
 from service.runtime.registry import ModelRegistry
 from service.store import ModelStore
@@ -58,11 +58,14 @@ def build_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     store = ModelStore.from_settings(settings)
     registry = ModelRegistry(store, settings)
-    # Metrics and the request log, as the settings say; before the first load, so load
-    # times are counted.
-    observe.init_app(app, settings, registry)
+    # This app's metrics, live monitor (feedback joins, drift counts, the prediction log)
+    # and experiment and shadow recorders, observing this registry's predictions; before
+    # the first load, so load times are counted.
+    app_monitoring = Monitoring(settings, registry)
+    # Request metrics and the request log, as the settings say.
+    observe.init_app(app, settings, registry, app_monitoring.metrics)
     # Experiments: each variant's answers, errors and latency, for its metrics and report.
-    experiment_observe.init_app(app)
+    experiment_observe.init_app(app, app_monitoring)
     # Load every aliased version now: under preload_app this happens once, in the
     # Gunicorn master, and the workers share the loaded models copy-on-write.
     registry.refresh()
@@ -81,16 +84,15 @@ def build_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(experiment_report.bp)
     app.register_blueprint(shadow_api.bp)
     app.register_blueprint(monitoring.bp)
-    # Feedback joins, drift counts, the prediction log; live quality and drift at scrape time.
-    monitoring.init_app(app, settings)
-    # Experiments' shadow traffic: run on the candidate off the request path, recorded.
+    # Feedback, live quality and drift; the app's monitoring for every blueprint.
+    monitoring.init_app(app, app_monitoring)
+    # Experiments' shadow traffic: run on the candidate off the request path (one runner
+    # per process), recorded by the app's monitoring.
     shadow.install(registry)
-    shadow_record.install(settings)
     if settings.store_remote:
-        from service.monitoring import add_scrape_collector
         from service.monitoring.store_sync import StoreSyncCollector
 
-        add_scrape_collector(StoreSyncCollector(settings))
+        app_monitoring.add_collector(StoreSyncCollector(settings))
     app.register_blueprint(metrics.bp)
     app.register_blueprint(status.bp)
     # Last: it checks that every route registered above has a scope.

@@ -61,6 +61,7 @@ def app(store_dir, tmp_path):
         {"store": store_dir, "reload_interval": 0.1, "state_dir": tmp_path / "monitoring"}
     )
     yield app
+    app.extensions["model_service.monitoring"].stop()
     app.extensions["model_service"].registry.stop()
 
 

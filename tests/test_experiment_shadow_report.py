@@ -136,6 +136,9 @@ def shadowed(app, client, store, capsys, candidate: int, rows: int) -> tuple[Exp
     applied(app, DIABETES)
     post_rows(client, DIABETES, rows_of(store, DIABETES, rows))
     assert shadow.active().drain(WAIT)
+    # modelctl reads the host's state, where the app's recorder writes within a second:
+    # at once here.
+    app.extensions["model_service.monitoring"].shadow.flush()
     assert report(store, DIABETES, "--json") == 0
     [figures] = json.loads(capsys.readouterr().out)["shadow"]["candidates"]
     return experiment, figures

@@ -12,13 +12,11 @@ import time
 
 import numpy as np
 import pytest
-from prometheus_client import REGISTRY
 from prometheus_client.metrics_core import GaugeMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
 
-from service import create_app, monitoring
+from service import create_app
 from service.monitoring import logs, metrics
-from service.runtime import hooks
 from service.runtime.model import load
 from service.store import ModelStore
 from tests.test_api import IRIS, IRIS_OBJECT, IRIS_ROW, post
@@ -216,16 +214,17 @@ def test_unknown_routes_and_models_never_become_label_values(client):
 
 def test_model_info_load_times_and_naming_conventions(store_dir):
     load_count = "model_service_model_load_seconds_count"
-    loads_before = {
-        name: REGISTRY.get_sample_value(load_count, {"model": name, "version": "1"}) or 0
-        for name in (IRIS, DIABETES)
-    }
     app = create_app({"store": store_dir})
     try:
         client = app.test_client()
+        # A regressor's answer: its values are a histogram of their own.
+        rows = load(ModelStore(store_dir), DIABETES, 1).metadata["golden"]["instances"][:1]
+        answer = post(client, f"/v1/models/{DIABETES}/predict", {"instances": rows})
+        assert answer.status_code == 200
         families = scrape(client)
+        # The app's own metrics: its loads, none of another app's in this process.
         for name in (IRIS, DIABETES):
-            assert value(families, load_count, model=name, version="1") == loads_before[name] + 1
+            assert value(families, load_count, model=name, version="1") == 1
         info = families["model_service_model_info"]
         served = {s.labels["model"]: s for s in info.samples}
         assert set(served) == {IRIS, DIABETES, "breast-cancer-classifier"}
@@ -265,16 +264,14 @@ def test_scrape_collectors_are_added_and_a_failing_one_is_left_out(client):
     def broken():
         raise RuntimeError("cannot compute")
 
-    monitoring.add_scrape_collector(broken)
-    monitoring.add_scrape_collector(figures)
-    try:
-        families = scrape(client)
-        assert value(families, "model_service_test_figure") == 42
-        assert "model_service_test_figure" in {f.name for f in metrics.scrape()}
-    finally:
-        monitoring.SCRAPE_COLLECTORS.remove(broken)
-        monitoring.SCRAPE_COLLECTORS.remove(figures)
-    assert "model_service_test_figure" not in {f.name for f in metrics.scrape()}
+    monitoring = client.application.extensions["model_service.monitoring"]
+    monitoring.add_collector(broken)
+    monitoring.add_collector(figures)
+    families = scrape(client)
+    assert value(families, "model_service_test_figure") == 42
+    assert "model_service_test_figure" in {f.name for f in monitoring.scrape()}
+    # Figures computed at scrape time only: not among what the processes counted.
+    assert "model_service_test_figure" not in {f.name for f in monitoring.scrape(computed=False)}
 
 
 def test_openmetrics_when_the_scraper_asks(client):
@@ -287,43 +284,32 @@ def test_openmetrics_when_the_scraper_asks(client):
 
 
 def test_worker_starts_are_counted_in_post_fork(client):
-    before = REGISTRY.get_sample_value("model_service_worker_starts_total")
+    before = value(scrape(client), "model_service_worker_starts_total")
     metrics.worker_started()
-    assert REGISTRY.get_sample_value("model_service_worker_starts_total") == before + 1
+    assert value(scrape(client), "model_service_worker_starts_total") == before + 1
 
 
-def test_metrics_off_records_nothing_and_answers_404(store_dir):
+def test_metrics_off_records_nothing_and_answers_404(store_dir, client):
     app = create_app({"store": store_dir, "metrics": False})
     try:
-        assert metrics.observe_prediction not in hooks._observers
-        client = app.test_client()
-        labels = {"route": PREDICT, "model": IRIS, "version": "1", "status": "200"}
-        requests_before = REGISTRY.get_sample_value("model_service_requests_total", labels)
-        classes_before = sum(
-            REGISTRY.get_sample_value(
-                "model_service_predictions_total", {"model": IRIS, "version": "1", "class": c}
-            )
-            or 0
-            for c in ("setosa", "versicolor", "virginica")
-        )
-        assert (
-            post(client, f"/v1/models/{IRIS}/predict", {"instances": [IRIS_ROW]}).status_code == 200
-        )
-        assert post(client, f"/v1/models/{IRIS}/predict", b"[").status_code == 400
-        assert REGISTRY.get_sample_value("model_service_requests_total", labels) == requests_before
-        classes_after = sum(
-            REGISTRY.get_sample_value(
-                "model_service_predictions_total", {"model": IRIS, "version": "1", "class": c}
-            )
-            or 0
-            for c in ("setosa", "versicolor", "virginica")
-        )
-        assert classes_after == classes_before
-        response = client.get("/metrics")
+        monitoring = app.extensions["model_service.monitoring"]
+        assert monitoring.metrics is None
+        observers = app.extensions["model_service"].registry.observers
+        assert not any(isinstance(getattr(o, "__self__", None), metrics.Metrics) for o in observers)
+        # Another app of this process (metrics on) counts none of this one's requests.
+        before = scrape(client)
+        off = app.test_client()
+        assert post(off, f"/v1/models/{IRIS}/predict", {"instances": [IRIS_ROW]}).status_code == 200
+        assert post(off, f"/v1/models/{IRIS}/predict", b"[").status_code == 400
+        after = scrape(client)
+        for sample in ("model_service_requests_total", "model_service_predictions_total"):
+            assert value(after, sample, model=IRIS) == value(before, sample, model=IRIS)
+        response = off.get("/metrics")
         assert response.status_code == 404
         assert response.json["error"]["code"] == "metrics_disabled"
-        assert metrics.scrape() == []
+        assert monitoring.scrape() == []
     finally:
+        app.extensions["model_service.monitoring"].stop()
         app.extensions["model_service"].registry.stop()
 
 

@@ -19,7 +19,7 @@ from service.cli import main as modelctl
 from service.config import Settings
 from service.grpc.server import create_server
 from service.keys import KeyRing, digest
-from service.monitoring import SCRAPE_COLLECTORS, drift, live, predlog
+from service.monitoring import drift, live, predlog
 from service.protocols.grpc import open_inference_pb2 as pb
 from service.protocols.grpc import open_inference_pb2_grpc as pb_grpc
 from service.training.demo import demo_specs
@@ -285,7 +285,7 @@ def test_live_quality_at_scrape_time(client):
     feedback(client, IRIS, labelled("r1", IRIS_LABELS))
     samples = {
         (s.name, tuple(sorted(s.labels.items()))): s.value
-        for collector in SCRAPE_COLLECTORS
+        for collector in client.application.extensions["model_service.monitoring"].collectors
         for family in collector()
         for s in family.samples
     }
@@ -542,7 +542,7 @@ def test_drift_is_per_window(make_app, tmp_path):
     predict(client, IRIS, IRIS_ROWS, "r1")
     assert drift_report(client, IRIS)["rows"] == 6
     # Counts older than the window are left out.
-    monitor = live.active()
+    monitor = client.application.extensions["model_service.monitoring"].live
     conn = monitor.state.connection()
     conn.execute("UPDATE drift_counts SET minute = minute - 61")
     assert drift_report(client, IRIS)["rows"] == 0
@@ -731,7 +731,7 @@ def test_a_model_with_categories_is_logged_and_binned_from_its_columns(tmp_path)
             "/v1/models/shapes/predict", json={"instances": rows}, headers={"X-Request-ID": "c1"}
         )
         assert answer.status_code == 200, answer.json
-        monitor = app.extensions["model_service.monitoring"]
+        monitor = app.extensions["model_service.monitoring"].live
         monitor.flush()
         counts = monitor.state.drift_counts(0, "shapes")[("shapes", 1)]
         assert counts["colour"] == {"c:red": 1, "missing": 1}

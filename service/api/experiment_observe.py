@@ -4,7 +4,8 @@ Before each request the clock starts; a view that routes the request into an exp
 sets ``hooks.assignment`` (service.api.routing). After the answer, the request's status
 (and error code) says whether the variant answered, failed (5xx, non-finite outputs) or
 the client made a mistake (any other 4xx: not counted), and
-``service.monitoring.experiments.record`` takes it from there, off the request path.
+the app's monitoring (``Monitoring.record_experiment``) takes it from there, off the
+request path.
 """
 
 from __future__ import annotations
@@ -16,13 +17,11 @@ from flask import Flask, g
 from service.api import request_ids
 from service.errors import ServiceError
 from service.monitoring import experiments
+from service.monitoring.hub import Monitoring
 from service.runtime import hooks
 
 
-def init_app(app: Flask) -> None:
-    # Live quality per variant, at scrape time, from the feedback joined to its requests.
-    experiments.install_collector()
-
+def init_app(app: Flask, monitoring: Monitoring) -> None:
     @app.before_request
     def start_clock() -> None:
         g.experiment_started = time.perf_counter()
@@ -53,7 +52,7 @@ def init_app(app: Flask) -> None:
         model = routed[0]
         error = getattr(context, "experiment_error", None)
         code = error.code if isinstance(error, ServiceError) else None
-        experiments.record(
+        monitoring.record_experiment(
             model,
             request_ids.of(context),
             experiments.failed(response.status_code, code),

@@ -17,6 +17,7 @@ import math
 from flask import Blueprint, request
 
 from service.api import json_response, state
+from service.api.monitoring import app_monitoring
 from service.errors import BadRequest, PromotionRefused
 from service.experiments import conclusion, evidence, report
 from service.protocols.native import parse_json
@@ -40,7 +41,9 @@ def _experiment(name: str):
 @bp.get("/<name>/totals")
 def totals(name: str):
     experiment = _experiment(name)
-    found = evidence.local_totals(state().settings, experiment.model, experiment.id)
+    found = evidence.local_totals(
+        state().settings, experiment.model, experiment.id, recorder=app_monitoring().experiments
+    )
     return json_response(
         {
             "model": experiment.model,
@@ -57,9 +60,12 @@ def totals(name: str):
 def experiment_report(name: str):
     service = state()
     experiment = _experiment(name)
-    found = evidence.local_totals(service.settings, experiment.model, experiment.id)
+    monitoring = app_monitoring()
+    found = evidence.local_totals(
+        service.settings, experiment.model, experiment.id, recorder=monitoring.experiments
+    )
     task = report.task_of(service.store, experiment.model, found)
-    shadow = evidence.local_shadow(service.settings, experiment)
+    shadow = evidence.local_shadow(service.settings, experiment, recorder=monitoring.shadow)
     return json_response(report.build(experiment, found, task, shadow))
 
 
@@ -71,7 +77,9 @@ def conclude(name: str):
     running = service.authority.experiment(name)
     if running is None:
         raise NoExperiment(f"model {name!r} runs no experiment", details={"model": name})
-    found = evidence.local_totals(service.settings, name, running.id)
+    found = evidence.local_totals(
+        service.settings, name, running.id, recorder=app_monitoring().experiments
+    )
     built = report.build(running, found, report.task_of(service.store, name, found))
     try:
         done = conclusion.conclude(

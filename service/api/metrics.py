@@ -7,8 +7,9 @@ from flask import Blueprint, Response, request
 from prometheus_client.exposition import choose_encoder
 
 from service.api import state
+from service.api.monitoring import app_monitoring
 from service.errors import NotFound
-from service.monitoring import metrics
+from service.monitoring.metrics import Exposition
 
 bp = Blueprint("metrics", __name__)
 
@@ -21,4 +22,5 @@ def scrape():
             code="metrics_disabled",
         )
     encode, content_type = choose_encoder(request.headers.get("Accept", ""))
-    return Response(encode(metrics.ScrapeRegistry()), headers={"Content-Type": content_type})
+    families = app_monitoring().scrape()
+    return Response(encode(Exposition(families)), headers={"Content-Type": content_type})

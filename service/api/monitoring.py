@@ -8,7 +8,8 @@
   every feature per version, its status ("too few rows (n of N)" until it has
   drift_min_rows values, then stable or drifted), with the live and training distributions.
 
-The work is in ``service.monitoring.live``; figures are those of every worker of this host.
+The work is in ``service.monitoring.live``, in the app's own monitoring
+(``service.monitoring.hub``); figures are those of every worker of this host.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from flask import Blueprint, Flask, current_app, request
 
 from service.api import json_response, state
 from service.api.predict import require_json
-from service.config import Settings
 from service.errors import BadRequest, ModelNotFound
 from service.monitoring import live
+from service.monitoring.hub import Monitoring
 from service.protocols import native
 from service.store.layout import check_name
 
@@ -31,19 +32,18 @@ EXTENSION = "model_service.monitoring"
 MAX_REQUEST_ID = 128
 
 
-def init_app(app: Flask, settings: Settings) -> live.Monitor:
-    """Observe served predictions (feedback joins, drift, the prediction log) and publish
-    live quality and drift at scrape time."""
-    from service.app import EXTENSION as SERVICE
+def init_app(app: Flask, monitoring: Monitoring) -> None:
+    """Keep the app's monitoring where every blueprint finds it (``app_monitoring``)."""
+    app.extensions[EXTENSION] = monitoring
 
-    service = app.extensions.get(SERVICE)
-    monitor = live.install(settings, service.store if service is not None else None)
-    app.extensions[EXTENSION] = monitor
-    return monitor
+
+def app_monitoring() -> Monitoring:
+    """The monitoring of the running app."""
+    return current_app.extensions[EXTENSION]
 
 
 def monitor() -> live.Monitor:
-    return current_app.extensions[EXTENSION]
+    return app_monitoring().live
 
 
 def _served_name(name: str) -> str:

@@ -19,7 +19,8 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from service.api import request_ids
 from service.config import Settings
 from service.errors import ServiceError
-from service.monitoring import logs, metrics
+from service.monitoring import logs
+from service.monitoring.metrics import NO_LABEL, Metrics
 from service.runtime import hooks
 from service.runtime.registry import ModelRegistry
 
@@ -46,15 +47,16 @@ def note_prediction(event: hooks.PredictionEvent) -> None:
     _served.set((event.model.name, event.model.version, len(event.prediction.predictions)))
 
 
-def init_app(app: Flask, settings: Settings, registry: ModelRegistry) -> None:
-    """Register the hooks the settings ask for (none when metrics and the request log are
-    both off). Call before the registry first loads models, so their load times count."""
-    count = metrics.init_process(settings, registry)
+def init_app(
+    app: Flask, settings: Settings, registry: ModelRegistry, metrics: Metrics | None
+) -> None:
+    """Register the hooks the settings ask for (none when metrics, the app's own or None
+    when they are off, and the request log are both off)."""
+    count = metrics is not None
     write_log = settings.request_log
     if not (count or write_log):
-        hooks.remove_observer(note_prediction)
         return
-    hooks.add_observer(note_prediction)
+    registry.observers.add(note_prediction)
     request_log = logs.RequestLog()
 
     @app.before_request
@@ -88,8 +90,8 @@ def init_app(app: Flask, settings: Settings, registry: ModelRegistry) -> None:
         if served is not None:
             model, version, instances = served[0], str(served[1]), served[2]
         else:
-            model, version, instances = _named_model(current, registry), metrics.NO_LABEL, 0
-        if count:
+            model, version, instances = _named_model(current, registry), NO_LABEL, 0
+        if metrics is not None:
             metrics.observe_request(route, model, version, status, seconds)
             if status in VALIDATION_STATUSES:
                 error = getattr(context, "model_service_error", None)
@@ -120,15 +122,15 @@ def _named_model(current: Request, registry: ModelRegistry) -> str:
     arbitrary name from a client never becomes a label value)."""
     args = current.view_args
     if not args:
-        return metrics.NO_LABEL
+        return NO_LABEL
     for key in MODEL_ARGS:
         value = args.get(key)
         if isinstance(value, str):
             name = value.split("@", 1)[0]
             if any(model.name == name for model in registry.loaded()):
                 return name
-            return metrics.NO_LABEL
-    return metrics.NO_LABEL
+            return NO_LABEL
+    return NO_LABEL
 
 
 # The first problem of an invalid_input error, as a short fixed kind: its message is for

@@ -12,6 +12,7 @@ from __future__ import annotations
 from flask import Blueprint, request
 
 from service.api import json_response, state
+from service.api.monitoring import app_monitoring
 from service.errors import BadRequest
 from service.experiments import report
 from service.monitoring import shadow_record
@@ -28,7 +29,7 @@ def shadow(name: str):
     if wanted is not None and len(wanted) > MAX_ID_LENGTH:
         raise BadRequest(f"an experiment id has at most {MAX_ID_LENGTH} characters")
     experiment = report.find(service.store, check_name(name), wanted)
-    totals = shadow_record.totals(service.settings, experiment.model, experiment.id)
+    totals = app_monitoring().shadow_totals(experiment.model, experiment.id)
     return json_response(
         {
             "model": experiment.model,

@@ -135,9 +135,18 @@ def totals_from_state(state: StateStore, experiment_id: str) -> dict[str, Varian
 _states: dict[Path, StateStore] = {}
 
 
-def local_totals(settings: Settings, name: str, experiment_id: str) -> dict[str, VariantTotals]:
+def local_totals(
+    settings: Settings,
+    name: str,
+    experiment_id: str,
+    *,
+    recorder: recording.ExperimentRecorder | None = None,
+) -> dict[str, VariantTotals]:
     """This host's totals of one experiment of model ``name``, per variant name (variants
-    that answered nothing yet are absent)."""
+    that answered nothing yet are absent). What this process buffered for the state is
+    written first: ``recorder``'s (an app's) and the gRPC server's (``recording.record``)."""
+    if recorder is not None:
+        recorder.flush()
     recording.flush(settings.state_dir)
     path = Path(settings.state_dir)
     state = _states.get(path)
@@ -175,12 +184,18 @@ def remote_totals(
     return merge_all(parts)
 
 
-def local_shadow(settings: Settings, experiment: Any) -> list[dict[str, Any]] | None:
+def local_shadow(
+    settings: Settings,
+    experiment: Any,
+    *,
+    recorder: shadow_record.ShadowRecorder | None = None,
+) -> list[dict[str, Any]] | None:
     """This host's sums of what ``experiment``'s shadow candidate did (one row per
-    candidate); None when the experiment has no shadow."""
+    candidate); None when the experiment has no shadow. What ``recorder`` (an app's) and
+    this process's own recorder, if any, counted is written first."""
     if experiment.shadow is None:
         return None
-    return shadow_record.totals(settings, experiment.model, experiment.id)
+    return shadow_record.totals(settings, experiment.model, experiment.id, recorder=recorder)
 
 
 def remote_shadow(urls: Iterable[str], key: str | None, experiment: Any) -> list[dict] | None:

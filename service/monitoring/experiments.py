@@ -30,12 +30,12 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from service.errors import NonFiniteOutput, ServiceError
-from service.monitoring import add_scrape_collector, live
+from service.monitoring import live
 from service.monitoring import metrics as service_metrics
 from service.monitoring.flusher import BufferedWriter
 from service.monitoring.state import StateStore
@@ -56,24 +56,53 @@ FLUSH_INTERVAL = live.FLUSH_INTERVAL
 MAX_BUFFERED = live.MAX_BUFFERED
 
 LABELS = ["model", "experiment", "variant", "version"]
-REQUESTS = Counter(
-    "model_service_experiment_requests_total",
-    "Requests an experiment's variant answered or failed (client mistakes, 4xx other than "
-    "non_finite_output, are not counted), over every protocol.",
-    LABELS,
-)
-ERRORS = Counter(
-    "model_service_experiment_errors_total",
-    "Requests an experiment's variant failed: a 5xx, or outputs refused as non-finite.",
-    LABELS,
-)
-LATENCY = Histogram(
-    "model_service_experiment_latency_seconds",
-    "Time from the front end taking a request to its answer, for the answers an "
-    "experiment's variant gave successfully.",
-    LABELS,
-    buckets=FINITE_LATENCY_BUCKETS,
-)
+
+
+class ExperimentMetrics:
+    """The Prometheus series of experiments' variants, in one app's metrics registry
+    (None: the default, for the gRPC server's process)."""
+
+    def __init__(self, registry: CollectorRegistry | None):
+        self.requests = Counter(
+            "model_service_experiment_requests_total",
+            "Requests an experiment's variant answered or failed (client mistakes, 4xx other "
+            "than non_finite_output, are not counted), over every protocol.",
+            LABELS,
+            registry=registry,
+        )
+        self.errors = Counter(
+            "model_service_experiment_errors_total",
+            "Requests an experiment's variant failed: a 5xx, or outputs refused as non-finite.",
+            LABELS,
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "model_service_experiment_latency_seconds",
+            "Time from the front end taking a request to its answer, for the answers an "
+            "experiment's variant gave successfully.",
+            LABELS,
+            buckets=FINITE_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self._children: dict[tuple[str, str, str, int], tuple[Any, Any, Any]] = {}
+
+    def observe(
+        self, model: str, assignment: hooks.Assignment, failure: bool, seconds: float
+    ) -> None:
+        key = (model, assignment.experiment, assignment.variant, assignment.version)
+        children = self._children.get(key)
+        if children is None:
+            labels = (model, assignment.experiment, assignment.variant, str(assignment.version))
+            children = self._children[key] = (
+                self.requests.labels(*labels),
+                self.errors.labels(*labels),
+                self.latency.labels(*labels),
+            )
+        children[0].inc()
+        if failure:
+            children[1].inc()
+        else:
+            children[2].observe(seconds)
 
 
 def bucket_of(seconds: float) -> int:
@@ -150,9 +179,30 @@ class ExperimentRecorder(BufferedWriter):
             return len(outcomes)
 
 
-# One recorder per state database per process (tests build apps on several).
+def record_to(
+    recorder: ExperimentRecorder,
+    metrics: ExperimentMetrics | None,
+    model: str,
+    request_id: str | None,
+    failure: bool | None,
+    seconds: float,
+) -> None:
+    """The answer to the current request, when it was served inside an experiment:
+    ``failure`` as :func:`failed` gives it (None: a client's mistake, not counted)."""
+    assignment = hooks.assignment.get()
+    if assignment is None or failure is None:
+        return
+    if metrics is not None:
+        metrics.observe(model, assignment, failure, seconds)
+    recorder.append(Outcome(time.time(), model, request_id, assignment, failure, seconds))
+
+
+# -- a front end that builds no app (the gRPC server): one recorder per process ----------
+# An app records through its own Monitoring (service.monitoring.hub) instead.
+
 _recorders: dict[Path, ExperimentRecorder] = {}
 _recorders_lock = threading.Lock()
+_process_metrics: ExperimentMetrics | None = None
 
 
 def recorder(state: StateStore) -> ExperimentRecorder:
@@ -175,46 +225,30 @@ def flush(state_dir: Path | str) -> None:
         found.flush()
 
 
-# -- the request path ------------------------------------------------------------------
-
-_children: dict[tuple[str, str, str, int], tuple[Any, Any, Any]] = {}
-
-
 def record(model: str, request_id: str | None, failure: bool | None, seconds: float) -> None:
-    """The answer to the current request, when it was served inside an experiment:
-    ``failure`` as :func:`failed` gives it (None: a client's mistake, not counted)."""
-    assignment = hooks.assignment.get()
-    if assignment is None or failure is None:
-        return
-    if service_metrics.enabled():
-        key = (model, assignment.experiment, assignment.variant, assignment.version)
-        children = _children.get(key)
-        if children is None:
-            labels = (model, assignment.experiment, assignment.variant, str(assignment.version))
-            children = _children[key] = (
-                REQUESTS.labels(*labels),
-                ERRORS.labels(*labels),
-                LATENCY.labels(*labels),
-            )
-        children[0].inc()
-        if failure:
-            children[1].inc()
-        else:
-            children[2].observe(seconds)
+    """:func:`record_to` this process's recorder, for the monitor ``live.install`` put in
+    place, counted in the default registry once ``metrics.init_process`` turned it on."""
+    global _process_metrics
     monitor = live.active()
-    if monitor is not None:
-        recorder(monitor.state).append(
-            Outcome(time.time(), model, request_id, assignment, failure, seconds)
-        )
+    if monitor is None:
+        return
+    if _process_metrics is None and service_metrics.process_metrics() is not None:
+        _process_metrics = ExperimentMetrics(None)
+    record_to(recorder(monitor.state), _process_metrics, model, request_id, failure, seconds)
 
 
 T = TypeVar("T")
 
 
-def observed_call(model: str, request_id: str | None, call: Callable[[], T]) -> T:
-    """Run ``call`` (a front end's whole handling of one prediction request) and record its
-    outcome if the request was served inside an experiment; for front ends that see the
-    exception itself (gRPC), not an HTTP status."""
+def observed_call(
+    model: str,
+    request_id: str | None,
+    call: Callable[[], T],
+    record: Callable[[str, str | None, bool | None, float], None] = record,
+) -> T:
+    """Run ``call`` (a front end's whole handling of one prediction request) and ``record``
+    its outcome if the request was served inside an experiment; for front ends that see
+    the exception itself (gRPC), not an HTTP status."""
     hooks.assignment.set(None)
     started = time.perf_counter()
     try:
@@ -230,12 +264,9 @@ def observed_call(model: str, request_id: str | None, call: Callable[[], T]) -> 
 # -- Prometheus, at scrape time ----------------------------------------------------------
 
 
-def collect() -> Iterable[Metric]:
+def quality(monitor: live.Monitor, recorder: ExperimentRecorder) -> Iterable[Metric]:
     """Live quality per variant from the feedback joined to its requests (kept ones)."""
-    monitor = live.active()
-    if monitor is None:
-        return []
-    flush(monitor.settings.state_dir)
+    recorder.flush()
     monitor.flush()
     labelled = GaugeMetricFamily(
         "model_service_experiment_labelled",
@@ -263,7 +294,3 @@ def collect() -> Iterable[Metric]:
         elif n and task == "regression":
             mae.add_metric(key, abs_sum / n)
     return [labelled, accuracy, mae]
-
-
-def install_collector() -> None:
-    add_scrape_collector(collect)

@@ -5,6 +5,10 @@ that buffers (the first time it buffers there); the timer calls the writer's flu
 ``interval`` seconds, and the flush runs once more at exit. In a forked child the
 writer's ``after_fork`` runs first: the parent's timer may have held the writer's locks
 at the moment of the fork, and what the parent buffered is the parent's to write.
+
+The timer holds its writer weakly: a writer nobody holds any more (an app that went away:
+tests and embedding programs build many) is not kept alive by its timer, whose thread
+then ends.
 """
 
 from __future__ import annotations
@@ -26,10 +30,10 @@ class ProcessFlusher:
         name: str,
         after_fork: Callable[[], object] | None = None,
     ):
-        self._flush = flush
+        self._flush = _weakly(flush)
         self._interval = interval
         self._name = name
-        self._after_fork = after_fork
+        self._after_fork = _weakly(after_fork) if after_fork is not None else None
         self._stop = threading.Event()
         self._atexit = False
         _flushers.add(self)
@@ -42,15 +46,36 @@ class ProcessFlusher:
         )
         thread.start()
         if not self._atexit:
-            atexit.register(self._flush)
+            atexit.register(self._flush_now)
             self._atexit = True
 
     def stop(self) -> None:
         self._stop.set()
 
+    def _flush_now(self) -> bool:
+        """Flush; whether the writer is still there."""
+        flush = self._flush()
+        if flush is None:
+            return False
+        flush()
+        return True
+
     def _run(self, stop: threading.Event) -> None:
         while not stop.wait(self._interval):
-            self._flush()
+            if not self._flush_now():
+                return
+
+    def after_fork(self) -> None:
+        after_fork = self._after_fork() if self._after_fork is not None else None
+        if after_fork is not None:
+            after_fork()
+
+
+def _weakly(function: Callable[[], Any]) -> Callable[[], Callable[[], Any] | None]:
+    """What gives ``function`` back while it lives: weakly for a bound method."""
+    if hasattr(function, "__self__"):
+        return weakref.WeakMethod(function)  # type: ignore[arg-type]
+    return lambda: function
 
 
 class BufferedWriter:
@@ -117,8 +142,7 @@ _flushers: weakref.WeakSet[ProcessFlusher] = weakref.WeakSet()
 
 def _reset_in_child() -> None:
     for flusher in list(_flushers):
-        if flusher._after_fork is not None:
-            flusher._after_fork()
+        flusher.after_fork()
 
 
 os.register_at_fork(after_in_child=_reset_in_child)

@@ -13,7 +13,9 @@ A prediction served by another worker reaches the state within ``FLUSH_INTERVAL`
 feedback that arrives before that waits up to ``FEEDBACK_WAIT`` seconds for it before
 answering 404.
 
-One monitor per process: the last one installed (the last app built) observes.
+Each app has its own monitor, in its Monitoring (``service.monitoring.hub``), observing
+its own registry's predictions. A front end that builds no app (the gRPC server, a
+process of its own) installs one for its process with :func:`install`.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from prometheus_client.metrics_core import Metric
 
 from service.config import Settings
 from service.errors import InvalidInput, NotFound, ServiceError
-from service.monitoring import add_scrape_collector, drift, quality
+from service.monitoring import drift, quality
 from service.monitoring.flusher import BufferedWriter
 from service.monitoring.predlog import PredictionLog, lines_for
 from service.monitoring.state import StateStore
@@ -451,7 +453,7 @@ def _check_label(metadata: dict[str, Any], label: Any) -> tuple[Any, str | None]
     return label, f"label {label!r} is not one of the classes {classes}"
 
 
-# -- installing ------------------------------------------------------------------------
+# -- a front end that builds no app (the gRPC server): one monitor per process ---------
 
 _active: Monitor | None = None
 
@@ -462,22 +464,17 @@ def _observe(event: hooks.PredictionEvent) -> None:
         monitor.observe(event)
 
 
-def _collect() -> Iterable[Metric]:
-    monitor = _active
-    return monitor.collect() if monitor is not None else []
-
-
 def install(settings: Settings, store: ModelStore | None = None) -> Monitor:
-    """Observe this process's predictions with a new monitor (replacing any earlier one)
-    and publish its figures at scrape time. For any front end: Flask, gRPC."""
+    """Observe every prediction of this process with a new monitor (replacing any earlier
+    one). An app does not call this: its Monitoring has a monitor of its own."""
     global _active
     previous, _active = _active, Monitor(settings, store)
     if previous is not None:
         previous.stop()
     hooks.add_observer(_observe)
-    add_scrape_collector(_collect)
     return _active
 
 
 def active() -> Monitor | None:
+    """The monitor :func:`install` put in place in this process, if any."""
     return _active

@@ -212,13 +212,19 @@ class ShadowRecorder:
 # -- reading ----------------------------------------------------------------------------
 
 
-def totals(settings: Settings, name: str, experiment: str | None = None) -> list[dict[str, Any]]:
+def totals(
+    settings: Settings,
+    name: str,
+    experiment: str | None = None,
+    *,
+    recorder: ShadowRecorder | None = None,
+) -> list[dict[str, Any]]:
     """This host's sums for a model (one experiment's, or every one's), one per
     (experiment, candidate): sufficient statistics, which :func:`merge` adds up over hosts.
-    This process's own counts are flushed first."""
-    recorder = _active
-    if recorder is not None:
-        recorder.flush()
+    What this process counted is flushed first: ``recorder``'s (an app's) and that of the
+    recorder :func:`install` put in place, if any."""
+    for counted in {recorder, _active} - {None}:
+        counted.flush()
     state = StateStore(settings.state_dir, prediction_retention=settings.prediction_retention)
     try:
         conn = state.connection()
@@ -289,9 +295,15 @@ def checked(row: Any) -> dict[str, Any]:
 _COUNTS = ("runs", "dropped", "rows", "agreed", *(f"errors_{k}" for k in shadow.ERROR_KINDS))
 
 
-def status(settings: Settings, name: str, experiment: str | None = None) -> list[dict[str, Any]]:
+def status(
+    settings: Settings,
+    name: str,
+    experiment: str | None = None,
+    *,
+    recorder: ShadowRecorder | None = None,
+) -> list[dict[str, Any]]:
     """This host's shadow figures for a model: agreement, differences, errors, drops."""
-    return [figures(row) for row in totals(settings, name, experiment)]
+    return [figures(row) for row in totals(settings, name, experiment, recorder=recorder)]
 
 
 def figures(row: dict[str, Any]) -> dict[str, Any]:
@@ -337,14 +349,15 @@ def wilson(successes: int, trials: int, z: float = Z_95) -> tuple[float, float]:
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-# -- installing -------------------------------------------------------------------------
+# -- a front end that builds no app (the gRPC server): one recorder per process --------
+# An app's recorder is its Monitoring's (service.monitoring.hub).
 
 _active: ShadowRecorder | None = None
 
 
 def install(settings: Settings) -> ShadowRecorder:
-    """Record this process's shadow runs in the host's state (replacing any earlier
-    recorder: the last app built in a process serves)."""
+    """Record every shadow run of this process in the host's state (replacing any earlier
+    recorder installed so)."""
     global _active
     previous, _active = _active, ShadowRecorder(settings)
     if previous is not None:

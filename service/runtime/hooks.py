@@ -1,8 +1,9 @@
 """Observers of served predictions.
 
-Monitoring (metrics, the prediction log, drift) registers observers here; the
-runtime calls them after each prediction it serves and knows nothing about what
-they do. An observer that fails is logged and skipped: it never fails a request.
+Monitoring (metrics, the prediction log, drift) adds observers to the registry's
+``Observers`` (each app's monitoring to its own registry's); the runtime calls them after
+each prediction it serves and knows nothing about what they do. An observer that fails
+is logged and skipped: it never fails a request.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -55,26 +56,59 @@ class PredictionEvent:
 
 
 PredictionObserver = Callable[[PredictionEvent], None]
-_observers: list[PredictionObserver] = []
+
+
+class Observers:
+    """Observers of the predictions one registry's models serve (each app builds its own
+    registry, so two apps in one process never see each other's predictions)."""
+
+    def __init__(self) -> None:
+        self._observers: tuple[PredictionObserver, ...] = ()
+
+    def add(self, observer: PredictionObserver) -> None:
+        if observer not in self._observers:
+            # A new tuple, never one changed in place: notify needs no lock.
+            self._observers = (*self._observers, observer)
+
+    def remove(self, observer: PredictionObserver) -> None:
+        self._observers = tuple(o for o in self._observers if o != observer)
+
+    def __contains__(self, observer: object) -> bool:
+        return observer in self._observers
+
+    def __iter__(self) -> Iterator[PredictionObserver]:
+        return iter(self._observers)
+
+    def __bool__(self) -> bool:
+        return bool(self._observers)
+
+    def notify(self, event: PredictionEvent) -> None:
+        for observer in self._observers:
+            try:
+                observer(event)
+            except Exception:
+                log.exception(
+                    "prediction observer %r failed; the request is not affected", observer
+                )
+
+
+# Observers of every prediction served in this process, whichever registry loaded the
+# model: for what exists once per process (the shadow runner and its candidate process,
+# one per worker; the gRPC server's monitor, a process that builds no app).
+_process = Observers()
 
 
 def add_observer(observer: PredictionObserver) -> None:
-    if observer not in _observers:
-        _observers.append(observer)
+    _process.add(observer)
 
 
 def remove_observer(observer: PredictionObserver) -> None:
-    if observer in _observers:
-        _observers.remove(observer)
+    _process.remove(observer)
 
 
 def observed() -> bool:
-    return bool(_observers)
+    return bool(_process)
 
 
 def notify(event: PredictionEvent) -> None:
-    for observer in tuple(_observers):
-        try:
-            observer(event)
-        except Exception:
-            log.exception("prediction observer %r failed; the request is not affected", observer)
+    _process.notify(event)

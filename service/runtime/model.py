@@ -62,6 +62,9 @@ class LoadedModel:
         self.backend: SklearnBackend | OnnxBackend = self.sklearn_backend
         # Requests the compiled backend could not serve, answered by the pickle instead.
         self.fallbacks = 0
+        # Who sees its predictions: the observers of the registry that loaded it (None
+        # outside one: a batch run, an embedding program).
+        self.observers: hooks.Observers | None = None
         self._check_against_metadata()
         if backend != SKLEARN:
             self.backend = self._compiled_backend(artifact)
@@ -80,8 +83,8 @@ class LoadedModel:
 
         ``may_hold_booleans=False`` when the instances were parsed from JSON text with no
         true or false in it: the numbers are then checked faster (``InputSchema.to_array``).
-        Observers registered in ``runtime.hooks`` (monitoring) see every prediction
-        served this way."""
+        The observers of the registry that loaded it (monitoring) and those of the
+        process (``runtime.hooks``) see every prediction served this way."""
         started = time.perf_counter()
         values = self.validate(instances, may_hold_booleans=may_hold_booleans)
         prediction = self.predict_prepared(values, with_proba=with_proba)
@@ -92,17 +95,19 @@ class LoadedModel:
             if refused:
                 # Before the observers: a refused prediction is neither logged nor monitored.
                 raise _non_finite_output(refused)
-        if hooks.observed():
-            hooks.notify(
-                hooks.PredictionEvent(
-                    self,
-                    # The validated values themselves: no DataFrame is built for observers.
-                    values,
-                    prediction,
-                    hooks.request_id.get(),
-                    time.perf_counter() - started,
-                )
+        observers = self.observers
+        if observers or hooks.observed():
+            event = hooks.PredictionEvent(
+                self,
+                # The validated values themselves: no DataFrame is built for observers.
+                values,
+                prediction,
+                hooks.request_id.get(),
+                time.perf_counter() - started,
             )
+            if observers:
+                observers.notify(event)
+            hooks.notify(event)
         return prediction
 
     def validate(

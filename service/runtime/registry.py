@@ -37,7 +37,14 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from service.config import Settings
-from service.errors import ModelLoadError, ModelNotFound, ModelNotReady, ServiceError, StoreError
+from service.errors import (
+    ModelLoadError,
+    ModelNotFound,
+    ModelNotReady,
+    ServiceError,
+    SignatureRefused,
+    StoreError,
+)
 from service.runtime import hooks
 from service.runtime import model as model_runtime
 from service.runtime.model import LoadedModel
@@ -56,6 +63,8 @@ REQUEST_LOAD_WAIT_SECONDS = 5.0
 
 # Told of every model this registry loads, with the seconds the load took (monitoring).
 LoadListener = Callable[[LoadedModel, float], None]
+# (name, version, reason): a version refused before unpickling (SignatureRefused.reason).
+RefusalListener = Callable[[str, int, str], None]
 # A request's client key for sticky assignment, or how to find it once the experiment
 # (which names the header or body field that carries it) is known.
 ClientKey = str | Callable[[Experiment], str | None] | None
@@ -109,6 +118,9 @@ class ModelRegistry:
         self._key_fields: dict[str, frozenset[str]] = {}
         self.last_refresh: float | None = None
         self.load_listeners: list[LoadListener] = []
+        self.refusal_listeners: list[RefusalListener] = []
+        # Told of every prediction this registry's models serve (this app's monitoring).
+        self.observers = hooks.Observers()
 
     # -- serving ---------------------------------------------------------------
 
@@ -410,6 +422,8 @@ class ModelRegistry:
                     backend=self.settings.backend,
                 )
             except Exception as exc:
+                if isinstance(exc, SignatureRefused):
+                    self._tell_refused(name, version, exc.reason)
                 if current is None:
                     return self._load_failed(key, exc)
                 # The version loaded before still serves; tried again at its next change.
@@ -426,6 +440,7 @@ class ModelRegistry:
                 self._loading.pop(key, None)
             self._failures.pop(key, None)
             self._meta_signatures[key] = signature
+            loaded.observers = self.observers
             # One assignment: requests get the old LoadedModel or the new one.
             self._models[key] = loaded
             self._last_used[key] = time.monotonic()
@@ -444,6 +459,13 @@ class ModelRegistry:
                 except Exception:
                     log.exception("load listener %r failed; the model is served anyway", listener)
             return loaded
+
+    def _tell_refused(self, name: str, version: int, reason: str) -> None:
+        for listener in tuple(self.refusal_listeners):
+            try:
+                listener(name, version, reason)
+            except Exception:
+                log.exception("refusal listener %r failed", listener)
 
     def _load_soon(self, name: str, version: int) -> concurrent.futures.Future[LoadedModel]:
         """The load of one version in a thread of its own (one per version at a time), so a
