@@ -247,10 +247,10 @@ def test_without_metrics_the_page_still_shows_models_and_scores(store_dir, tmp_p
 def test_a_failing_scrape_never_fails_the_status(client, monkeypatch):
     from service.monitoring import metrics
 
-    def broken(**options):
+    def broken(self, collectors=(), **options):
         raise RuntimeError("the metrics directory is gone")
 
-    monkeypatch.setattr(metrics, "scrape", broken)
+    monkeypatch.setattr(metrics.Metrics, "scrape", broken)
     body = status(client)
     assert body["traffic_available"] is False
     assert body["traffic_error"] == "cannot read the metrics: RuntimeError"
