@@ -49,7 +49,13 @@ import yaml
 
 from service.errors import BadRequest, Conflict, NotFound, StoreError
 from service.files import write_atomic
-from service.store.layout import ALIAS_PATTERN, VERSION_PATTERN, ModelRef, check_alias
+from service.store.layout import (
+    ALIAS_PATTERN,
+    VERSION_PATTERN,
+    ModelRef,
+    check_alias,
+    resolve_ref,
+)
 
 EXPERIMENT_FILE = "experiment.yaml"
 HISTORY_LIMIT = 200
@@ -357,8 +363,6 @@ def note(
 def check_targets(store: Any, name: str, targets: Iterable[str]) -> dict[str, int]:
     """Each target's version now; VersionNotFound / AliasNotFound (404) for one the model
     does not have."""
-    from service.store.store import resolve_ref  # the store imports this module
-
     found = {}
     for target in targets:
         ref = (

@@ -10,8 +10,15 @@ import dataclasses
 import functools
 import re
 from pathlib import Path
+from typing import Any
 
-from service.errors import BadRequest, IntegrityError, InvalidMetadata
+from service.errors import (
+    AliasNotFound,
+    BadRequest,
+    IntegrityError,
+    InvalidMetadata,
+    VersionNotFound,
+)
 
 # Used with fullmatch: "$" alone would also accept a trailing newline.
 NAME_PATTERN = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?")
@@ -38,6 +45,27 @@ class ModelRef:
         if self.alias is not None:
             return f"{self.name}@{self.alias}"
         return self.name
+
+
+def resolve_ref(store: Any, ref: ModelRef, default_alias: str = "production") -> int:
+    """The version a reference points at in ``store`` (this store, or a fleet's remote one:
+    anything with ``versions(name)`` and ``aliases(name)``)."""
+    if ref.version is not None:
+        versions = store.versions(ref.name)
+        if ref.version not in versions:
+            raise VersionNotFound(
+                f"model {ref.name!r} has no version {ref.version}",
+                details={"model": ref.name, "versions": versions},
+            )
+        return ref.version
+    alias = ref.alias or default_alias
+    aliases = store.aliases(ref.name)
+    if alias not in aliases:
+        raise AliasNotFound(
+            f"model {ref.name!r} has no alias {alias!r}",
+            details={"model": ref.name, "aliases": sorted(aliases)},
+        )
+    return int(aliases[alias])
 
 
 def check_name(name: str) -> str:

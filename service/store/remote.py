@@ -37,6 +37,7 @@ from service.errors import (
     StoreError,
     StoreUnreachable,
 )
+from service.store.layout import resolve_ref
 from service.store.promotion import GateRefusal
 
 # The first word of every remote command: store-serve refuses anything else.
@@ -141,8 +142,6 @@ class RemoteStore:
         return True  # an unreachable store raises; a reachable one exists, if empty
 
     def resolve(self, ref: Any, default_alias: str = "production") -> int:
-        from service.store.store import resolve_ref
-
         return resolve_ref(self, ref, default_alias)
 
     def names(self) -> list[str]:

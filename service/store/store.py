@@ -52,6 +52,7 @@ from service.store.layout import (
     check_name,
     check_version,
     is_version_dir,
+    resolve_ref,
 )
 from service.store.promotion import GateRefusal, check_promotion
 
@@ -673,27 +674,6 @@ class ModelStore:
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def resolve_ref(store: Any, ref: ModelRef, default_alias: str = "production") -> int:
-    """The version a reference points at in ``store`` (this store, or a fleet's remote one:
-    anything with ``versions(name)`` and ``aliases(name)``)."""
-    if ref.version is not None:
-        versions = store.versions(ref.name)
-        if ref.version not in versions:
-            raise VersionNotFound(
-                f"model {ref.name!r} has no version {ref.version}",
-                details={"model": ref.name, "versions": versions},
-            )
-        return ref.version
-    alias = ref.alias or default_alias
-    aliases = store.aliases(ref.name)
-    if alias not in aliases:
-        raise AliasNotFound(
-            f"model {ref.name!r} has no alias {alias!r}",
-            details={"model": ref.name, "aliases": sorted(aliases)},
-        )
-    return int(aliases[alias])
 
 
 def _is_name(text: str) -> bool:
