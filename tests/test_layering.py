@@ -1,6 +1,7 @@
 """The layering contracts of .importlinter (run by `make lint` too): the core never imports
-the web layer, the store imports neither the runtime nor training. A broken contract fails
-here with the import chain that breaks it."""
+the web layer, the store imports neither the runtime nor training, and the serving code never
+imports the training extra. A broken contract fails here with the import chain that breaks
+it."""
 
 from __future__ import annotations
 
@@ -59,3 +60,13 @@ def test_the_store_importing_the_runtime_breaks_the_contract(tmp_path):
     result = lint_imports(root)
     assert result.returncode != 0
     assert "service.store is not allowed to import service.runtime" in result.stdout
+
+
+def test_serving_code_importing_the_training_extra_even_lazily_breaks_the_contract(tmp_path):
+    root = copy_of_the_package(tmp_path)
+    (root / "service" / "runtime" / "plots.py").write_text(
+        "def draw():\n    import matplotlib\n\n    return matplotlib\n"
+    )
+    result = lint_imports(root)
+    assert result.returncode != 0
+    assert "service.runtime is not allowed to import matplotlib" in result.stdout
