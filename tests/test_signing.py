@@ -11,8 +11,10 @@ import pytest
 import yaml
 
 from service.cli import main as modelctl
+from service.config import Settings
 from service.errors import InvalidMetadata, SignatureRefused, StoreError
 from service.runtime.model import LoadedModel
+from service.runtime.registry import ModelRegistry
 from service.store import ModelStore, signing
 from service.store.mirror import StoreMirror
 from service.store.remote import RemoteStore
@@ -127,15 +129,16 @@ def test_unsigned_versions_load_without_trusted_keys_and_are_refused_with_them(s
     assert refused.value.reason == "unsigned"
 
 
-def test_refusals_are_told_to_the_listeners(store_dir, keys):
+def test_a_registry_tells_its_refusal_listeners(store_dir, keys):
+    registry = ModelRegistry(trusting(store_dir, keys), Settings.from_mapping({"store": store_dir}))
     heard = []
-    signing.refusal_listeners.append(lambda *args: heard.append(args))
+    registry.refusal_listeners.append(lambda *args: heard.append(args))
     try:
-        with pytest.raises(SignatureRefused):
-            trusting(store_dir, keys).load_artifact(IRIS, 1)
+        registry.refresh()  # the aliased versions: unsigned, refused
     finally:
-        signing.refusal_listeners.pop()
-    assert heard == [(IRIS, 1, "unsigned")]
+        registry.stop()
+    assert (IRIS, 1, "unsigned") in heard
+    assert registry.loaded() == []
 
 
 def test_a_publisher_that_trusts_keys_cannot_publish_unsigned(store_dir, keys):

@@ -18,29 +18,21 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import logging
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
 from service.errors import SignatureRefused, StoreError
 from service.files import write_atomic
 
-log = logging.getLogger(__name__)
-
 SIGNATURE_FILE = "model.sig"
 PRIVATE_KEY_FILE = "signing-key.pem"
 PUBLIC_KEY_FILE = "signing-key.pub.pem"
 # A signature lists one digest per file of a version: a few kilobytes.
 MAX_SIGNATURE_BYTES = 1024 * 1024
-
-# Told of each refusal (model name, version, reason): the Prometheus counter listens here,
-# so the store needs no monitoring import.
-RefusalListener = Callable[[str, int, str], None]
-refusal_listeners: list[RefusalListener] = []
 
 
 def _hashing_config():
@@ -280,10 +272,6 @@ def _what_changed(text: str) -> str:
 
 
 def _refuse(name: str, version: int, reason: str, message: str) -> NoReturn:
-    # Not logged here: the caller says what it does instead (keeps serving, skips it).
-    for listener in tuple(refusal_listeners):
-        try:
-            listener(name, version, reason)
-        except Exception:
-            log.exception("signature refusal listener %r failed", listener)
+    # Not logged here: the caller says what it does instead (keeps serving, skips it). The
+    # registry that tried to load it tells its refusal listeners (the app's metrics).
     raise SignatureRefused(message, reason=reason, details={"model": name, "version": version})
