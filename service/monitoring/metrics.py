@@ -4,7 +4,7 @@ Under Gunicorn (``PROMETHEUS_MULTIPROC_DIR`` set by the start script before any 
 imports prometheus_client) every process writes its samples to files in that directory
 and a scrape merges them: counters and histograms of a dead worker stay in the sums, so
 a killed worker's counts are neither lost nor counted twice. Without the variable (tests,
-an embedding program) the metrics live in the process's default registry.
+an embedding program) the metrics live in the app's own registry.
 
 Each app has a :class:`Metrics` of its own (built by ``service.monitoring.hub`` when the
 ``metrics`` setting is on): the metric objects, in a registry of their own, so two apps in
