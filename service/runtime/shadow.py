@@ -512,20 +512,16 @@ _runners: weakref.WeakSet[ShadowRunner] = weakref.WeakSet()
 _active: ShadowRunner | None = None
 
 
-def _observe(event: hooks.PredictionEvent) -> None:
-    runner = _active
-    if runner is not None:
-        runner.observe(event)
-
-
 def install(registry: ModelRegistry, *, queue_size: int = QUEUE_SIZE) -> ShadowRunner:
-    """Shadow this process's experiment requests through ``registry`` (replacing any
-    runner installed before: the last app built in a process serves)."""
+    """Shadow the experiment requests ``registry``'s models serve (one runner, and one
+    candidate process, per process: a runner installed before is stopped, and the models
+    of its registry are no longer shadowed)."""
     global _active
     previous, _active = _active, ShadowRunner(registry, queue_size=queue_size)
     if previous is not None:
         previous.stop()
-    hooks.add_observer(_observe)
+        previous.registry.observers.remove(previous.observe)
+    registry.observers.add(_active.observe)
     return _active
 
 
