@@ -93,8 +93,8 @@ class Observers:
 
 
 # Observers of every prediction served in this process, whichever registry loaded the
-# model: for what exists once per process (the shadow runner and its candidate process,
-# one per worker; the gRPC server's monitor, a process that builds no app).
+# model: for a front end that is a process of its own and builds no app (the gRPC
+# server's monitor, service.monitoring.live.install).
 _process = Observers()
 
 
