@@ -13,7 +13,7 @@ from service.protocols import native
 from service.runtime.model import load
 from service.store import ModelStore
 from tests.outputs import same_as
-from tests.support import DEMO_MODELS, IRIS, IRIS_OBJECT, IRIS_ROW
+from tests.support import CANCER, DEMO_MODELS, IRIS, IRIS_OBJECT, IRIS_ROW
 
 
 def post(client, path, body, content_type="application/json", headers=None):
@@ -402,11 +402,7 @@ def test_health_and_readiness(client):
     assert client.get("/healthz").json == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200
-    assert set(ready.json["models"]) == {
-        "iris-classifier",
-        "breast-cancer-classifier",
-        "diabetes-regressor",
-    }
+    assert set(ready.json["models"]) == set(DEMO_MODELS)
 
 
 def test_readiness_is_503_when_the_production_model_cannot_load(store_dir):
@@ -427,11 +423,7 @@ def test_readiness_is_503_when_the_production_model_cannot_load(store_dir):
 
 def test_model_listing_and_details(client):
     listing = client.get("/v1/models").json["models"]
-    assert [m["name"] for m in listing] == [
-        "breast-cancer-classifier",
-        "diabetes-regressor",
-        "iris-classifier",
-    ]
+    assert [m["name"] for m in listing] == sorted(DEMO_MODELS)
     iris = next(m for m in listing if m["name"] == IRIS)
     assert iris["aliases"] == {"production": 1}
     assert iris["serving_version"] == 1
@@ -518,7 +510,7 @@ def test_huge_but_finite_values_are_valid_input(client):
     # A forest routes any finite value; its outputs are finite, so they are served.
     response = post(
         client,
-        "/v1/models/breast-cancer-classifier/predict",
+        f"/v1/models/{CANCER}/predict",
         {"instances": [[HUGE] * 30, [-HUGE] * 30]},
     )
     assert response.status_code == 200, response.json
@@ -533,9 +525,7 @@ def test_the_pickle_refusing_values_too_large_is_a_422_naming_the_rows(store_dir
     try:
         rows = [[1.0] * 30] * 5
         rows[3] = [1e39] * 30
-        response = post(
-            app.test_client(), "/v1/models/breast-cancer-classifier/predict", {"instances": rows}
-        )
+        response = post(app.test_client(), f"/v1/models/{CANCER}/predict", {"instances": rows})
         assert response.status_code == 422
         assert response.json["error"]["code"] == "non_finite_output"
         assert [p["instance"] for p in response.json["error"]["details"]] == [3]

@@ -18,7 +18,7 @@ from service.runtime.model import load
 from service.runtime.schema import FeatureSpec, InputSchema
 from service.store import ModelStore
 from tests.outputs import same_as
-from tests.support import DEMO_MODELS, IRIS, IRIS_EXPECTED, IRIS_FEATURES, IRIS_ROWS
+from tests.support import DEMO_MODELS, DIABETES, IRIS, IRIS_EXPECTED, IRIS_FEATURES, IRIS_ROWS
 
 
 @pytest.fixture
@@ -113,7 +113,7 @@ def test_every_format_gives_the_native_predictions(client, store_dir, name, form
     predictions = response.json["predictions"]
     assert predictions == native_predictions(client, name, frame)
     assert predictions == same_as(in_process)
-    if name == "diabetes-regressor":
+    if name == DIABETES:
         assert all(isinstance(p, float) for p in predictions)
     else:
         assert all(isinstance(p, (str, int)) for p in predictions)
@@ -183,8 +183,8 @@ def test_invocations_serves_the_default_model(make_client, default):
 
 
 def test_invocations_serves_the_only_served_model(make_client, store_dir):
-    client = make_client(models=("diabetes-regressor",))
-    frame, in_process = model_frame(store_dir, "diabetes-regressor")
+    client = make_client(models=(DIABETES,))
+    frame, in_process = model_frame(store_dir, DIABETES)
     response = invoke(client, {"dataframe_split": frame.to_dict(orient="split")}, "/invocations")
     assert response.status_code == 200, response.json
     assert response.json["predictions"] == same_as(in_process)

@@ -391,7 +391,7 @@ def test_reload_retries_a_version_that_failed(store, make_registry):
 
 
 def test_predict_accepts_a_two_dimensional_array(store):
-    model = model_runtime.load(store, "iris-classifier", 1)
+    model = model_runtime.load(store, IRIS, 1)
     rows = np.asarray(model.metadata["golden"]["instances"])
     assert model.predict(rows).predictions == model.estimator.predict(rows).tolist()
     with pytest.raises(InvalidInput, match="has 3 values"):
