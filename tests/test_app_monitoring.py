@@ -60,10 +60,11 @@ def test_two_apps_in_one_process_keep_their_monitoring_apart(two_apps):
     # log's function keeps none), none observing the whole process.
     observers = [app.extensions["model_service"].registry.observers for app in two_apps]
     owners = [{getattr(o, "__self__", None) for o in found} - {None} for found in observers]
-    assert len(owners[0]) == len(owners[1]) == 2 and not owners[0] & owners[1]
-    monitors = [app.extensions["model_service.monitoring"].live for app in two_apps]
-    assert monitors[0].observe in observers[0] and monitors[1].observe in observers[1]
-    assert not any(m.observe in hooks._process for m in monitors)
+    assert not owners[0] & owners[1]
+    for app, found in zip(two_apps, owners, strict=True):
+        monitoring = app.extensions["model_service.monitoring"]
+        assert {monitoring.live, monitoring.metrics} <= found
+        assert monitoring.live.observe not in hooks._process
 
     # The live monitor: feedback joins what this app served, in its own state only.
     joined = feedback(one, IRIS, labelled("served-by-one", IRIS_LABELS))
