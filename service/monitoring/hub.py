@@ -82,6 +82,7 @@ class Monitoring:
         """Every metric family /metrics shows; empty when metrics are off."""
         if self.metrics is None:
             return []
+        self._collect_shadow()
         return self.metrics.scrape(self.collectors, computed=computed)
 
     def add_collector(self, collector: ScrapeCollector) -> None:
@@ -90,7 +91,15 @@ class Monitoring:
 
     def shadow_totals(self, name: str, experiment: str | None = None) -> list[dict[str, Any]]:
         """This host's shadow sums for a model, with what this app counted flushed first."""
+        self._collect_shadow()
         return shadow_record.totals(self.settings, name, experiment, recorder=self.shadow)
+
+    def _collect_shadow(self) -> None:
+        # A worker reads its candidate process's answers as its requests pass: a reader of
+        # the figures also takes those that arrived since (an idle worker's last ones).
+        runner = shadow.active()
+        if runner is not None and runner.registry is self.registry:
+            runner.collect()
 
     def stop(self) -> None:
         """Write what is buffered and stop the writers' timers (tests, benchmarks)."""
