@@ -202,8 +202,9 @@ class Metrics:
         )
         self.shadow_dropped = Counter(
             "model_service_shadow_dropped_total",
-            "Shadow work dropped because the process's shadow queue was full: the candidate is "
-            "slower than the shadowed traffic.",
+            "Shadow work dropped because too much was out to the worker's candidate process "
+            "(it is slower than the shadowed traffic), or lost with a process stopped at its "
+            "timeout.",
             ["model", "candidate"],
             registry=registry,
         )
@@ -292,7 +293,7 @@ class Metrics:
     def observe_signature_refusal(self, name: str, version: int, reason: str) -> None:
         self.signature_refusals.labels(name, str(version), reason).inc()
 
-    # -- shadow runs (service.runtime.shadow's outcomes, in the shadow thread) ---------
+    # -- shadow runs (service.runtime.shadow's outcomes, in the request that reads them) ---------
 
     def _difference_child(self, name: str, candidate: str, metadata: dict[str, Any]):
         histogram = self._difference_histograms.get((name, candidate))

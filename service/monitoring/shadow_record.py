@@ -1,7 +1,7 @@
 """What shadow runs found, per model, experiment and candidate, in the host's state.
 
-``service.runtime.shadow`` tells its listeners of every run (in the shadow thread) and
-every drop (in the request). The recorder adds them up in memory and a timer per process
+``service.runtime.shadow`` tells its listeners of every run and every drop, in the request
+that finds it. The recorder adds them up in memory and a timer per process
 (``ProcessFlusher``, like the live monitor's) adds the sums to the ``shadow_totals`` table
 of the workers' shared SQLite state once a second: one upsert per (model, experiment,
 candidate) per flush, however many requests were shadowed. The sums are sufficient
@@ -110,7 +110,7 @@ class ShadowRecorder:
     # -- listeners of service.runtime.shadow ------------------------------------------
 
     def record(self, outcome: shadow.ShadowOutcome) -> None:
-        """A run, in the shadow thread: numpy sums of its differences."""
+        """A run, in the request that reads it: numpy sums of its differences."""
         if self._pid != os.getpid():
             self._start()
         differences = outcome.differences
