@@ -19,8 +19,8 @@ import yaml
 
 from service.store import ModelStore
 from tests.fleet.support import SHARED_FLEET, RunningFleet, fleet_up
+from tests.support import IRIS
 
-IRIS = "iris-classifier"
 HERE = Path(__file__).resolve().parent
 # The modules that change the fleet, in the order they run after the package's others.
 MODULES_LAST = ("test_fleet_deploy.py",)

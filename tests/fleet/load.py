@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
+from tests.support import eventually
+
 
 class BoundedLoad:
     def __init__(
@@ -67,11 +69,12 @@ class BoundedLoad:
     def wait_for(self, requests: int, timeout: float = 60.0) -> None:
         """Until at least ``requests`` more answers are in (load is flowing)."""
         target = self.answered + requests
-        deadline = time.monotonic() + timeout
-        while self.answered < target:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"load stalled at {self.answered} answers")
-            time.sleep(0.05)
+        eventually(
+            lambda: self.answered >= target,
+            timeout,
+            interval=0.05,
+            message=f"load stalled: {target} answers",
+        )
 
     def wait_done(self, timeout: float = 120.0) -> None:
         """Until every request of a load bounded by ``max_requests`` has its answer."""

@@ -13,7 +13,6 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -23,12 +22,12 @@ import yaml
 from service.store.remote import RemoteStore
 from tests.fleet.load import BoundedLoad
 from tests.fleet.support import SHARED_FLEET, RunningFleet
+from tests.support import IRIS, eventually
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 APP_HOSTS = SHARED_FLEET.app_hosts
-IRIS = "iris-classifier"
 APP_PORT = 8000
 MODELCTL = str(ROOT / ".venv" / "bin" / "modelctl")
 DEPLOY_TIMEOUT_S = 900
@@ -112,19 +111,8 @@ def host_url(fleet: RunningFleet, host: str) -> str:
     return f"http://{fleet.address(host)}:{APP_PORT}"
 
 
-def eventually(condition: Callable[[], object], timeout: float, what: str, step: float = 0.1):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = condition()
-        except (requests.RequestException, ValueError, KeyError) as exc:
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(step)
-    raise AssertionError(f"{what} not within {timeout}s (last: {last!r})")
+# What a host answers (or fails to) while it restarts or its store is away: another try.
+TRANSIENT = (requests.RequestException, ValueError, KeyError)
 
 
 def fleet_keys(fleet: RunningFleet) -> dict[str, str]:
@@ -199,7 +187,12 @@ def test_a_promote_through_one_hosts_admin_api_reaches_every_host(fleet, keys):
     )
     assert answer.status_code == 200, answer.text
     for host in APP_HOSTS:
-        eventually(lambda h=host: serving_version(fleet, h) == 2, 30, f"{host} serving 2")
+        eventually(
+            lambda h=host: serving_version(fleet, h) == 2,
+            30,
+            message=f"{host} serving 2",
+            ignoring=TRANSIENT,
+        )
     seconds = time.monotonic() - started
     figure("promote through app2's admin API to every host", f"{seconds:.2f} s")
     assert seconds < PROMOTION_BOUND_S
@@ -229,7 +222,12 @@ def test_a_key_made_in_the_fleets_store_works_on_every_host_and_its_revocation_t
         ).status_code
 
     for host in APP_HOSTS:
-        eventually(lambda h=host: status(h) == 200, 30, f"{host} takes the new key")
+        eventually(
+            lambda h=host: status(h) == 200,
+            30,
+            message=f"{host} takes the new key",
+            ignoring=TRANSIENT,
+        )
     figure("a key created in the fleet's store, accepted on every host",
            f"{time.monotonic() - started:.2f} s")  # fmt: skip
     revoked = subprocess.run(
@@ -242,7 +240,12 @@ def test_a_key_made_in_the_fleets_store_works_on_every_host_and_its_revocation_t
     assert revoked.returncode == 0, revoked.stderr
     started = time.monotonic()
     for host in APP_HOSTS:
-        eventually(lambda h=host: status(h) == 401, 30, f"{host} refuses the revoked key")
+        eventually(
+            lambda h=host: status(h) == 401,
+            30,
+            message=f"{host} refuses the revoked key",
+            ignoring=TRANSIENT,
+        )
     seconds = time.monotonic() - started
     figure("a key revoked in the fleet's store, refused on every host", f"{seconds:.2f} s")
     assert seconds < PROMOTION_BOUND_S
@@ -279,7 +282,8 @@ def test_an_experiment_started_in_the_fleets_store_runs_on_every_host_sticky_per
                     experiment_answer(fleet, places[h], "client-0", versions)[0] == experiment["id"]
                 ),
                 30,
-                f"{host} running experiment {experiment['id']}",
+                message=f"{host} running experiment {experiment['id']}",
+                ignoring=TRANSIENT,
             )
         figure("an experiment started in the fleet's store, applied on every host",
                f"{time.monotonic() - started:.2f} s")  # fmt: skip
@@ -306,7 +310,8 @@ def test_an_experiment_started_in_the_fleets_store_runs_on_every_host_sticky_per
                 experiment_answer(fleet, places[h], "client-0", versions) == (None, None)
             ),
             30,
-            f"{host} done with the experiment",
+            message=f"{host} done with the experiment",
+            ignoring=TRANSIENT,
         )
 
 
@@ -348,7 +353,12 @@ def test_sigkill_of_a_hosts_gunicorn_under_load_fails_no_prediction(fleet, balan
         load.wait_for(600, timeout=90)
         # Restarted by its process manager, and back in the balancer's rotation.
         before = load.served_by["app1"]
-        eventually(lambda: load.served_by["app1"] > before + 20, 90, "app1 serving again")
+        eventually(
+            lambda: load.served_by["app1"] > before + 20,
+            90,
+            message="app1 serving again",
+            ignoring=TRANSIENT,
+        )
     figure(
         "SIGKILL of app1's Gunicorn (master and workers) under load",
         f"{load.sent} requests, {len(load.failures)} failed",
@@ -366,7 +376,10 @@ def test_with_the_store_host_down_serving_goes_on_and_catches_up(fleet, balancer
         try:
             for host in APP_HOSTS:
                 eventually(
-                    lambda h=host: not sync_view(fleet, h)["reachable"], 30, f"{host} notices"
+                    lambda h=host: not sync_view(fleet, h)["reachable"],
+                    30,
+                    message=f"{host} notices",
+                    ignoring=TRANSIENT,
                 )
             scraped = requests.get(
                 f"{host_url(fleet, 'app3')}/metrics", headers=predict_headers(fleet), timeout=5
@@ -385,7 +398,12 @@ def test_with_the_store_host_down_serving_goes_on_and_catches_up(fleet, balancer
             set_link(fleet, link, "up")
             returned = time.monotonic()
         for host in APP_HOSTS:
-            eventually(lambda h=host: sync_view(fleet, h)["reachable"], 30, f"{host} catches up")
+            eventually(
+                lambda h=host: sync_view(fleet, h)["reachable"],
+                30,
+                message=f"{host} catches up",
+                ignoring=TRANSIENT,
+            )
         caught_up = time.monotonic() - returned
     figure("store host back: every host in step again", f"{caught_up:.2f} s")
     figure("serving with the store host down", f"{load.sent} requests, {len(load.failures)} failed")
@@ -399,7 +417,12 @@ def test_with_the_store_host_down_serving_goes_on_and_catches_up(fleet, balancer
     )
     assert answer.status_code == 200, answer.text
     for host in APP_HOSTS:
-        eventually(lambda h=host: serving_version(fleet, h) == 1, 30, f"{host} serving 1")
+        eventually(
+            lambda h=host: serving_version(fleet, h) == 1,
+            30,
+            message=f"{host} serving 1",
+            ignoring=TRANSIENT,
+        )
     figure(
         "promote (rollback) after the store returned, to every host",
         f"{time.monotonic() - started:.2f} s",
@@ -431,7 +454,12 @@ def test_backup_wipe_restore_gives_the_same_store_and_every_host_serves(
     assert run.returncode == 0, run.stderr
     assert authoritative.manifest() == manifest_before
     for host in APP_HOSTS:
-        eventually(lambda h=host: sync_view(fleet, h)["reachable"], 30, f"{host} in step")
+        eventually(
+            lambda h=host: sync_view(fleet, h)["reachable"],
+            30,
+            message=f"{host} in step",
+            ignoring=TRANSIENT,
+        )
         local = fleet.ssh(host, f"cat /var/lib/model-service/store/{IRIS}/aliases.yaml").stdout
         assert local == manifest_before["models"][IRIS]["aliases"]
     check_every_host_serves(fleet, balancer)
