@@ -16,7 +16,8 @@ import pytest
 from service.localstack import LocalStack, free_port, nginx_binary
 
 # The demo models (service/training/demo_specs), trained once per session into
-# `trained_store_dir`, each at version 1 with the production alias.
+# `trained_store_dir`, each at version 1 with the production alias. Lists, as JSON gives
+# them back (compare, copy, never change in place).
 IRIS = "iris-classifier"
 CANCER = "breast-cancer-classifier"
 DIABETES = "diabetes-regressor"

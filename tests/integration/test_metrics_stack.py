@@ -15,7 +15,15 @@ import tritonclient.grpc as triton
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.localstack import free_port
-from tests.support import IRIS, IRIS_EXPECTED, IRIS_ROWS, STACK_WORKERS, eventually, running_stack
+from tests.support import (
+    DEMO_MODELS,
+    IRIS,
+    IRIS_EXPECTED,
+    IRIS_ROWS,
+    STACK_WORKERS,
+    eventually,
+    running_stack,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -139,11 +147,7 @@ def test_counts_are_exact_across_workers_and_survive_a_killed_worker(metrics_sta
         metrics_stack.master_pids()
     )
     info = [s.labels for s in families["model_service_model_info"].samples]
-    assert {labels["model"] for labels in info} == {
-        IRIS,
-        "breast-cancer-classifier",
-        "diabetes-regressor",
-    }
+    assert {labels["model"] for labels in info} == set(DEMO_MODELS)
     assert all("pid" not in labels for labels in info)
 
 
