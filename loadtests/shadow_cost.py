@@ -58,7 +58,8 @@ TARGET = 1.05
 PEAK_SECONDS = 5
 APPLY_TIMEOUT_S = 30.0
 # A full queue (service.runtime.shadow.QUEUE_SIZE) of 50 ms runs takes 5 s to empty.
-SETTLE_TIMEOUT_S = 20.0
+SETTLE_TIMEOUT_S = 30.0
+SETTLED_POLLS = 3
 START_TIMEOUT_S = 120.0
 EXPERIMENT_HEADER = "X-Experiment-Id"
 COUNTERS = ("model_service_shadow_runs_total", "model_service_shadow_dropped_total")
@@ -148,10 +149,12 @@ def wait_running(base_url: str, request: Request, candidate: str, runs: int) -> 
 def wait_settled(base_url: str, request: Request, candidate: str) -> None:
     """Until the workers' candidate processes have answered all their work: the next load
     starts as the first did. A worker reads its process's answers as its requests pass,
-    so requests (to the alias: never shadowed) go on until the runs stop growing."""
+    so requests (to the alias: never shadowed) go on until the runs stop growing for
+    ``SETTLED_POLLS`` polls in a row (a process at niceness 19 may pause while the machine
+    is busy)."""
     deadline = time.monotonic() + SETTLE_TIMEOUT_S
     path = request.path.replace(f"/{IRIS}/", f"/{IRIS}@production/")
-    last = None
+    last, unchanged = None, 0
     while time.monotonic() < deadline:
         for _ in range(20):
             call = urllib.request.Request(
@@ -160,7 +163,8 @@ def wait_settled(base_url: str, request: Request, candidate: str) -> None:
             with urllib.request.urlopen(call, timeout=10) as answer:
                 answer.read()
         runs = counters(base_url, candidate)[COUNTERS[0]]
-        if runs == last:
+        unchanged = unchanged + 1 if runs == last else 0
+        if unchanged >= SETTLED_POLLS:
             return
         last = runs
         time.sleep(1.0)
