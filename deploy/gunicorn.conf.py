@@ -179,6 +179,11 @@ def post_fork(server, worker):
     from service.monitoring import metrics
 
     metrics.worker_started()
+    # While a shadow runs, the worker's candidate process is forked now, before the worker
+    # runs any thread: it starts with everything imported, at no cost to the requests.
+    from service.runtime import shadow
+
+    shadow.prestart()
 
 
 def post_request(worker, req, environ, resp):

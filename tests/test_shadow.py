@@ -347,6 +347,41 @@ def test_through_the_app_a_failing_candidate_changes_no_answer(app, client, stor
 
 # -- a real stack: Nginx -> Gunicorn, two workers -------------------------------------------
 
+
+def proc_stat(pid: int) -> tuple[int, int, bytes]:
+    """(parent pid, niceness, command line) of a process, from /proc."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return int(fields[1]), int(fields[16]), Path(f"/proc/{pid}/cmdline").read_bytes()
+
+
+def children_of(parents: set[int]) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if proc_stat(int(entry.name))[0] in parents:
+                    found.append(int(entry.name))
+            except (OSError, ValueError):
+                continue  # gone meanwhile
+    return found
+
+
+def workers_of(stack) -> list[int]:
+    return children_of(set(stack.master_pids().values()))
+
+
+def forked_candidates(stack) -> list[int]:
+    """The workers' children at niceness 19 running the worker's own command line: forks,
+    not a started ``python -m service.runtime.shadow_process``."""
+    workers = {pid: proc_stat(pid)[2] for pid in workers_of(stack)}
+    return [
+        pid
+        for pid in children_of(set(workers))
+        if proc_stat(pid)[1] == 19 and proc_stat(pid)[2] == workers[proc_stat(pid)[0]]
+    ]
+
+
 SLOW_SECONDS = 0.2
 STACK_REQUESTS = 400
 
@@ -363,6 +398,8 @@ def test_a_real_stack_answers_alike_with_a_slow_or_failing_shadow(
         base = base_of(stack_store, DIABETES)
         publish_candidate(stack_store, DIABETES, Failing(base), "fails")  # 2
         publish_candidate(stack_store, DIABETES, SlowRows(base, SLOW_SECONDS), "slow")  # 3
+        # Running as the workers start: each forks its candidate process in post_fork.
+        start_shadow(stack_store, DIABETES, 2)
 
     env = {
         "MODEL_SERVICE_RELOAD_INTERVAL": "0.2",
@@ -385,8 +422,12 @@ def test_a_real_stack_answers_alike_with_a_slow_or_failing_shadow(
             expected = [answer["predictions"] for answer in expected]
 
             # The failing one first: the slow one leaves each worker's queue full for a while.
+            forks = eventually(lambda: forked_candidates(stack), WAIT, message="forks")
+            assert len(forks) == len(workers_of(stack))
             for candidate in (2, 3):
-                experiment = start_shadow(stack_store, DIABETES, candidate)
+                experiment = stack_store.experiment(DIABETES) or start_shadow(
+                    stack_store, DIABETES, candidate
+                )
 
                 def routed(experiment_id=experiment.id):
                     """every worker routes through the experiment"""

@@ -529,6 +529,28 @@ def active() -> ShadowRunner | None:
     return _active
 
 
+def prestart() -> None:
+    """In a new Gunicorn worker, before it runs any thread (post_fork): when a shadow runs
+    in the store, fork the active runner's candidate process now, so it starts with
+    everything imported rather than importing it all at the first shadowed request —
+    at every worker restart (``max_requests``), seconds of CPU the requests would feel."""
+    runner = _active
+    if runner is None:
+        return
+    try:
+        store = runner.registry.store
+        if not any(_shadowed(store, name) for name in store.names()):
+            return
+        runner.candidates.fork_now()
+    except Exception:
+        log.exception("could not start the shadow process ahead")
+
+
+def _shadowed(store: ModelStore, name: str) -> bool:
+    experiment = store.experiment(name)
+    return experiment is not None and experiment.shadow is not None
+
+
 def _reset_in_child() -> None:
     for runner in list(_runners):
         runner._after_fork()

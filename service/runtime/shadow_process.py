@@ -6,9 +6,12 @@ a candidate computing in the worker holds the worker's GIL, and even a thread of
 worker that only waits on the candidate must take the GIL back each time it wakes, which
 under load stalls a request for a scheduler time slice whenever the cores are busy
 (measured: the primary's p99 2-3 times higher, docs/experiments/shadow.md). So each
-worker that shadows starts one child process (lazily, at its first shadowed request;
-``python -m service.runtime.shadow_process``, not a fork of the threaded worker) at the
-lowest CPU priority (niceness 19: the CPU the requests leave). The worker
+worker that shadows has one child process at the lowest CPU priority (niceness 19: the
+CPU the requests leave). A Gunicorn worker started while a shadow runs forks it at once,
+before it runs any thread (``shadow.prestart``, from post_fork): the fork has everything
+imported. Otherwise it starts at the first shadowed request as
+``python -m service.runtime.shadow_process`` (not a fork of a worker that runs threads),
+which imports scikit-learn and the rest at that low priority. The worker
 hands each piece of work over with one non-blocking write to a socket and reads the
 child's answers without waiting, on its own requests (``service.runtime.shadow``); it
 runs no thread for it.
@@ -30,6 +33,7 @@ import logging
 import os
 import pickle
 import select
+import signal
 import socket
 import struct
 import subprocess
@@ -145,6 +149,33 @@ class CandidateProcess:
         if self.running:
             select.select([self._socket], [], [], max(timeout, 0.0))
 
+    def fork_now(self) -> None:
+        """Start the child now as a fork of this process: it has everything imported, so
+        it costs a fork, not a Python starting and importing scikit-learn at low priority
+        (seconds of CPU at every worker restart). Only while this process runs no other
+        thread (a Gunicorn worker's post_fork): the fork of a threaded process may inherit
+        locks held by threads it does not have."""
+        self.close()
+        self._forget()
+        self._pid = os.getpid()
+        mine, theirs = socket.socketpair()
+        pid = os.fork()
+        if pid == 0:  # the child
+            mine.close()
+            code = 1
+            try:
+                _forked_child(theirs, self.settings)
+                code = 0
+            finally:
+                # Not Python's exit: the fork shares the worker's native runtimes (the
+                # onnxruntime thread it lacks, see deploy/gunicorn.conf.py worker_exit).
+                os._exit(code)
+        theirs.close()
+        self._process = _Forked(pid)
+        self._socket = mine
+        self.queued_bytes = self.written_bytes = 0
+        self.starts += 1
+
     def _ensure(self) -> None:
         if self._pid != os.getpid():  # a forked child: the parent's process is not ours
             self._forget()
@@ -200,7 +231,48 @@ class CandidateProcess:
         self._killed = []
 
 
+class _Forked:
+    """A child from ``fork_now``, with what ``CandidateProcess`` asks of a Popen."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                self.returncode = -1
+            else:
+                if pid:
+                    self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def kill(self) -> None:
+        os.kill(self.pid, signal.SIGKILL)
+
+
 # -- the child -------------------------------------------------------------------------
+
+
+def _forked_child(sock: socket.socket, settings: Any) -> None:
+    # The worker's signal handlers are not this process's: the defaults, and SIGKILL when
+    # the worker dies (a candidate stuck in a prediction would not see the socket close).
+    for number in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD):
+        signal.signal(number, signal.SIG_DFL)
+    for number in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU, signal.SIGWINCH):
+        signal.signal(number, signal.SIG_DFL)
+    _die_with_parent()
+    serve(sock, settings)
+
+
+def _die_with_parent() -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
 
 
 def _lower_priority() -> None:
@@ -228,17 +300,12 @@ def _read_exactly(sock: socket.socket, size: int) -> bytes:
     return bytes(buffer)
 
 
-def main(argv: list[str]) -> int:
-    """The child: answer the worker's shadow work until the worker goes away."""
-    sock = socket.socket(fileno=int(argv[1]))
+def serve(sock: socket.socket, settings: Any) -> None:
+    """Answer the worker's shadow work until the worker goes away."""
     _lower_priority()
     from service.runtime.shadow import run_candidate
     from service.store import ModelStore
 
-    try:
-        settings = _read_message(sock)
-    except (EOFError, OSError):
-        return 0
     store = ModelStore.from_settings(settings)
     models: dict[tuple[str, int], Any] = {}
 
@@ -250,7 +317,18 @@ def main(argv: list[str]) -> int:
             job = _read_message(sock)
             tell(run_candidate(store, settings, models, job, tell))
         except (EOFError, OSError):
-            return 0
+            return
+
+
+def main(argv: list[str]) -> int:
+    """The child started as a command: its settings come first on the socket."""
+    sock = socket.socket(fileno=int(argv[1]))
+    try:
+        settings = _read_message(sock)
+    except (EOFError, OSError):
+        return 0
+    serve(sock, settings)
+    return 0
 
 
 if __name__ == "__main__":
