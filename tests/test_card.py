@@ -27,10 +27,8 @@ from service.card import plots as card_plots
 from service.card import render_card
 from service.cli import main
 from service.training.describe import estimator_description
+from tests.support import CANCER, DIABETES, IRIS
 
-IRIS = "iris-classifier"
-CANCER = "breast-cancer-classifier"
-DIABETES = "diabetes-regressor"
 SECTIONS = (
     "purpose",
     "algorithm",

@@ -12,8 +12,7 @@ from sklearn import datasets
 
 from service.cli import main
 from service.runtime import model as model_runtime
-
-IRIS = "iris-classifier"
+from tests.support import IRIS
 
 
 @pytest.fixture

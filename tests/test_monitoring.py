@@ -24,10 +24,9 @@ from service.protocols.grpc import open_inference_pb2 as pb
 from service.protocols.grpc import open_inference_pb2_grpc as pb_grpc
 from service.training.demo import demo_specs
 from service.training.split import prepare
+from tests.support import DIABETES, IRIS
 
-IRIS = "iris-classifier"
 FEEDBACK_KEY = "msk_feedback-key-of-the-monitoring-tests"
-DIABETES = "diabetes-regressor"
 
 # Two clear examples of each iris species, and what the demo model predicts for them.
 IRIS_ROWS = [
