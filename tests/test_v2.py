@@ -21,10 +21,8 @@ from service.protocols import v2
 from service.protocols.v2 import rest
 from service.runtime.model import Prediction
 from service.store import ModelStore
-from tests.test_api import IRIS, IRIS_OBJECT, IRIS_ROW
+from tests.support import DEMO_MODELS, IRIS, IRIS_FEATURES, IRIS_ROW
 
-DEMO_MODELS = ["iris-classifier", "breast-cancer-classifier", "diabetes-regressor"]
-IRIS_FEATURES = list(IRIS_OBJECT)
 HEADER = "Inference-Header-Content-Length"
 CARS_SPEC = Path(__file__).resolve().parents[1] / "examples" / "cars" / "spec.yaml"
 

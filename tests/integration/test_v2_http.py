@@ -10,11 +10,9 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from service.store import ModelStore
-from tests.test_api import IRIS, IRIS_OBJECT, IRIS_ROW
+from tests.support import DEMO_MODELS, IRIS, IRIS_OBJECT, IRIS_ROW
 
 pytestmark = pytest.mark.integration
-
-MODELS = ["iris-classifier", "breast-cancer-classifier", "diabetes-regressor"]
 
 
 @pytest.fixture
@@ -65,7 +63,7 @@ def test_health_and_metadata(stack, triton):
 
 @pytest.mark.parametrize("binary_in", [False, True], ids=["json-in", "binary-in"])
 @pytest.mark.parametrize("binary_out", [False, True], ids=["json-out", "binary-out"])
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", DEMO_MODELS)
 def test_infer_equals_native_predict(stack, http, triton, name, binary_in, binary_out):
     rows = rows_for(stack, name)
     expected = native(stack, http, name, rows)
