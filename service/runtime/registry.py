@@ -12,8 +12,9 @@ REQUEST_LOAD_WAIT_SECONDS: a longer load goes on in the background and the reque
 a 503 that says so.
 
 An experiment (``experiment.yaml``, see service.store.experiments) is watched in the
-same look: every version it serves or shadows is loaded *before* the experiment applies,
-and stays loaded while it runs. :meth:`route` then sends each request that names no
+same look: every version it serves is loaded *before* the experiment applies, and stays
+loaded while it runs (a shadow's candidate is not: the shadow process loads it, see
+service.runtime.shadow). :meth:`route` then sends each request that names no
 version and no alias to the variant the experiment assigns it. An experiment that
 cannot apply (an invalid file, a variant that does not load) is not half-applied: the
 model's default alias serves everything, and the log says why.
@@ -109,8 +110,8 @@ class ModelRegistry:
         self._refresh_lock = threading.Lock()
         self._watcher_pid: int | None = None
         self._stop = threading.Event()
-        # name -> the experiment this process applies: every version it serves or shadows
-        # is loaded (see _sync_experiment). Most models have none: route's one lookup.
+        # name -> the experiment this process applies: every version it serves is loaded
+        # (see _sync_experiment). Most models have none: route's one lookup.
         self._experiments: dict[str, Experiment] = {}
         # name -> why the store's experiment does not apply here, and since when.
         self._experiment_problems: dict[str, tuple[str, float]] = {}
@@ -336,8 +337,8 @@ class ModelRegistry:
             log.info("%s: alias %s serves version %d", name, alias, version)
 
     def _sync_experiment(self, name: str) -> None:
-        """Apply the store's experiment of ``name`` once every version it serves or shadows
-        is loaded; when it cannot apply, serve the default alias (no experiment) and say why."""
+        """Apply the store's experiment of ``name`` once every version it serves is loaded;
+        when it cannot apply, serve the default alias (no experiment) and say why."""
         try:
             state = self.store.experiment_state(name)
             self._key_fields[name] = _key_fields(state)
@@ -354,8 +355,8 @@ class ModelRegistry:
                 )
             return
         try:
-            for target in experiment.targets():
-                self._target_version(name, target)
+            for variant in experiment.variants:
+                self._target_version(name, variant.name)
         except ServiceError as exc:
             self._experiment_failed(name, f"experiment {experiment.id} cannot run: {exc.message}")
             return
@@ -397,11 +398,12 @@ class ModelRegistry:
         return problem is not None and time.monotonic() - problem[1] >= RETRY_FAILED_SECONDS
 
     def _experiment_versions(self, name: str) -> set[int]:
-        """The versions ``name``'s experiment names by number (its aliases are served anyway)."""
+        """The versions ``name``'s experiment serves by number (its aliases are served
+        anyway; its shadow's candidate is loaded by the shadow process, not here)."""
         experiment = self._experiments.get(name)
         if experiment is None:
             return set()
-        return {int(target) for target in experiment.targets() if target.isdigit()}
+        return {int(v.name) for v in experiment.variants if v.name.isdigit()}
 
     def _load(self, name: str, version: int) -> LoadedModel:
         key = (name, version)
