@@ -4,7 +4,6 @@ against the server in this process, over a copy of the demo store."""
 from __future__ import annotations
 
 import shutil
-import time
 
 import grpc
 import numpy as np
@@ -20,11 +19,8 @@ from service.protocols.grpc import open_inference_pb2 as pb
 from service.protocols.grpc import open_inference_pb2_grpc as pb_grpc
 from service.runtime import model as model_runtime
 from service.store import ModelStore, parse_ref
+from tests.support import CANCER, DEMO_MODELS, DIABETES, IRIS, eventually
 
-IRIS = "iris-classifier"
-CANCER = "breast-cancer-classifier"
-DIABETES = "diabetes-regressor"
-DEMO_MODELS = [IRIS, CANCER, DIABETES]
 RPCS = ["ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer"]
 
 
@@ -289,9 +285,7 @@ def test_a_promotion_reaches_the_grpc_server(client, grpc_store):
     assert client.is_model_ready(IRIS, "staging") is False
     grpc_store.promote(IRIS, 1, alias="staging", reason="test")
     try:
-        deadline = time.monotonic() + 5
-        while not client.is_model_ready(IRIS, "staging") and time.monotonic() < deadline:
-            time.sleep(0.05)
+        eventually(lambda: client.is_model_ready(IRIS, "staging"), 5, 0.05, "staging ready")
         result = client.infer(IRIS, [matrix_input([[5.5, 3.5, 1.3, 0.2]])], model_version="staging")
         assert result.get_response().model_version == "1"
         assert result.as_numpy(v2.OUTPUT_PREDICT).tolist() == [b"setosa"]
