@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import re
-import time
 
 import numpy as np
 import pytest
@@ -19,12 +18,12 @@ from service import create_app
 from service.monitoring import logs, metrics
 from service.runtime.model import load
 from service.store import ModelStore
-from tests.test_api import IRIS, IRIS_OBJECT, IRIS_ROW, post
+from tests.support import DIABETES, IRIS, IRIS_OBJECT, IRIS_ROW, eventually
+from tests.test_api import post
 from tests.test_flusher import run_in_child
 from tests.test_v2 import matrix_input
 
 PREDICT = "/v1/models/<model_ref>/predict"
-DIABETES = "diabetes-regressor"
 EXPECTED_FAMILIES = {
     "model_service_requests": "counter",
     "model_service_request_duration_seconds": "histogram",
@@ -445,10 +444,12 @@ def test_request_lines_are_written_whole_a_buffer_at_a_time_and_by_the_timer(fil
     # Full buffers went out as the lines came; the rest waits for the timer.
     written = _lines(path)
     assert 0 < len(written) < sent
-    deadline = time.monotonic() + 10 * logs.FLUSH_INTERVAL
-    while len(_lines(path)) < sent and time.monotonic() < deadline:
-        time.sleep(0.05)
-    written = _lines(path)
+
+    def every_line_written() -> list[dict] | None:
+        lines = _lines(path)
+        return lines if len(lines) >= sent else None
+
+    written = eventually(every_line_written, 10 * logs.FLUSH_INTERVAL, 0.05)
     assert [line["request_id"] for line in written] == [f"r{n}" for n in range(sent)]
     assert {line["pid"] for line in written} == {os.getpid()}
     assert all(
