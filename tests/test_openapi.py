@@ -22,10 +22,8 @@ from service.keys import KeyRing
 from service.monitoring import live
 from service.protocols import v2
 from service.store import experiments, layout
+from tests.support import CANCER, DIABETES, IRIS, IRIS_OBJECT
 
-IRIS = "iris-classifier"
-CANCER = "breast-cancer-classifier"
-DIABETES = "diabetes-regressor"
 SERVED = (IRIS, CANCER, DIABETES)
 IGNORED_METHODS = {"HEAD", "OPTIONS"}
 # Werkzeug's <converter:name> and <name>, spelled out here rather than taken from the
@@ -317,12 +315,6 @@ def test_prediction_schemas_name_the_classes(document, store):
     assert "probabilities" not in diabetes["properties"]
 
 
-IRIS_ROW = {
-    "sepal_length_cm": 5.5,
-    "sepal_width_cm": 3.5,
-    "petal_length_cm": 1.3,
-    "petal_width_cm": 0.2,
-}
 DIABETES_ROW = {
     "age": 59,
     "sex": 2,
@@ -340,15 +332,15 @@ DIABETES_ROW = {
 @pytest.mark.parametrize(
     ("name", "body", "valid"),
     [
-        (IRIS, {"instances": [IRIS_ROW]}, True),
-        (IRIS, {"instances": [list(IRIS_ROW.values())]}, True),
-        (IRIS, {"instances": [{**IRIS_ROW, "sepal_width_cm": "3.5"}]}, False),
+        (IRIS, {"instances": [IRIS_OBJECT]}, True),
+        (IRIS, {"instances": [list(IRIS_OBJECT.values())]}, True),
+        (IRIS, {"instances": [{**IRIS_OBJECT, "sepal_width_cm": "3.5"}]}, False),
         (IRIS, {"instances": [[5.5, "3.5", 1.3, 0.2]]}, False),
-        (IRIS, {"instances": [{**IRIS_ROW, "sepal_widht_cm": 3.5}]}, False),
-        (IRIS, {"instances": [list(IRIS_ROW.values())[:3]]}, False),
-        (IRIS, {"instances": [IRIS_ROW, list(IRIS_ROW.values())]}, False),
+        (IRIS, {"instances": [{**IRIS_OBJECT, "sepal_widht_cm": 3.5}]}, False),
+        (IRIS, {"instances": [list(IRIS_OBJECT.values())[:3]]}, False),
+        (IRIS, {"instances": [IRIS_OBJECT, list(IRIS_OBJECT.values())]}, False),
         (IRIS, {"instances": []}, False),
-        (IRIS, {"instances": [{**IRIS_ROW, "petal_width_cm": None}]}, False),
+        (IRIS, {"instances": [{**IRIS_OBJECT, "petal_width_cm": None}]}, False),
         (DIABETES, {"instances": [DIABETES_ROW]}, True),
         (DIABETES, {"instances": [{**DIABETES_ROW, "age": 59.5}]}, False),
         (DIABETES, {"instances": [{**DIABETES_ROW, "sex": "2"}]}, False),
@@ -369,7 +361,7 @@ def test_the_schema_accepts_what_the_service_accepts(client, document, name, bod
 
 def test_the_instance_schema_names_the_bad_feature(document):
     validator = component_validator(document, f"{IRIS}.Instance")
-    errors = list(validator.iter_errors({**IRIS_ROW, "sepal_width_cm": "3.5"}))
+    errors = list(validator.iter_errors({**IRIS_OBJECT, "sepal_width_cm": "3.5"}))
     assert [list(e.absolute_path) for e in errors] == [["sepal_width_cm"]]
     assert errors[0].validator == "type"
 
@@ -398,7 +390,7 @@ def test_real_answers_fit_their_documented_schemas(client, document, path, compo
 
 
 def test_mlflow_answers_fit_their_documented_schemas(client, document):
-    body = {"dataframe_records": [IRIS_ROW]}
+    body = {"dataframe_records": [IRIS_OBJECT]}
     component_validator(document, "MlflowRequest").validate(body)
     response = client.post(f"/v1/models/{IRIS}/invocations", json=body)
     assert response.status_code == 200
@@ -406,12 +398,12 @@ def test_mlflow_answers_fit_their_documented_schemas(client, document):
     bad = client.post(f"/v1/models/{IRIS}/invocations", json={"dataframe_records": [{"x": 1}]})
     assert bad.status_code == 422
     component_validator(document, "MlflowError").validate(bad.get_json())
-    two_formats = {"instances": [IRIS_ROW], "inputs": [IRIS_ROW]}
+    two_formats = {"instances": [IRIS_OBJECT], "inputs": [IRIS_OBJECT]}
     assert not component_validator(document, "MlflowRequest").is_valid(two_formats)
 
 
 ADMIN_KEY = "openapi-test-admin-key"
-TOO_MANY = {"instances": [IRIS_ROW] * 11}
+TOO_MANY = {"instances": [IRIS_OBJECT] * 11}
 
 
 def tampered(store_dir):
@@ -439,7 +431,7 @@ FAILURES = [
     ("Forbidden", "post", "/v1/admin/reload", {}, {}),
     ("NotFound", "get", "/v1/models/no-such-model", {}, {}),
     ("NotFound", "get", "/v2/models/no-such-model", {}, {}),
-    ("Conflict", "post", "/invocations", {"json": {"instances": [IRIS_ROW]}}, {}),
+    ("Conflict", "post", "/invocations", {"json": {"instances": [IRIS_OBJECT]}}, {}),
     ("TooLarge", "post", f"/v1/models/{IRIS}/predict", {"json": TOO_MANY}, {"max_instances": 10}),
     (
         "TooLarge",
@@ -657,7 +649,7 @@ def test_integral_floats_are_the_integers_the_schemas_say(store_dir, tmp_path):
         response = client.post(f"/v1/admin/models/{IRIS}/promote", json=promote, headers=headers)
         assert response.status_code == 200, response.get_json()
         assert response.get_json()["version"] == 1
-        predicted = client.post(f"/v1/models/{IRIS}/predict", json={"instances": [IRIS_ROW]})
+        predicted = client.post(f"/v1/models/{IRIS}/predict", json={"instances": [IRIS_OBJECT]})
         label = {"request_id": predicted.headers["X-Request-ID"], "index": 0.0, "label": "setosa"}
         response = client.post(f"/v1/models/{IRIS}/feedback", json=label, headers=headers)
         assert response.status_code == 200, response.get_json()

@@ -8,14 +8,8 @@ import pytest
 
 from service.keys import KeyRing
 from service.store import ModelStore
+from tests.support import DEMO_MODELS, IRIS, IRIS_OBJECT
 
-DEMO_MODELS = ["breast-cancer-classifier", "diabetes-regressor", "iris-classifier"]
-IRIS_ROW = {
-    "sepal_length_cm": 5.5,
-    "sepal_width_cm": 3.5,
-    "petal_length_cm": 1.3,
-    "petal_width_cm": 0.2,
-}
 SVG_NAMESPACE = "http://www.w3.org/2000/svg"
 
 
@@ -94,7 +88,7 @@ def test_status_json_describes_the_demo_models(client, store_dir):
     assert body["drift_threshold"] == pytest.approx(0.2)
     assert isinstance(body["server_timestamp"], float)
     assert body["server_time"].endswith("+00:00")
-    assert sorted(m["name"] for m in body["models"]) == DEMO_MODELS
+    assert sorted(m["name"] for m in body["models"]) == sorted(DEMO_MODELS)
     store = ModelStore(store_dir)
     expected_metric = {
         "iris-classifier": "f1_macro",
@@ -128,9 +122,9 @@ def test_status_json_describes_the_demo_models(client, store_dir):
 def test_traffic_figures_count_the_requests_sent(client):
     before = status(client)
     for _ in range(3):
-        response = client.post("/v1/models/iris-classifier/predict", json={"instances": [IRIS_ROW]})
+        response = client.post(f"/v1/models/{IRIS}/predict", json={"instances": [IRIS_OBJECT]})
         assert response.status_code == 200
-    bad = client.post("/v1/models/iris-classifier/predict", json={"instances": [{"nope": 1}]})
+    bad = client.post(f"/v1/models/{IRIS}/predict", json={"instances": [{"nope": 1}]})
     assert bad.status_code == 422
     # A model's card or metadata is not prediction traffic.
     assert client.get("/v1/models/iris-classifier").status_code == 200
@@ -171,14 +165,14 @@ def test_traffic_figures_count_the_requests_sent(client):
 
 
 def test_live_quality_and_drift_follow_feedback_and_rows(client, store_dir):
-    shifted = dict(IRIS_ROW, petal_length_cm=30.0, petal_width_cm=20.0)
-    response = client.post("/v1/models/iris-classifier/predict", json={"instances": [shifted] * 20})
+    shifted = dict(IRIS_OBJECT, petal_length_cm=30.0, petal_width_cm=20.0)
+    response = client.post(f"/v1/models/{IRIS}/predict", json={"instances": [shifted] * 20})
     assert response.status_code == 200
     request_id = response.get_json()["request_id"]
     feedback = [{"request_id": request_id, "index": i, "label": "setosa"} for i in range(20)]
     key = KeyRing(store_dir).create("labeller", ["feedback"])
     answer = client.post(
-        "/v1/models/iris-classifier/feedback",
+        f"/v1/models/{IRIS}/feedback",
         json=feedback,
         headers={"Authorization": f"Bearer {key}"},
     )
@@ -199,21 +193,21 @@ def test_live_quality_and_drift_follow_feedback_and_rows(client, store_dir):
     (drift,) = iris["drift"]["versions"]
     assert drift["rows"] == 20
     assert drift["flagged"] == []
-    assert drift["too_few_rows"] == sorted(IRIS_ROW)
+    assert drift["too_few_rows"] == sorted(IRIS_OBJECT)
     features = {f["name"]: f for f in drift["features"]}
-    assert list(features) == list(IRIS_ROW)
+    assert list(features) == list(IRIS_OBJECT)
     for feature in features.values():
         assert feature["status"] == "too_few_rows"
         assert feature["message"] == "too few rows (20 of 100)"
         assert (feature["flagged"], feature["psi"], feature["p_value"]) == (False, None, None)
     assert len(features["petal_length_cm"]["live"]) == len(features["petal_length_cm"]["training"])
-    api = client.get("/v1/models/iris-classifier/drift").get_json()
+    api = client.get(f"/v1/models/{IRIS}/drift").get_json()
     (version,) = api["versions"]
     assert version["features"]["petal_length_cm"]["message"] == "too few rows (20 of 100)"
     assert (api["min_rows"], api["alpha"]) == (100, 0.01)
 
     # 100 more: enough rows, and the shift is far beyond sampling noise.
-    more = client.post("/v1/models/iris-classifier/predict", json={"instances": [shifted] * 100})
+    more = client.post(f"/v1/models/{IRIS}/predict", json={"instances": [shifted] * 100})
     assert more.status_code == 200
     (drift,) = model(status(client), "iris-classifier")["drift"]["versions"]
     features = {f["name"]: f for f in drift["features"]}
@@ -236,7 +230,7 @@ def test_without_metrics_the_page_still_shows_models_and_scores(store_dir, tmp_p
         app.extensions["model_service"].registry.stop()
     assert body["traffic_available"] is False
     assert "metrics are turned off" in body["traffic_error"]
-    assert sorted(m["name"] for m in body["models"]) == DEMO_MODELS
+    assert sorted(m["name"] for m in body["models"]) == sorted(DEMO_MODELS)
     assert all(m["traffic"] is None for m in body["models"])
     assert model(body, "iris-classifier")["test_score"] == pytest.approx(0.967, abs=0.001)
     assert "no traffic data" in page
@@ -254,20 +248,20 @@ def test_a_failing_scrape_never_fails_the_status(client, monkeypatch):
     body = status(client)
     assert body["traffic_available"] is False
     assert body["traffic_error"] == "cannot read the metrics: RuntimeError"
-    assert sorted(m["name"] for m in body["models"]) == DEMO_MODELS
+    assert sorted(m["name"] for m in body["models"]) == sorted(DEMO_MODELS)
 
 
 def test_status_answer_fits_its_documented_schema(client):
     import jsonschema
 
-    client.post("/v1/models/iris-classifier/predict", json={"instances": [IRIS_ROW]})
+    client.post(f"/v1/models/{IRIS}/predict", json={"instances": [IRIS_OBJECT]})
     document = client.get("/openapi.json").get_json()
     operation = document["paths"]["/v1/status"]["get"]
     schema = operation["responses"]["200"]["content"]["application/json"]["schema"]
     jsonschema.Draft202012Validator(schema).validate(status(client))
     operation = document["paths"]["/v1/models/{name}/drift"]["get"]
     schema = operation["responses"]["200"]["content"]["application/json"]["schema"]
-    drift = client.get("/v1/models/iris-classifier/drift").get_json()
+    drift = client.get(f"/v1/models/{IRIS}/drift").get_json()
     assert drift["versions"][0]["features"]["sepal_width_cm"]["status"] == "too_few_rows"
     jsonschema.Draft202012Validator(schema).validate(drift)
     for path in ("/", "/status"):
