@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import requests
 
-from tests.support import require_nginx, running_stack  # noqa: F401
+from tests.support import running_stack
 
 pytestmark = pytest.mark.integration
 

@@ -14,13 +14,10 @@ import requests
 import tritonclient.grpc as triton
 
 from service.localstack import LocalStack, StackError, free_port
-from tests.integration.conftest import require_nginx
 from tests.integration.test_serve_cli import modelctl
+from tests.support import IRIS, IRIS_EXPECTED, IRIS_ROWS, running_stack
 
 pytestmark = pytest.mark.integration
-
-IRIS = "iris-classifier"
-IRIS_ROWS = [[5.5, 3.5, 1.3, 0.2], [5.7, 2.8, 4.5, 1.3]]
 
 
 def pid_alive(pid: int) -> bool:
@@ -43,21 +40,9 @@ def iris_input() -> triton.InferInput:
 
 
 def test_http_and_grpc_from_one_stack(trained_store_dir, tmp_path):
-    require_nginx()
-    store = tmp_path / "model_store"
-    shutil.copytree(trained_store_dir, store)
-    stack = LocalStack(
-        runtime_dir=tmp_path / "run",
-        store=store,
-        port=free_port(),
-        workers=2,
-        use_nginx=True,
-        grpc_port=free_port(),
-    )
     pids: dict[str, int] = {}
     workers: list[int] = []
-    try:
-        stack.start(ready_timeout=90)
+    with running_stack(tmp_path, store_from=trained_store_dir, grpc_port=free_port()) as stack:
         pids = stack.running_pids()
         workers = stack.worker_pids()
         assert set(pids) == {"gunicorn-a", "gunicorn-b", "nginx", "grpc", "supervisord"}
@@ -70,18 +55,17 @@ def test_http_and_grpc_from_one_stack(trained_store_dir, tmp_path):
         answer = requests.post(
             f"{stack.url}/v1/models/{IRIS}/predict", json={"instances": IRIS_ROWS}, timeout=10
         )
-        assert answer.json()["predictions"] == ["setosa", "versicolor"]
+        assert answer.json()["predictions"] == IRIS_EXPECTED
 
         with triton.InferenceServerClient(stack.grpc_address) as client:
             assert client.is_server_ready() is True
             assert client.is_model_ready(IRIS) is True
             result = client.infer(IRIS, [iris_input()], request_id="stack")
             assert result.get_response().id == "stack"
-            assert result.as_numpy("predict").tolist() == [b"setosa", b"versicolor"]
+            assert result.as_numpy("predict").tolist() == [c.encode() for c in IRIS_EXPECTED]
             assert result.as_numpy("predict_proba").tolist() == answer.json()["probabilities"]
         log = (stack.runtime_dir / "grpc.log").read_text()
         assert f"listening on 127.0.0.1:{stack.grpc_port}" in log
-    finally:
         stopped = stack.stop()
     assert [s.split()[0] for s in stopped] == [
         "nginx",
@@ -99,21 +83,23 @@ def test_http_and_grpc_from_one_stack(trained_store_dir, tmp_path):
 
 def test_a_grpc_port_in_use_fails_the_start_and_stops_the_rest(trained_store_dir, tmp_path):
     """The gRPC server exits when its port is taken; start() says so and cleans up."""
-    store = tmp_path / "model_store"
-    shutil.copytree(trained_store_dir, store)
+    stacks: list[LocalStack] = []
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        stack = LocalStack(
-            runtime_dir=tmp_path / "run",
-            store=store,
-            port=free_port(),
-            workers=1,
-            use_nginx=False,
-            grpc_port=taken.getsockname()[1],
-        )
-        with pytest.raises(StackError, match="grpc exited during start-up") as caught:
-            stack.start(ready_timeout=60)
+        with (
+            pytest.raises(StackError, match="grpc exited during start-up") as caught,
+            running_stack(
+                tmp_path,
+                store_from=trained_store_dir,
+                workers=1,
+                use_nginx=False,
+                grpc_port=taken.getsockname()[1],
+                before_start=stacks.append,
+            ),
+        ):
+            pass
+    (stack,) = stacks
     assert "cannot start the gRPC server" in str(caught.value)
     assert stack.running_pids() == {}
     assert not list(stack.runtime_dir.glob("*.pid"))
@@ -140,7 +126,7 @@ def test_modelctl_serve_grpc_port(trained_store_dir, tmp_path, with_grpc):
         if with_grpc:
             with triton.InferenceServerClient(f"127.0.0.1:{grpc_port}") as client:
                 result = client.infer(IRIS, [iris_input()])
-                assert result.as_numpy("predict").tolist() == [b"setosa", b"versicolor"]
+                assert result.as_numpy("predict").tolist() == [c.encode() for c in IRIS_EXPECTED]
     finally:
         stopped = modelctl("stop", "--runtime-dir", str(runtime))
     assert stopped.returncode == 0
