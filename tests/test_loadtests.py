@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 
 from loadtests.benchlib import loads
-from service.localstack import LocalStack, free_port, nginx_binary
+from service.localstack import nginx_binary
 from service.training.demo import demo_specs
+from tests.support import CANCER, DIABETES, IRIS, running_stack
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BENCH = REPO_ROOT / "loadtests" / "bench.py"
@@ -29,7 +30,6 @@ WORKER_MODELS = REPO_ROOT / "loadtests" / "worker_models.py"
 LOCUSTFILE = REPO_ROOT / "loadtests" / "locustfile.py"
 PEERS_VENV = REPO_ROOT / ".bench-peers"
 DEMO_MODEL_NAMES = {spec.name for spec in demo_specs()}
-IRIS, FOREST, REGRESSOR = "iris-classifier", "breast-cancer-classifier", "diabetes-regressor"
 BENCH_TIMEOUT_S = 240
 LOCUST_TIMEOUT_S = 120
 REQUEST_COST_TIMEOUT_S = 180
@@ -66,9 +66,9 @@ def expected_rows() -> set[str]:
     """The figures every bench run reports, whatever the machine (peers apart)."""
     keys = {"single/hello", "paced/hello", f"paced/naive/{IRIS}", f"paced/service/{IRIS}"}
     whos = ("naive", "naive-onnx", "service")
-    keys |= {f"single/{who}/{name}" for who in whos for name in (IRIS, FOREST)}
-    keys |= {f"single/service/{REGRESSOR}"}
-    keys |= {f"single/monitoring-off/{name}" for name in (IRIS, REGRESSOR)}
+    keys |= {f"single/{who}/{name}" for who in whos for name in (IRIS, CANCER)}
+    keys |= {f"single/service/{DIABETES}"}
+    keys |= {f"single/monitoring-off/{name}" for name in (IRIS, DIABETES)}
     keys |= {f"single/{protocol}/{IRIS}" for protocol in ("v2-json", "v2-binary", "mlflow-format")}
     for name in DEMO_MODEL_NAMES:
         whos = ("hello", "hello-binary", "compute-bound", "naive", "native-lists", "native")
@@ -118,7 +118,7 @@ def test_bench_quick_reports_every_goal_and_row(tmp_path):
         assert row["label"] in done.stdout
     by_goal = {(row["goal"], row["key"]): row for row in goals}
     assert ("P1", f"single/service/{IRIS}") in by_goal
-    assert ("P2", f"single/service/{FOREST}") in by_goal
+    assert ("P2", f"single/service/{CANCER}") in by_goal
     p3 = {key.split("/")[2] for goal, key in by_goal if goal.startswith("P3")}
     assert p3 == DEMO_MODEL_NAMES
     for row in goals:
@@ -146,7 +146,7 @@ def test_bench_quick_reports_every_goal_and_row(tmp_path):
             assert row["errors"] == 0, row
             assert_positive(row, "p50_ms", "p99_ms")
     # Side by side: each service row against the naive handler of the same model.
-    for name in (IRIS, FOREST):
+    for name in (IRIS, CANCER):
         assert rows[f"single/service/{name}"]["ratio_of"] == "naive"
         assert_positive(rows[f"single/service/{name}"], "ratio")
     for name in DEMO_MODEL_NAMES:
@@ -162,14 +162,14 @@ def test_bench_quick_reports_every_goal_and_row(tmp_path):
     # Which backend answered: named by the service's answers, "-" when they name none.
     assert all(rows[f"single/service/{name}"]["backend"] for name in DEMO_MODEL_NAMES)
     if rows[f"single/service/{IRIS}"]["backend"] not in {"-", "sklearn"}:
-        for name in (IRIS, FOREST):
+        for name in (IRIS, CANCER):
             assert rows[f"single/backend-sklearn/{name}"]["backend"] == "sklearn"
             assert_positive(rows[f"single/backend-sklearn/{name}"], "value")
 
     # MLflow's own server: measured only when `make bench-peers` has installed it.
     if (PEERS_VENV / "bin" / "mlflow").exists():
         assert results["peers"]["mlflow"]
-        for name in (IRIS, FOREST):
+        for name in (IRIS, CANCER):
             assert_positive(rows[f"single/mlflow-serve/{name}"], "value", "p50_ms", "p99_ms")
         for name in DEMO_MODEL_NAMES:
             assert_positive(rows[f"batch/mlflow-serve/{name}"], "value")
@@ -268,13 +268,10 @@ def test_load_generators_pace_to_the_rate_asked(answering_server, tmp_path, gene
 
 
 @pytest.fixture
-def running_stack(store_dir, tmp_path):
-    stack = LocalStack(runtime_dir=tmp_path / "run", store=store_dir, port=free_port(), workers=2)
-    try:
-        stack.start()
+def served_stack(store_dir, tmp_path):
+    """The demo models on two workers, behind Nginx when it is installed."""
+    with running_stack(tmp_path, store=store_dir, use_nginx=None) as stack:
         yield stack
-    finally:
-        stack.stop()
 
 
 def read_locust_stats(csv_prefix: Path) -> tuple[dict[str, dict], dict]:
@@ -286,7 +283,7 @@ def read_locust_stats(csv_prefix: Path) -> tuple[dict[str, dict], dict]:
 
 
 @pytest.mark.integration
-def test_locustfile_fails_only_wrong_answers(running_stack, tmp_path):
+def test_locustfile_fails_only_wrong_answers(served_stack, tmp_path):
     csv_prefix = tmp_path / "locust"
     done = run_bounded(
         [
@@ -303,7 +300,7 @@ def test_locustfile_fails_only_wrong_answers(running_stack, tmp_path):
             "--run-time",
             "4s",
             "--host",
-            running_stack.url,
+            served_stack.url,
             "--csv",
             str(csv_prefix),
             "--batch-size",
