@@ -14,7 +14,7 @@ from service.cli import main
 from service.errors import Conflict, PromotionRefused
 from service.formatting import format_pair
 from service.store.promotion import GateRefusal, check_promotion, higher_is_better
-from tests.support import DIABETES, IRIS
+from tests.support import DIABETES, IRIS, IRIS_ROW
 from tests.test_admin import ADMIN_KEY, bearer
 
 # iris-classifier@1 scores f1_macro 0.966583 on its test set (written as 0.967).
@@ -453,7 +453,7 @@ def test_admin_promote_force(store, admin):
     assert (entry["forced"], entry["gate"], entry["reason"]) == (True, WORSE, "hotfix")
     served = admin.post(
         f"/v1/models/{IRIS}/predict",
-        json={"instances": [[5.1, 3.5, 1.4, 0.2]]},
+        json={"instances": [IRIS_ROW]},
     )
     assert served.json["version"] == version
 

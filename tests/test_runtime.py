@@ -24,7 +24,7 @@ from service.runtime.registry import ModelRegistry
 from service.store import ModelRef
 from service.training.demo import demo_specs
 from service.training.split import prepare
-from tests.support import CANCER, DIABETES, IRIS
+from tests.support import CANCER, DIABETES, IRIS, IRIS_FEATURES, IRIS_ROW, IRIS_ROWS
 
 
 def edit_metadata(store, name, version, change):
@@ -411,7 +411,7 @@ def test_observers_see_served_predictions_but_not_load_time_checks(store):
         assert events == []
         token = hooks.request_id.set("req-42")
         try:
-            got = loaded.predict([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]])
+            got = loaded.predict(IRIS_ROWS)
         finally:
             hooks.request_id.reset(token)
     finally:
@@ -419,7 +419,7 @@ def test_observers_see_served_predictions_but_not_load_time_checks(store):
     (event,) = events
     assert event.model is loaded and event.request_id == "req-42"
     assert event.prediction == got
-    assert np.asarray(event.model_input).shape == (2, 4)
+    assert np.asarray(event.model_input).shape == (len(IRIS_ROWS), len(IRIS_FEATURES))
     assert event.seconds > 0
 
 
@@ -432,7 +432,7 @@ def test_a_failing_observer_never_fails_the_prediction(store, caplog):
     loaded = model_runtime.load(store, IRIS, 1)
     hooks.add_observer(broken)
     try:
-        got = loaded.predict([[5.1, 3.5, 1.4, 0.2]])
+        got = loaded.predict([IRIS_ROW])
     finally:
         hooks.remove_observer(broken)
     assert got.predictions == ["setosa"]

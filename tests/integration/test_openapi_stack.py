@@ -11,7 +11,7 @@ import jsonschema
 import pytest
 from openapi_spec_validator import OpenAPIV31SpecValidator, validate
 
-from tests.support import DEMO_MODELS, IRIS
+from tests.support import DEMO_MODELS, IRIS, IRIS_ROW
 
 pytestmark = pytest.mark.integration
 
@@ -101,7 +101,7 @@ def test_a_request_id_larger_than_the_header_buffers_is_the_documented_431(stack
 
 def test_encoded_bodies_through_nginx(stack, http):
     url = f"{stack.url}/v1/models/{IRIS}/predict"
-    body = json.dumps({"instances": [[5.1, 3.5, 1.4, 0.2]]}).encode()
+    body = json.dumps({"instances": [IRIS_ROW]}).encode()
     headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
     answer = http.post(url, data=gzip.compress(body), headers=headers)
     assert answer.status_code == 200
