@@ -107,9 +107,11 @@ bench: $(INSTALLED)
 	$(MAKE) --no-print-directory bench-shadow
 
 # S: iris-classifier's p99 with an experiment's shadow (a candidate 50 ms a row, share 0.2)
-# over its p99 without, ~1.5 minutes.
+# over its p99 without, ~2.5 minutes each: with workers that do not restart (the shadow's
+# own cost), then with the service's max_requests (worker restarts included).
 bench-shadow: $(INSTALLED)
-	$(BIN)/python loadtests/shadow_cost.py --json loadtests/reports/shadow_cost.json
+	$(BIN)/python loadtests/shadow_cost.py --max-requests 0 --json loadtests/reports/shadow_cost.json
+	$(BIN)/python loadtests/shadow_cost.py --json loadtests/reports/shadow_cost_restarts.json
 
 # iris-classifier's single-row and 1,000-row loads under sync and gthread workers.
 bench-workers: $(INSTALLED)

@@ -73,6 +73,14 @@ def parse_args(argv: list[str] | None) -> tuple[BenchSettings, argparse.Namespac
     parser.add_argument("--share", type=float, default=0.2, help="of requests shadowed")
     parser.add_argument("--row-seconds", type=float, default=0.05, help="the candidate's cost")
     parser.add_argument(
+        "--max-requests",
+        type=int,
+        default=None,
+        help="Gunicorn's max_requests for the stack (MODEL_SERVICE_MAX_REQUESTS; 0: workers "
+        "never restart). Default: the service's own (20,000 ± 10 %%), under which each "
+        "worker restarts about every half minute at this load.",
+    )
+    parser.add_argument(
         "--busy",
         action="store_true",
         help="The candidate computes its row seconds (Python, holding the GIL) instead of "
@@ -189,7 +197,10 @@ def measure(settings: BenchSettings, args: argparse.Namespace) -> dict[str, Any]
             "with": Shadow(candidate, args.share),
         }
         loads: dict[str, list[dict[str, Any]]] = {name: [] for name in conditions}
-        with one.stack("shadow", env={"PYTHONPATH": str(REPO_ROOT)}) as stack:
+        env = {"PYTHONPATH": str(REPO_ROOT)}
+        if args.max_requests is not None:
+            env["MODEL_SERVICE_MAX_REQUESTS"] = str(args.max_requests)
+        with one.stack("shadow", env=env) as stack:
             peak = None
             for number in range(1, settings.rounds + 1):
                 # Alternated, so a drift of the machine's speed weighs on both alike.
@@ -231,6 +242,7 @@ def measure(settings: BenchSettings, args: argparse.Namespace) -> dict[str, Any]
             "row_seconds": args.row_seconds,
             "candidate": "computes" if args.busy else "waits",
             "paced_fraction": PACED_FRACTION,
+            "max_requests": args.max_requests,
         },
         "load_generator": {
             "tool": work.load_generator.name,
@@ -251,7 +263,13 @@ def render(results: dict[str, Any]) -> str:
     lines = [
         f"shadow cost: {s['model']}, {s['workers']} sync workers, single rows paced at "
         f"{s['paced_fraction']:.0%} of {results['peak']['requests_per_s']:.0f} req/s, "
-        f"{s['rounds']} rounds of {s['duration_s']} s; {results['elapsed_s']:.0f} s",
+        f"{s['rounds']} rounds of {s['duration_s']} s; {results['elapsed_s']:.0f} s; "
+        + (
+            "workers restart at the service's max_requests"
+            if s["max_requests"] is None
+            else f"max_requests {s['max_requests']}"
+            + (" (workers never restart)" if s["max_requests"] == 0 else "")
+        ),
         f"load: {results['load_generator']['description']}",
         "",
         f"{'round':<7}{'shadow':<9}{'req/s':>7}{'p50 ms':>9}{'p99 ms':>9}{'err':>5}"
