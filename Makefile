@@ -16,7 +16,7 @@ INSTALLED := $(VENV)/.installed
 WORKERS_FLAG := $(if $(WORKERS),--workers $(WORKERS),)
 # The edge (Nginx), each optional: RATE_LIMIT=50r/s (or off), RATE_LIMIT_BURST, CONN_LIMIT
 # (0: none), ADMIN_NETWORKS="10.0.0.0/8 192.168.1.0/24", and HTTPS with TLS_CERT=... TLS_KEY=...
-# [TLS_PORT=8443]. Unset: the settings' defaults (README "Security").
+# [TLS_PORT=8443]. Unset: the settings' defaults (docs/guides/security/edge.md).
 EDGE_FLAGS := $(if $(RATE_LIMIT),--rate-limit $(RATE_LIMIT),) \
 	$(if $(RATE_LIMIT_BURST),--rate-limit-burst $(RATE_LIMIT_BURST),) \
 	$(if $(CONN_LIMIT),--conn-limit $(CONN_LIMIT),) \
@@ -130,7 +130,7 @@ bench-peers:
 	$(PEERS_VENV)/bin/python -m pip install --quiet mlflow==$(MLFLOW_VERSION) \
 		$(shell grep -E '^(numpy|scipy|scikit-learn)==' constraints.txt)
 
-# --- A fleet of hosts (deploy/ansible, README "Deploying to hosts") ---------------------
+# --- A fleet of hosts (deploy/ansible, docs/guides/fleet-deploy.md) ---------------------
 # Ansible runs from a virtualenv of its own, so the server's install does not carry it.
 ANSIBLE_VENV := .ansible-venv
 ANSIBLE_INSTALLED := $(ANSIBLE_VENV)/.installed

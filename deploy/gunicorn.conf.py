@@ -37,7 +37,7 @@ workers = int(os.environ.get("MODEL_SERVICE_WORKERS") or os.cpu_count() or 1)
 # Sync workers: one request at a time per process, no GIL contention. Safe
 # because Nginx buffers whole requests and responses (proxy_buffering on), so
 # a slow client never holds a worker. Measured on 2 cores (`make bench-workers`,
-# iris through Nginx, table in the README): sync x 2 gave the highest single-row
+# iris through Nginx, docs/performance/last-run.md): sync x 2 gave the highest single-row
 # and 1,000-row rates, the lowest p99 and the least memory; sync x 4 was ~8%
 # slower with ~60 MiB more; gthread (2 x 4 or 4 x 2 threads) doubled p99, since a
 # worker's threads queue for its one GIL. MODEL_SERVICE_WORKER_CLASS=gthread with

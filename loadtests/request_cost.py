@@ -17,8 +17,8 @@ loop keeps every cache warm, which a worker under load never has: between two of
 requests Nginx and the load generator run on the same cores. ``--evict-mib N`` writes
 to every cache line of an N MiB buffer (more than the L2 cache) before each request
 and reports the process's CPU time per request, the eviction's own time taken out:
-closer to what a loaded worker spends (on the 2-core VM of the README, 2-3x the tight
-loop's figures).
+closer to what a loaded worker spends (on the 2-core VM of docs/performance/last-run.md,
+2-3x the tight loop's figures).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ The worker runs no thread for it: its requests read the child's answers as they 
 (a non-blocking read, when work is out) and give them to the listeners (monitoring:
 Prometheus metrics and the host's state). A thread that woke for each answer would take
 the worker's GIL from its requests: measured, that alone made the primary's p99 under
-load 2-3 times higher (docs/experiments/shadow.md).
+load 2-3 times higher (docs/guides/experiments/shadow.md).
 
 At most ``queue_size`` pieces of work are out per worker; past that the work is dropped
 and counted — a candidate slower than the traffic sheds shadow work, never production

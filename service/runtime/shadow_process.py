@@ -5,7 +5,7 @@ Anything the worker does for a shadow besides handing the work over costs its re
 a candidate computing in the worker holds the worker's GIL, and even a thread of the
 worker that only waits on the candidate must take the GIL back each time it wakes, which
 under load stalls a request for a scheduler time slice whenever the cores are busy
-(measured: the primary's p99 2-3 times higher, docs/experiments/shadow.md). So each
+(measured: the primary's p99 2-3 times higher, docs/guides/experiments/shadow.md). So each
 worker that shadows has one child process at the lowest CPU priority (niceness 19: the
 CPU the requests leave). A Gunicorn worker started while a shadow runs forks it at once,
 before it runs any thread (``shadow.prestart``, from post_fork): the fork has everything
