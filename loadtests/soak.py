@@ -63,7 +63,7 @@ from benchlib.payloads import (
     service_request,
     warm_up,
 )
-from benchlib.settings import MAX_CONNECTIONS, MAX_WORKERS, BenchError, bounded_int
+from benchlib.settings import MAX_WORKERS, BenchError, add_wrk_arguments, bounded_int
 from benchlib.stacks import smaps_rollup_kib
 
 from service.errors import ServiceError
@@ -183,18 +183,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=15,
         help="Seconds of closed-loop load that measure the highest rate (default 15).",
     )
-    parser.add_argument(
-        "--connections",
-        type=bounded_int(1, MAX_CONNECTIONS),
-        default=16,
-        help="wrk's keep-alive connections (default 16).",
-    )
-    parser.add_argument(
-        "--wrk-threads",
-        type=bounded_int(1, 64),
-        default=2,
-        help="wrk threads (default 2; never more than --connections).",
-    )
+    add_wrk_arguments(parser)
     parser.add_argument(
         "--max-growth",
         type=share,

@@ -71,13 +71,8 @@ def bounded_int(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
-def add_stack_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options the bench shares with loadtests/worker_models.py."""
-    parser.add_argument(
-        "--duration",
-        type=bounded_int(1, MAX_DURATION_S),
-        help="Seconds of load per target (default 10; 1 with --quick).",
-    )
+def add_wrk_arguments(parser: argparse.ArgumentParser) -> None:
+    """wrk's connections and threads, as every load of the benchmarks takes them."""
     parser.add_argument(
         "--connections",
         type=bounded_int(1, MAX_CONNECTIONS),
@@ -90,6 +85,16 @@ def add_stack_arguments(parser: argparse.ArgumentParser) -> None:
         default=2,
         help="wrk threads (default 2; never more than --connections).",
     )
+
+
+def add_stack_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options the bench shares with loadtests/worker_models.py."""
+    parser.add_argument(
+        "--duration",
+        type=bounded_int(1, MAX_DURATION_S),
+        help="Seconds of load per target (default 10; 1 with --quick).",
+    )
+    add_wrk_arguments(parser)
     parser.add_argument(
         "--load-generator",
         choices=("auto", "wrk", "builtin"),
