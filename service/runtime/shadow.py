@@ -210,9 +210,11 @@ class ShadowRunner:
             try:
                 end = self.candidates.send(_job_message(job_id, work, self.timeout))
             except OSError as exc:
-                self._restart()
                 log.warning("shadow process of %s failed: %s", work.model, exc)
-                return None, [_failed(work, None, EXCEPTION)]
+                # The work out to it is lost with it, counted as _service counts it.
+                lost = self._lose_all(EXCEPTION)
+                self.runs += 1
+                return None, [*lost, _failed(work, None, EXCEPTION)]
             if end is None:
                 self.dropped += 1
                 return None, [work]
