@@ -7,6 +7,7 @@ The same template runs live in tests/integration/test_edge.py."""
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 import re
@@ -16,7 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from loadtests import bench, run_loadtest
+from loadtests import run_loadtest
+from loadtests.benchlib import settings as bench_settings
 from service.api import request_ids
 from service.config import Settings
 from service.edge import edge_variables, render, render_nginx_config
@@ -169,10 +171,13 @@ def test_the_default_limits_stay_clear_of_the_benchmarks(tmp_path):
         re.DOTALL,
     ).groups()
     connections = int(re.search(r"limit_conn model_service_conn (\d+);", config)[1])
-    bench_default = bench.parse_settings([]).connections
+    # The benchmarks' wrk options (loadtests/bench.py and the others take them from here).
+    parser = argparse.ArgumentParser()
+    bench_settings.add_wrk_arguments(parser)
+    bench_default = parser.parse_args([]).connections
     assert bench_default == 16
     # The most connections (Locust users) any of them can be told to open.
-    most_connections = max(bench.MAX_CONNECTIONS, run_loadtest.MAX_USERS)
+    most_connections = max(bench_settings.MAX_CONNECTIONS, run_loadtest.MAX_USERS)
     assert connections >= 2 * most_connections
     # All of those connections' first requests at once fit in the burst.
     assert int(burst) >= 4 * most_connections
