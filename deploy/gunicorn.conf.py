@@ -163,6 +163,10 @@ def when_ready(server):
     # do not write to (and so un-share) the pages holding the models.
     gc.collect()
     gc.freeze()
+    # One shadow process for all the workers, so a worker (re)start never starts one.
+    from service.runtime import shadow
+
+    shadow.start_host()
     server.log.info("model-service ready: %d workers on %s", server.num_workers, bind)
 
 
@@ -179,11 +183,20 @@ def post_fork(server, worker):
     from service.monitoring import metrics
 
     metrics.worker_started()
-    # While a shadow runs, the worker's candidate process is forked now, before the worker
-    # runs any thread: it starts with everything imported, at no cost to the requests.
-    from service.runtime import shadow
 
-    shadow.prestart()
+
+def pre_fork(server, worker):
+    # The shadow process outlives the workers; if it has died, start it again before the
+    # new worker needs it.
+    from service.runtime import shadow_server
+
+    shadow_server.ensure_host()
+
+
+def on_exit(server):
+    from service.runtime import shadow_server
+
+    shadow_server.stop_host()
 
 
 def post_request(worker, req, environ, resp):

@@ -138,8 +138,8 @@ def wait_applied(base_url: str, request: Request, experiment_id: str) -> None:
 
 
 def wait_running(base_url: str, request: Request, candidate: str, runs: int) -> None:
-    """Until the candidate has run ``runs`` times: each worker's shadow process has started
-    (at the lowest CPU priority, it may take a while) before the load is timed."""
+    """Until the candidate has run ``runs`` times: the shadow process's candidate has
+    started (at the lowest CPU priority, it may take a while) before the load is timed."""
     deadline = time.monotonic() + START_TIMEOUT_S
     first = counters(base_url, candidate)[COUNTERS[0]]
     while counters(base_url, candidate)[COUNTERS[0]] < first + runs:
@@ -155,8 +155,8 @@ def wait_running(base_url: str, request: Request, candidate: str, runs: int) -> 
 
 
 def wait_settled(base_url: str, request: Request, candidate: str) -> None:
-    """Until the workers' candidate processes have answered all their work: the next load
-    starts as the first did. A worker reads its process's answers as its requests pass,
+    """Until the shadow process has answered all the workers' work: the next load starts
+    as the first did. A worker reads the answers as its requests pass,
     so requests (to the alias: never shadowed) go on until the runs stop growing for
     ``SETTLED_POLLS`` polls in a row (a process at niceness 19 may pause while the machine
     is busy)."""

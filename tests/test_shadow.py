@@ -10,6 +10,7 @@ import json
 import os
 import pickle
 import re
+import signal
 import threading
 import time
 from pathlib import Path
@@ -138,24 +139,41 @@ def test_a_slow_candidate_never_blocks_and_a_full_queue_drops(store, registry, o
     assert all(o.error is None and abs(o.differences[0]) < FLOAT32 for o in outcomes)
 
 
-def test_a_candidate_past_the_timeout_is_stopped_and_started_again(store, registry):
+def candidate_of(runner: shadow.ShadowRunner) -> int:
+    """The pid of the candidate process under the runner's own shadow process."""
+    return eventually(lambda: children_of({runner.link.own_pid}), WAIT, message="candidate")[0]
+
+
+def test_a_candidate_past_the_timeout_is_stopped_and_the_work_behind_it_still_runs(store, registry):
     slow = publish_candidate(store, DIABETES, SlowRows(base_of(store, DIABETES), 0.5), "slow")
     runner = shadow.ShadowRunner(registry, timeout=0.2)
     primary = registry.get(ModelRef(DIABETES, alias="production"))
     rows = rows_of(store, DIABETES, 1)
     work = shadow.ShadowWork(primary, "exp-1", str(slow), primary.validate(rows), [1.0])
+    seen: list[shadow.ShadowOutcome] = []
+    shadow.outcome_listeners.append(seen.append)
     try:
-        # A new process has the time to load the candidate: its first answer comes, late.
+        # A new candidate has the time to load the version: its first answer comes, late.
         first = runner.run(work)
+        loaded = candidate_of(runner)
         # Then it is killed mid-run (a thread could not have been) ...
         second = runner.run(work)
-        # ... and a new one started at the next run.
+        # ... and a new one takes the next piece.
         third = runner.run(work)
+        restarted = candidate_of(runner)
+        # Two pieces out at once: the first stops its candidate, the second still runs.
+        runner._submit(work)
+        runner._submit(work)
+        assert runner.drain(WAIT)
     finally:
+        shadow.outcome_listeners.remove(seen.append)
         runner.stop()
-    assert [o.error for o in (first, second, third)] == [shadow.TIMEOUT] * 3
+    assert [o.error for o in (first, second, third, *seen)] == [shadow.TIMEOUT] * 5
     assert first.seconds >= 0.5 > second.seconds
-    assert runner.candidates.starts == 2
+    assert third.seconds >= 0.5
+    assert restarted != loaded
+    assert sorted(o.seconds >= 0.5 for o in seen) == [False, True]
+    assert runner.dropped == 0
 
 
 def test_the_candidate_computes_at_the_lowest_priority_and_the_worker_runs_no_thread(
@@ -174,9 +192,9 @@ def test_the_candidate_computes_at_the_lowest_priority_and_the_worker_runs_no_th
         for _ in range(3):
             predict_shadowed(runner, primary, rows, busy)
         assert runner.drain(WAIT)
-        pid = runner.candidates.pid
-        # Behind every request of the host.
-        assert os.getpriority(os.PRIO_PROCESS, pid) == 19
+        # Both shadow processes behind every request of the host.
+        assert os.getpriority(os.PRIO_PROCESS, runner.link.own_pid) == 19
+        assert os.getpriority(os.PRIO_PROCESS, candidate_of(runner)) == 19
         # Nothing of the shadow's runs in the worker between its requests.
         assert set(threading.enumerate()) - threads == set()
     finally:
@@ -371,15 +389,32 @@ def workers_of(stack) -> list[int]:
     return children_of(set(stack.master_pids().values()))
 
 
-def forked_candidates(stack) -> list[int]:
-    """The workers' children at niceness 19 running the worker's own command line: forks,
-    not a started ``python -m service.runtime.shadow_process``."""
-    workers = {pid: proc_stat(pid)[2] for pid in workers_of(stack)}
-    return [
-        pid
-        for pid in children_of(set(workers))
-        if proc_stat(pid)[1] == 19 and proc_stat(pid)[2] == workers[proc_stat(pid)[0]]
-    ]
+def shadow_processes(stack) -> dict[int, int]:
+    """{master pid: pid} of the masters' children at niceness 19 that serve the shadow."""
+    found = {}
+    for master in stack.master_pids().values():
+        for pid in children_of({master}):
+            if proc_stat(pid)[1] == 19 and b"service.runtime.shadow_server" in proc_stat(pid)[2]:
+                assert master not in found, "one shadow process per master"
+                found[master] = pid
+    return found
+
+
+def restart_a_worker(master: int) -> None:
+    """Stop one worker of ``master`` gracefully; the master starts another."""
+
+    def workers() -> set[int]:
+        return {pid for pid in children_of({master}) if b"shadow_server" not in proc_stat(pid)[2]}
+
+    before = workers()
+    os.kill(min(before), signal.SIGTERM)
+
+    def replaced():
+        """a new worker took the stopped one's place"""
+        now = workers()
+        return len(now) == len(before) and now != before
+
+    eventually(replaced, WAIT)
 
 
 SLOW_SECONDS = 0.2
@@ -398,7 +433,7 @@ def test_a_real_stack_answers_alike_with_a_slow_or_failing_shadow(
         base = base_of(stack_store, DIABETES)
         publish_candidate(stack_store, DIABETES, Failing(base), "fails")  # 2
         publish_candidate(stack_store, DIABETES, SlowRows(base, SLOW_SECONDS), "slow")  # 3
-        # Running as the workers start: each forks its candidate process in post_fork.
+        # Running as the workers start.
         start_shadow(stack_store, DIABETES, 2)
 
     env = {
@@ -421,9 +456,14 @@ def test_a_real_stack_answers_alike_with_a_slow_or_failing_shadow(
             ]
             expected = [answer["predictions"] for answer in expected]
 
+            # One shadow process beside the workers, started by the master; none of the
+            # workers starts one of its own, at its start or when it shadows.
+            masters = set(stack.master_pids().values())
+            hosts = eventually(
+                lambda: (found := shadow_processes(stack)).keys() == masters and found, WAIT
+            )
+            workers = set(workers_of(stack)) - set(hosts.values())
             # The failing one first: the slow one leaves each worker's queue full for a while.
-            forks = eventually(lambda: forked_candidates(stack), WAIT, message="forks")
-            assert len(forks) == len(workers_of(stack))
             for candidate in (2, 3):
                 experiment = stack_store.experiment(DIABETES) or start_shadow(
                     stack_store, DIABETES, candidate
@@ -466,7 +506,41 @@ def test_a_real_stack_answers_alike_with_a_slow_or_failing_shadow(
                     return runs > 0 and dropped > 0 and errors == 0
 
                 eventually(counted, WAIT)
+                assert children_of(workers) == []
                 stack_store.stop_experiment(DIABETES)
+
+            # A worker restart (max_requests) leaves the shadow process as it was; one that
+            # was killed is started again before the master's next worker.
+            master, host = min(hosts.items())
+            restart_a_worker(master)
+            assert shadow_processes(stack) == hosts
+            os.kill(host, signal.SIGKILL)
+            eventually(lambda: host not in children_of({master}), WAIT)
+            restart_a_worker(master)
+            again = eventually(lambda: shadow_processes(stack).get(master), WAIT)
+            assert again != host
+            experiment = start_shadow(stack_store, DIABETES, 2)
+            eventually(lambda: routed(experiment.id), WAIT)
+            before = metric(
+                http.get(f"{stack.url}/metrics", timeout=10).text,
+                "model_service_shadow_runs_total",
+                model=DIABETES,
+                candidate="2",
+            )
+            for row in rows:
+                http.post(f"{url}/predict", json={"instances": [row]}, timeout=10)
+
+            def served_again():
+                """the restarted shadow process runs the new work"""
+                text = http.get(f"{stack.url}/metrics", timeout=10).text
+                runs = metric(
+                    text, "model_service_shadow_runs_total", model=DIABETES, candidate="2"
+                )
+                return runs > before
+
+            eventually(served_again, WAIT)
+            workers = set(workers_of(stack)) - set(shadow_processes(stack).values())
+            assert children_of(workers) == []
         stopping = time.monotonic()
     # Leaving the block stopped the stack: the queued shadow work held no worker back.
     assert time.monotonic() - stopping < 20

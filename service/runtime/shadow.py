@@ -5,33 +5,32 @@ The experiment names the candidate (``Shadow(target, share)`` in
 ``service.store.experiments``); the registry draws each routed request with
 ``Experiment.wants_shadow()`` and, when drawn, puts the target in
 ``hooks.assignment``'s ``shadow``. The observer here hands the work (model, candidate,
-the validated input, the primary's answer) to the worker's candidate process
-(``shadow_process``, at the lowest CPU priority) with one non-blocking write, and goes on: the
-child resolves the candidate, predicts on the same input and compares — the share of
-rows with the same label for a classifier, the differences candidate − primary for a
-regressor, the candidate's failures by kind — and sends back only those figures.
+the validated input, the primary's answer) to the shadow process (``shadow_server``, one
+per Gunicorn master, at the lowest CPU priority) with one non-blocking write, and goes
+on: the candidate resolves the target, predicts on the same input and compares — the
+share of rows with the same label for a classifier, the differences candidate − primary
+for a regressor, the candidate's failures by kind — and sends back only those figures.
 
-The worker runs no thread for it: its requests read the child's answers as they pass
-(a non-blocking read, when work is out) and give them to the listeners (monitoring:
+The worker runs no thread for it: its requests read the answers as they pass (a
+non-blocking read, when work is out) and give them to the listeners (monitoring:
 Prometheus metrics and the host's state). A thread that woke for each answer would take
 the worker's GIL from its requests: measured, that alone made the primary's p99 under
 load 2-3 times higher (docs/guides/experiments/shadow.md).
 
 At most ``queue_size`` pieces of work are out per worker; past that the work is dropped
 and counted — a candidate slower than the traffic sheds shadow work, never production
-latency. A candidate busy with one piece for longer than ``timeout`` (after its first
-load) is killed and recorded as a timeout; the work behind it is counted as dropped, and
-a new process starts at the next shadowed request.
+latency. The shadow process answers every piece it was given: a candidate busy with one
+for longer than its ``timeout`` is stopped there and the piece recorded as a timeout.
+Only when the shadow process itself goes is the work out to it lost (the first piece
+recorded as failed, the rest as dropped).
 
-Nothing leaves the worker at exit: unanswered work is dropped, and the child exits when
-the worker's end of its socket closes.
+Nothing leaves the worker at exit: unanswered work is dropped.
 
 Nothing here imports Flask.
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import itertools
 import logging
@@ -45,8 +44,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from service.errors import ServiceError
-from service.runtime import hooks, shadow_process
-from service.runtime.shadow_process import CandidateProcess
+from service.runtime import hooks, shadow_process, shadow_server
+from service.runtime.shadow_process import ShadowLink
 from service.store.layout import ModelRef
 
 if TYPE_CHECKING:
@@ -64,19 +63,17 @@ log = logging.getLogger(__name__)
 # (in the socket) until the candidate takes it.
 QUEUE_SIZE = 100
 # A candidate's prediction that took longer than this is recorded as a timeout, not
-# compared: it could not have served the request. A process still busy with one piece of
-# work this long after it could have started it is killed.
+# compared: it could not have served the request. A candidate still busy with one piece
+# of work this long after it got it is stopped (shadow_server, with an allowance for
+# starting and loading).
 TIMEOUT_SECONDS = 2.0
-# What a candidate process may take on top of the timeout to start, or to load a version
-# (unpickling, signature and golden-output checks) before it predicts.
-LOAD_ALLOWANCE_SECONDS = 60.0
 
 # The candidate's failures, by kind.
 UNAVAILABLE = "unavailable"  # the store could not give it (not found, not loadable)
 INCOMPATIBLE = "incompatible"  # its features differ from the primary's: no same input
-EXCEPTION = "exception"  # its predict raised
+EXCEPTION = shadow_process.EXCEPTION  # its predict raised, or its process died
 NON_FINITE = "non_finite"  # NaN or infinite outputs, which a request would have refused
-TIMEOUT = "timeout"  # slower than TIMEOUT_SECONDS
+TIMEOUT = shadow_process.TIMEOUT  # slower than TIMEOUT_SECONDS
 ERROR_KINDS = (UNAVAILABLE, INCOMPATIBLE, EXCEPTION, NON_FINITE, TIMEOUT)
 
 
@@ -135,17 +132,8 @@ def target_ref(model: str, target: str) -> ModelRef:
 _WAITING = object()
 
 
-@dataclasses.dataclass
-class _Job:
-    """Work handed to the candidate process, not answered yet."""
-
-    work: ShadowWork
-    end: int  # the byte offset at which the child has all of it
-    given: float | None = None  # time.monotonic() when it had
-
-
 class ShadowRunner:
-    """One worker's shadow: its candidate process and the work out to it."""
+    """One worker's shadow: its link to the shadow process and the work out to it."""
 
     def __init__(
         self,
@@ -155,21 +143,15 @@ class ShadowRunner:
         timeout: float = TIMEOUT_SECONDS,
     ):
         self.registry = registry
-        self.candidates = CandidateProcess(registry.settings)
+        self.link = ShadowLink(registry.settings)
         self.queue_size = queue_size
         self.timeout = timeout
         # Counts of this process, for tests and the log; the listeners keep the figures.
         self.queued = 0
         self.dropped = 0
         self.runs = 0
-        self._jobs: dict[int, _Job] = {}  # in the order handed over: the child's order
-        self._unwritten: collections.deque[_Job] = collections.deque()  # not wholly written
+        self._jobs: dict[int, ShadowWork] = {}  # in the order handed over
         self._ids = itertools.count()
-        # When the child last answered (or was given work with none out): the work at the
-        # head of the line started no earlier.
-        self._progress = 0.0
-        self._loading = False
-        self._answered = False  # whether this child has answered once (it has started)
         # job id -> its answer, for the work ``run`` waits on (_WAITING until it comes).
         self._awaited: dict[int, Any] = {}
         self._lock = threading.Lock()
@@ -208,57 +190,44 @@ class ShadowRunner:
                 return None, [work]
             job_id = next(self._ids)
             try:
-                end = self.candidates.send(_job_message(job_id, work, self.timeout))
+                handed = self.link.send(job_id, _job_message(work), self.timeout)
             except OSError as exc:
                 log.warning("shadow process of %s failed: %s", work.model, exc)
                 # The work out to it is lost with it, counted as _service counts it.
-                lost = self._lose_all(EXCEPTION)
+                lost = self._lose_all()
                 self.runs += 1
                 return None, [*lost, _failed(work, None, EXCEPTION)]
-            if end is None:
+            if not handed:
                 self.dropped += 1
                 return None, [work]
-            if not self._jobs:
-                self._progress = time.monotonic()
-            job = self._jobs[job_id] = _Job(work, end)
-            self._unwritten.append(job)
+            self._jobs[job_id] = work
             self.queued += 1
-            self._note_given()
             return job_id, []
 
     def _service(self) -> list[ShadowOutcome | ShadowWork]:
-        """Write what is pending, read what the child answered, and stop a child stuck on
-        one piece of work; what to tell the listeners. Never blocks."""
+        """Write what is pending and read what the shadow process answered; what to tell
+        the listeners. Never blocks."""
         with self._lock:
-            found: list[ShadowOutcome | ShadowWork] = []
             try:
-                self.candidates.flush()
-                messages = self.candidates.receive()
+                self.link.flush()
+                messages = self.link.receive()
             except (EOFError, OSError) as exc:
                 log.warning("shadow process failed: %s", exc)
-                found.extend(self._lose_all(EXCEPTION))
-                return found
-            for message in messages:
-                found.extend(self._answer(message))
-            self._note_given()
-            found.extend(self._check_stuck())
+                return self._lose_all()
+            found: list[ShadowOutcome | ShadowWork] = []
+            for kind, job_id, message in messages:
+                found.extend(self._answer(kind, job_id, message))
             return found
 
-    def _answer(self, message: tuple) -> list[ShadowOutcome]:
-        kind, job_id = message[0], message[1]
-        if kind == shadow_process.LOADING:
-            self._loading = True
-            return []
-        self._loading = False
-        self._answered = True
-        self._progress = time.monotonic()
-        job = self._jobs.pop(job_id, None)
-        if job is None:
+    def _answer(self, kind: int, job_id: int, message: bytes) -> list[ShadowOutcome]:
+        work = self._jobs.pop(job_id, None)
+        if work is None:
             return []
         outcome = None
-        if kind != shadow_process.SAME:
-            error, version, rows, agreed, differences, seconds, why = message[2:]
-            work = job.work
+        if kind == shadow_process.ANSWER:
+            error, version, rows, agreed, differences, seconds, why = shadow_process.payload(
+                message
+            )
             if why:
                 log.warning(
                     "shadow candidate %s@%s failed: %s", work.model, version or work.candidate, why
@@ -284,33 +253,9 @@ class ShadowRunner:
             return []
         return [outcome] if outcome is not None else []
 
-    def _note_given(self) -> None:
-        """Note when each piece of work is wholly written: before that, the child cannot
-        have started it."""
-        now, written = time.monotonic(), self.candidates.written_bytes
-        waiting = self._unwritten
-        while waiting and waiting[0].end <= written:
-            waiting.popleft().given = now
-
-    def _check_stuck(self) -> list[ShadowOutcome | ShadowWork]:
-        head = next(iter(self._jobs.values()), None)
-        if head is None or head.given is None:
-            return []
-        started = max(head.given, self._progress)
-        allowance = 0.0 if self._answered and not self._loading else LOAD_ALLOWANCE_SECONDS
-        busy = time.monotonic() - started
-        if busy <= self.timeout + allowance:
-            return []
-        log.warning(
-            "shadow candidate %s@%s still busy after %.1f s: stopped",
-            head.work.model,
-            head.work.candidate,
-            busy,
-        )
-        return self._lose_all(TIMEOUT, busy)
-
-    def _lose_all(self, kind: str, seconds: float = 0.0) -> list[ShadowOutcome | ShadowWork]:
-        """The child is gone: the work at the head failed (``kind``), the rest never ran."""
+    def _lose_all(self) -> list[ShadowOutcome | ShadowWork]:
+        """The shadow process is gone: the work at the head failed with it, the rest
+        never ran."""
         jobs = list(self._jobs.items())
         self._restart()
         if not jobs:
@@ -318,20 +263,18 @@ class ShadowRunner:
         self.runs += 1
         (head_id, head), rest = jobs[0], jobs[1:]
         found: list[ShadowOutcome | ShadowWork] = []
-        found.extend(self._deliver(head_id, _failed(head.work, None, kind, seconds)))
-        for job_id, job in rest:
+        found.extend(self._deliver(head_id, _failed(head, None, EXCEPTION)))
+        for job_id, work in rest:
             self.dropped += 1
             if job_id in self._awaited:
                 self._awaited[job_id] = None
             else:
-                found.append(job.work)
+                found.append(work)
         return found
 
     def _restart(self) -> None:
-        self.candidates.close()
+        self.link.close()
         self._jobs.clear()
-        self._unwritten.clear()
-        self._loading = self._answered = False
 
     @staticmethod
     def _notify(found: list[ShadowOutcome | ShadowWork]) -> None:
@@ -346,11 +289,9 @@ class ShadowRunner:
     # -- tests, benchmarks, the end ---------------------------------------------------
 
     def _after_fork(self) -> None:
-        # The parent's work and child are the parent's: this process starts with none.
+        # The parent's work and connection are the parent's: this process starts with none.
         self._jobs = {}
-        self._unwritten = collections.deque()
         self._lock = threading.Lock()
-        self._loading = self._answered = False
 
     def stop(self) -> None:
         with self._lock:
@@ -376,7 +317,7 @@ class ShadowRunner:
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
-            self.candidates.wait(min(left, 0.05))
+            self.link.wait(min(left, 0.05))
 
     def run(self, work: ShadowWork) -> ShadowOutcome | None:
         """Hand ``work`` over and wait for the candidate's answer (tests, tools); None when
@@ -395,15 +336,14 @@ class ShadowRunner:
                     return answer
                 if job_id not in self._jobs:  # stopped meanwhile
                     return None
-                self.candidates.wait(0.05)
+                self.link.wait(0.05)
         finally:
             del self._awaited[job_id]
 
 
-def _job_message(job_id: int, work: ShadowWork, timeout: float) -> tuple:
+def _job_message(work: ShadowWork) -> tuple:
     primary = work.primary
     return (
-        job_id,
         primary.name,
         work.candidate,
         primary.version,
@@ -411,7 +351,6 @@ def _job_message(job_id: int, work: ShadowWork, timeout: float) -> tuple:
         tuple(primary.schema.names),
         work.model_input,
         work.predictions,
-        timeout,
     )
 
 
@@ -422,37 +361,30 @@ def run_candidate(
     store: ModelStore,
     settings: Settings,
     models: dict[tuple[str, int], LoadedModel],
+    job_id: int,
     job: tuple,
-    tell: Callable[[Any], None],
-) -> tuple:
+    timeout: float,
+    loading: Callable[[], None],
+) -> bytes:
     """One piece of work, in the candidate process: the answer to send back.
-    ``models`` keeps the versions it loaded; ``tell`` sends a note before a load."""
+    ``models`` keeps the versions it loaded; ``loading`` says a load begins."""
     from service.runtime.model import load
 
-    job_id, name, target, primary_version, task, names, model_input, predictions, timeout = job
+    name, target, primary_version, task, names, model_input, predictions = job
 
     def done(error, version=None, rows=0, agreed=0, differences=None, seconds=0.0, why=""):
-        return (
-            shadow_process.DONE,
-            job_id,
-            error,
-            version,
-            rows,
-            agreed,
-            differences,
-            seconds,
-            why,
-        )
+        answer = (error, version, rows, agreed, differences, seconds, why)
+        return shadow_process.frame(shadow_process.ANSWER, job_id, answer)
 
     try:
         version = store.resolve(target_ref(name, target))
     except ServiceError as exc:
         return done(UNAVAILABLE, why=exc.message)
     if version == primary_version:
-        return (shadow_process.SAME, job_id)
+        return shadow_process.frame(shadow_process.SAME, job_id)
     candidate = models.get((name, version))
     if candidate is None:
-        tell((shadow_process.LOADING, job_id))
+        loading()
         try:
             candidate = models[(name, version)] = load(
                 store,
@@ -531,26 +463,16 @@ def active() -> ShadowRunner | None:
     return _active
 
 
-def prestart() -> None:
-    """In a new Gunicorn worker, before it runs any thread (post_fork): when a shadow runs
-    in the store, fork the active runner's candidate process now, so it starts with
-    everything imported rather than importing it all at the first shadowed request —
-    at every worker restart (``max_requests``), seconds of CPU the requests would feel."""
+def start_host() -> None:
+    """In the Gunicorn master, before it forks its workers (when_ready): the one shadow
+    process they all hand their work to, so a worker (re)start costs it nothing."""
     runner = _active
     if runner is None:
         return
     try:
-        store = runner.registry.store
-        if not any(_shadowed(store, name) for name in store.names()):
-            return
-        runner.candidates.fork_now()
+        shadow_server.start_host(runner.registry.settings)
     except Exception:
-        log.exception("could not start the shadow process ahead")
-
-
-def _shadowed(store: ModelStore, name: str) -> bool:
-    experiment = store.experiment(name)
-    return experiment is not None and experiment.shadow is not None
+        log.exception("could not start the shadow process: each worker will start its own")
 
 
 def _reset_in_child() -> None:
