@@ -81,6 +81,13 @@ def parse_args(argv: list[str] | None) -> tuple[BenchSettings, argparse.Namespac
         "worker restarts about every half minute at this load.",
     )
     parser.add_argument(
+        "--control",
+        action="store_true",
+        help="Each round also loads a second time without the shadow (the two loads "
+        "without on either side of the one with): their p99 ratio is the measurement's "
+        "own noise, printed beside the shadow's.",
+    )
+    parser.add_argument(
         "--busy",
         action="store_true",
         help="The candidate computes its row seconds (Python, holding the GIL) instead of "
@@ -196,6 +203,8 @@ def measure(settings: BenchSettings, args: argparse.Namespace) -> dict[str, Any]
             "without": None,
             "with": Shadow(candidate, args.share),
         }
+        if args.control:
+            conditions["again"] = None
         loads: dict[str, list[dict[str, Any]]] = {name: [] for name in conditions}
         env = {"PYTHONPATH": str(REPO_ROOT)}
         if args.max_requests is not None:
@@ -232,6 +241,11 @@ def measure(settings: BenchSettings, args: argparse.Namespace) -> dict[str, Any]
         for w, wo in zip(loads["with"], loads["without"], strict=True)
         if wo["p99_ms"] > 0
     ]
+    controls = [
+        again["p99_ms"] / wo["p99_ms"]
+        for again, wo in zip(loads.get("again", []), loads["without"], strict=False)
+        if wo["p99_ms"] > 0
+    ]
     return {
         "settings": {
             "model": IRIS,
@@ -253,6 +267,8 @@ def measure(settings: BenchSettings, args: argparse.Namespace) -> dict[str, Any]
         "p99_ms": p99,
         "round_ratios": ratios,
         "ratio": statistics.median(ratios) if ratios else None,
+        "control_ratios": controls,
+        "control_ratio": statistics.median(controls) if controls else None,
         "target": TARGET,
         "elapsed_s": round(time.monotonic() - started, 1),
     }
@@ -275,10 +291,12 @@ def render(results: dict[str, Any]) -> str:
         f"{'round':<7}{'shadow':<9}{'req/s':>7}{'p50 ms':>9}{'p99 ms':>9}{'err':>5}"
         f"{'shadow runs':>13}{'dropped':>9}{'p99 ratio':>11}",
     ]
-    pairs = zip(results["loads"]["without"], results["loads"]["with"], strict=True)
-    for number, pair in enumerate(pairs, start=1):
-        for name, figures in zip(("without", "with"), pair, strict=True):
-            ratio = results["round_ratios"][number - 1] if name == "with" else None
+    names = [name for name in ("without", "with", "again") if results["loads"].get(name)]
+    ratios = {"with": results["round_ratios"], "again": results.get("control_ratios", [])}
+    rows = zip(*(results["loads"][n] for n in names), strict=True)
+    for number, loads in enumerate(rows, start=1):
+        for name, figures in zip(names, loads, strict=True):
+            ratio = ratios[name][number - 1] if name in ratios else None
             lines.append(
                 f"{number if name == 'without' else '':<7}{name:<9}"
                 f"{figures['requests_per_s']:>7.0f}{figures['p50_ms']:>9.2f}"
@@ -294,6 +312,12 @@ def render(results: dict[str, Any]) -> str:
         f"with ÷ without {ratio:.3f}, median of the rounds (target ≤ {results['target']:.2f}; "
         f"median p99 {results['p99_ms']['with']:.2f} vs {results['p99_ms']['without']:.2f} ms)",
     ]
+    if results.get("control_ratio") is not None:
+        lines.append(
+            f"    control: p99 again without ÷ without {results['control_ratio']:.3f}, median "
+            f"of the rounds (rounds {', '.join(f'{r:.3f}' for r in results['control_ratios'])}):"
+            " what the measurement itself moves"
+        )
     return "\n".join(lines)
 
 
