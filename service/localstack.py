@@ -30,6 +30,7 @@ from pathlib import Path
 from service.config import Settings
 from service.edge import https_url, render_nginx_config
 from service.errors import ServiceError
+from service.runtime import shadow_server
 
 # deploy/ ships inside the package (setup.cfg), so an installed wheel finds its files.
 DEPLOY_DIR = Path(str(resources.files("service.deploy")))
@@ -411,6 +412,13 @@ class LocalStack:
 
     def worker_pids(self) -> list[int]:
         """The workers of every Gunicorn instance."""
+        return [pid for pid in self._master_children() if not _is_shadow_process(pid)]
+
+    def shadow_pids(self) -> list[int]:
+        """The shadow process of every Gunicorn instance (service.runtime.shadow_server)."""
+        return [pid for pid in self._master_children() if _is_shadow_process(pid)]
+
+    def _master_children(self) -> list[int]:
         return [pid for master in self.master_pids().values() for pid in _children(master)]
 
     def stop(self, timeout: float = 35.0) -> list[str]:
@@ -620,6 +628,14 @@ def _is_ours(pid: int, what: str) -> bool:
         return False
     program = what.split("-")[0]  # gunicorn-a is a gunicorn
     return program in cmdline or (program == "gunicorn" and "model-service" in cmdline)
+
+
+def _is_shadow_process(pid: int) -> bool:
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return shadow_server.__name__.encode() in command
 
 
 def _children(pid: int) -> list[int]:
