@@ -1,12 +1,13 @@
-"""The naive handler on the compiled model, a reference for `make bench` (P1, P2).
+"""The bare onnxruntime handler, the reference of `make bench`'s P1 and P3.
 
-What a ten-line service reaches when it runs the model through onnxruntime instead of
-the pickle: it loads one demo model's ``model.onnx`` at import, from the path in
-BENCH_NAIVE_ONNX, and answers ``{"predictions": [...], "probabilities": [...]}`` for
-``{"instances": [[...], ...]}`` (rows as lists, in feature order), with no validation,
-no metrics, no request log, no request ids and no store. The service does all of that
-on top of the same onnxruntime call, so this handler's rate is the most it can reach;
-what lies between the two is the cost of that work. Served exactly like model-service:
+The tightest JSON handler on the compiled model: it loads one demo model's
+``model.onnx`` at import, from the path in BENCH_NAIVE_ONNX, reads a
+``{"instances": [[...], ...]}`` body (rows as lists, in feature order) with orjson,
+makes one onnxruntime ``run`` and answers ``{"predictions": [...]}`` with orjson: no
+validation, no probabilities, no metrics, no request log, no request ids and no store.
+The service does all of that on top of the same onnxruntime call, so this handler's rate
+is the most it can reach; what lies between the two is the cost of that work. Served
+exactly like model-service:
 
     LocalStack(app="loadtests.naive_onnx_app:app", extra_env={"BENCH_NAIVE_ONNX": path}, ...)
 """
@@ -17,7 +18,8 @@ import os
 
 import numpy as np
 import onnxruntime
-from flask import Flask, jsonify, request
+import orjson
+from flask import Flask, Response, request
 
 from loadtests.hello_app import add_health_routes
 
@@ -32,19 +34,21 @@ with open(os.environ[MODEL_PATH_ENV], "rb") as handle:
         handle.read(), options, providers=["CPUExecutionProvider"]
     )
 input_name = session.get_inputs()[0].name
-output_names = [output.name for output in session.get_outputs()][:2]
+# The labels (or values) only: the first output.
+output_names = [session.get_outputs()[0].name]
 
 app = Flask("naive-onnx")
 
 
 @app.post("/predict")
 def predict():
-    rows = np.asarray(request.get_json()["instances"], dtype=np.float64)
-    outputs = session.run(output_names, {input_name: rows})
-    answer = {"predictions": outputs[0].reshape(-1).tolist()}
-    if len(outputs) > 1:
-        answer["probabilities"] = outputs[1].tolist()
-    return jsonify(answer)
+    rows = np.asarray(orjson.loads(request.get_data(cache=False))["instances"], dtype=np.float64)
+    [labels] = session.run(output_names, {input_name: rows})
+    labels = labels.reshape(-1)
+    # orjson writes numeric arrays itself; string labels come as Python strings.
+    predictions = labels.tolist() if labels.dtype == object else labels
+    body = orjson.dumps({"predictions": predictions}, option=orjson.OPT_SERIALIZE_NUMPY)
+    return Response(body, mimetype="application/json")
 
 
 add_health_routes(app)

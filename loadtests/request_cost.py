@@ -24,6 +24,7 @@ closer to what a loaded worker spends (on the 2-core VM of docs/performance/last
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import io
 import logging
@@ -158,6 +159,29 @@ def naive_onnx_app(onnx_path: Path) -> WsgiApp:
     return module.app
 
 
+@contextlib.contextmanager
+def worker_like_scratch(prefix: str, store_dir: Path | None) -> Iterator[tuple[Path, Path]]:
+    """A scratch directory set up as a Gunicorn worker's surroundings: Prometheus's
+    multiprocess files, the request log to a file; and a store with the demo models
+    (``store_dir``, or trained here). Yields (scratch, store)."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as scratch:
+        root = Path(scratch)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(root / "prometheus")
+        (root / "prometheus").mkdir()
+        from service.monitoring import logs
+
+        # The request log goes to a file, as a worker's JSON lines do.
+        with open(root / "requests.log", "w") as log_file:
+            logs.configure(log_file, logging.INFO)
+            if store_dir is None:
+                from service.store import ModelStore
+                from service.training.demo import train_demo_models
+
+                store_dir = root / "model_store"
+                train_demo_models(ModelStore(store_dir), progress=False)
+            yield root, store_dir
+
+
 def run(
     store_dir: Path, requests: int, state_dir: Path, evict_mib: int = 0
 ) -> list[tuple[str, str, float]]:
@@ -174,7 +198,7 @@ def run(
             microseconds_per_request(create_hello(), HELLO_PATH, largest, requests, evict_mib),
         )
     ]
-    # The bound of P1 and P2: the same onnxruntime call with none of the service's work.
+    # The reference of P1: the same onnxruntime call with none of the service's work.
     for name, (onnx_path, body) in naive_onnx_requests(store_dir).items():
         app = naive_onnx_app(onnx_path)
         micros = microseconds_per_request(app, NAIVE_PATH, body, requests, evict_mib)
@@ -205,26 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         "CPU time (default 0: a tight loop, wall time)",
     )
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="request-cost-") as scratch:
-        root = Path(scratch)
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(root / "prometheus")
-        (root / "prometheus").mkdir()
-        from service.monitoring import logs
-
-        # The request log goes to a file, as a worker's JSON lines do.
-        log_file = open(root / "requests.log", "w")  # noqa: SIM115 - closed below
-        try:
-            logs.configure(log_file, logging.INFO)
-            store_dir = args.store
-            if store_dir is None:
-                from service.store import ModelStore
-                from service.training.demo import train_demo_models
-
-                store_dir = root / "model_store"
-                train_demo_models(ModelStore(store_dir), progress=False)
-            results = run(store_dir, args.requests, root / "state", args.evict_mib)
-        finally:
-            log_file.close()
+    with worker_like_scratch("request-cost-", args.store) as (root, store_dir):
+        results = run(store_dir, args.requests, root / "state", args.evict_mib)
     hello = results[0][2]
     print(f"{'request':<28} {'settings':<30} {'µs/request':>11} {'+ over hello':>13}")
     for name, variant, micros in results:

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -71,6 +74,7 @@ BATCH_LOAD_S = 3
 BATCH_WARM_UP_REQUESTS = 4
 SINGLE_ROW_PROTOCOLS = (V2_JSON, V2_BINARY, MLFLOW_FORMAT)  # native: the P1 row itself
 BATCH_PROTOCOLS = (NATIVE_LISTS, NATIVE, V2_JSON, V2_BINARY, MLFLOW_FORMAT)
+BREAKDOWN_TIMEOUT_S = 300
 
 
 class Round:
@@ -182,6 +186,7 @@ class Round:
 
     def run(self) -> dict[str, dict[str, Any]]:
         self.in_process()
+        self.breakdown()
         self.hello()
         self.naive()
         self.service()
@@ -226,6 +231,30 @@ class Round:
                         ),
                         "backend": SKLEARN_BACKEND,
                     }
+
+    def breakdown(self) -> None:
+        """A 1,000-row request of each demo model, stage by stage, in a worker-like process
+        of its own (loadtests/request_breakdown.py: Prometheus's multiprocess files, the
+        request log to a file)."""
+        progress("in-process: a 1,000-row request, stage by stage")
+        out = self.workdir / f"breakdown-{self.number}.json"
+        command = [
+            sys.executable,
+            str(REPO_ROOT / "loadtests" / "request_breakdown.py"),
+            "--store",
+            str(self.store_dir),
+            "--budget",
+            str(self.settings.repeat_budget_s),
+            "--json",
+            str(out),
+        ]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=BREAKDOWN_TIMEOUT_S)
+        if done.returncode != 0:
+            raise BenchError(f"request_breakdown.py failed: {done.stderr[-2000:]}")
+        for name, stages in json.loads(out.read_text()).items():
+            for stage, value in stages.items():
+                if stage != "answer KiB":
+                    self.figures[f"breakdown/{stage}/{name}"] = {"ms": value}
 
     def compute_bound(self, name: str, model: LoadedModel, instances: list[Any]) -> None:
         """The backend's own time on validated rows, and the rows/s it allows when every
@@ -285,12 +314,15 @@ class Round:
                 self.batch(f"batch/naive/{payload.name}", stack.url, batch)
                 warm_up(stack.url, naive_request(payload, 1))
                 self.memory(f"memory/naive/{payload.name}", stack)
-            if payload.name in SINGLE_ROW_REFERENCE_MODELS and payload.onnx_path is not None:
-                # P1 and P2's bound: the same onnxruntime call with none of the service's work.
+            if payload.onnx_path is not None:
+                # P1 and P3's reference: the same onnxruntime call, orjson in and out, with
+                # none of the service's work.
                 env = {NAIVE_ONNX_ENV: str(payload.onnx_path)}
                 with self.stack(f"naive-onnx-{payload.name}", app=NAIVE_ONNX_APP, env=env) as stack:
                     single = naive_request(payload, 1)
                     self.load(f"single/naive-onnx/{payload.name}", stack.url, single)
+                    batch = naive_request(payload, BATCH_ROWS)
+                    self.batch(f"batch/naive-onnx/{payload.name}", stack.url, batch)
 
     def service(self) -> None:
         iris = self.payloads[IRIS]
