@@ -115,13 +115,13 @@ def stages_of(app: Any, model: Any, body: bytes, budget: float) -> dict[str, flo
     prediction = model.predict_prepared(values)
     event = hooks.PredictionEvent(model, values, prediction, "breakdown", 0.001)
     for observer in list(model.observers or ()):
-        label = getattr(observer, "__qualname__", type(observer).__name__)
         owner = getattr(observer, "__self__", None)
+        label = type(owner).__name__ if owner is not None else observer.__name__
         if callable(getattr(owner, "flush", None)):
             # A buffered writer: the request only appends; its thread does the work (drift
             # binning per row, the prediction log, the host's state) while later requests
             # wait for the GIL. Both, per request.
-            label += " + its flush"
+            label += " + flush"
 
             def observe(o=observer, flush=owner.flush) -> None:
                 o(event)

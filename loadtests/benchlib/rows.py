@@ -202,7 +202,7 @@ def detail_rows(
         add(f"batch/hello/{name}", "batch", f"bound: hello + orjson parse, {name}", naive)
         add(f"batch/hello-binary/{name}", "batch", f"bound: hello reading v2 binary, {name}", naive)
         add(f"batch/naive/{name}", "batch", f"naive {name}", naive, backend="pickle")
-        label = f"bare onnxruntime handler, orjson in and out, {name}"
+        label = f"bare handler (onnxruntime, orjson), {name}"
         add(f"batch/{BARE}/{name}", "batch", label, naive, backend="onnxruntime")
         for protocol in BATCH_PROTOCOLS:
             add(f"batch/{protocol}/{name}", "batch", f"{name}, {PROTOCOL_LABELS[protocol]}", naive)
@@ -227,9 +227,7 @@ def detail_rows(
             if k.startswith("breakdown/") and k.endswith(f"/{name}")
         ]
         for stage in stages:
-            label = f"{name}, {stage}" + (
-                " (Nginx, if the client takes gzip)" if stage == "gzip" else ""
-            )
+            label = f"{name}, {stage}" + (" (Nginx, if asked)" if stage == "gzip" else "")
             add(f"breakdown/{stage}/{name}", "breakdown", label, whole)
 
     one_worker = (f"memory/service-{MEMORY_WORKERS[0]}w", "1 worker")
