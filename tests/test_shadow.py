@@ -32,7 +32,9 @@ from tests.support import DIABETES, IRIS, eventually, running_stack
 SHIFT = 3.0
 # Version 1 may serve through onnxruntime (float32), its candidates through their pickles.
 FLOAT32 = 0.01
-WAIT = 30.0
+# Bounds on conditions, not sleeps: the shadow processes start and import at the lowest
+# priority, which on a machine busy with other tests can take tens of seconds.
+WAIT = 90.0
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -169,10 +171,13 @@ def test_a_candidate_past_the_timeout_is_stopped_and_the_work_behind_it_still_ru
         shadow.outcome_listeners.remove(seen.append)
         runner.stop()
     assert [o.error for o in (first, second, third, *seen)] == [shadow.TIMEOUT] * 5
-    assert first.seconds >= 0.5 > second.seconds
-    assert third.seconds >= 0.5
+    # A candidate that finished late names its version and its time; one stopped mid-run
+    # by the shadow process names none (it never answered).
+    assert (first.candidate_version, third.candidate_version) == (slow, slow)
+    assert first.seconds >= 0.5 and third.seconds >= 0.5
+    assert second.candidate_version is None
     assert restarted != loaded
-    assert sorted(o.seconds >= 0.5 for o in seen) == [False, True]
+    assert sorted(o.candidate_version for o in seen if o.candidate_version) == [slow]
     assert runner.dropped == 0
 
 

@@ -185,27 +185,12 @@ class ShadowLink:
         if self._own is not None and self._own.poll() is None:
             self._own.kill()
         mine, theirs = socket.socketpair()
-        env = dict(os.environ)
-        # The candidate unpickles what this process can import (estimators of other modules).
-        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
         try:
-            self._own = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "service.runtime.shadow_server",
-                    "--connection",
-                    str(theirs.fileno()),
-                    "--parent",
-                    str(os.getpid()),
-                ],
+            self._own = spawn(
+                ["--connection", str(theirs.fileno())],
+                pickle.dumps(self.settings),
                 pass_fds=(theirs.fileno(),),
-                stdin=subprocess.PIPE,
-                env=env,
-                close_fds=True,
             )
-            with self._own.stdin as settings:
-                settings.write(pickle.dumps(self.settings))
         except OSError:
             mine.close()
             raise
@@ -230,6 +215,25 @@ class ShadowLink:
         self._socket = self._own = None
         self._outbox.clear()
         self._inbox.clear()
+
+
+def spawn(arguments: list[str], settings: bytes, pass_fds: tuple[int, ...]) -> subprocess.Popen:
+    """Start ``python -m service.runtime.shadow_server`` with these arguments, its parent
+    named (it dies with it), and the pickled settings on its standard input."""
+    env = dict(os.environ)
+    # The candidate unpickles what this process can import (estimators of other modules).
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    parent = str(os.getpid())
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service.runtime.shadow_server", *arguments, "--parent", parent],
+        pass_fds=pass_fds,
+        stdin=subprocess.PIPE,
+        env=env,
+        close_fds=True,
+    )
+    with process.stdin as stdin:
+        stdin.write(settings)
+    return process
 
 
 def _connect(address: str) -> socket.socket:

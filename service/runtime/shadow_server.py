@@ -46,7 +46,7 @@ import time
 from typing import Any
 
 from service.runtime import shadow_process
-from service.runtime.shadow_process import READ_SIZE, split_frames
+from service.runtime.shadow_process import READ_SIZE, spawn, split_frames
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def ensure_host() -> None:
     if host is None or (host.process is not None and host.process.poll() is None):
         return
     fd = host.listener.fileno()
-    host.process = _spawn(["--listener", str(fd)], host.settings, pass_fds=(fd,))
+    host.process = spawn(["--listener", str(fd)], host.settings, pass_fds=(fd,))
 
 
 def stop_host() -> None:
@@ -109,23 +109,6 @@ def stop_host() -> None:
 def host_pid() -> int | None:
     host = _host
     return host.process.pid if host is not None and host.process is not None else None
-
-
-def _spawn(arguments: list[str], settings: bytes, pass_fds=()) -> subprocess.Popen:
-    env = dict(os.environ)
-    # The candidate unpickles what this process can import (estimators of other modules).
-    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-    command = [sys.executable, "-m", "service.runtime.shadow_server", *arguments]
-    process = subprocess.Popen(
-        [*command, "--parent", str(os.getpid())],
-        pass_fds=pass_fds,
-        stdin=subprocess.PIPE,
-        env=env,
-        close_fds=True,
-    )
-    with process.stdin as stdin:
-        stdin.write(settings)
-    return process
 
 
 # -- the loop ------------------------------------------------------------------------------
@@ -181,7 +164,7 @@ class _Candidate:
     def __init__(self, settings: bytes):
         mine, theirs = socket.socketpair()
         try:
-            self.process = _spawn(
+            self.process = spawn(
                 ["--candidate", str(theirs.fileno())], settings, pass_fds=(theirs.fileno(),)
             )
         finally:
