@@ -21,11 +21,14 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from service.localstack import LocalStack, StackError
-from service.store import ModelStore
-from service.training.demo import train_demo_models
-
 REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))  # run as a script: loadtests.benchlib, as the tests import it
+
+from loadtests.benchlib.settings import bounded_int  # noqa: E402
+from service.localstack import LocalStack, StackError  # noqa: E402
+from service.store import ModelStore  # noqa: E402
+from service.training.demo import train_demo_models  # noqa: E402
+
 LOCUSTFILE = REPO_ROOT / "loadtests" / "locustfile.py"
 REPORTS_DIR = REPO_ROOT / "loadtests" / "reports"
 HTML_REPORT = REPORTS_DIR / "report.html"
@@ -38,16 +41,6 @@ PROBE_TIMEOUT_S = 3.0
 STACK_READY_TIMEOUT_S = 120.0
 # Locust's own start-up, the catalogue read and writing the reports, on top of --run-time.
 LOCUST_GRACE_S = 120
-
-
-def bounded_int(low: int, high: int):
-    def parse(text: str) -> int:
-        value = int(text)
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"expected {low}..{high}, got {text}")
-        return value
-
-    return parse
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
