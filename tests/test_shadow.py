@@ -390,26 +390,23 @@ def children_of(parents: set[int]) -> list[int]:
     return found
 
 
-def workers_of(stack) -> list[int]:
-    return children_of(set(stack.master_pids().values()))
-
-
 def shadow_processes(stack) -> dict[int, int]:
-    """{master pid: pid} of the masters' children at niceness 19 that serve the shadow."""
+    """{master pid: pid} of the masters' shadow processes once at niceness 19 (a new one
+    lowers its priority as it starts)."""
     found = {}
-    for master in stack.master_pids().values():
-        for pid in children_of({master}):
-            if proc_stat(pid)[1] == 19 and b"service.runtime.shadow_server" in proc_stat(pid)[2]:
-                assert master not in found, "one shadow process per master"
-                found[master] = pid
+    for pid in stack.shadow_pids():
+        master, niceness, _ = proc_stat(pid)
+        if niceness == 19:
+            assert master not in found, "one shadow process per master"
+            found[master] = pid
     return found
 
 
-def restart_a_worker(master: int) -> None:
+def restart_a_worker(stack, master: int) -> None:
     """Stop one worker of ``master`` gracefully; the master starts another."""
 
     def workers() -> set[int]:
-        return {pid for pid in children_of({master}) if b"shadow_server" not in proc_stat(pid)[2]}
+        return set(children_of({master})) & set(stack.worker_pids())
 
     before = workers()
     os.kill(min(before), signal.SIGTERM)
@@ -467,7 +464,7 @@ def test_a_real_stack_answers_alike_with_a_slow_or_failing_shadow(
             hosts = eventually(
                 lambda: (found := shadow_processes(stack)).keys() == masters and found, WAIT
             )
-            workers = set(workers_of(stack)) - set(hosts.values())
+            workers = set(stack.worker_pids())
             # The failing one first: the slow one leaves each worker's queue full for a while.
             for candidate in (2, 3):
                 experiment = stack_store.experiment(DIABETES) or start_shadow(
@@ -517,11 +514,11 @@ def test_a_real_stack_answers_alike_with_a_slow_or_failing_shadow(
             # A worker restart (max_requests) leaves the shadow process as it was; one that
             # was killed is started again before the master's next worker.
             master, host = min(hosts.items())
-            restart_a_worker(master)
+            restart_a_worker(stack, master)
             assert shadow_processes(stack) == hosts
             os.kill(host, signal.SIGKILL)
             eventually(lambda: host not in children_of({master}), WAIT)
-            restart_a_worker(master)
+            restart_a_worker(stack, master)
             again = eventually(lambda: shadow_processes(stack).get(master), WAIT)
             assert again != host
             experiment = start_shadow(stack_store, DIABETES, 2)
@@ -544,7 +541,7 @@ def test_a_real_stack_answers_alike_with_a_slow_or_failing_shadow(
                 return runs > before
 
             eventually(served_again, WAIT)
-            workers = set(workers_of(stack)) - set(shadow_processes(stack).values())
+            workers = set(stack.worker_pids())
             assert children_of(workers) == []
         stopping = time.monotonic()
     # Leaving the block stopped the stack: the queued shadow work held no worker back.

@@ -104,7 +104,6 @@ class ShadowLink:
         self._outbox = bytearray()
         self._inbox = bytearray()
         self._pid = os.getpid()
-        self.connections = 0
 
     @property
     def own_pid(self) -> int | None:
@@ -177,7 +176,6 @@ class ShadowLink:
             except OSError:
                 pass  # the master's is not there: one of this process's own below
             else:
-                self.connections += 1
                 return
         self._start_own()
 
@@ -197,7 +195,6 @@ class ShadowLink:
         finally:
             theirs.close()
         self._socket = mine
-        self.connections += 1
 
     def close(self) -> None:
         """Forget the connection and the work on it (never waiting: a shadow process of

@@ -106,11 +106,6 @@ def stop_host() -> None:
             host.process.wait(5)
 
 
-def host_pid() -> int | None:
-    host = _host
-    return host.process.pid if host is not None and host.process is not None else None
-
-
 # -- the loop ------------------------------------------------------------------------------
 
 
