@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import pwd
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,21 @@ def namespaces_with_prefix(prefix: str) -> list[str]:
 
 def interface_exists(name: str) -> bool:
     return subprocess.run(["ip", "link", "show", name], capture_output=True).returncode == 0
+
+
+def namespace_pids(prefix: str, host: str) -> list[int]:
+    listing = subprocess.run(
+        ["ip", "netns", "pids", f"{prefix}-{host}"], capture_output=True, text=True
+    ).stdout
+    return [int(pid) for pid in listing.split()]
+
+
+def cmdline(pid: int) -> bytes:
+    """A process that ended between listing and reading has no command line."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def running_sshds() -> set[int]:
@@ -191,15 +207,12 @@ def test_down_clears_a_fleet_whose_state_file_is_gone(tmp_path):
         pids = [host["pid"] for host in state["hosts"]]
         # What a deploy starts through sshd (a new session, out of sshd's process group).
         running.ssh("app1", "setsid sleep 600 > /dev/null 2>&1 < /dev/null &")
-        deployed = [
-            int(pid)
-            for pid in subprocess.run(
-                ["ip", "netns", "pids", f"{prefix}-app1"], capture_output=True, text=True
-            ).stdout.split()
-        ]
-        assert any(
-            Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"sleep") for pid in deployed
-        )
+        # ssh may return before setsid has become sleep: wait for it to show.
+        deadline = time.monotonic() + 15
+        while not any(cmdline(pid).startswith(b"sleep") for pid in namespace_pids(prefix, "app1")):
+            assert time.monotonic() < deadline, "the sleep started through sshd never showed"
+            time.sleep(0.05)
+        deployed = namespace_pids(prefix, "app1")
         (directory / "state.json").unlink()
 
         fleet_cli("down", "--prefix", prefix, "--dir", str(directory))
