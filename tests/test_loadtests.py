@@ -86,6 +86,7 @@ def expected_rows() -> set[str]:
         keys |= {f"breakdown/{stage}/{name}" for stage in stages}
         keys.add(f"memory/naive/{name}")
     keys |= {"memory/service-1w", "memory/service-4w", "memory/service", "memory/hello"}
+    keys |= {"memory/service-4w-1i", "memory/service-2w-2i"}
     return keys
 
 
@@ -134,11 +135,15 @@ def test_bench_quick_reports_every_goal_and_row(tmp_path):
     assert p3 == DEMO_MODEL_NAMES
     for row in goals:
         # P3: body intake and the backend on the same cores, ÷ the bare handler.
-        if row["goal"].startswith("P3"):
+        if row["goal"].startswith(("P3", "P4")):
             assert_positive(row, "bound")
             assert f"(bound {row['bound']:.2f})" in done.stdout
         else:
             assert row["bound"] is None
+    # P4's bound: 1 worker on each of two Gunicorn instances, over 1 worker.
+    p4 = by_goal[("P4", "memory/service-4w")]
+    floor = figures["memory/service-2w-2i"]["value"] / figures["memory/service-1w"]["value"]
+    assert p4["bound"] == pytest.approx(floor)
     paced = by_goal[("P5", f"paced/service/{IRIS}")]
     # The pacing itself: at 80 % of the closed-loop rate of P1, and never above that.
     target_rate = paced["figures"]["target_requests_per_s"]
@@ -169,6 +174,10 @@ def test_bench_quick_reports_every_goal_and_row(tmp_path):
         assert bound["backend"] == rows[f"inproc/backend/1000/{name}"]["backend"]
     for workers in (1, 4):
         assert rows[f"memory/service-{workers}w"]["figures"]["workers"] == workers
+    # P4's layouts: the Gunicorn instances each stack ran, and the bound they set.
+    assert rows["memory/service-4w"]["figures"]["instances"] == 2
+    assert rows["memory/service-4w-1i"]["figures"]["instances"] == 1
+    assert rows["memory/service-2w-2i"]["figures"]["instances"] == 2
     assert rows["memory/service"]["figures"]["workers"] == 2
 
     # Which backend answered: named by the service's answers, "-" when they name none.

@@ -65,6 +65,13 @@ SINGLE_ROW_REFERENCE_MODELS = (IRIS, FOREST)
 MONITORING_OFF_MODELS = (IRIS, REGRESSOR)
 PACED_FRACTION = 0.8
 MEMORY_WORKERS = (1, 4)
+# The same memory read on other layouts, for what bounds P4: the local stack runs two
+# Gunicorn instances (two masters, each with its own copy of the app) from 2 workers on,
+# so 4 workers on one instance show the cost of a worker, and 1 worker on each of two
+# instances the least any two-instance stack can weigh. (workers, instances) each.
+TWO_INSTANCE_FLOOR = (2, 2)
+MEMORY_LAYOUTS = ((MEMORY_WORKERS[-1], 1), TWO_INSTANCE_FLOOR)
+
 # The warm-up before P4's memory is read, the same on both stacks: for every demo model,
 # single-row and 1,000-row requests, this many of each over this many connections.
 MEMORY_WARM_UP_REQUESTS = 32
@@ -75,6 +82,11 @@ BATCH_WARM_UP_REQUESTS = 4
 SINGLE_ROW_PROTOCOLS = (V2_JSON, V2_BINARY, MLFLOW_FORMAT)  # native: the P1 row itself
 BATCH_PROTOCOLS = (NATIVE_LISTS, NATIVE, V2_JSON, V2_BINARY, MLFLOW_FORMAT)
 BREAKDOWN_TIMEOUT_S = 300
+
+
+def memory_key(workers: int, instances: int | None = None) -> str:
+    """memory/service-4w (the stack's own layout), memory/service-4w-1i (one instance)."""
+    return f"memory/service-{workers}w" + (f"-{instances}i" if instances else "")
 
 
 class Round:
@@ -157,6 +169,7 @@ class Round:
         app: str | None = None,
         env: dict[str, str] | None = None,
         workers: int | None = None,
+        instances: int | None = None,
     ) -> Iterator[LocalStack]:
         extra_env = {**self.settings.worker_env, **(env or {})}
         if app is not None:
@@ -171,6 +184,7 @@ class Round:
             host=LOOPBACK,
             port=free_port(),
             workers=workers or self.settings.workers,
+            instances=instances,
             extra_env=extra_env,
             **({"app": app} if app else {}),
         )
@@ -194,6 +208,8 @@ class Round:
         self.backend_forced()
         for workers in MEMORY_WORKERS:
             self.memory_stack(workers)
+        for workers, instances in MEMORY_LAYOUTS:
+            self.memory_stack(workers, instances)
         self.peers()
         return self.figures
 
@@ -371,9 +387,12 @@ class Round:
                 request = service_request(NATIVE, self.payloads[name], 1)
                 self.load(f"single/backend-sklearn/{name}", stack.url, request)
 
-    def memory_stack(self, workers: int) -> None:
-        """P4: the service with 1 and with 4 workers, read after the same warm-up traffic."""
-        with self.stack(f"model-service-{workers}w", workers=workers) as stack:
+    def memory_stack(self, workers: int, instances: int | None = None) -> None:
+        """P4: the service with 1 and with 4 workers, read after the same warm-up traffic;
+        with ``instances``, on that many Gunicorn instances rather than the stack's own
+        choice."""
+        name = memory_key(workers, instances).removeprefix("memory/")
+        with self.stack(f"model-{name}", workers=workers, instances=instances) as stack:
             progress(f"warm-up traffic, then memory: {self.settings.describe_workers(workers)}")
             requests = [
                 service_request(NATIVE, payload, rows)
@@ -383,7 +402,7 @@ class Round:
             concurrent_traffic(
                 stack.url, requests, MEMORY_WARM_UP_REQUESTS, MEMORY_WARM_UP_CONNECTIONS
             )
-            self.memory(f"memory/service-{workers}w", stack)
+            self.memory(memory_key(workers, instances), stack)
 
     def peers(self) -> None:
         venv = self.settings.peers_venv

@@ -11,10 +11,13 @@ from typing import Any
 from .payloads import BATCH_ROWS, IRIS, NATIVE_LISTS, NO_BACKEND, PROTOCOL_LABELS, V2_BINARY
 from .rounds import (
     BATCH_PROTOCOLS,
+    MEMORY_LAYOUTS,
     MEMORY_WORKERS,
     MONITORING_OFF_MODELS,
     PACED_FRACTION,
     SINGLE_ROW_PROTOCOLS,
+    TWO_INSTANCE_FLOOR,
+    memory_key,
 )
 from .settings import BenchSettings
 from .stacks import BACKEND_ENV
@@ -230,12 +233,19 @@ def detail_rows(
             label = f"{name}, {stage}" + (" (Nginx, if asked)" if stage == "gzip" else "")
             add(f"breakdown/{stage}/{name}", "breakdown", label, whole)
 
-    one_worker = (f"memory/service-{MEMORY_WORKERS[0]}w", "1 worker")
+    one_worker = (memory_key(MEMORY_WORKERS[0]), "1 worker")
     for workers in MEMORY_WORKERS:
         add(
-            f"memory/service-{workers}w",
+            memory_key(workers),
             "memory",
             f"model-service, {workers}w, P4 warm-up",
+            one_worker,
+        )
+    for workers, instances in MEMORY_LAYOUTS:
+        add(
+            memory_key(workers, instances),
+            "memory",
+            f"model-service, {workers}w on {instances} Gunicorn instance(s), P4 warm-up",
             one_worker,
         )
     add("memory/service", "memory", f"model-service, {settings.workers}w, after the loads")
@@ -267,7 +277,7 @@ def goal_rows(figures: dict[str, dict[str, Any]], names: list[str]) -> list[Row]
         for goal, protocol in (("P3 native", NATIVE_LISTS), ("P3 v2 binary", V2_BINARY)):
             label = f"{name}, 1,000 rows, {PROTOCOL_LABELS[protocol]}"
             specs.append((goal, label, f"batch/{protocol}/{name}", f"batch/{BARE}/{name}", "bare"))
-    most, fewest = (f"memory/service-{w}w" for w in (MEMORY_WORKERS[-1], MEMORY_WORKERS[0]))
+    most, fewest = (memory_key(w) for w in (MEMORY_WORKERS[-1], MEMORY_WORKERS[0]))
     specs.append(
         ("P4", f"model-service PSS, {MEMORY_WORKERS[-1]} workers", most, fewest, "1 worker")
     )
@@ -304,8 +314,19 @@ def goal_rows(figures: dict[str, dict[str, Any]], names: list[str]) -> list[Row]
             row.passed = row.ratio >= target if comparison == ">=" else row.ratio <= target
         if goal.startswith("P3"):
             row.bound = p3_bound(figures, key.split("/")[1], key.split("/")[2])
+        if goal == "P4":
+            row.bound = p4_bound(figures)
         rows.append(row)
     return rows
+
+
+def p4_bound(figures: dict[str, dict[str, Any]]) -> float | None:
+    """The least P4 can be while the stack runs two Gunicorn instances: two masters and
+    one worker each (every master holds its own copy of the app), over one worker."""
+    workers, instances = TWO_INSTANCE_FLOOR
+    floor = figures.get(memory_key(workers, instances), {}).get("total_pss_mib")
+    one = figures.get(memory_key(MEMORY_WORKERS[0]), {}).get("total_pss_mib")
+    return ratio(floor, one)
 
 
 def p3_bound(figures: dict[str, dict[str, Any]], protocol: str, name: str) -> float | None:
