@@ -2,7 +2,8 @@
 
 Run: gunicorn -c deploy/gunicorn.conf.py service.wsgi:app
 Environment knobs (set by `modelctl serve`, systemd units or by hand):
-  MODEL_SERVICE_BIND      address to listen on (default 127.0.0.1:8000)
+  MODEL_SERVICE_BIND      addresses to listen on, comma-separated (default 127.0.0.1:8000;
+                          unix:PATH for a unix socket)
   MODEL_SERVICE_WORKERS   worker processes (default: one per CPU core)
   MODEL_SERVICE_HOST_WORKERS  workers of all the instances on this host (default: WORKERS)
   MODEL_SERVICE_WORKER_CLASS  sync (the default) or gthread
@@ -26,7 +27,13 @@ from service import gunicorn_send
 
 # --- Server socket -----------------------------------------------------------
 # Loopback only by default: Nginx is the public face and the one that buffers.
-bind = os.environ.get("MODEL_SERVICE_BIND", "127.0.0.1:8000")
+# `modelctl serve` adds a unix socket for its Nginx, on the same host: a connection per
+# request (sync workers do not keep them alive) costs less there than over TCP.
+bind = [
+    address.strip()
+    for address in os.environ.get("MODEL_SERVICE_BIND", "127.0.0.1:8000").split(",")
+    if address.strip()
+]
 # Connections waiting for a free worker; Nginx retries elsewhere when it overflows.
 backlog = 2048
 
@@ -167,7 +174,7 @@ def when_ready(server):
     from service.runtime import shadow
 
     shadow.start_host()
-    server.log.info("model-service ready: %d workers on %s", server.num_workers, bind)
+    server.log.info("model-service ready: %d workers on %s", server.num_workers, ", ".join(bind))
 
 
 def post_fork(server, worker):

@@ -43,6 +43,10 @@ class StackError(ServiceError):
     code = "stack_error"
 
 
+# The longest path a unix socket address holds on Linux (sun_path, less its final NUL).
+UNIX_PATH_MAX = 107
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -70,6 +74,9 @@ class LocalStack:
     app: str = "service.wsgi:app"
     grpc_port: int | None = None  # None: no gRPC server
     instances: int | None = None  # Gunicorn instances; None: two behind Nginx with 2+ workers
+    # Nginx reaches Gunicorn through unix sockets; False: over TCP (the benchmarks' baselines,
+    # set up as a naive deployment would be).
+    unix_sockets: bool = True
 
     def __post_init__(self) -> None:
         self.runtime_dir = Path(self.runtime_dir).resolve()
@@ -138,6 +145,21 @@ class LocalStack:
     def gunicorn_urls(self) -> list[str]:
         return [f"http://127.0.0.1:{self._gunicorn_port(name)}" for name in self.gunicorn_names]
 
+    def gunicorn_socket(self, name: str) -> Path | None:
+        """The unix socket Nginx reaches an instance through, beside its loopback port
+        (which the readiness checks and direct callers use): a connection per request
+        costs less on it than over TCP. None without Nginx, or when the runtime directory's
+        path is too long for a socket address (Nginx then uses the port)."""
+        path = self.runtime_dir / f"{name}.sock"
+        if not (self.use_nginx and self.unix_sockets) or len(str(path).encode()) > UNIX_PATH_MAX:
+            return None
+        return path
+
+    def _gunicorn_binds(self, name: str) -> list[str]:
+        tcp = f"127.0.0.1:{self._gunicorn_port(name)}"
+        unix = self.gunicorn_socket(name)
+        return [tcp] if unix is None else [tcp, f"unix:{unix}"]
+
     def pidfile(self, what: str) -> Path:
         return self.runtime_dir / f"{what}.pid"
 
@@ -197,7 +219,7 @@ class LocalStack:
         commands = {}
         for name, count in self.instance_workers().items():
             env = {
-                "MODEL_SERVICE_BIND": f"127.0.0.1:{self._gunicorn_port(name)}",
+                "MODEL_SERVICE_BIND": ",".join(self._gunicorn_binds(name)),
                 "MODEL_SERVICE_WORKERS": str(count),
                 # Native thread pools are sized by the host's workers, not the instance's.
                 "MODEL_SERVICE_HOST_WORKERS": str(self.total_workers),
@@ -272,7 +294,7 @@ class LocalStack:
         request whose worker died to the next entry, the same instance, where another worker
         (or the one Gunicorn forks in the dead one's place) takes it from the backlog."""
         servers = [
-            f"127.0.0.1:{self._gunicorn_port(name)} weight={count}"
+            f"{self._gunicorn_binds(name)[-1]} weight={count}"
             for name, count in self.instance_workers().items()
         ]
         return servers * 2 if len(servers) == 1 else servers

@@ -58,13 +58,28 @@ def test_without_nginx_or_with_one_asked_for_there_is_one_instance(tmp_path):
 def test_nginx_weighs_each_instance_by_its_workers(tmp_path):
     local = stack(tmp_path, workers=3, gunicorn_port=9001)
     servers = local._upstreams()
-    assert servers[0] == "127.0.0.1:9001 weight=2"
-    assert servers[1].endswith(" weight=1") and len(servers) == 2
+    assert servers[0] == f"unix:{local.runtime_dir}/gunicorn-a.sock weight=2"
+    assert servers[1] == f"unix:{local.runtime_dir}/gunicorn-b.sock weight=1"
 
 
 def test_one_instance_is_listed_twice_so_nginx_retries_on_it(tmp_path):
     local = stack(tmp_path, workers=2, instances=1, gunicorn_port=9001)
-    assert local._upstreams() == ["127.0.0.1:9001 weight=2"] * 2
+    assert local._upstreams() == [f"unix:{local.runtime_dir}/gunicorn.sock weight=2"] * 2
+
+
+def test_each_instance_listens_on_its_port_and_on_a_unix_socket_for_nginx(tmp_path):
+    local = stack(tmp_path, workers=2, gunicorn_port=9001)
+    binds = local._program_commands()["gunicorn-a"]
+    assert f"MODEL_SERVICE_BIND=127.0.0.1:9001,unix:{local.runtime_dir}/gunicorn-a.sock" in binds
+    # No Nginx, no socket; none asked for (a baseline of the benchmarks); a path too long
+    # for a socket address: Nginx uses the port.
+    assert stack(tmp_path, workers=2, use_nginx=False, instances=1).gunicorn_socket("a") is None
+    tcp = stack(tmp_path, workers=2, gunicorn_port=9001, unix_sockets=False)
+    assert tcp._upstreams()[0] == "127.0.0.1:9001 weight=1"
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    local = stack(deep, workers=2, gunicorn_port=9001)
+    assert local.gunicorn_socket("gunicorn-a") is None
+    assert local._upstreams()[0] == "127.0.0.1:9001 weight=1"
 
 
 def test_supervisord_restarts_each_program_and_stops_gunicorn_last(tmp_path):

@@ -186,7 +186,9 @@ class Round:
             workers=workers or self.settings.workers,
             instances=instances,
             extra_env=extra_env,
-            **({"app": app} if app else {}),
+            # A baseline (another app) runs as a naive deployment would: Nginx reaches
+            # Gunicorn over TCP. The service runs on its own defaults: a unix socket.
+            **({"app": app, "unix_sockets": False} if app else {}),
         )
         progress(f"starting the {name} stack on {stack.url}")
         try:
