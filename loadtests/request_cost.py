@@ -10,6 +10,7 @@ model's figure and hello's is what the service adds per request on top of Flask;
 difference from the naive onnxruntime handler is what its own work costs.
 
     .venv/bin/python loadtests/request_cost.py [--requests 3000] [--store DIR] [--evict-mib 6]
+                                               [--json PATH]
 
 Figures are wall time per request in one process, its background threads included
 (the monitoring writer, the store watcher), as they run in a Gunicorn worker. A tight
@@ -43,9 +44,13 @@ HELLO_PATH = "/predict-hello"
 NAIVE_PATH = "/predict"
 NAIVE_ONNX_ENV = "BENCH_NAIVE_ONNX"
 WARM_UP_REQUESTS = 200
+# Each contender: (who, in --json; its settings, in the table). The service's come with
+# the settings of its app.
+HELLO = ("hello", "-")
+BARE = ("bare", "naive handler on onnxruntime")
 VARIANTS = {
-    "defaults": {},
-    "metrics and request log off": {"metrics": False, "request_log": False},
+    ("service", "defaults"): {},
+    ("monitoring-off", "metrics and request log off"): {"metrics": False, "request_log": False},
 }
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Any]
@@ -184,7 +189,8 @@ def worker_like_scratch(prefix: str, store_dir: Path | None) -> Iterator[tuple[P
 
 def run(
     store_dir: Path, requests: int, state_dir: Path, evict_mib: int = 0
-) -> list[tuple[str, str, float]]:
+) -> list[tuple[str, tuple[str, str], float]]:
+    """(request, (who, settings), µs per request) for each."""
     sys.path.insert(0, str(REPO_ROOT))
     from loadtests.hello_app import create_app as create_hello
     from service import create_app
@@ -194,7 +200,7 @@ def run(
     results = [
         (
             "hello (ceiling)",
-            "-",
+            HELLO,
             microseconds_per_request(create_hello(), HELLO_PATH, largest, requests, evict_mib),
         )
     ]
@@ -202,7 +208,7 @@ def run(
     for name, (onnx_path, body) in naive_onnx_requests(store_dir).items():
         app = naive_onnx_app(onnx_path)
         micros = microseconds_per_request(app, NAIVE_PATH, body, requests, evict_mib)
-        results.append((name, "naive handler on onnxruntime", micros))
+        results.append((name, BARE, micros))
     for variant, overrides in VARIANTS.items():
         app = create_app({"store": str(store_dir), "state_dir": str(state_dir), **overrides})
         try:
@@ -228,13 +234,17 @@ def main(argv: list[str] | None = None) -> int:
         help="evict the caches before each request with a buffer of this size, and report "
         "CPU time (default 0: a tight loop, wall time)",
     )
+    parser.add_argument("--json", type=Path, help="write the figures here too")
     args = parser.parse_args(argv)
     with worker_like_scratch("request-cost-", args.store) as (root, store_dir):
         results = run(store_dir, args.requests, root / "state", args.evict_mib)
+    if args.json is not None:
+        rows = [{"request": n, "who": who, "us": us} for n, (who, _), us in results]
+        args.json.write_bytes(orjson.dumps(rows, option=orjson.OPT_INDENT_2))
     hello = results[0][2]
     print(f"{'request':<28} {'settings':<30} {'µs/request':>11} {'+ over hello':>13}")
-    for name, variant, micros in results:
-        print(f"{name:<28} {variant:<30} {micros:>11.0f} {micros - hello:>13.0f}")
+    for name, (_, settings), micros in results:
+        print(f"{name:<28} {settings:<30} {micros:>11.0f} {micros - hello:>13.0f}")
     return 0
 
 

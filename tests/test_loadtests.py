@@ -85,8 +85,9 @@ def expected_rows() -> set[str]:
         stages = ("whole", "parse", "validation", "backend", "encoding", "gzip")
         keys |= {f"breakdown/{stage}/{name}" for stage in stages}
         keys.add(f"memory/naive/{name}")
+        keys |= {f"request/{who}/{name}" for who in ("naive-onnx", "service", "monitoring-off")}
     keys |= {"memory/service-1w", "memory/service-4w", "memory/service", "memory/hello"}
-    keys |= {"memory/service-4w-1i", "memory/service-2w-2i"}
+    keys |= {"memory/service-4w-1i", "memory/service-2w-2i", "request/hello"}
     return keys
 
 
@@ -135,11 +136,20 @@ def test_bench_quick_reports_every_goal_and_row(tmp_path):
     assert p3 == DEMO_MODEL_NAMES
     for row in goals:
         # P3: body intake and the backend on the same cores, ÷ the bare handler.
-        if row["goal"].startswith(("P3", "P4")):
+        if row["goal"].startswith(("P1", "P3", "P4")):
             assert_positive(row, "bound")
             assert f"(bound {row['bound']:.2f})" in done.stdout
         else:
             assert row["bound"] is None
+    # P1's bound: the bare handler's CPU time per request, and the service's own work on top.
+    for name in DEMO_MODEL_NAMES:
+        p1 = by_goal[("P1", f"single/service/{name}")]
+        per_request = results["settings"]["cpus"] / figures[f"single/naive-onnx/{name}"]["value"]
+        own = (
+            figures[f"request/service/{name}"]["value"]
+            - figures[f"request/naive-onnx/{name}"]["value"]
+        )
+        assert p1["bound"] == pytest.approx(per_request / (per_request + max(own, 0) / 1e6))
     # P4's bound: 1 worker on each of two Gunicorn instances, over 1 worker.
     p4 = by_goal[("P4", "memory/service-4w")]
     floor = figures["memory/service-2w-2i"]["value"] / figures["memory/service-1w"]["value"]

@@ -45,6 +45,7 @@ from .peers import build_mlflow_models, mlflow_servers
 from .settings import LOOPBACK, REPO_ROOT, BenchError, BenchSettings, progress
 from .stacks import (
     BACKEND_ENV,
+    BARE,
     HELLO_APP,
     HELLO_PATH,
     MONITORING_OFF_ENV,
@@ -82,6 +83,8 @@ BATCH_WARM_UP_REQUESTS = 4
 SINGLE_ROW_PROTOCOLS = (V2_JSON, V2_BINARY, MLFLOW_FORMAT)  # native: the P1 row itself
 BATCH_PROTOCOLS = (NATIVE_LISTS, NATIVE, V2_JSON, V2_BINARY, MLFLOW_FORMAT)
 BREAKDOWN_TIMEOUT_S = 300
+# Single-row requests per figure of request_cost.py: about a second each.
+REQUEST_COST_REQUESTS = 3000
 
 
 def memory_key(workers: int, instances: int | None = None) -> str:
@@ -203,6 +206,7 @@ class Round:
     def run(self) -> dict[str, dict[str, Any]]:
         self.in_process()
         self.breakdown()
+        self.request_cost()
         self.hello()
         self.naive()
         self.service()
@@ -274,6 +278,38 @@ class Round:
                 if stage != "answer KiB":
                     self.figures[f"breakdown/{stage}/{name}"] = {"ms": value}
 
+    def request_cost(self) -> None:
+        """One single-row request through the WSGI app in a worker-like process of its own
+        (loadtests/request_cost.py): hello, the bare handler and the service, with its
+        defaults and with metrics and the request log off. What the service adds to the
+        bare handler here is work every request does in the worker, whatever the load."""
+        progress("in-process: one single-row request, hello, bare handler and service")
+        out = self.workdir / f"request-cost-{self.number}.json"
+        command = [
+            sys.executable,
+            str(REPO_ROOT / "loadtests" / "request_cost.py"),
+            "--store",
+            str(self.store_dir),
+            "--requests",
+            str(REQUEST_COST_REQUESTS),
+            "--json",
+            str(out),
+        ]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=BREAKDOWN_TIMEOUT_S)
+        if done.returncode != 0:
+            raise BenchError(f"request_cost.py failed: {done.stderr[-2000:]}")
+        for row in json.loads(out.read_text()):
+            if row["who"] == "hello":
+                self.figures["request/hello"] = {"us": row["us"]}
+                continue
+            # request_cost.py's "bare" is the bare handler; "service" and "monitoring-off"
+            # are the stacks' own names.
+            who = BARE if row["who"] == "bare" else row["who"]
+            self.figures[f"request/{who}/{row['request']}"] = {
+                "us": row["us"],
+                "cores": os.cpu_count(),
+            }
+
     def compute_bound(self, name: str, model: LoadedModel, instances: list[Any]) -> None:
         """The backend's own time on validated rows, and the rows/s it allows when every
         core does nothing else: what no handler of these rows can beat on this machine."""
@@ -336,11 +372,11 @@ class Round:
                 # P1 and P3's reference: the same onnxruntime call, orjson in and out, with
                 # none of the service's work.
                 env = {NAIVE_ONNX_ENV: str(payload.onnx_path)}
-                with self.stack(f"naive-onnx-{payload.name}", app=NAIVE_ONNX_APP, env=env) as stack:
+                with self.stack(f"{BARE}-{payload.name}", app=NAIVE_ONNX_APP, env=env) as stack:
                     single = naive_request(payload, 1)
-                    self.load(f"single/naive-onnx/{payload.name}", stack.url, single)
+                    self.load(f"single/{BARE}/{payload.name}", stack.url, single)
                     batch = naive_request(payload, BATCH_ROWS)
-                    self.batch(f"batch/naive-onnx/{payload.name}", stack.url, batch)
+                    self.batch(f"batch/{BARE}/{payload.name}", stack.url, batch)
 
     def service(self) -> None:
         iris = self.payloads[IRIS]

@@ -20,7 +20,7 @@ from .rounds import (
     memory_key,
 )
 from .settings import BenchSettings
-from .stacks import BACKEND_ENV
+from .stacks import BACKEND_ENV, BARE
 
 GOALS = {
     "P1": (">=", 0.90),
@@ -31,8 +31,6 @@ GOALS = {
     "M": (">=", 0.90),
     "MLflow": (">=", 3.0),
 }
-# What P1 and P3 compare with: the bare onnxruntime handler (loadtests/naive_onnx_app.py).
-BARE = "naive-onnx"
 
 
 def median_figures(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
@@ -95,6 +93,9 @@ SECTIONS = {
     "breakdown": "A 1,000-row native JSON request in one worker-like process, stage by stage "
     "(loadtests/request_breakdown.py), ms; ratio ÷ the whole. Under load: the 1,000-row rows "
     "above (hello reading, hello parsing, bare handler, service)",
+    "request": "One single-row request in one worker-like process, no HTTP "
+    "(loadtests/request_cost.py), µs; ratio ÷ the bare handler. The service's own work per "
+    "request is its figure less the bare handler's: P1's bound",
     "memory": "Memory: PSS of the Gunicorn master + workers (/proc/PID/smaps_rollup), MiB",
     "peers": "Peers: MLflow's scoring server (mlflow models serve -w 2), the same pickles and "
     "rows; ratio ÷ naive",
@@ -106,6 +107,7 @@ MAIN_FIGURE = {
     "batch": ("rows_per_s", "rows/s", 1.0),
     "inproc": ("seconds", "ms", 1000.0),
     "breakdown": ("ms", "ms", 1.0),
+    "request": ("us", "µs", 1.0),
     "memory": ("total_pss_mib", "MiB", 1.0),
 }
 
@@ -233,6 +235,13 @@ def detail_rows(
             label = f"{name}, {stage}" + (" (Nginx, if asked)" if stage == "gzip" else "")
             add(f"breakdown/{stage}/{name}", "breakdown", label, whole)
 
+    add("request/hello", "request", "hello (ceiling)")
+    for name in names:
+        bare = (f"request/{BARE}/{name}", "bare")
+        add(f"request/{BARE}/{name}", "request", f"bare onnxruntime handler, {name}", bare)
+        add(f"request/service/{name}", "request", name, bare)
+        add(f"request/monitoring-off/{name}", "request", f"{name}, monitoring off", bare)
+
     one_worker = (memory_key(MEMORY_WORKERS[0]), "1 worker")
     for workers in MEMORY_WORKERS:
         add(
@@ -312,12 +321,30 @@ def goal_rows(figures: dict[str, dict[str, Any]], names: list[str]) -> list[Row]
         row.ratio_of, row.goal, row.target, row.comparison = of, goal, target, comparison
         if row.ratio is not None:
             row.passed = row.ratio >= target if comparison == ">=" else row.ratio <= target
+        if goal == "P1":
+            row.bound = p1_bound(figures, key.split("/")[2])
         if goal.startswith("P3"):
             row.bound = p3_bound(figures, key.split("/")[1], key.split("/")[2])
         if goal == "P4":
             row.bound = p4_bound(figures)
         rows.append(row)
     return rows
+
+
+def p1_bound(figures: dict[str, dict[str, Any]], name: str) -> float | None:
+    """The most P1 can be while each request does the service's own work. In a closed loop
+    every core is busy, so each of the bare handler's requests takes cores ÷ its rate of
+    CPU time (wrk, Nginx, Gunicorn, the handler); the service's request takes that and the
+    service's own work on top: its time in process less the bare handler's, measured in a
+    warm process (under load, with the caches shared, it costs more: the bound is high)."""
+    bare = figures.get(f"single/{BARE}/{name}", {}).get("requests_per_s")
+    inside = figures.get(f"request/service/{name}", {})
+    bare_inside = figures.get(f"request/{BARE}/{name}", {}).get("us")
+    if not bare or not inside or bare_inside is None:
+        return None
+    per_request = inside["cores"] / bare
+    own_work = max(inside["us"] - bare_inside, 0.0) / 1e6
+    return per_request / (per_request + own_work)
 
 
 def p4_bound(figures: dict[str, dict[str, Any]]) -> float | None:

@@ -29,6 +29,9 @@ READ_HELLO_PATH = "/read-hello"
 NAIVE_APP = "loadtests.naive_app:app"
 NAIVE_MODEL_ENV = "BENCH_NAIVE_MODEL"
 NAIVE_ONNX_APP = "loadtests.naive_onnx_app:app"
+# The bare onnxruntime handler (loadtests/naive_onnx_app.py) in the figures' keys
+# (single/naive-onnx/<model>): what P1 and P3 compare with.
+BARE = "naive-onnx"
 NAIVE_ONNX_ENV = "BENCH_NAIVE_ONNX"
 MONITORING_OFF_ENV = {"MODEL_SERVICE_METRICS": "false", "MODEL_SERVICE_REQUEST_LOG": "false"}
 # Answers name the backend that computed them once the compiled one is there; this
