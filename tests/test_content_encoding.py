@@ -108,3 +108,29 @@ def test_decode_stops_one_byte_past_the_limit():
     with pytest.raises(content_encoding.RequestEntityTooLarge):
         content_encoding.decode(gzip.compress(b"x" * 101), "gzip", 100)
     assert content_encoding.codings("identity, GZip ,deflate") == ["gzip", "deflate"]
+
+
+def test_a_plain_body_is_read_straight_with_the_same_limits_and_errors(client):
+    """Plain bodies skip Werkzeug's wrapped stream (content_encoding.DecodingRequest):
+    the answer, the 413 past the limit and the 400 for a body shorter than its
+    Content-Length are those of the wrapped stream."""
+    path = f"/v1/models/{IRIS}/predict"
+    plain = client.post(path, data=BODY, content_type="application/json")
+    assert plain.status_code == 200 and len(plain.get_json()["predictions"]) == 1
+    large = b'{"instances": [' + b" " * LIMIT + b"]}"
+    too_large = client.post(path, data=large, content_type="application/json")
+    assert too_large.status_code == 413
+    assert too_large.get_json()["error"]["code"] == "body_too_large"
+    short = client.post(
+        path,
+        data=BODY,
+        content_type="application/json",
+        environ_overrides={"CONTENT_LENGTH": str(len(BODY) + 10)},
+    )
+    assert short.status_code == 400
+    assert "error" in short.get_json()
+    # A Content-Length that is not a plain number is left to Werkzeug as before.
+    odd = client.post(
+        path, data=BODY, content_type="application/json", environ_overrides={"CONTENT_LENGTH": "²"}
+    )
+    assert 200 <= odd.status_code < 500

@@ -13,7 +13,7 @@ import zlib
 from typing import IO
 
 from flask import Flask, Request, request
-from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 from werkzeug.utils import cached_property
 
 from service.errors import BadRequest, UnsupportedMediaType
@@ -85,6 +85,39 @@ def _invalid(coding: str, reason: object) -> BadRequest:
 
 class DecodingRequest(Request):
     """A Flask request whose body stream is the decoded body."""
+
+    def get_data(  # type: ignore[override]
+        self, cache: bool = True, as_text: bool = False, parse_form_data: bool = False
+    ) -> bytes | str:
+        if not (cache or as_text or parse_form_data):
+            body = self._plain_body()
+            if body is not None:
+                return body
+        return super().get_data(cache, as_text, parse_form_data)
+
+    def _plain_body(self) -> bytes | None:
+        """The body read straight from the server's input when nothing stands in between:
+        no Content-Encoding, no chunks, a Content-Length within the limit, a stream nobody
+        has read. Werkzeug's wrapped stream would read the same bytes, at a dozen µs more a
+        request; anything else (a limit to enforce, a coding to undo) goes through it."""
+        environ = self.environ
+        length = environ.get("CONTENT_LENGTH")
+        if (
+            not length
+            or not (length.isascii() and length.isdigit())
+            or "stream" in self.__dict__
+            or environ.get("HTTP_CONTENT_ENCODING")
+            or environ.get("HTTP_TRANSFER_ENCODING")
+        ):
+            return None
+        size = int(length)
+        limit = self.max_content_length
+        if limit is not None and size > limit:
+            return None
+        data = environ["wsgi.input"].read(size)
+        if len(data) != size:
+            raise ClientDisconnected()  # what Werkzeug's stream raises for a short body
+        return data
 
     @cached_property
     def stream(self) -> IO[bytes]:
