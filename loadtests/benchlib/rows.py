@@ -254,7 +254,7 @@ def detail_rows(
         add(
             memory_key(workers, instances),
             "memory",
-            f"model-service, {workers}w on {instances} Gunicorn instance(s), P4 warm-up",
+            f"model-service, {workers}w in {instances} instance{'s' if instances > 1 else ''}",
             one_worker,
         )
     add("memory/service", "memory", f"model-service, {settings.workers}w, after the loads")
