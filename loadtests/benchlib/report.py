@@ -53,7 +53,7 @@ def format_row(row: dict[str, Any]) -> str:
         target = f"{'≥' if row['comparison'] == '>=' else '≤'} {row['target']:g}"
     result = {True: "pass", False: "FAIL", None: "-"}[row["passed"]] if row["goal"] else ""
     if row.get("bound") is not None:
-        result += f" (bound {row['bound']:.2f})"
+        result += f" ({row.get('bound_label', 'bound')} {row['bound']:.2f})"
     cells = [
         label,
         row["backend"],
