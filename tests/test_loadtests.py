@@ -138,10 +138,10 @@ def test_bench_quick_reports_every_goal_and_row(tmp_path):
         # P3: body intake and the backend on the same cores, ÷ the bare handler.
         if row["goal"].startswith(("P1", "P3", "P4")):
             assert_positive(row, "bound")
-            assert f"(bound {row['bound']:.2f})" in done.stdout
+            assert f"({row['bound_label']} {row['bound']:.2f})" in done.stdout
         else:
             assert row["bound"] is None
-    # P1's bound: the bare handler's CPU time per request, and the service's own work on top.
+    # P1's estimate: the bare handler's CPU time per request, the service's own work on top.
     for name in DEMO_MODEL_NAMES:
         p1 = by_goal[("P1", f"single/service/{name}")]
         per_request = results["settings"]["cpus"] / figures[f"single/naive-onnx/{name}"]["value"]
@@ -400,3 +400,28 @@ def test_request_cost_times_hello_the_naive_onnx_handler_and_each_model(trained_
     assert set(rows) == expected
     assert all(micros > 0 for micros, _ in rows.values())
     assert rows[("hello", "-")][1] == 0
+
+
+@pytest.mark.integration
+def test_upstream_socket_loads_hello_over_tcp_and_over_the_unix_socket(tmp_path):
+    # Nginx and wrk are required here, as .ci/run installs them.
+    results_path = tmp_path / "upstream.json"
+    command = [
+        sys.executable,
+        str(REPO_ROOT / "loadtests" / "upstream_socket.py"),
+        "--rounds",
+        "1",
+        "--duration",
+        "1",
+        "--json",
+        str(results_path),
+    ]
+    done = run_bounded(command, BENCH_TIMEOUT_S)
+    # The script itself checks, from Nginx's access log, that each load went its way.
+    assert done.returncode == 0, done.stdout + done.stderr
+    results = json.loads(results_path.read_text())
+    assert set(results["rates"]) == {"tcp", "unix"}
+    for way in ("tcp", "unix"):
+        assert len(results["rates"][way]) == 1
+        assert results["medians"][way] > 0
+    assert "unix ÷ tcp" in done.stdout
