@@ -82,7 +82,7 @@ BATCH_LOAD_S = 3
 BATCH_WARM_UP_REQUESTS = 4
 SINGLE_ROW_PROTOCOLS = (V2_JSON, V2_BINARY, MLFLOW_FORMAT)  # native: the P1 row itself
 BATCH_PROTOCOLS = (NATIVE_LISTS, NATIVE, V2_JSON, V2_BINARY, MLFLOW_FORMAT)
-BREAKDOWN_TIMEOUT_S = 300
+WORKER_LIKE_SCRIPT_TIMEOUT_S = 300
 # Single-row requests per figure of request_cost.py: about a second each.
 REQUEST_COST_REQUESTS = 3000
 
@@ -254,26 +254,35 @@ class Round:
                         "backend": SKLEARN_BACKEND,
                     }
 
+    def worker_like_script(self, script: str, options: list[str]) -> Any:
+        """A script of loadtests/ that times requests in a process set up as a worker
+        (Prometheus's multiprocess files, the request log to a file), run on this round's
+        store in a process of its own: what it wrote with --json."""
+        out = self.workdir / f"{Path(script).stem}-{self.number}.json"
+        command = [
+            sys.executable,
+            str(REPO_ROOT / "loadtests" / script),
+            "--store",
+            str(self.store_dir),
+            *options,
+            "--json",
+            str(out),
+        ]
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=WORKER_LIKE_SCRIPT_TIMEOUT_S
+        )
+        if done.returncode != 0:
+            raise BenchError(f"{script} failed: {done.stderr[-2000:]}")
+        return json.loads(out.read_text())
+
     def breakdown(self) -> None:
         """A 1,000-row request of each demo model, stage by stage, in a worker-like process
         of its own (loadtests/request_breakdown.py: Prometheus's multiprocess files, the
         request log to a file)."""
         progress("in-process: a 1,000-row request, stage by stage")
-        out = self.workdir / f"breakdown-{self.number}.json"
-        command = [
-            sys.executable,
-            str(REPO_ROOT / "loadtests" / "request_breakdown.py"),
-            "--store",
-            str(self.store_dir),
-            "--budget",
-            str(self.settings.repeat_budget_s),
-            "--json",
-            str(out),
-        ]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=BREAKDOWN_TIMEOUT_S)
-        if done.returncode != 0:
-            raise BenchError(f"request_breakdown.py failed: {done.stderr[-2000:]}")
-        for name, stages in json.loads(out.read_text()).items():
+        budget = ["--budget", str(self.settings.repeat_budget_s)]
+        found = self.worker_like_script("request_breakdown.py", budget)
+        for name, stages in found.items():
             for stage, value in stages.items():
                 if stage != "answer KiB":
                     self.figures[f"breakdown/{stage}/{name}"] = {"ms": value}
@@ -284,21 +293,9 @@ class Round:
         defaults and with metrics and the request log off. What the service adds to the
         bare handler here is work every request does in the worker, whatever the load."""
         progress("in-process: one single-row request, hello, bare handler and service")
-        out = self.workdir / f"request-cost-{self.number}.json"
-        command = [
-            sys.executable,
-            str(REPO_ROOT / "loadtests" / "request_cost.py"),
-            "--store",
-            str(self.store_dir),
-            "--requests",
-            str(REQUEST_COST_REQUESTS),
-            "--json",
-            str(out),
-        ]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=BREAKDOWN_TIMEOUT_S)
-        if done.returncode != 0:
-            raise BenchError(f"request_cost.py failed: {done.stderr[-2000:]}")
-        for row in json.loads(out.read_text()):
+        requests = ["--requests", str(REQUEST_COST_REQUESTS)]
+        found = self.worker_like_script("request_cost.py", requests)
+        for row in found:
             if row["who"] == "hello":
                 self.figures["request/hello"] = {"us": row["us"]}
                 continue
