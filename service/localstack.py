@@ -293,6 +293,7 @@ class LocalStack:
         gets its share with an odd count). One instance is listed twice: Nginx passes a
         request whose worker died to the next entry, the same instance, where another worker
         (or the one Gunicorn forks in the dead one's place) takes it from the backlog."""
+        # Each instance's last bind: its unix socket when it has one, else its port.
         servers = [
             f"{self._gunicorn_binds(name)[-1]} weight={count}"
             for name, count in self.instance_workers().items()
