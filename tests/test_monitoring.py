@@ -664,6 +664,41 @@ def test_small_matrices_are_stacked_before_binning_and_large_ones_are_not():
     assert drift.count_bins(numeric_profile(), inputs) == expected
 
 
+def test_the_binner_counts_what_count_bins_counts_feature_by_feature():
+    """The flusher bins every numeric feature of a matrix at once: the same counts as one
+    feature at a time, with edges hit exactly, missing values, features of fewer bins, and
+    inputs that are not matrices (one array per feature) mixed in."""
+    rng = np.random.default_rng(7)
+    profiles = []
+    for index in range(6):
+        edges = np.sort(rng.normal(size=int(rng.integers(2, 13))))
+        profiles.append(
+            drift.FeatureProfile(
+                f"x{index}", index, numeric=True, edges=edges, counts=np.ones(len(edges) - 1)
+            )
+        )
+    binner = drift.Binner(profiles)
+    for _ in range(20):
+        inputs: list = []
+        for _ in range(int(rng.integers(1, 5))):
+            matrix = rng.normal(scale=2.0, size=(int(rng.integers(1, 150)), 6))
+            matrix[rng.random(matrix.shape) < 0.05] = np.nan
+            matrix[0] = [p.edges[rng.integers(0, len(p.edges))] for p in profiles]
+            inputs.append(list(matrix.T) if rng.random() < 0.3 else matrix)
+        expected = {p.name: drift.count_bins(p, inputs) for p in profiles}
+        assert binner.count(inputs) == {name: c for name, c in expected.items() if c}
+
+
+def test_the_binner_counts_categories_one_feature_at_a_time():
+    colour = drift.FeatureProfile("colour", 1, numeric=False, shares={"red": 0.5, "blue": 0.5})
+    size = numeric_profile()
+    columns = [np.array([0.5, 2.5, np.nan]), np.array(["red", "green", None], dtype=object)]
+    assert drift.Binner([size, colour]).count([columns]) == {
+        "x": {"0": 1, "2": 1, "missing": 1},
+        "colour": {"c:red": 1, "unseen": 1, "missing": 1},
+    }
+
+
 def test_category_shares_and_unseen_categories():
     profile = drift.FeatureProfile(
         "colour", 1, numeric=False, shares={"red": 0.5, "blue": 0.5}, fill_value="missing"

@@ -97,7 +97,7 @@ class Monitor(BufferedWriter):
         )
         self._init_buffer(FLUSH_INTERVAL, "monitoring-flusher", MAX_BUFFERED)
         self._random = random.Random()
-        self._profiles: dict[tuple[str, int], list[drift.FeatureProfile]] = {}
+        self._binners: dict[tuple[str, int], drift.Binner] = {}
         self._metadata: dict[tuple[str, int], dict[str, Any]] = {}
         self._pruned_minute: int | None = None
 
@@ -157,10 +157,10 @@ class Monitor(BufferedWriter):
                     lines_for(model, event.model_input, event.prediction, event.request_id, seconds)
                 )
         for (model, minute), model_inputs in inputs.items():
-            model_inputs = drift.combined(model_inputs)
-            for profile in self._feature_profiles(model.name, model.version, model.metadata):
-                for bin_, n in drift.count_bins(profile, model_inputs).items():
-                    counts[(model.name, model.version, profile.name, bin_, minute)] += n
+            binner = self._binner(model.name, model.version, model.metadata)
+            for feature, bins in binner.count(model_inputs).items():
+                for bin_, n in bins.items():
+                    counts[(model.name, model.version, feature, bin_, minute)] += n
         now_minute = int(time.time() // 60)
         prune = None
         if self._pruned_minute != now_minute:
@@ -173,10 +173,13 @@ class Monitor(BufferedWriter):
     def _feature_profiles(
         self, name: str, version: int, metadata: dict[str, Any]
     ) -> list[drift.FeatureProfile]:
+        return self._binner(name, version, metadata).profiles
+
+    def _binner(self, name: str, version: int, metadata: dict[str, Any]) -> drift.Binner:
         key = (name, version)
-        found = self._profiles.get(key)
+        found = self._binners.get(key)
         if found is None:
-            found = self._profiles[key] = drift.profiles(metadata)
+            found = self._binners[key] = drift.Binner(drift.profiles(metadata))
         return found
 
     # -- metadata of versions no longer loaded ------------------------------------
