@@ -19,7 +19,7 @@ from service.cli import main as modelctl
 from service.config import Settings
 from service.grpc.server import create_server
 from service.keys import KeyRing, digest
-from service.monitoring import drift, live, predlog
+from service.monitoring import drift, live, predlog, state
 from service.protocols.grpc import open_inference_pb2 as pb
 from service.protocols.grpc import open_inference_pb2_grpc as pb_grpc
 from service.training.demo import demo_specs
@@ -241,6 +241,29 @@ def test_retention_counts_rows_and_keeps_requests_whole(make_app):
         feedback(client, IRIS, {"request_id": "two-b", "index": 0, "label": "setosa"}).status_code
         == 200
     )
+
+
+def test_requests_of_many_rows_and_of_few_are_stored_alike(tmp_path):
+    """Long outputs take a statement step of their own: the join and the retention see
+    them as they see short ones, in the order they were served, NaN as null."""
+    long = state.OWN_STEP_ROWS
+    store = state.StateStore(tmp_path, prediction_retention=long + 2)
+    outputs = {
+        "short-1": [1.5],
+        "long": [float(i) for i in range(long - 1)] + [math.nan],
+        "short-2": ["setosa", "virginica"],
+    }
+    store.write_batch(
+        [("m", request_id, 3, values, 100.0) for request_id, values in outputs.items()], {}
+    )
+    keys = [("short-1", 0), ("long", 0), ("long", long - 2), ("long", long - 1), ("short-2", 1)]
+    # Retention: the newest long + 2 rows reach into "long"; "short-1" is gone.
+    assert store.served("m", keys) == {
+        ("long", 0): (3, 0.0),
+        ("long", long - 2): (3, float(long - 2)),
+        ("long", long - 1): (3, None),
+        ("short-2", 1): (3, "virginica"),
+    }
 
 
 @pytest.mark.parametrize(

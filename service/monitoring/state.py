@@ -131,11 +131,15 @@ FROM feedback AS f JOIN experiment_requests AS e
 """
 
 
+# Served outputs of a request this long are inserted by a statement step of their own.
+OWN_STEP_ROWS = 64
+
+
 def dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), allow_nan=False)
 
 
-def _batch_json(records: list[tuple[Any, ...]]) -> str:
+def _batch_json(records: list[Any]) -> str:
     # NaN is not JSON: stored as null, like a value the model could not give.
     return orjson.dumps(records, option=orjson.OPT_SERIALIZE_NUMPY).decode()
 
@@ -213,19 +217,29 @@ class StateStore:
             (rows_through,) = conn.execute(
                 "SELECT COALESCE(MAX(rows_through), 0) FROM served"
             ).fetchone()
-            records = []
+            few_rows, many_rows = [], []
             for model, request_id, version, outputs, seconds in requests:
                 rows_through += len(outputs)
-                records.append((model, request_id, version, outputs, rows_through, seconds))
-            # Each batch is one statement over a JSON array, not executemany: sqlite3 lets
-            # go of the GIL around every step, and a step per row would hand the GIL back
-            # and forth with the request threads hundreds of times a flush.
+                record = (model, request_id, version, outputs, rows_through, seconds)
+                (many_rows if len(outputs) >= OWN_STEP_ROWS else few_rows).append(record)
+            # Requests of a few rows go in one statement over a JSON array, not executemany:
+            # sqlite3 lets go of the GIL around every step, and a step per request would
+            # hand the GIL back and forth with the request thread hundreds of times a flush.
             conn.execute(
                 "INSERT OR REPLACE INTO served"
                 " (model, request_id, version, outputs, rows_through, time)"
                 " SELECT value ->> 0, value ->> 1, value ->> 2, value -> 3, value ->> 4,"
                 " value ->> 5 FROM json_each(?)",
-                (_batch_json(records),),
+                (_batch_json(few_rows),),
+            )
+            # A request of many rows takes a step of its own, its outputs written as JSON
+            # here: SQLite's JSON functions take three times as long to copy 1,000 outputs
+            # out of the array, and there are few such requests a flush.
+            conn.executemany(
+                "INSERT OR REPLACE INTO served"
+                " (model, request_id, version, outputs, rows_through, time)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [(*record[:3], _batch_json(record[3]), *record[4:]) for record in many_rows],
             )
             conn.execute(
                 "INSERT INTO drift_counts (model, version, feature, bin, minute, count)"
