@@ -36,6 +36,9 @@ class Prediction:
     predictions: list[Any]
     probabilities: list[list[float]] | None = None
     backend: str = SKLEARN  # which backend computed this prediction
+    # True when the backend saw every output finite in its own arrays, so the check of
+    # the lists (runtime.model.non_finite_rows) has nothing to find; None: not looked at.
+    finite: bool | None = None
 
 
 class BackendError(Exception):
@@ -132,29 +135,41 @@ class OnnxBackend:
                 raise BackendError("the ONNX graph gives no probabilities")
             # ONNX gives labels as int64 or strings: back to the classes' own values.
             self._labels = {label: label for label in to_list(classes)}
+            self._label_set = frozenset(self._labels)
+            # Text or integer classes come out of onnxruntime as they are: a membership
+            # check in C will do. Others (booleans) are mapped back to their own values.
+            self._labels_as_given = all(type(c) is str for c in self._labels) or all(
+                type(c) is int for c in self._labels
+            )
             self._width = len(classes)
 
     def run(self, values: Any, with_proba: bool) -> Prediction:
         feed = self._feed(values)
         if not self._classification:
             (output,) = self.session.run(self._first_output, feed)
-            return Prediction(
-                output.reshape(-1).astype(np.float64, copy=False).tolist(), None, ONNXRUNTIME
-            )
+            values = output.reshape(-1).astype(np.float64, copy=False)
+            return Prediction(values.tolist(), None, ONNXRUNTIME, _all_finite(values))
         if with_proba:
             labels, probabilities = self.session.run(self._both_outputs, feed)
             if probabilities.ndim != 2 or probabilities.shape[1] != self._width:
                 raise BackendError(f"probabilities of shape {probabilities.shape}")
+            finite = _all_finite(probabilities)
             proba = probabilities.astype(np.float64, copy=False).tolist()
         else:
             (labels,) = self.session.run(self._first_output, feed)
-            proba = None
-        mapping = self._labels
-        try:
-            predicted = [mapping[label] for label in labels.reshape(-1).tolist()]
-        except KeyError as exc:
-            raise BackendError(f"label {exc.args[0]!r} is not one of the classes") from None
-        return Prediction(predicted, proba, ONNXRUNTIME)
+            proba, finite = None, True
+        predicted = labels.reshape(-1).tolist()
+        if self._labels_as_given:
+            if not self._label_set.issuperset(predicted):
+                unknown = next(label for label in predicted if label not in self._label_set)
+                raise BackendError(f"label {unknown!r} is not one of the classes")
+        else:
+            mapping = self._labels
+            try:
+                predicted = [mapping[label] for label in predicted]
+            except KeyError as exc:
+                raise BackendError(f"label {exc.args[0]!r} is not one of the classes") from None
+        return Prediction(predicted, proba, ONNXRUNTIME, finite)
 
     def _feed(self, values: Any) -> dict[str, np.ndarray]:
         if self.layout == "matrix":
@@ -186,3 +201,7 @@ def to_list(values: Any) -> list[Any]:
     if isinstance(values, np.ndarray):
         return values.tolist()
     return [v.item() if isinstance(v, np.generic) else v for v in values]
+
+
+def _all_finite(values: np.ndarray) -> bool:
+    return bool(np.isfinite(values).all())

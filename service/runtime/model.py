@@ -143,7 +143,9 @@ class LoadedModel:
             else:
                 if not non_finite_rows(prediction):
                     if not with_proba and prediction.probabilities is not None:
-                        prediction = Prediction(prediction.predictions, None, prediction.backend)
+                        prediction = Prediction(
+                            prediction.predictions, None, prediction.backend, prediction.finite
+                        )
                     return prediction
                 self._fell_back("NaN or infinite outputs")
         # The pickle computes in float64, and scikit-learn's input checks at each step of a
@@ -330,6 +332,8 @@ TOO_LARGE_FOR_SKLEARN = "infinity or a value too large"
 def non_finite_rows(prediction: Prediction) -> list[int]:
     """The instances whose regression value or probabilities are NaN or infinite. A sum
     in C over all outputs answers the usual case: finite, so every term is."""
+    if prediction.finite:
+        return []
     bad: set[int] = set()
     values = prediction.predictions
     if values and isinstance(values[0], float):
