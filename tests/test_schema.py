@@ -467,3 +467,41 @@ def test_a_float_matrix_is_accepted_on_a_finite_sum_and_otherwise_checked_whole(
             FLOATS.to_array(rows, may_hold_booleans=may_hold_booleans)
         assert caught.value.details[0]["instance"] == 1
         assert problem in caught.value.details[0]["problem"]
+
+
+def test_lists_of_numbers_become_a_matrix_in_one_numpy_call():
+    rows = [[5.1, 3.5, 2], [4, 3, 0]]
+    np.testing.assert_array_equal(
+        NUMERIC.from_number_lists(rows), np.array([[5.1, 3.5, 2.0], [4.0, 3.0, 0.0]])
+    )
+    assert FLOATS.from_number_lists([[1.0, 2.0]]).dtype == np.float64
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [
+        [[5.1, "3.5", 2]],
+        [[5.1, None, 2]],
+        [[5.1, [3.5], 2]],
+        [[5.1, {"a": 1}, 2]],
+        [[5.1, 10**400, 2]],
+        [[5.1, 3.5, 2], [5.1, 3.5]],
+        [[5.1, 3.5]],
+        [[5.1, 3.5, 2, 1]],
+        [[5.1, math.inf, 2]],
+        [[5.1, math.nan, 2]],
+        [[5.1, 3.5, 2.5]],  # petals is an integer feature
+        [[5.1, 3.5, 2], {"sepal_length": 5.1, "sepal_width": 3.5, "petals": 2}],
+        [{"sepal_length": 5.1, "sepal_width": 3.5, "petals": 2}],
+        [[[5.1, 3.5, 2]]],
+        [],
+    ],
+)
+def test_anything_but_lists_of_valid_numbers_is_left_to_the_checks_that_name_it(rows):
+    """None sends the instances to the checks that say which instance and feature is
+    wrong; a matrix here would serve them."""
+    assert NUMERIC.from_number_lists(rows) is None
+
+
+def test_a_model_of_categories_takes_no_matrix():
+    assert MIXED.from_number_lists([[1.0, 2.0, 3.0]]) is None

@@ -117,6 +117,10 @@ class LoadedModel:
         Raises InvalidInput."""
         if isinstance(instances, np.ndarray):
             return self.schema.from_matrix(instances)
+        if not may_hold_booleans:
+            matrix = self.schema.from_number_lists(instances)
+            if matrix is not None:
+                return matrix
         rows = self.schema.rows(instances)
         return self.schema.to_array(rows, may_hold_booleans=may_hold_booleans)
 

@@ -136,6 +136,23 @@ class InputSchema:
                 return values
         return self.to_array(self.rows(matrix.tolist()))
 
+    def from_number_lists(self, instances: list[Any]) -> np.ndarray | None:
+        """The float matrix of instances given as lists of numbers, when numpy alone
+        shows them valid; None for anything else, which the checks that name each problem
+        then look at. For JSON with no true or false in it (a boolean would be taken for
+        a number here): numpy's own look at the values' types is the check, a matrix of
+        numbers comes out only when every instance is a list of as many numbers."""
+        if not self.all_numeric or not instances or type(instances[0]) is not list:
+            return None
+        try:
+            matrix = np.array(instances)
+        except (ValueError, TypeError, OverflowError):
+            return None  # ragged, or values numpy cannot take
+        if matrix.ndim != 2 or matrix.shape[1] != self.width or matrix.dtype.kind not in "fi":
+            return None  # text, null, objects or nested lists among the values
+        values = matrix.astype(np.float64, copy=False)
+        return values if self._valid_matrix(values) else None
+
     # -- numeric fast path ---------------------------------------------------
 
     def _numeric_matrix(self, rows: list[Sequence[Any]], may_hold_booleans: bool) -> np.ndarray:
