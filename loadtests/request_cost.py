@@ -40,9 +40,11 @@ from typing import Any
 import orjson
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-HELLO_PATH = "/predict-hello"
-NAIVE_PATH = "/predict"
-NAIVE_ONNX_ENV = "BENCH_NAIVE_ONNX"
+sys.path.insert(0, str(REPO_ROOT))  # run as a script: loadtests.benchlib, as the tests import it
+
+from loadtests.benchlib.payloads import NAIVE_PATH  # noqa: E402
+from loadtests.benchlib.stacks import HELLO_PATH, NAIVE_ONNX_ENV  # noqa: E402
+
 WARM_UP_REQUESTS = 200
 # Each contender: (who, in --json; its settings, in the table). The service's come with
 # the settings of its app.
@@ -191,7 +193,6 @@ def run(
     store_dir: Path, requests: int, state_dir: Path, evict_mib: int = 0
 ) -> list[tuple[str, tuple[str, str], float]]:
     """(request, (who, settings), µs per request) for each."""
-    sys.path.insert(0, str(REPO_ROOT))
     from loadtests.hello_app import create_app as create_hello
     from service import create_app
 
