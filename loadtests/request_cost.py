@@ -43,13 +43,14 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # run as a script: loadtests.benchlib, as the tests import it
 
 from loadtests.benchlib.payloads import NAIVE_PATH  # noqa: E402
+from loadtests.benchlib.stacks import BARE as BARE_KEY  # noqa: E402
 from loadtests.benchlib.stacks import HELLO_PATH, NAIVE_ONNX_ENV  # noqa: E402
 
 WARM_UP_REQUESTS = 200
 # Each contender: (who, in --json; its settings, in the table). The service's come with
 # the settings of its app.
 HELLO = ("hello", "-")
-BARE = ("bare", "naive handler on onnxruntime")
+BARE = (BARE_KEY, "naive handler on onnxruntime")
 VARIANTS = {
     ("service", "defaults"): {},
     ("monitoring-off", "metrics and request log off"): {"metrics": False, "request_log": False},

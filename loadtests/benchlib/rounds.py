@@ -299,10 +299,8 @@ class Round:
             if row["who"] == "hello":
                 self.figures["request/hello"] = {"us": row["us"]}
                 continue
-            # request_cost.py's "bare" is the bare handler; "service" and "monitoring-off"
-            # are the stacks' own names.
-            who = BARE if row["who"] == "bare" else row["who"]
-            self.figures[f"request/{who}/{row['request']}"] = {
+            # Named as the stacks are: the bare handler, "service" and "monitoring-off".
+            self.figures[f"request/{row['who']}/{row['request']}"] = {
                 "us": row["us"],
                 "cores": os.cpu_count(),
             }
