@@ -226,7 +226,7 @@ class Binner:
         matrices = [m for m in model_inputs if _is_float_matrix(m)]
         others = [m for m in model_inputs if not _is_float_matrix(m)]
         found: dict[str, dict[str, int]] = {profile.name: {} for profile in self.profiles}
-        binned_here = matrices and self._numeric
+        binned_here = bool(matrices and self._numeric)
         if binned_here:
             totals = sum(self._count_matrix(matrix) for matrix in matrices)
             for profile, counts in zip(self._numeric, totals.tolist(), strict=True):
