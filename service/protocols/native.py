@@ -12,6 +12,7 @@ import re
 import sys
 from typing import Any
 
+import numpy as np
 import orjson
 
 from service import safejson
@@ -287,9 +288,22 @@ def encode_prediction(
     if assignment is not None:
         body["experiment"] = experiment_fields(assignment)
     body["predictions"] = prediction.predictions
-    if prediction.probabilities is not None:
-        body["probabilities"] = prediction.probabilities
+    if prediction.probability_array is not None:
+        body["probabilities"] = json_probabilities(prediction)
         body["classes"] = model.classes
     body["backend"] = prediction.backend
     body["request_id"] = request_id
     return body
+
+
+def json_probabilities(prediction: Prediction) -> Any:
+    """The probabilities for the JSON answer: the backend's own array where orjson writes
+    it directly (a C-contiguous float32 or float64 matrix; float32 with the digits a
+    float32 holds), else the lists."""
+    array = prediction.probability_array
+    if array.dtype in _JSON_FLOATS and array.flags.c_contiguous:
+        return array
+    return prediction.probabilities
+
+
+_JSON_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))

@@ -14,7 +14,6 @@ dtypes, the outputs to ask for, the map from ONNX labels back to the model's cla
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import numpy as np
@@ -31,14 +30,64 @@ _ONNX_DTYPES = {
 }
 
 
-@dataclasses.dataclass
 class Prediction:
-    predictions: list[Any]
-    probabilities: list[list[float]] | None = None
-    backend: str = SKLEARN  # which backend computed this prediction
-    # True when the backend saw every output finite in its own arrays, so the check of
-    # the lists (runtime.model.non_finite_rows) has nothing to find; None: not looked at.
-    finite: bool | None = None
+    """One call's outputs: labels or values as plain Python values, and for classifiers
+    asked for them, the probabilities.
+
+    A backend hands its probabilities over as the array it computed them in (float32
+    from onnxruntime, float64 from scikit-learn). The answer writes that array as it is
+    (orjson writes a float32 with the digits a float32 holds), so a request pays neither
+    for turning it into lists nor for seventeen digits of float32 noise per value; the
+    lists are made only when something reads ``probabilities``.
+    """
+
+    __slots__ = ("_probability_lists", "backend", "finite", "predictions", "probability_array")
+
+    def __init__(
+        self,
+        predictions: list[Any],
+        probabilities: np.ndarray | list[list[float]] | None = None,
+        backend: str = SKLEARN,  # which backend computed this prediction
+        # True when the backend saw every output finite in its own arrays, so the check
+        # of the outputs (runtime.model.non_finite_rows) has nothing to find; None: not
+        # looked at.
+        finite: bool | None = None,
+    ):
+        self.predictions = predictions
+        if probabilities is not None and not isinstance(probabilities, np.ndarray):
+            probabilities = np.asarray(probabilities, dtype=np.float64)
+        self.probability_array = probabilities
+        self._probability_lists: list[list[float]] | None = None
+        self.backend = backend
+        self.finite = finite
+
+    @property
+    def probabilities(self) -> list[list[float]] | None:
+        """The probabilities as lists of Python floats, one list per instance."""
+        if self._probability_lists is None and self.probability_array is not None:
+            self._probability_lists = self.probability_array.astype(np.float64, copy=False).tolist()
+        return self._probability_lists
+
+    def without_probabilities(self) -> Prediction:
+        return Prediction(self.predictions, None, self.backend, self.finite)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Prediction):
+            return NotImplemented
+        return (
+            self.predictions == other.predictions
+            and self.probabilities == other.probabilities
+            and self.backend == other.backend
+            and self.finite == other.finite
+        )
+
+    __hash__ = None  # mutable: never a key
+
+    def __repr__(self) -> str:
+        return (
+            f"Prediction({self.predictions!r}, {self.probabilities!r}, {self.backend!r}, "
+            f"{self.finite!r})"
+        )
 
 
 class BackendError(Exception):
@@ -73,7 +122,7 @@ class SklearnBackend:
             # argmax over predict_proba is what predict does for sklearn classifiers,
             # but not for every estimator: ask predict itself to stay exact.
             labels = self.estimator.predict(model_input)
-            return Prediction(to_list(labels), probabilities.tolist(), SKLEARN)
+            return Prediction(to_list(labels), probabilities, SKLEARN)
         return Prediction(to_list(self.estimator.predict(model_input)), None, SKLEARN)
 
 
@@ -154,7 +203,7 @@ class OnnxBackend:
             if probabilities.ndim != 2 or probabilities.shape[1] != self._width:
                 raise BackendError(f"probabilities of shape {probabilities.shape}")
             finite = _all_finite(probabilities)
-            proba = probabilities.astype(np.float64, copy=False).tolist()
+            proba = probabilities
         else:
             (labels,) = self.session.run(self._first_output, feed)
             proba, finite = None, True

@@ -10,7 +10,6 @@ golden example recorded at training time through it.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import time
@@ -146,10 +145,8 @@ class LoadedModel:
                 self._fell_back(f"{type(exc).__name__}: {str(exc).partition(chr(10))[0]}")
             else:
                 if not non_finite_rows(prediction):
-                    if not with_proba and prediction.probabilities is not None:
-                        prediction = Prediction(
-                            prediction.predictions, None, prediction.backend, prediction.finite
-                        )
+                    if not with_proba and prediction.probability_array is not None:
+                        prediction = prediction.without_probabilities()
                     return prediction
                 self._fell_back("NaN or infinite outputs")
         # The pickle computes in float64, and scikit-learn's input checks at each step of a
@@ -318,8 +315,9 @@ class LoadedModel:
             same = got.predictions == expected
         else:
             same = np.allclose(got.predictions, expected, **tolerance)
-        if same and golden.get("probabilities") is not None and got.probabilities is not None:
-            same = np.allclose(got.probabilities, golden["probabilities"], **tolerance)
+        probabilities = got.probability_array
+        if same and golden.get("probabilities") is not None and probabilities is not None:
+            same = np.allclose(probabilities, golden["probabilities"], **tolerance)
         if same:
             return None
         return (
@@ -350,9 +348,11 @@ def non_finite_rows(prediction: Prediction) -> list[int]:
             bad.update(
                 i for i, v in enumerate(values) if not (isinstance(v, float) and math.isfinite(v))
             )
-    probabilities = prediction.probabilities
-    if probabilities and not math.isfinite(sum(itertools.chain.from_iterable(probabilities))):
-        bad.update(i for i, row in enumerate(probabilities) if not all(map(math.isfinite, row)))
+    probabilities = prediction.probability_array
+    if probabilities is not None:
+        finite_rows = np.isfinite(probabilities).all(axis=1)
+        if not finite_rows.all():
+            bad.update(np.flatnonzero(~finite_rows).tolist())
     return sorted(bad)
 
 

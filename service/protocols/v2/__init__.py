@@ -393,9 +393,9 @@ def output_tensors(model: LoadedModel, prediction: Prediction, names: list[str])
                 data = np.asarray(values, dtype=_DTYPES[datatype])
             tensors.append(Tensor(name, datatype, [len(values)], data))
         elif name == OUTPUT_PROBA:
-            if prediction.probabilities is None:
+            if prediction.probability_array is None:
                 raise ValueError(f"{model.name}: the prediction carries no probabilities")
-            data = np.asarray(prediction.probabilities, dtype=np.float64)
+            data = prediction.probability_array.astype(np.float64, copy=False)
             tensors.append(Tensor(name, "FP64", list(data.shape), data))
         else:
             raise ValueError(f"{model.name}: no output named {name!r}")
