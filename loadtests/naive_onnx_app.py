@@ -10,6 +10,10 @@ is the most it can reach; what lies between the two is the cost of that work. Se
 exactly like model-service:
 
     LocalStack(app="loadtests.naive_onnx_app:app", extra_env={"BENCH_NAIVE_ONNX": path}, ...)
+
+With BENCH_NAIVE_ONNX_PROBABILITIES=1 it also asks a classifier's graph for its
+probabilities and answers them as the service does (``"probabilities": [[...], ...]``,
+written from onnxruntime's array): the service's answer at the bare handler's cost.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from flask import Flask, Response, request
 from loadtests.hello_app import add_health_routes
 
 MODEL_PATH_ENV = "BENCH_NAIVE_ONNX"
+PROBABILITIES_ENV = "BENCH_NAIVE_ONNX_PROBABILITIES"
 
 # One thread per worker, as the service runs its sessions.
 options = onnxruntime.SessionOptions()
@@ -34,8 +39,9 @@ with open(os.environ[MODEL_PATH_ENV], "rb") as handle:
         handle.read(), options, providers=["CPUExecutionProvider"]
     )
 input_name = session.get_inputs()[0].name
-# The labels (or values) only: the first output.
-output_names = [session.get_outputs()[0].name]
+# The labels (or values) only: the first output; with probabilities, the second too.
+with_probabilities = os.environ.get(PROBABILITIES_ENV) == "1" and len(session.get_outputs()) > 1
+output_names = [output.name for output in session.get_outputs()[: 1 + with_probabilities]]
 
 app = Flask("naive-onnx")
 
@@ -43,11 +49,13 @@ app = Flask("naive-onnx")
 @app.post("/predict")
 def predict():
     rows = np.asarray(orjson.loads(request.get_data(cache=False))["instances"], dtype=np.float64)
-    [labels] = session.run(output_names, {input_name: rows})
-    labels = labels.reshape(-1)
+    outputs = session.run(output_names, {input_name: rows})
+    labels = outputs[0].reshape(-1)
     # orjson writes numeric arrays itself; string labels come as Python strings.
-    predictions = labels.tolist() if labels.dtype == object else labels
-    body = orjson.dumps({"predictions": predictions}, option=orjson.OPT_SERIALIZE_NUMPY)
+    answer = {"predictions": labels.tolist() if labels.dtype == object else labels}
+    if with_probabilities:
+        answer["probabilities"] = outputs[1]
+    body = orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY)
     return Response(body, mimetype="application/json")
 
 

@@ -86,6 +86,8 @@ def expected_rows() -> set[str]:
         keys |= {f"breakdown/{stage}/{name}" for stage in stages}
         keys.add(f"memory/naive/{name}")
         keys |= {f"request/{who}/{name}" for who in ("naive-onnx", "service", "monitoring-off")}
+    # The bare handler answering probabilities too: the classifiers only.
+    keys |= {f"batch/naive-onnx-probabilities/{name}" for name in (IRIS, CANCER)}
     keys |= {"memory/service-1w", "memory/service-4w", "memory/service", "memory/hello"}
     keys |= {"memory/service-4w-1i", "memory/service-2w-2i", "request/hello"}
     return keys
@@ -150,6 +152,15 @@ def test_bench_quick_reports_every_goal_and_row(tmp_path):
             - figures[f"request/naive-onnx/{name}"]["value"]
         )
         assert p1["bound"] == pytest.approx(per_request / (per_request + max(own, 0) / 1e6))
+    # P3 native's bound for a classifier: the lower of intake plus backend, and the bare
+    # handler answering probabilities as the service does, over the bare handler.
+    for name in (IRIS, CANCER):
+        p3 = by_goal[("P3 native", f"batch/native-lists/{name}")]
+        bare = figures[f"batch/naive-onnx/{name}"]["value"]
+        answering = figures[f"batch/naive-onnx-probabilities/{name}"]["value"] / bare
+        assert p3["bound"] <= answering + 1e-9
+        if p3["bound_label"] == "bound, answering probabilities":
+            assert p3["bound"] == pytest.approx(answering)
     # P4's bound: 1 worker on each of two Gunicorn instances, over 1 worker.
     p4 = by_goal[("P4", "memory/service-4w")]
     floor = figures["memory/service-2w-2i"]["value"] / figures["memory/service-1w"]["value"]

@@ -131,6 +131,8 @@ class DemoPayload:
     features: list[str]
     pickle_path: Path
     onnx_path: Path | None  # the compiled form, when it passed parity at publish
+    # A classifier with predict_proba: the service's answer carries its probabilities.
+    answers_probabilities: bool
 
     def matrix(self, rows: int) -> list[list[Any]]:
         return [[instance[f] for f in self.features] for instance in self.instances[:rows]]
@@ -165,7 +167,10 @@ def demo_payloads(store: ModelStore) -> list[DemoPayload]:
         onnx = onnx_backend(metadata)
         onnx_path = version_dir / onnx["file"] if onnx.get("available") else None
         pickle_path = version_dir / metadata["artifact"]["file"]
-        payloads.append(DemoPayload(demo.name, version, instances, names, pickle_path, onnx_path))
+        with_proba = metadata["task"] == "classification"  # the demo classifiers all have it
+        payloads.append(
+            DemoPayload(demo.name, version, instances, names, pickle_path, onnx_path, with_proba)
+        )
     return payloads
 
 

@@ -46,6 +46,7 @@ from .settings import LOOPBACK, REPO_ROOT, BenchError, BenchSettings, progress
 from .stacks import (
     BACKEND_ENV,
     BARE,
+    BARE_WITH_PROBABILITIES,
     HELLO_APP,
     HELLO_PATH,
     MONITORING_OFF_ENV,
@@ -53,6 +54,7 @@ from .stacks import (
     NAIVE_MODEL_ENV,
     NAIVE_ONNX_APP,
     NAIVE_ONNX_ENV,
+    NAIVE_ONNX_PROBABILITIES_ENV,
     PARSE_HELLO_PATH,
     READ_HELLO_PATH,
     STACK_READY_TIMEOUT_S,
@@ -372,6 +374,14 @@ class Round:
                     self.load(f"single/{BARE}/{payload.name}", stack.url, single)
                     batch = naive_request(payload, BATCH_ROWS)
                     self.batch(f"batch/{BARE}/{payload.name}", stack.url, batch)
+                if payload.answers_probabilities:
+                    # The same handler and call, answering what the service answers.
+                    env = {**env, NAIVE_ONNX_PROBABILITIES_ENV: "1"}
+                    name = f"{BARE_WITH_PROBABILITIES}-{payload.name}"
+                    with self.stack(name, app=NAIVE_ONNX_APP, env=env) as stack:
+                        batch = naive_request(payload, BATCH_ROWS)
+                        key = f"batch/{BARE_WITH_PROBABILITIES}/{payload.name}"
+                        self.batch(key, stack.url, batch)
 
     def service(self) -> None:
         iris = self.payloads[IRIS]

@@ -33,6 +33,10 @@ NAIVE_ONNX_APP = "loadtests.naive_onnx_app:app"
 # (single/naive-onnx/<model>): what P1 and P3 compare with.
 BARE = "naive-onnx"
 NAIVE_ONNX_ENV = "BENCH_NAIVE_ONNX"
+# The same handler answering the classifier's probabilities too, as the service does
+# (batch/naive-onnx-probabilities/<model>): what P3 native can reach with that answer.
+BARE_WITH_PROBABILITIES = "naive-onnx-probabilities"
+NAIVE_ONNX_PROBABILITIES_ENV = "BENCH_NAIVE_ONNX_PROBABILITIES"
 MONITORING_OFF_ENV = {"MODEL_SERVICE_METRICS": "false", "MODEL_SERVICE_REQUEST_LOG": "false"}
 # Answers name the backend that computed them once the compiled one is there; this
 # setting forces the unpickled estimator.
