@@ -34,11 +34,12 @@ class Prediction:
     """One call's outputs: labels or values as plain Python values, and for classifiers
     asked for them, the probabilities.
 
-    A backend hands its probabilities over as the array it computed them in (float32
-    from onnxruntime, float64 from scikit-learn). The answer writes that array as it is
-    (orjson writes a float32 with the digits a float32 holds), so a request pays neither
-    for turning it into lists nor for seventeen digits of float32 noise per value; the
-    lists are made only when something reads ``probabilities``.
+    A backend hands its probabilities over as the array it computed them in (float64
+    from scikit-learn and from a form converted in double, float32 from one converted in
+    float). The answer writes that array as it is (orjson writes a float32 with the
+    digits a float32 holds), so a request pays neither for turning it into lists nor for
+    seventeen digits of float32 noise per value; the lists are made only when something
+    reads ``probabilities``.
     """
 
     __slots__ = ("_probability_lists", "backend", "finite", "predictions", "probability_array")
