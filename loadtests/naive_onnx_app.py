@@ -41,7 +41,8 @@ with open(os.environ[MODEL_PATH_ENV], "rb") as handle:
 input_name = session.get_inputs()[0].name
 # The labels (or values) only: the first output; with probabilities, the second too.
 with_probabilities = os.environ.get(PROBABILITIES_ENV) == "1" and len(session.get_outputs()) > 1
-output_names = [output.name for output in session.get_outputs()[: 1 + with_probabilities]]
+answered = session.get_outputs()[:2] if with_probabilities else session.get_outputs()[:1]
+output_names = [output.name for output in answered]
 
 app = Flask("naive-onnx")
 

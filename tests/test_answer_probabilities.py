@@ -27,8 +27,13 @@ def _rows(dtype) -> np.ndarray:
 
 def test_float64_probabilities_are_written_as_the_lists_would_be():
     array = _rows(np.float64)
-    from_array = _answer(Prediction(["a"] * 50, array, ONNXRUNTIME, True))
-    from_lists = _answer(Prediction(["a"] * 50, array.tolist(), ONNXRUNTIME, True))
+    prediction = Prediction(["a"] * 50, array, ONNXRUNTIME, True)
+    from_array = _answer(prediction)
+    # The body as it was written from lists of Python floats.
+    body = native.encode_prediction(_Model(), prediction, "r1")
+    body["probabilities"] = array.tolist()
+    with Flask(__name__).app_context():
+        from_lists = json_response(body).get_data()
     assert from_array == from_lists
     assert orjson.loads(from_array)["probabilities"] == array.tolist()
 
