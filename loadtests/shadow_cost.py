@@ -20,6 +20,14 @@ and the median over the rounds of each round's p99 with ÷ without (target ≤ 1
 ratio of neighbours in time, so a drift of the machine's speed weighs on both alike. The
 shadow runs and drops /metrics counted meanwhile show the candidate ran; drops are how a
 candidate slower than the traffic is kept off the primary.
+
+Each load also reports the worker restarts (``max_requests``) that fell inside it: a
+restart leaves its instance a worker short for tens of milliseconds, which the load's p99
+shows. The ratio compares the shadow's cost only when both arms saw as many. Under the
+service's own max_requests (20,000 ± 10 %) a worker restarts about once per round of three
+8 s loads, in the same place each round, so one arm can take every restart:
+``--max-requests 0`` (never) or one small enough for several in every load (``make
+bench-shadow`` runs 2,000) keeps the arms even, and the report says when they are not.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import statistics
 import sys
 import time
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 from benchlib.payloads import IRIS, NATIVE, Request, service_request
@@ -63,6 +72,9 @@ SETTLED_POLLS = 3
 START_TIMEOUT_S = 120.0
 EXPERIMENT_HEADER = "X-Experiment-Id"
 COUNTERS = ("model_service_shadow_runs_total", "model_service_shadow_dropped_total")
+# What a sync worker logs when it reaches max_requests and is about to be replaced.
+RESTART_LINE = b"Autorestarting worker"
+UNEVEN = " — NOT EVEN: the p99 ratio weighs the restarts as well as the shadow"
 
 
 def parse_args(argv: list[str] | None) -> tuple[BenchSettings, argparse.Namespace]:
@@ -78,7 +90,7 @@ def parse_args(argv: list[str] | None) -> tuple[BenchSettings, argparse.Namespac
         default=None,
         help="Gunicorn's max_requests for the stack (MODEL_SERVICE_MAX_REQUESTS; 0: workers "
         "never restart). Default: the service's own (20,000 ± 10 %%), under which each "
-        "worker restarts about every half minute at this load.",
+        "worker restarts about once per round, so the arms rarely see as many restarts.",
     )
     parser.add_argument(
         "--control",
@@ -125,6 +137,28 @@ def counters(base_url: str, candidate: str) -> dict[str, float]:
         if f'model="{IRIS}"' in match[2] and f'candidate="{candidate}"' in match[2]:
             found[match[1]] += float(match[3])
     return found
+
+
+class RestartCounter:
+    """Worker restarts (max_requests) in a stack's Gunicorn log since the last call: a
+    restart leaves its instance a worker short for tens of milliseconds, which a load's p99
+    shows, so each load reports how many fell inside it."""
+
+    def __init__(self, log: Path):
+        self.log = log
+        self.offset = self._size()
+
+    def _size(self) -> int:
+        return self.log.stat().st_size if self.log.exists() else 0
+
+    def since_last(self) -> int:
+        with open(self.log, "rb") as stream:
+            stream.seek(self.offset)
+            text = stream.read()
+        # Up to the last whole line: the rest is counted next time.
+        text = text[: text.rfind(b"\n") + 1]
+        self.offset += len(text)
+        return text.count(RESTART_LINE)
 
 
 def wait_applied(base_url: str, request: Request, experiment_id: str) -> None:
@@ -210,6 +244,7 @@ def measure(settings: BenchSettings, args: argparse.Namespace) -> dict[str, Any]
         if args.max_requests is not None:
             env["MODEL_SERVICE_MAX_REQUESTS"] = str(args.max_requests)
         with one.stack("shadow", env=env) as stack:
+            restarts = RestartCounter(stack.runtime_dir / "gunicorn.log")
             peak = None
             for number in range(1, settings.rounds + 1):
                 # Alternated, so a drift of the machine's speed weighs on both alike.
@@ -226,11 +261,13 @@ def measure(settings: BenchSettings, args: argparse.Namespace) -> dict[str, Any]
                             peak = one.load("peak", stack.url, request)
                             progress(f"closed loop: {peak['requests_per_s']:.0f} req/s")
                         before = counters(stack.url, candidate)
+                        restarts.since_last()
                         rate = PACED_FRACTION * peak["requests_per_s"]
                         figures = one.load(f"{name}/{number}", stack.url, request, rate=rate)
                         after = counters(stack.url, candidate)
                         figures["shadow_runs"] = after[COUNTERS[0]] - before[COUNTERS[0]]
                         figures["shadow_dropped"] = after[COUNTERS[1]] - before[COUNTERS[1]]
+                        figures["restarts"] = restarts.since_last()
                         loads[name].append(figures)
                     finally:
                         store.stop_experiment(IRIS)
@@ -274,6 +311,11 @@ def measure(settings: BenchSettings, args: argparse.Namespace) -> dict[str, Any]
     }
 
 
+def restarts_even(with_shadow: int, without: int) -> bool:
+    """Whether the two arms saw about as many worker restarts (within a quarter, or one)."""
+    return abs(with_shadow - without) <= max(1, 0.25 * max(with_shadow, without))
+
+
 def render(results: dict[str, Any]) -> str:
     s = results["settings"]
     lines = [
@@ -289,7 +331,7 @@ def render(results: dict[str, Any]) -> str:
         f"load: {results['load_generator']['description']}",
         "",
         f"{'round':<7}{'shadow':<9}{'req/s':>7}{'p50 ms':>9}{'p99 ms':>9}{'err':>5}"
-        f"{'shadow runs':>13}{'dropped':>9}{'p99 ratio':>11}",
+        f"{'shadow runs':>13}{'dropped':>9}{'restarts':>10}{'p99 ratio':>11}",
     ]
     names = [name for name in ("without", "with", "again") if results["loads"].get(name)]
     ratios = {"with": results["round_ratios"], "again": results.get("control_ratios", [])}
@@ -302,7 +344,7 @@ def render(results: dict[str, Any]) -> str:
                 f"{figures['requests_per_s']:>7.0f}{figures['p50_ms']:>9.2f}"
                 f"{figures['p99_ms']:>9.2f}{figures['errors']:>5}"
                 f"{figures['shadow_runs']:>13.0f}{figures['shadow_dropped']:>9.0f}"
-                + (f"{ratio:>11.3f}" if ratio is not None else "")
+                f"{figures['restarts']:>10}" + (f"{ratio:>11.3f}" if ratio is not None else "")
             )
     ratio = results["ratio"]
     lines += [
@@ -312,6 +354,12 @@ def render(results: dict[str, Any]) -> str:
         f"with ÷ without {ratio:.3f}, median of the rounds (target ≤ {results['target']:.2f}; "
         f"median p99 {results['p99_ms']['with']:.2f} vs {results['p99_ms']['without']:.2f} ms)",
     ]
+    restarts = {name: sum(f["restarts"] for f in results["loads"][name]) for name in names}
+    lines.append(
+        "    worker restarts during the loads: "
+        + ", ".join(f"{name} {count}" for name, count in restarts.items())
+        + ("" if restarts_even(restarts["with"], restarts["without"]) else UNEVEN)
+    )
     if results.get("control_ratio") is not None:
         lines.append(
             f"    control: p99 again without ÷ without {results['control_ratio']:.3f}, median "
