@@ -107,12 +107,13 @@ bench: $(INSTALLED)
 	$(MAKE) --no-print-directory bench-shadow
 
 # S: iris-classifier's p99 with an experiment's shadow (a candidate 50 ms a row, share 0.2)
-# over its p99 without, and a second load without as the measurement's own noise (--control),
-# ~3.5 minutes each: with workers that do not restart (the shadow's own cost), then with
-# workers restarting every 2,000 requests, several times in every load, so both arms see as
-# many restarts (under the service's 20,000 they fall in the same load of each round).
+# over its p99 without, and a second load without as the measurement's own noise (--control):
+# 8 rounds with workers that do not restart (the shadow's own cost; two loads without differ
+# by up to ±30 % round by round, so 4 rounds say little), ~6 minutes; then 4 with workers
+# restarting every 2,000 requests, several times in every load, so both arms see as many
+# restarts (under the service's 20,000 they fall in the same load of each round), ~3 minutes.
 bench-shadow: $(INSTALLED)
-	$(BIN)/python loadtests/shadow_cost.py --control --max-requests 0 --json loadtests/reports/shadow_cost.json
+	$(BIN)/python loadtests/shadow_cost.py --control --max-requests 0 --rounds 8 --json loadtests/reports/shadow_cost.json
 	$(BIN)/python loadtests/shadow_cost.py --control --max-requests 2000 --json loadtests/reports/shadow_cost_restarts.json
 
 # iris-classifier's single-row and 1,000-row loads under sync and gthread workers.
