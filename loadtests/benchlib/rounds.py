@@ -379,7 +379,7 @@ class Round:
                     env = {**env, NAIVE_ONNX_PROBABILITIES_ENV: "1"}
                     name = f"{BARE_WITH_PROBABILITIES}-{payload.name}"
                     with self.stack(name, app=NAIVE_ONNX_APP, env=env) as stack:
-                        batch = naive_request(payload, BATCH_ROWS)
+                        # The same 1,000-row body as the labels-only handler's.
                         key = f"batch/{BARE_WITH_PROBABILITIES}/{payload.name}"
                         self.batch(key, stack.url, batch)
 
