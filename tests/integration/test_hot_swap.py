@@ -70,6 +70,16 @@ def publish_copy(store: ModelStore, name: str, description: str) -> int:
     return store.publish(name, pickle_bytes, meta)
 
 
+def _lateness(traffic: Traffic, switched_at: float, until: float, wanted: int) -> str:
+    """Where the answers of the wrong version fell after a switch, to tell a slow switch
+    from one that never happened."""
+    late = [t - switched_at for t, v, _ in traffic.since(switched_at) if t < until and v != wanted]
+    return (
+        f"{len(late)} answers not of version {wanted} after the switch, the last "
+        f"{max(late, default=0):.2f} s after it (deadline {SWITCH_DEADLINE_SECONDS} s)"
+    )
+
+
 def test_promote_and_rollback_under_traffic(stack):
     store = ModelStore(stack.store)
     new_version = publish_copy(store, IRIS, "second version, for the swap test")
@@ -82,11 +92,13 @@ def test_promote_and_rollback_under_traffic(stack):
 
     with Traffic(url) as traffic:
         eventually(lambda: traffic.since(0), message="traffic flowing")
-        promoted_at = time.monotonic()
+        # The deadline counts from the moment the change is in the store: writing it
+        # (fsync of aliases.yaml and its history) can itself take a while on a busy disk.
         store.promote(IRIS, new_version, reason="hot swap test")
+        promoted_at = time.monotonic()
         eventually(lambda: settled(promoted_at), message="answers after the promotion settled")
-        rolled_back_at = time.monotonic()
         store.rollback(IRIS, reason="hot swap test")
+        rolled_back_at = time.monotonic()
         eventually(lambda: settled(rolled_back_at), message="answers after the rollback settled")
         ended_at = time.monotonic()
 
@@ -100,8 +112,10 @@ def test_promote_and_rollback_under_traffic(stack):
     settled_old = [
         v for t, v, _ in traffic.since(rolled_back_at + SWITCH_DEADLINE_SECONDS) if t < ended_at
     ]
-    assert settled_new and set(settled_new) == {new_version}
-    assert settled_old and set(settled_old) == {1}
+    assert settled_new and set(settled_new) == {new_version}, _lateness(
+        traffic, promoted_at, rolled_back_at, new_version
+    )
+    assert settled_old and set(settled_old) == {1}, _lateness(traffic, rolled_back_at, ended_at, 1)
     # No worker was restarted to get there.
     assert sorted(stack.worker_pids()) == workers
 
