@@ -21,23 +21,15 @@ from __future__ import annotations
 import os
 
 import numpy as np
-import onnxruntime
 import orjson
 from flask import Flask, Response, request
 
+from loadtests.benchlib.onnx_reference import open_session
 from loadtests.hello_app import add_health_routes
 
-MODEL_PATH_ENV = "BENCH_NAIVE_ONNX"
 PROBABILITIES_ENV = "BENCH_NAIVE_ONNX_PROBABILITIES"
 
-# One thread per worker, as the service runs its sessions.
-options = onnxruntime.SessionOptions()
-options.intra_op_num_threads = 1
-options.inter_op_num_threads = 1
-with open(os.environ[MODEL_PATH_ENV], "rb") as handle:
-    session = onnxruntime.InferenceSession(
-        handle.read(), options, providers=["CPUExecutionProvider"]
-    )
+session = open_session()
 input_name = session.get_inputs()[0].name
 # The labels (or values) only: the first output; with probabilities, the second too.
 with_probabilities = os.environ.get(PROBABILITIES_ENV) == "1" and len(session.get_outputs()) > 1

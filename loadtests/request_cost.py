@@ -4,10 +4,12 @@
 the cores; this script takes that away and times the Flask app alone, with a prebuilt
 WSGI environ, for the hello-world ceiling (loadtests/hello_app.py), the naive handler
 on onnxruntime (loadtests/naive_onnx_app.py: the same model call with none of the
-service's work) and a single-row request to each demo model, with the service's
-defaults and again with metrics and the request log off. The difference between a
-model's figure and hello's is what the service adds per request on top of Flask; the
-difference from the naive onnxruntime handler is what its own work costs.
+service's work), the same handler doing the duties P1 names (loadtests/duties_app.py:
+validation, metrics, request log, monitoring) and a single-row request to each demo
+model, with the service's defaults and again with metrics and the request log off. The
+difference between a model's figure and hello's is what the service adds per request on
+top of Flask; the difference from the naive onnxruntime handler is what its own work
+costs, and from the handler doing P1's duties, what it costs beyond them.
 
     .venv/bin/python loadtests/request_cost.py [--requests 3000] [--store DIR] [--evict-mib 6]
                                                [--json PATH]
@@ -33,6 +35,7 @@ import os
 import sys
 import tempfile
 import time
+import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -42,8 +45,10 @@ import orjson
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # run as a script: loadtests.benchlib, as the tests import it
 
+from loadtests.benchlib.onnx_reference import DUTIES_LOG_ENV  # noqa: E402
 from loadtests.benchlib.payloads import NAIVE_PATH  # noqa: E402
 from loadtests.benchlib.stacks import BARE as BARE_KEY  # noqa: E402
+from loadtests.benchlib.stacks import DUTIES as DUTIES_KEY  # noqa: E402
 from loadtests.benchlib.stacks import HELLO_PATH, NAIVE_ONNX_ENV  # noqa: E402
 
 WARM_UP_REQUESTS = 200
@@ -51,6 +56,7 @@ WARM_UP_REQUESTS = 200
 # the settings of its app.
 HELLO = ("hello", "-")
 BARE = (BARE_KEY, "naive handler on onnxruntime")
+DUTIES = (DUTIES_KEY, "the same doing P1's duties")
 VARIANTS = {
     ("service", "defaults"): {},
     ("monitoring-off", "metrics and request log off"): {"metrics": False, "request_log": False},
@@ -153,18 +159,17 @@ def naive_onnx_requests(store_dir: Path) -> dict[str, tuple[Path, bytes]]:
     return found
 
 
-def naive_onnx_app(onnx_path: Path) -> WsgiApp:
-    """loadtests/naive_onnx_app.py on one model.onnx: a module of its own per model,
-    since it loads its model when imported."""
+def reference_module(script: str, onnx_path: Path) -> types.ModuleType:
+    """loadtests/SCRIPT (naive_onnx_app.py, duties_app.py) on one model.onnx: a module of
+    its own per model, since it loads its model when imported."""
     os.environ[NAIVE_ONNX_ENV] = str(onnx_path)
     spec = importlib.util.spec_from_file_location(
-        f"naive_onnx_app_{onnx_path.parent.parent.name}",
-        REPO_ROOT / "loadtests" / "naive_onnx_app.py",
+        f"{Path(script).stem}_{onnx_path.parent.parent.name}", REPO_ROOT / "loadtests" / script
     )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.app
+    return module
 
 
 @contextlib.contextmanager
@@ -206,11 +211,14 @@ def run(
             microseconds_per_request(create_hello(), HELLO_PATH, largest, requests, evict_mib),
         )
     ]
-    # The reference of P1: the same onnxruntime call with none of the service's work.
+    # The reference of P1, the same onnxruntime call with none of the service's work; and
+    # its bound, that call with the duties P1 names done in about the least work.
+    os.environ[DUTIES_LOG_ENV] = str(state_dir.parent / "duties-requests.log")
     for name, (onnx_path, body) in naive_onnx_requests(store_dir).items():
-        app = naive_onnx_app(onnx_path)
-        micros = microseconds_per_request(app, NAIVE_PATH, body, requests, evict_mib)
-        results.append((name, BARE, micros))
+        for who, script in ((BARE, "naive_onnx_app.py"), (DUTIES, "duties_app.py")):
+            app = reference_module(script, onnx_path).app
+            micros = microseconds_per_request(app, NAIVE_PATH, body, requests, evict_mib)
+            results.append((name, who, micros))
     for variant, overrides in VARIANTS.items():
         app = create_app({"store": str(store_dir), "state_dir": str(state_dir), **overrides})
         try:

@@ -20,6 +20,7 @@ from service.runtime.model import LoadedModel, load
 from service.store import ModelStore
 
 from .loads import LoadGenerator
+from .onnx_reference import DUTIES_LOG_ENV
 from .payloads import (
     BATCH_ROWS,
     FOREST,
@@ -47,6 +48,8 @@ from .stacks import (
     BACKEND_ENV,
     BARE,
     BARE_WITH_PROBABILITIES,
+    DUTIES,
+    DUTIES_APP,
     HELLO_APP,
     HELLO_PATH,
     MONITORING_OFF_ENV,
@@ -291,9 +294,10 @@ class Round:
 
     def request_cost(self) -> None:
         """One single-row request through the WSGI app in a worker-like process of its own
-        (loadtests/request_cost.py): hello, the bare handler and the service, with its
-        defaults and with metrics and the request log off. What the service adds to the
-        bare handler here is work every request does in the worker, whatever the load."""
+        (loadtests/request_cost.py): hello, the bare handler, the same doing P1's duties,
+        and the service with its defaults and with metrics and the request log off. What
+        the service adds to the bare handler here is work every request does in the
+        worker, whatever the load."""
         progress("in-process: one single-row request, hello, bare handler and service")
         requests = ["--requests", str(REQUEST_COST_REQUESTS)]
         found = self.worker_like_script("request_cost.py", requests)
@@ -301,7 +305,8 @@ class Round:
             if row["who"] == "hello":
                 self.figures["request/hello"] = {"us": row["us"]}
                 continue
-            # Named as the stacks are: the bare handler, "service" and "monitoring-off".
+            # Named as the stacks are: the bare handler, its duties, "service" and
+            # "monitoring-off".
             self.figures[f"request/{row['who']}/{row['request']}"] = {
                 "us": row["us"],
                 "cores": os.cpu_count(),
@@ -374,6 +379,13 @@ class Round:
                     self.load(f"single/{BARE}/{payload.name}", stack.url, single)
                     batch = naive_request(payload, BATCH_ROWS)
                     self.batch(f"batch/{BARE}/{payload.name}", stack.url, batch)
+                # P1's bound: the same call doing the duties P1 names, at their least.
+                name = f"{DUTIES}-{payload.name}"
+                log = self.workdir / f"round-{self.number}" / f"{name}-requests.log"
+                log.parent.mkdir(parents=True, exist_ok=True)
+                duties_env = {**env, DUTIES_LOG_ENV: str(log)}
+                with self.stack(name, app=DUTIES_APP, env=duties_env) as stack:
+                    self.load(f"single/{DUTIES}/{payload.name}", stack.url, single)
                 if payload.answers_probabilities:
                     # The same handler and call, answering what the service answers.
                     env = {**env, NAIVE_ONNX_PROBABILITIES_ENV: "1"}

@@ -19,6 +19,7 @@ from service.store import ModelStore
 from service.training.demo import train_demo_models
 
 from .loads import LoadGenerator, check_loopback, choose_load_generator
+from .onnx_reference import MODEL_PATH_ENV
 from .payloads import DemoPayload, Request, check_answer, demo_payloads, send
 from .settings import REQUEST_TIMEOUT_S, BenchError, BenchSettings, progress
 
@@ -32,11 +33,16 @@ NAIVE_ONNX_APP = "loadtests.naive_onnx_app:app"
 # The bare onnxruntime handler (loadtests/naive_onnx_app.py) in the figures' keys
 # (single/naive-onnx/<model>): what P1 and P3 compare with.
 BARE = "naive-onnx"
-NAIVE_ONNX_ENV = "BENCH_NAIVE_ONNX"
+NAIVE_ONNX_ENV = MODEL_PATH_ENV
 # The same handler answering the classifier's probabilities too, as the service does
 # (batch/naive-onnx-probabilities/<model>): what P3 native can reach with that answer.
 BARE_WITH_PROBABILITIES = "naive-onnx-probabilities"
 NAIVE_ONNX_PROBABILITIES_ENV = "BENCH_NAIVE_ONNX_PROBABILITIES"
+# The bare handler doing the duties P1 names, validation, metrics, a request log and
+# monitoring, in about the least work (loadtests/duties_app.py): P1's bound
+# (single/naive-onnx-duties/<model>).
+DUTIES = "naive-onnx-duties"
+DUTIES_APP = "loadtests.duties_app:app"
 MONITORING_OFF_ENV = {"MODEL_SERVICE_METRICS": "false", "MODEL_SERVICE_REQUEST_LOG": "false"}
 # Answers name the backend that computed them once the compiled one is there; this
 # setting forces the unpickled estimator.
