@@ -8,7 +8,8 @@ and the same rows as JSON with ``--json``:
 Goals (each a ratio of two figures measured in this run, with its target):
   P1  single-row predictions of each demo model, req/s ÷ the bare onnxruntime handler
       (loadtests/naive_onnx_app.py: orjson in, one run, orjson out) on the same
-      model.onnx: ≥ 0.90, monitoring on (defaults)
+      model.onnx: ≥ 0.90, monitoring on (defaults); its bound, the same handler doing
+      P1's duties at their least (loadtests/duties_app.py), loaded in the same round
   P3  1,000-row requests, rows/s ÷ the same bare handler's on the same rows, per demo
       model: ≥ 0.85 with the native JSON API, ≥ 1.0 with the Open Inference Protocol v2
       binary tensor extension
