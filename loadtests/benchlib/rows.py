@@ -173,7 +173,7 @@ def detail_rows(
         add(naive, "single", f"naive {name}", hello, backend="pickle")
         label = f"bare onnxruntime handler, {name}"
         add(f"single/{BARE}/{name}", "single", label, hello, backend="onnxruntime")
-        label = f"bound: bare handler doing P1's duties, {name}"
+        label = f"bound: bare + P1's duties, {name}"
         bare = (f"single/{BARE}/{name}", "bare")
         add(f"single/{DUTIES}/{name}", "single", label, bare, backend="onnxruntime")
         add(f"single/service/{name}", "single", name, reference)
