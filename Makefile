@@ -99,7 +99,7 @@ protos: $(INSTALLED)
 		$(PROTO_DIR)/open_inference_pb2.py
 	sed -i 's/^from service\.protocols\.grpc import /from . import /' $(PROTO_DIR)/open_inference_pb2_grpc.py
 
-# The performance goals as one table (and JSON) from one run, ~5 minutes; BENCH_ARGS adds
+# The performance goals as one table (and JSON) from one run, ~8 minutes; BENCH_ARGS adds
 # options, e.g. BENCH_ARGS="--rounds 3" or "--worker-class gthread --threads 4". Then the
 # shadow row (bench-shadow).
 bench: $(INSTALLED)

@@ -28,7 +28,7 @@ from tests.fleet.test_ansible_static import EDGE_SETTINGS
 ROOT = Path(__file__).resolve().parent.parent
 BALANCER_DEFAULTS = ROOT / "deploy" / "ansible" / "roles" / "balancer" / "defaults" / "main.yml"
 # The highest single-row rate loadtests/bench.py has reached on one machine (docs/performance/
-# last-run.md: hello, the ceiling, 3,555 req/s on 2 cores), rounded up.
+# history.md: hello, the ceiling, 3,555 req/s on 2 cores), rounded up.
 BENCH_PEAK_REQUESTS_PER_S = 4_000
 # How far above that peak the default rate limit stays, so a faster machine's benchmark
 # does not trip it either.
