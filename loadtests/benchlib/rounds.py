@@ -307,10 +307,7 @@ class Round:
                 continue
             # Named as the stacks are: the bare handler, its duties, "service" and
             # "monitoring-off".
-            self.figures[f"request/{row['who']}/{row['request']}"] = {
-                "us": row["us"],
-                "cores": os.cpu_count(),
-            }
+            self.figures[f"request/{row['who']}/{row['request']}"] = {"us": row["us"]}
 
     def compute_bound(self, name: str, model: LoadedModel, instances: list[Any]) -> None:
         """The backend's own time on validated rows, and the rows/s it allows when every

@@ -74,9 +74,7 @@ class Row:
     # What the goal's ratio can reach on this machine: for P1, the bare handler doing the
     # duties P1 names at their least (loadtests/duties_app.py), as a ratio to the bare
     # handler; for P3, the body's intake (hello parsing it) and the backend on the same
-    # cores; for P4, the least two Gunicorn instances weigh. When P1's handler was not
-    # measured, an estimate: what the service's own work, timed in one warm process,
-    # leaves of the bare handler's rate.
+    # cores; for P4, the least two Gunicorn instances weigh.
     bound: float | None = None
     bound_label: str = "bound"
     note: str = ""
@@ -100,7 +98,7 @@ SECTIONS = {
     "above (hello reading, hello parsing, bare handler, service)",
     "request": "One single-row request in one worker-like process, no HTTP "
     "(loadtests/request_cost.py), µs; ratio ÷ the bare handler. The service's own work per "
-    "request is its figure less the bare handler's: what P1's estimate takes",
+    "request is its figure less the bare handler's",
     "memory": "Memory: PSS of the Gunicorn master + workers (/proc/PID/smaps_rollup), MiB",
     "peers": "Peers: MLflow's scoring server (mlflow models serve -w 2), the same pickles and "
     "rows; ratio ÷ naive",
@@ -345,30 +343,10 @@ def goal_rows(figures: dict[str, dict[str, Any]], names: list[str]) -> list[Row]
 
 def p1_bound(figures: dict[str, dict[str, Any]], name: str) -> tuple[float | None, str]:
     """The most P1 can be with its duties done: the rate of the bare handler doing them
-    at their least, over the bare handler's, both measured in this run; or, when that
-    handler was not run, the estimate."""
+    at their least, over the bare handler's, both measured in this run."""
     bare = figures.get(f"single/{BARE}/{name}", {}).get("requests_per_s")
     duties = figures.get(f"single/{DUTIES}/{name}", {}).get("requests_per_s")
-    if bare and duties:
-        return duties / bare, "bound, doing P1's duties"
-    return p1_estimate(figures, name), "estimate"
-
-
-def p1_estimate(figures: dict[str, dict[str, Any]], name: str) -> float | None:
-    """What P1 the service's own work leaves. In a closed loop every core is busy, so each
-    of the bare handler's requests takes cores ÷ its rate of CPU time (wrk, Nginx,
-    Gunicorn, the handler); the service's request takes that and the service's own work on
-    top: its time in process less the bare handler's. The two are timed at different
-    moments of the run (the process alone, then the loads), and this machine's speed
-    moves between them, so measured P1 can land on either side of it."""
-    bare = figures.get(f"single/{BARE}/{name}", {}).get("requests_per_s")
-    inside = figures.get(f"request/service/{name}", {})
-    bare_inside = figures.get(f"request/{BARE}/{name}", {}).get("us")
-    if not bare or not inside or bare_inside is None:
-        return None
-    per_request = inside["cores"] / bare
-    own_work = max(inside["us"] - bare_inside, 0.0) / 1e6
-    return per_request / (per_request + own_work)
+    return ratio(duties, bare), "bound, doing P1's duties"
 
 
 def p4_bound(figures: dict[str, dict[str, Any]]) -> float | None:
