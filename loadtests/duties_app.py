@@ -1,4 +1,5 @@
-"""The bare onnxruntime handler doing the duties P1 names: the bound of `make bench`'s P1.
+"""The bare onnxruntime handler doing the duties P1 names: the bound of `make bench`'s P1,
+and of P3 native on 1,000-row bodies.
 
 P1 asks the service, with validation, metrics, logs and monitoring on, to reach 0.90 of
 the bare handler (loadtests/naive_onnx_app.py), which does none of them. This handler
@@ -10,8 +11,9 @@ least work that still keeps its promise, with the libraries the service uses:
 - a request id: the client's ``X-Request-ID`` or a new one, echoed in a header;
 - metrics: prometheus_client in multiprocess mode (Gunicorn's workers), a request
   counter by route, model and status and a latency histogram;
-- monitoring: the prediction's class counted (classifiers), or its value observed in a
-  histogram (regressors), and every feature of every row binned against the training
+- monitoring: the predictions' classes counted (classifiers), or their values observed in
+  a histogram (regressors), a batch's at once (one increment per class or bucket, as the
+  service does), and every feature of every row binned against the training
   histogram edges of the version's metadata.yaml (what drift is computed from), the
   counts kept in the worker's memory;
 - logs: one JSON line a request (time, id, route, model, status, rows, latency) through
@@ -21,14 +23,16 @@ least work that still keeps its promise, with the libraries the service uses:
 
 It does no more: no API keys, no aliases or experiments, no reloads, no shadow, no
 feedback join, no persistence of the drift counts. So its rate is the most a handler
-doing P1's duties reaches on this machine, measured in the same run as the service and
-the bare handler. Served exactly like them:
+doing P1's duties reaches on this machine, on one row and on 1,000 (the same body as the
+bare handler's: rows of numbers), measured in the same run as the service and the bare
+handler. Served exactly like them:
 
     LocalStack(app="loadtests.duties_app:app", extra_env={"BENCH_NAIVE_ONNX": path}, ...)
 """
 
 from __future__ import annotations
 
+import collections
 import os
 import time
 import uuid
@@ -81,8 +85,14 @@ request_seconds = Histogram(
 class_total = Counter(
     "bench_predicted_class", "Predictions by class", ["model", "label"], registry=registry
 )
+# A regressor's value buckets span its test set's targets, as the service's do.
+targets = metadata.get("scores", {}).get("test", {}).get("points", {}).get("actual")
 value_histogram = Histogram(
-    "bench_predicted_value", "Predicted values", ["model"], registry=registry
+    "bench_predicted_value",
+    "Predicted values",
+    ["model"],
+    buckets=np.linspace(min(targets), max(targets), 11) if targets else Histogram.DEFAULT_BUCKETS,
+    registry=registry,
 )
 served_requests = requests_total.labels(ROUTE, MODEL, "200")
 refused_requests = requests_total.labels(ROUTE, MODEL, "400")
@@ -104,6 +114,28 @@ class RequestLog:
             self.handle = open(self.path, "ab", buffering=LOG_BUFFER_BYTES)  # noqa: SIM115
             self.pid = os.getpid()
         self.handle.write(orjson.dumps(fields, option=orjson.OPT_APPEND_NEWLINE))
+
+
+def count_classes(labels: list) -> None:
+    """Each predicted class counted: one increment per class present, not per row."""
+    if len(labels) == 1:
+        class_children[labels[0]].inc()
+        return
+    for label, count in collections.Counter(labels).items():
+        class_children[label].inc(count)
+
+
+def observe_values(predictions: np.ndarray) -> None:
+    """Histogram.observe for a whole batch: one increment per bucket a value falls in (the
+    first whose upper bound is at or above it, as observe does), and one to the sum."""
+    if len(predictions) == 1:
+        values.observe(float(predictions[0]))
+        return
+    upper = values._upper_bounds
+    counts = np.bincount(np.searchsorted(upper, predictions, side="left"), minlength=len(upper))
+    values._sum.inc(float(predictions.sum()))
+    for index in np.flatnonzero(counts):
+        values._buckets[index].inc(float(counts[index]))
 
 
 request_log = RequestLog(Path(os.environ.get(DUTIES_LOG_ENV, os.devnull)))
@@ -137,11 +169,9 @@ def predict():
     bins = (rows[:, :, None] >= inner_edges).sum(axis=2) + bin_offsets
     drift_counts[:] += np.bincount(bins.ravel(), minlength=drift_counts.size)
     if classes:
-        for label in labels:
-            class_children[label].inc()
+        count_classes(labels)
     else:
-        for value in labels:
-            values.observe(value)
+        observe_values(predictions)
     answer = {
         "model": MODEL,
         "version": VERSION,

@@ -376,13 +376,15 @@ class Round:
                     self.load(f"single/{BARE}/{payload.name}", stack.url, single)
                     batch = naive_request(payload, BATCH_ROWS)
                     self.batch(f"batch/{BARE}/{payload.name}", stack.url, batch)
-                # P1's bound: the same call doing the duties P1 names, at their least.
+                # P1's bound, and P3 native's: the same call doing the duties P1 names, at
+                # their least, on one row and on the bare handler's 1,000-row body.
                 name = f"{DUTIES}-{payload.name}"
                 log = self.workdir / f"round-{self.number}" / f"{name}-requests.log"
                 log.parent.mkdir(parents=True, exist_ok=True)
                 duties_env = {**env, DUTIES_LOG_ENV: str(log)}
                 with self.stack(name, app=DUTIES_APP, env=duties_env) as stack:
                     self.load(f"single/{DUTIES}/{payload.name}", stack.url, single)
+                    self.batch(f"batch/{DUTIES}/{payload.name}", stack.url, batch)
                 if payload.answers_probabilities:
                     # The same handler and call, answering what the service answers.
                     env = {**env, NAIVE_ONNX_PROBABILITIES_ENV: "1"}

@@ -74,7 +74,8 @@ class Row:
     # What the goal's ratio can reach on this machine: for P1, the bare handler doing the
     # duties P1 names at their least (loadtests/duties_app.py), as a ratio to the bare
     # handler; for P3, the body's intake (hello parsing it) and the backend on the same
-    # cores; for P4, the least two Gunicorn instances weigh.
+    # cores, and for P3 native the duties handler on 1,000 rows too; for P4, the least two
+    # Gunicorn instances weigh.
     bound: float | None = None
     bound_label: str = "bound"
     note: str = ""
@@ -217,6 +218,8 @@ def detail_rows(
         add(f"batch/{BARE}/{name}", "batch", label, naive, backend="onnxruntime")
         label = f"bound: bare handler answering probabilities, {name}"
         add(f"batch/{BARE_WITH_PROBABILITIES}/{name}", "batch", label, naive, "onnxruntime")
+        label = f"bound: bare + P1's duties, {name}"
+        add(f"batch/{DUTIES}/{name}", "batch", label, naive, backend="onnxruntime")
         for protocol in BATCH_PROTOCOLS:
             add(f"batch/{protocol}/{name}", "batch", f"{name}, {PROTOCOL_LABELS[protocol]}", naive)
 
@@ -365,7 +368,9 @@ def p3_bound(
     says so. It must both take the body in (hello reading it, and parsing it when it is
     JSON) and run the backend, on the same cores, so their times per row add up. A JSON
     answer that carries a classifier's probabilities, as the service's native one does,
-    can reach no more than the bare handler answering them too: the lower of the two."""
+    can reach no more than the bare handler answering them too; and a native JSON request
+    with P1's duties done (validation, metrics, log, monitoring) no more than the bare
+    handler doing them at their least on the same body: the lowest of these."""
     bare = figures.get(f"batch/{BARE}/{name}", {}).get("rows_per_s")
     intake = "hello-binary" if protocol == V2_BINARY else "hello"
     rates = [
@@ -380,6 +385,11 @@ def p3_bound(
     answering = figures.get(f"batch/{BARE_WITH_PROBABILITIES}/{name}", {}).get("rows_per_s")
     if answering and protocol != V2_BINARY:
         bounds["bound, answering probabilities"] = answering / bare
+    # The bare handler doing P1's duties takes the same body as the bare one: rows of
+    # numbers, what P3 native sends the service too.
+    duties = figures.get(f"batch/{DUTIES}/{name}", {}).get("rows_per_s")
+    if duties and protocol == NATIVE_LISTS:
+        bounds["bound, doing P1's duties"] = duties / bare
     if not bounds:
         return None, "bound"
     label = min(bounds, key=bounds.get)
