@@ -826,6 +826,23 @@ def test_datatypes_round_trip():
     assert nested.data.dtype == np.dtype("<i4") and nested.data.tolist() == [[1, 2], [3, 4]]
 
 
+def test_repeated_bytes_elements_are_written_as_one_by_one():
+    """BYTES elements are framed and decoded once per distinct value: the wire and the
+    JSON are those of each element on its own, whatever the mix of values."""
+    labels = ["setosa", "é", "setosa", "virginica", "é", "setosa"]
+    tensor = v2.Tensor("t", "BYTES", [3, 2], np.array([v.encode() for v in labels], dtype=object))
+    assert v2.tensor_to_bytes(tensor) == bytes_elements(labels)
+    assert rest.tensor_to_json(tensor) == labels
+    # Text and bytes of the same letters, and an int and a bool that are equal (1 == True)
+    # but written differently: each element keeps its own form.
+    mixed = v2.Tensor("t", "BYTES", [5], np.array(["a", b"a", 1, True, 1], dtype=object))
+    assert v2.tensor_to_bytes(mixed) == bytes_elements(["a", "a", "1", "True", "1"])
+    assert rest.tensor_to_json(mixed) == ["a", "a", 1, True, 1]
+    unhashable = v2.Tensor("t", "BYTES", [2], np.array([b"x", None], dtype=object))
+    unhashable.data[1] = [1]
+    assert v2.tensor_to_bytes(unhashable) == bytes_elements(["x", "[1]"])
+
+
 def test_label_datatypes_follow_the_classes():
     def fake(task, classes):
         return SimpleNamespace(name="m", task=task, classes=classes, has_proba=False)
@@ -835,6 +852,14 @@ def test_label_datatypes_follow_the_classes():
     assert integers[0].data.dtype == np.dtype("<i8") and integers[0].data.tolist() == [1, 0]
     labels = v2.output_tensors(fake("classification", ["a", "b"]), Prediction(["b"]), ["predict"])
     assert labels[0].datatype == "BYTES" and labels[0].data.tolist() == [b"b"]
+    many = v2.output_tensors(
+        fake("classification", ["a", "é"]), Prediction(["é", "a", "é"]), ["predict"]
+    )
+    assert many[0].data.tolist() == [b"\xc3\xa9", b"a", b"\xc3\xa9"]
+    # Labels of another type than text (a mix that compares equal: 1 == True) are written
+    # each as its own text.
+    mixed = v2.output_tensors(fake("classification", ["x"]), Prediction([1, True]), ["predict"])
+    assert mixed[0].data.tolist() == [b"1", b"True"]
     values = v2.output_tensors(fake("regression", None), Prediction([1.5, 2.0]), ["predict"])
     assert values[0].datatype == "FP64" and values[0].shape == [2]
 

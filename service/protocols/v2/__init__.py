@@ -388,7 +388,7 @@ def output_tensors(model: LoadedModel, prediction: Prediction, names: list[str])
             values = prediction.predictions
             if datatype == "BYTES":
                 data = np.empty(len(values), dtype=object)
-                data[:] = [str(v).encode("utf-8") for v in values]
+                data[:] = _utf8_texts(values)
             else:
                 data = np.asarray(values, dtype=_DTYPES[datatype])
             tensors.append(Tensor(name, datatype, [len(values)], data))
@@ -432,14 +432,45 @@ def tensor_from_bytes(name: str, datatype: str, shape: list[int], raw: bytes) ->
     return Tensor(name, datatype, list(shape), array.reshape(shape))
 
 
+def _utf8_texts(values: list[Any]) -> list[bytes]:
+    """Each value's text in UTF-8. A classifier's labels are a few classes repeated row
+    after row: each distinct one is encoded once and the rows are looked up in C
+    (``map``), rather than encoded one by one in Python."""
+    distinct = distinct_of(values, str)
+    if distinct is None:
+        return [str(v).encode("utf-8") for v in values]
+    encoded = {text: text.encode("utf-8") for text in distinct}
+    return list(map(encoded.__getitem__, values))
+
+
+def distinct_of(items: list[Any], *kinds: type) -> set[Any] | None:
+    """The distinct items, when every item is of one of ``kinds`` (text or bytes: each
+    equal only to the same value of its own type, so a lookup by item is exact); None
+    otherwise (an int and a bool, say, are equal and would share one entry)."""
+    try:
+        distinct = set(items)
+    except TypeError:  # unhashable
+        return None
+    # Equal items share an entry, but only with items of their own kind here: every item
+    # is of ``kinds`` exactly when every distinct one is.
+    return distinct if all(type(item) in kinds for item in distinct) else None
+
+
+def _framed(item: Any) -> bytes:
+    """One BYTES element on the wire: its 4-byte little-endian length, then its bytes."""
+    raw = item if isinstance(item, bytes) else str(item).encode("utf-8")
+    return _LENGTH.pack(len(raw)) + raw
+
+
 def tensor_to_bytes(tensor: Tensor) -> bytes:
     if tensor.datatype == "BYTES":
-        parts = []
-        for value in tensor.data.reshape(-1):
-            item = value if isinstance(value, bytes) else str(value).encode("utf-8")
-            parts.append(_LENGTH.pack(len(item)))
-            parts.append(item)
-        return b"".join(parts)
+        items = tensor.data.reshape(-1).tolist()
+        # Labels repeat: each distinct element framed once, the rows looked up in C.
+        distinct = distinct_of(items, bytes, str)
+        if distinct is None:
+            return b"".join(map(_framed, items))
+        framed = {item: _framed(item) for item in distinct}
+        return b"".join(map(framed.__getitem__, items))
     return np.ascontiguousarray(tensor.data, dtype=_DTYPES[tensor.datatype]).tobytes()
 
 

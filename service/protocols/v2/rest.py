@@ -29,6 +29,7 @@ from service.protocols.v2 import (
     InferenceRequest,
     RequestedOutput,
     Tensor,
+    distinct_of,
     element_count,
     tensor_dtype,
     tensor_from_bytes,
@@ -99,10 +100,15 @@ def tensor_from_json(name: str, datatype: str, shape: list[int], data: Any) -> T
 
 
 def tensor_to_json(tensor: Tensor) -> list[Any]:
-    flat = tensor.data.reshape(-1)
+    items = tensor.data.reshape(-1).tolist()
     if tensor.datatype == "BYTES":
-        return [v.decode("utf-8") if isinstance(v, bytes) else v for v in flat]
-    return flat.tolist()
+        distinct = distinct_of(items, bytes)
+        if distinct is None:
+            return [v.decode("utf-8") if isinstance(v, bytes) else v for v in items]
+        # Labels repeat: each distinct one decoded once, the rows looked up in C.
+        texts = {item: item.decode("utf-8") for item in distinct}
+        return list(map(texts.__getitem__, items))
+    return items
 
 
 def _flatten(data: list[Any]) -> list[Any]:
