@@ -1,5 +1,5 @@
 """The bare onnxruntime handler doing the duties P1 names: the bound of `make bench`'s P1,
-and of P3 native on 1,000-row bodies.
+and of P3's on 1,000-row bodies, native (JSON rows of numbers) and v2 binary.
 
 P1 asks the service, with validation, metrics, logs and monitoring on, to reach 0.90 of
 the bare handler (loadtests/naive_onnx_app.py), which does none of them. This handler
@@ -7,7 +7,9 @@ makes the same onnxruntime call on the same session and does each duty in about 
 least work that still keeps its promise, with the libraries the service uses:
 
 - validation: the body must be ``{"instances": [[...], ...]}`` of finite numbers, one
-  list per row of the model's width; anything else gets a 400 with a JSON error;
+  list per row of the model's width (or, on its v2 binary route, a v2 header naming one
+  FP64 input of that width and its raw values); anything else gets a 400 with a JSON
+  error;
 - a request id: the client's ``X-Request-ID`` or a new one, echoed in a header;
 - metrics: prometheus_client in multiprocess mode (Gunicorn's workers), a request
   counter by route, model and status and a latency histogram;
@@ -19,7 +21,8 @@ least work that still keeps its promise, with the libraries the service uses:
 - logs: one JSON line a request (time, id, route, model, status, rows, latency) through
   orjson into a buffered file, written when its buffer fills;
 - the answer the service gives: the predictions, a classifier's probabilities and
-  classes, the model and version.
+  classes, the model and version (on the v2 binary route, both outputs as raw bytes
+  after a JSON header, as the service answers that body).
 
 It does no more: no API keys, no aliases or experiments, no reloads, no shadow, no
 feedback join, no persistence of the drift counts. So its rate is the most a handler
@@ -44,10 +47,19 @@ import yaml
 from flask import Flask, Response, request
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from loadtests.benchlib.onnx_reference import DUTIES_LOG_ENV, MODEL_PATH_ENV, open_session
+from loadtests.benchlib.onnx_reference import (
+    DUTIES_BINARY_PATH,
+    DUTIES_LOG_ENV,
+    MODEL_PATH_ENV,
+    open_session,
+)
 from loadtests.hello_app import add_health_routes
 
 ROUTE = "/predict"
+# The same duties on the Open Inference Protocol's binary tensor extension (P3 v2 binary).
+BINARY_ROUTE = DUTIES_BINARY_PATH
+ROUTES = (ROUTE, BINARY_ROUTE)
+HEADER_LENGTH = "Inference-Header-Content-Length"
 LOG_BUFFER_BYTES = 8192
 
 session = open_session()
@@ -94,9 +106,8 @@ value_histogram = Histogram(
     buckets=np.linspace(min(targets), max(targets), 11) if targets else Histogram.DEFAULT_BUCKETS,
     registry=registry,
 )
-served_requests = requests_total.labels(ROUTE, MODEL, "200")
-refused_requests = requests_total.labels(ROUTE, MODEL, "400")
-latency = request_seconds.labels(ROUTE, MODEL)
+served_requests = {route: requests_total.labels(route, MODEL, "200") for route in ROUTES}
+latencies = {route: request_seconds.labels(route, MODEL) for route in ROUTES}
 class_children = {label: class_total.labels(MODEL, str(label)) for label in classes or ()}
 values = value_histogram.labels(MODEL)
 
@@ -142,12 +153,49 @@ request_log = RequestLog(Path(os.environ.get(DUTIES_LOG_ENV, os.devnull)))
 app = Flask("duties-onnx")
 
 
-def refuse(message: str, request_id: str, started: float) -> Response:
-    refused_requests.inc()
-    latency.observe(time.perf_counter() - started)
-    request_log.write({"request_id": request_id, "route": ROUTE, "status": 400})
+def refuse(route: str, message: str, request_id: str, started: float) -> Response:
+    requests_total.labels(route, MODEL, "400").inc()
+    request_seconds.labels(route, MODEL).observe(time.perf_counter() - started)
+    request_log.write({"request_id": request_id, "route": route, "status": 400})
     body = orjson.dumps({"error": {"code": "invalid_input", "message": message}})
     return Response(body, status=400, mimetype="application/json")
+
+
+def predict_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """The model's call on validated rows, and its monitoring: the predictions (and a
+    classifier's probabilities)."""
+    results = session.run(output_names, {input_name: rows})
+    predictions = results[0].reshape(-1)
+    # Monitoring: the features' bins and the predictions' distribution.
+    bins = (rows[:, :, None] >= inner_edges).sum(axis=2) + bin_offsets
+    drift_counts[:] += np.bincount(bins.ravel(), minlength=drift_counts.size)
+    if classes:
+        count_classes(predictions.tolist())
+    else:
+        observe_values(predictions)
+    return predictions, results[1] if len(results) > 1 else None
+
+
+def served(route: str, request_id: str, started: float, rows: int, body: bytes) -> Response:
+    """The metrics and the log line of an answered request, and its response."""
+    seconds = time.perf_counter() - started
+    served_requests[route].inc()
+    latencies[route].observe(seconds)
+    request_log.write(
+        {
+            "timestamp": time.time(),
+            "request_id": request_id,
+            "route": route,
+            "model": MODEL,
+            "version": VERSION,
+            "status": 200,
+            "instances": rows,
+            "latency_ms": round(seconds * 1000.0, 3),
+        }
+    )
+    response = Response(body, mimetype="application/json")
+    response.headers["X-Request-ID"] = request_id
+    return response
 
 
 @app.post(ROUTE)
@@ -158,48 +206,88 @@ def predict():
         instances = orjson.loads(request.get_data(cache=False))["instances"]
         rows = np.asarray(instances, dtype=np.float64)
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-        return refuse("the body must be {'instances': [[numbers], ...]}", request_id, started)
+        message = "the body must be {'instances': [[numbers], ...]}"
+        return refuse(ROUTE, message, request_id, started)
     if rows.ndim != 2 or rows.shape[1] != WIDTH or not np.isfinite(rows).all():
-        return refuse(f"each instance must be {WIDTH} finite numbers", request_id, started)
-    results = session.run(output_names, {input_name: rows})
-    predictions = results[0].reshape(-1)
-    # orjson writes numeric arrays itself; string labels come as Python strings.
-    labels = predictions.tolist()
-    # Monitoring: the features' bins and the predictions' distribution.
-    bins = (rows[:, :, None] >= inner_edges).sum(axis=2) + bin_offsets
-    drift_counts[:] += np.bincount(bins.ravel(), minlength=drift_counts.size)
-    if classes:
-        count_classes(labels)
-    else:
-        observe_values(predictions)
+        message = f"each instance must be {WIDTH} finite numbers"
+        return refuse(ROUTE, message, request_id, started)
+    predictions, probabilities = predict_rows(rows)
     answer = {
         "model": MODEL,
         "version": VERSION,
-        "predictions": labels if predictions.dtype == object else predictions,
+        # orjson writes numeric arrays itself; string labels go as Python strings.
+        "predictions": predictions.tolist() if predictions.dtype == object else predictions,
     }
-    if len(results) > 1:
-        answer["probabilities"] = results[1]
+    if probabilities is not None:
+        answer["probabilities"] = probabilities
         answer["classes"] = classes
     answer["request_id"] = request_id
     body = orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY)
-    seconds = time.perf_counter() - started
-    served_requests.inc()
-    latency.observe(seconds)
-    request_log.write(
+    return served(ROUTE, request_id, started, len(rows), body)
+
+
+@app.post(BINARY_ROUTE)
+def infer_binary():
+    """The same on the Open Inference Protocol's binary tensor extension, as the service
+    takes it: a JSON header of Inference-Header-Content-Length bytes naming one FP64
+    input of shape [rows, width], its raw little-endian values after it; every output
+    answered as raw bytes after a JSON header too."""
+    started = time.perf_counter()
+    request_id = request.headers.get("X-Request-ID") or uuid.uuid4().hex
+    body = request.get_data(cache=False)
+    try:
+        length = int(request.headers[HEADER_LENGTH])
+        tensor = orjson.loads(body[:length])["inputs"][0]
+        shape = tensor["shape"]
+        raw = body[length:]
+        size = tensor["parameters"]["binary_data_size"]
+        if tensor["datatype"] != "FP64" or shape[1:] != [WIDTH]:
+            raise ValueError
+        if not size == len(raw) == shape[0] * WIDTH * 8:
+            raise ValueError
+        rows = np.frombuffer(raw, dtype="<f8").reshape(shape)
+    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, ValueError):
+        message = f"the body must be a v2 header and one FP64 input of shape [n, {WIDTH}]"
+        return refuse(BINARY_ROUTE, message, request_id, started)
+    if not np.isfinite(rows).all():
+        return refuse(BINARY_ROUTE, "every value must be finite", request_id, started)
+    predictions, probabilities = predict_rows(rows)
+    if predictions.dtype == object:
+        outputs = [("predict", "BYTES", [len(rows)], framed_texts(predictions.tolist()))]
+    else:
+        kind = "INT64" if predictions.dtype.kind in "iu" else "FP64"
+        dtype = "<i8" if kind == "INT64" else "<f8"
+        outputs = [("predict", kind, [len(rows)], predictions.astype(dtype).tobytes())]
+    if probabilities is not None:
+        data = probabilities.astype("<f8").tobytes()
+        outputs.append(("probabilities", "FP64", list(probabilities.shape), data))
+    header = orjson.dumps(
         {
-            "timestamp": time.time(),
-            "request_id": request_id,
-            "route": ROUTE,
-            "model": MODEL,
-            "version": VERSION,
-            "status": 200,
-            "instances": len(rows),
-            "latency_ms": round(seconds * 1000.0, 3),
+            "model_name": MODEL,
+            "model_version": str(VERSION),
+            "id": request_id,
+            "outputs": [
+                {"name": n, "datatype": t, "shape": s, "parameters": {"binary_data_size": len(d)}}
+                for n, t, s, d in outputs
+            ],
         }
     )
-    response = Response(body, mimetype="application/json")
-    response.headers["X-Request-ID"] = request_id
+    response = served(
+        BINARY_ROUTE, request_id, started, len(rows), header + b"".join(o[3] for o in outputs)
+    )
+    response.mimetype = "application/octet-stream"
+    response.headers[HEADER_LENGTH] = str(len(header))
     return response
+
+
+def framed_texts(labels: list) -> bytes:
+    """BYTES elements: each label's 4-byte little-endian length and UTF-8 text, a class
+    framed once and the rows looked up in C."""
+    framed = {}
+    for label in set(labels):
+        text = str(label).encode()
+        framed[label] = len(text).to_bytes(4, "little") + text
+    return b"".join(map(framed.__getitem__, labels))
 
 
 add_health_routes(app)

@@ -11,6 +11,7 @@ import http.server
 import json
 import math
 import shutil
+import struct
 import subprocess
 import sys
 import threading
@@ -175,9 +176,13 @@ def test_bench_quick_reports_every_goal_and_row(tmp_path):
         assert p3["bound"] <= min(candidates.values()) + 1e-9
         if p3["bound_label"] in candidates:
             assert p3["bound"] == pytest.approx(candidates[p3["bound_label"]])
-        # v2 binary's body is no JSON: P1's duties handler, which parses JSON, bounds it not.
+        # P3 v2 binary's: the same handler on the same v2 binary body, when lower.
         v2 = by_goal[("P3 v2 binary", f"batch/v2-binary/{name}")]
-        assert v2["bound_label"] == "bound"
+        binary = figures[f"batch/naive-onnx-duties-v2-binary/{name}"]
+        assert binary["errors"] == 0
+        assert v2["bound"] <= binary["value"] / bare + 1e-9
+        if v2["bound_label"] == "bound, doing P1's duties":
+            assert v2["bound"] == pytest.approx(binary["value"] / bare)
     # P4's bound: 1 worker on each of two Gunicorn instances, over 1 worker.
     p4 = by_goal[("P4", "memory/service-4w")]
     floor = figures["memory/service-2w-2i"]["value"] / figures["memory/service-1w"]["value"]
@@ -469,6 +474,7 @@ def test_the_duties_handler_answers_as_the_bare_one_and_does_each_duty(
         (s.name, s.labels.get("status")): s.value
         for metric in module.registry.collect()
         for s in metric.samples
+        if s.labels.get("route") in (None, "/predict")
     }
     assert samples[("bench_requests_total", "200")] == 1
     assert samples[("bench_requests_total", "400")] == 4
@@ -485,6 +491,67 @@ def test_the_duties_handler_answers_as_the_bare_one_and_does_each_duty(
         if s.name == "bench_predicted_class_total"
     ]
     assert sum(classes) == 4
+
+
+def test_the_duties_handler_answers_v2_binary_as_it_answers_json(
+    trained_store_dir, tmp_path, monkeypatch
+):
+    """P3 v2 binary's bound: the same duties on the binary tensor extension, the same
+    predictions and probabilities as raw bytes, and a 400 for a body it cannot take."""
+    from loadtests import request_cost
+
+    monkeypatch.setenv("BENCH_DUTIES_LOG", str(tmp_path / "requests.log"))
+    onnx_path, body = request_cost.naive_onnx_requests(trained_store_dir)[IRIS]
+    monkeypatch.setenv("BENCH_NAIVE_ONNX", str(onnx_path))  # restored after the test
+    module = request_cost.reference_module("duties_app.py", onnx_path)
+    client = module.app.test_client()
+    rows = json.loads(body)["instances"] * 3
+    expected = client.post("/predict", json={"instances": rows}).get_json()
+
+    def binary_request(shape, raw, size=None):
+        tensor = {"name": "input-0", "shape": shape, "datatype": "FP64"}
+        tensor["parameters"] = {"binary_data_size": len(raw) if size is None else size}
+        header = json.dumps({"inputs": [tensor], "parameters": {"binary_data_output": True}})
+        return client.post(
+            "/infer-binary",
+            data=header.encode() + raw,
+            headers={"Inference-Header-Content-Length": str(len(header))},
+            content_type="application/octet-stream",
+        )
+
+    raw = struct.pack(f"<{3 * module.WIDTH}d", *[v for row in rows for v in row])
+    answer = binary_request([3, module.WIDTH], raw)
+    assert answer.status_code == 200
+    data = answer.get_data()
+    length = int(answer.headers["Inference-Header-Content-Length"])
+    header = json.loads(data[:length])
+    outputs = {o["name"]: o for o in header["outputs"]}
+    assert outputs["predict"]["datatype"] == "BYTES" and outputs["predict"]["shape"] == [3]
+    labels_size = outputs["predict"]["parameters"]["binary_data_size"]
+    labels, offset = [], length
+    while offset < length + labels_size:
+        (size,) = struct.unpack_from("<I", data, offset)
+        labels.append(data[offset + 4 : offset + 4 + size].decode())
+        offset += 4 + size
+    assert labels == expected["predictions"]
+    assert outputs["probabilities"]["shape"] == [3, len(expected["classes"])]
+    probabilities = struct.unpack_from(f"<{3 * len(expected['classes'])}d", data, offset)
+    flat = [p for row in expected["probabilities"] for p in row]
+    assert list(probabilities) == pytest.approx(flat)
+    assert module.drift_counts.sum() == module.WIDTH * 6  # both requests' rows
+
+    nan = struct.pack(f"<{module.WIDTH}d", *([float("nan")] * module.WIDTH))
+    for shape, raw_body, size in (
+        ([3, module.WIDTH + 1], raw, None),  # the wrong width
+        ([3, module.WIDTH], raw, len(raw) - 8),  # a size that is not the body's
+        ([4, module.WIDTH], raw, None),  # more rows than values
+        ([1, module.WIDTH], nan, None),  # values that are not finite
+    ):
+        refused = binary_request(shape, raw_body, size)
+        assert refused.status_code == 400, (shape, size)
+        assert refused.get_json()["error"]["code"] == "invalid_input"
+    no_header = client.post("/infer-binary", data=raw, content_type="application/octet-stream")
+    assert no_header.status_code == 400
 
 
 def test_the_duties_handler_observes_a_regressors_values_a_batch_at_once(

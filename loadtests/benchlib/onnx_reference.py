@@ -11,6 +11,8 @@ import onnxruntime
 MODEL_PATH_ENV = "BENCH_NAIVE_ONNX"
 # Where duties_app.py writes its request log (default: nowhere, /dev/null).
 DUTIES_LOG_ENV = "BENCH_DUTIES_LOG"
+# duties_app.py's route for the Open Inference Protocol's binary tensor extension.
+DUTIES_BINARY_PATH = "/infer-binary"
 
 
 def open_session() -> onnxruntime.InferenceSession:

@@ -20,7 +20,7 @@ from service.runtime.model import LoadedModel, load
 from service.store import ModelStore
 
 from .loads import LoadGenerator
-from .onnx_reference import DUTIES_LOG_ENV
+from .onnx_reference import DUTIES_BINARY_PATH, DUTIES_LOG_ENV
 from .payloads import (
     BATCH_ROWS,
     FOREST,
@@ -50,6 +50,7 @@ from .stacks import (
     BARE_WITH_PROBABILITIES,
     DUTIES,
     DUTIES_APP,
+    DUTIES_BINARY,
     HELLO_APP,
     HELLO_PATH,
     MONITORING_OFF_ENV,
@@ -385,6 +386,10 @@ class Round:
                 with self.stack(name, app=DUTIES_APP, env=duties_env) as stack:
                     self.load(f"single/{DUTIES}/{payload.name}", stack.url, single)
                     self.batch(f"batch/{DUTIES}/{payload.name}", stack.url, batch)
+                    # P3 v2 binary's: the same on the service's own v2 binary body.
+                    binary = service_request(V2_BINARY, payload, BATCH_ROWS)
+                    binary = dataclasses.replace(binary, path=DUTIES_BINARY_PATH)
+                    self.batch(f"batch/{DUTIES_BINARY}/{payload.name}", stack.url, binary)
                 if payload.answers_probabilities:
                     # The same handler and call, answering what the service answers.
                     env = {**env, NAIVE_ONNX_PROBABILITIES_ENV: "1"}

@@ -20,7 +20,7 @@ from .rounds import (
     memory_key,
 )
 from .settings import BenchSettings
-from .stacks import BACKEND_ENV, BARE, BARE_WITH_PROBABILITIES, DUTIES
+from .stacks import BACKEND_ENV, BARE, BARE_WITH_PROBABILITIES, DUTIES, DUTIES_BINARY
 
 GOALS = {
     "P1": (">=", 0.90),
@@ -74,7 +74,7 @@ class Row:
     # What the goal's ratio can reach on this machine: for P1, the bare handler doing the
     # duties P1 names at their least (loadtests/duties_app.py), as a ratio to the bare
     # handler; for P3, the body's intake (hello parsing it) and the backend on the same
-    # cores, and for P3 native the duties handler on 1,000 rows too; for P4, the least two
+    # cores, and the duties handler on the same 1,000-row body; for P4, the least two
     # Gunicorn instances weigh.
     bound: float | None = None
     bound_label: str = "bound"
@@ -220,6 +220,8 @@ def detail_rows(
         add(f"batch/{BARE_WITH_PROBABILITIES}/{name}", "batch", label, naive, "onnxruntime")
         label = f"bound: bare + P1's duties, {name}"
         add(f"batch/{DUTIES}/{name}", "batch", label, naive, backend="onnxruntime")
+        label = f"bound: bare + P1's duties, v2 binary, {name}"
+        add(f"batch/{DUTIES_BINARY}/{name}", "batch", label, naive, backend="onnxruntime")
         for protocol in BATCH_PROTOCOLS:
             add(f"batch/{protocol}/{name}", "batch", f"{name}, {PROTOCOL_LABELS[protocol]}", naive)
 
@@ -368,9 +370,9 @@ def p3_bound(
     says so. It must both take the body in (hello reading it, and parsing it when it is
     JSON) and run the backend, on the same cores, so their times per row add up. A JSON
     answer that carries a classifier's probabilities, as the service's native one does,
-    can reach no more than the bare handler answering them too; and a native JSON request
-    with P1's duties done (validation, metrics, log, monitoring) no more than the bare
-    handler doing them at their least on the same body: the lowest of these."""
+    can reach no more than the bare handler answering them too; and a request with P1's
+    duties done (validation, metrics, log, monitoring) no more than the bare handler doing
+    them at their least on the same body, native or v2 binary: the lowest of these."""
     bare = figures.get(f"batch/{BARE}/{name}", {}).get("rows_per_s")
     intake = "hello-binary" if protocol == V2_BINARY else "hello"
     rates = [
@@ -385,10 +387,11 @@ def p3_bound(
     answering = figures.get(f"batch/{BARE_WITH_PROBABILITIES}/{name}", {}).get("rows_per_s")
     if answering and protocol != V2_BINARY:
         bounds["bound, answering probabilities"] = answering / bare
-    # The bare handler doing P1's duties takes the same body as the bare one: rows of
-    # numbers, what P3 native sends the service too.
-    duties = figures.get(f"batch/{DUTIES}/{name}", {}).get("rows_per_s")
-    if duties and protocol == NATIVE_LISTS:
+    # The bare handler doing P1's duties, on the body P3 sends the service: rows of
+    # numbers (the bare handler's own body), or the same v2 binary body.
+    contender = {NATIVE_LISTS: DUTIES, V2_BINARY: DUTIES_BINARY}.get(protocol)
+    duties = figures.get(f"batch/{contender}/{name}", {}).get("rows_per_s")
+    if duties:
         bounds["bound, doing P1's duties"] = duties / bare
     if not bounds:
         return None, "bound"

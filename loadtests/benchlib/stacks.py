@@ -42,6 +42,8 @@ NAIVE_ONNX_PROBABILITIES_ENV = "BENCH_NAIVE_ONNX_PROBABILITIES"
 # monitoring, in about the least work (loadtests/duties_app.py): P1's bound
 # (single/naive-onnx-duties/<model>).
 DUTIES = "naive-onnx-duties"
+# The same handler on v2 binary bodies (its DUTIES_BINARY_PATH).
+DUTIES_BINARY = f"{DUTIES}-v2-binary"
 DUTIES_APP = "loadtests.duties_app:app"
 MONITORING_OFF_ENV = {"MODEL_SERVICE_METRICS": "false", "MODEL_SERVICE_REQUEST_LOG": "false"}
 # Answers name the backend that computed them once the compiled one is there; this
