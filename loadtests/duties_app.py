@@ -26,9 +26,9 @@ least work that still keeps its promise, with the libraries the service uses:
 
 It does no more: no API keys, no aliases or experiments, no reloads, no shadow, no
 feedback join, no persistence of the drift counts. So its rate is the most a handler
-doing P1's duties reaches on this machine, on one row and on 1,000 (the same body as the
-bare handler's: rows of numbers), measured in the same run as the service and the bare
-handler. Served exactly like them:
+doing P1's duties reaches on this machine, on one row and on 1,000 (the bare handler's
+body, rows of numbers, and the service's v2 binary one), measured in the same run as the
+service and the bare handler. Served exactly like them:
 
     LocalStack(app="loadtests.duties_app:app", extra_env={"BENCH_NAIVE_ONNX": path}, ...)
 """
@@ -161,19 +161,21 @@ def refuse(route: str, message: str, request_id: str, started: float) -> Respons
     return Response(body, status=400, mimetype="application/json")
 
 
-def predict_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-    """The model's call on validated rows, and its monitoring: the predictions (and a
-    classifier's probabilities)."""
+def predict_rows(rows: np.ndarray) -> tuple[np.ndarray, list | None, np.ndarray | None]:
+    """The model's call on validated rows, and its monitoring: the predictions, a
+    classifier's labels as Python values (made once: counted, then answered) and its
+    probabilities."""
     results = session.run(output_names, {input_name: rows})
     predictions = results[0].reshape(-1)
     # Monitoring: the features' bins and the predictions' distribution.
     bins = (rows[:, :, None] >= inner_edges).sum(axis=2) + bin_offsets
     drift_counts[:] += np.bincount(bins.ravel(), minlength=drift_counts.size)
+    labels = predictions.tolist() if classes or predictions.dtype == object else None
     if classes:
-        count_classes(predictions.tolist())
+        count_classes(labels)
     else:
         observe_values(predictions)
-    return predictions, results[1] if len(results) > 1 else None
+    return predictions, labels, results[1] if len(results) > 1 else None
 
 
 def served(route: str, request_id: str, started: float, rows: int, body: bytes) -> Response:
@@ -211,12 +213,12 @@ def predict():
     if rows.ndim != 2 or rows.shape[1] != WIDTH or not np.isfinite(rows).all():
         message = f"each instance must be {WIDTH} finite numbers"
         return refuse(ROUTE, message, request_id, started)
-    predictions, probabilities = predict_rows(rows)
+    predictions, labels, probabilities = predict_rows(rows)
     answer = {
         "model": MODEL,
         "version": VERSION,
         # orjson writes numeric arrays itself; string labels go as Python strings.
-        "predictions": predictions.tolist() if predictions.dtype == object else predictions,
+        "predictions": labels if predictions.dtype == object else predictions,
     }
     if probabilities is not None:
         answer["probabilities"] = probabilities
@@ -251,9 +253,9 @@ def infer_binary():
         return refuse(BINARY_ROUTE, message, request_id, started)
     if not np.isfinite(rows).all():
         return refuse(BINARY_ROUTE, "every value must be finite", request_id, started)
-    predictions, probabilities = predict_rows(rows)
+    predictions, labels, probabilities = predict_rows(rows)
     if predictions.dtype == object:
-        outputs = [("predict", "BYTES", [len(rows)], framed_texts(predictions.tolist()))]
+        outputs = [("predict", "BYTES", [len(rows)], framed_texts(labels))]
     else:
         kind = "INT64" if predictions.dtype.kind in "iu" else "FP64"
         dtype = "<i8" if kind == "INT64" else "<f8"
