@@ -60,6 +60,7 @@ ROUTE = "/predict"
 BINARY_ROUTE = DUTIES_BINARY_PATH
 ROUTES = (ROUTE, BINARY_ROUTE)
 HEADER_LENGTH = "Inference-Header-Content-Length"
+BINARY_MIMETYPE = "application/octet-stream"
 LOG_BUFFER_BYTES = 8192
 
 session = open_session()
@@ -178,7 +179,14 @@ def predict_rows(rows: np.ndarray) -> tuple[np.ndarray, list | None, np.ndarray 
     return predictions, labels, results[1] if len(results) > 1 else None
 
 
-def served(route: str, request_id: str, started: float, rows: int, body: bytes) -> Response:
+def served(
+    route: str,
+    request_id: str,
+    started: float,
+    rows: int,
+    body: bytes,
+    mimetype: str = "application/json",
+) -> Response:
     """The metrics and the log line of an answered request, and its response."""
     seconds = time.perf_counter() - started
     served_requests[route].inc()
@@ -195,7 +203,7 @@ def served(route: str, request_id: str, started: float, rows: int, body: bytes) 
             "latency_ms": round(seconds * 1000.0, 3),
         }
     )
-    response = Response(body, mimetype="application/json")
+    response = Response(body, mimetype=mimetype)
     response.headers["X-Request-ID"] = request_id
     return response
 
@@ -274,10 +282,8 @@ def infer_binary():
             ],
         }
     )
-    response = served(
-        BINARY_ROUTE, request_id, started, len(rows), header + b"".join(o[3] for o in outputs)
-    )
-    response.mimetype = "application/octet-stream"
+    body = header + b"".join(data for *_, data in outputs)
+    response = served(BINARY_ROUTE, request_id, started, len(rows), body, BINARY_MIMETYPE)
     response.headers[HEADER_LENGTH] = str(len(header))
     return response
 
