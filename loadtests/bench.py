@@ -1,8 +1,10 @@
 """`make bench`: the performance goals of model-service, as ratios measured in one run.
 
 Every stack runs on 127.0.0.1 behind the same Nginx and Gunicorn settings (worker
-count, worker class and threads from the command line), one after the other so they
-never compete for the CPUs, and is stopped by pid. One table comes out, in sections,
+count, worker class and threads from the command line), loaded one after the other so
+they never compete for the CPUs, and is stopped by pid. The service's stack waits idle
+while each model's reference handlers are loaded, then serves that model's loads: a
+goal's two figures are taken a minute apart. One table comes out, in sections,
 and the same rows as JSON with ``--json``:
 
 Goals (each a ratio of two figures measured in this run, with its target):
@@ -30,7 +32,8 @@ MLflow's own scoring server when `make bench-peers` has installed it.
 Single-row figures come from wrk (a Lua script POSTs the body; P5 adds a per-thread
 pacing ``delay()``), or from a built-in generator when wrk is not installed. 1,000-row
 figures come from the same closed loop (every worker busy), over 3 s loads. With
-``--rounds N`` every stack runs N times and each figure is the median.
+``--rounds N`` every stack runs N times and each figure is the median; each goal's row
+also gives its ratio in every round.
 
     .venv/bin/python loadtests/bench.py [--duration 10] [--rounds 1] [--workers 2]
         [--worker-class sync|gthread] [--threads 4] [--json PATH] [--quick] [--no-peers]
@@ -49,7 +52,7 @@ from typing import Any
 from benchlib.peers import PEERS_HINT, mlflow_version
 from benchlib.report import render, report
 from benchlib.rounds import Round
-from benchlib.rows import detail_rows, goal_rows, median_figures
+from benchlib.rows import detail_rows, goal_rows, median_figures, with_round_ratios
 from benchlib.settings import (
     MAX_ROUNDS,
     MAX_WORKERS,
@@ -164,7 +167,12 @@ def run(settings: BenchSettings) -> dict[str, Any]:
         "load_generator": {"tool": load_generator.name, "description": load_generator.describe()},
         "peers": {"mlflow": peer_version, "note": peer_note},
         "elapsed_s": round(time.monotonic() - started, 1),
-        "goals": [row.as_json() for row in goal_rows(figures, names)],
+        "goals": [
+            row.as_json()
+            for row in with_round_ratios(
+                goal_rows(figures, names), [goal_rows(each, names) for each in rounds]
+            )
+        ],
         "rows": [
             row.as_json() for row in detail_rows(figures, names, settings, peer_version, peer_note)
         ],

@@ -21,6 +21,8 @@ import pytest
 from prometheus_client import Histogram
 
 from loadtests.benchlib import loads
+from loadtests.benchlib import report as bench_report
+from loadtests.benchlib import rows as bench_rows
 from service.localstack import nginx_binary
 from service.training.demo import demo_specs
 from tests.support import CANCER, DIABETES, IRIS, running_stack
@@ -187,6 +189,13 @@ def test_bench_quick_reports_every_goal_and_row(tmp_path):
     p4 = by_goal[("P4", "memory/service-4w")]
     floor = figures["memory/service-2w-2i"]["value"] / figures["memory/service-1w"]["value"]
     assert p4["bound"] == pytest.approx(floor)
+    # Each model's references are loaded right before the service's own load of it: the
+    # loads in between are of that model only.
+    loads = [line.split()[-1] for line in done.stderr.splitlines() if "load single/" in line]
+    for name in DEMO_MODEL_NAMES:
+        first = loads.index(f"single/naive-onnx/{name}")
+        between = loads[first : loads.index(f"single/service/{name}")]
+        assert between == [f"single/naive-onnx/{name}", f"single/naive-onnx-duties/{name}"]
     paced = by_goal[("P5", f"paced/service/{IRIS}")]
     # The pacing itself: at 80 % of the closed-loop rate of P1, and never above that.
     target_rate = paced["figures"]["target_requests_per_s"]
@@ -241,6 +250,30 @@ def test_bench_quick_reports_every_goal_and_row(tmp_path):
         assert results["peers"]["mlflow"] is None
         assert rows["peers/mlflow"]["note"] == "not installed (make bench-peers)"
         assert "not installed (make bench-peers)" in done.stdout
+
+
+def test_goals_give_their_ratio_and_bound_in_each_round():
+    def figures(service: float, bare: float, duties: float) -> dict:
+        return {
+            f"single/service/{IRIS}": {"requests_per_s": service},
+            f"single/naive-onnx/{IRIS}": {"requests_per_s": bare},
+            f"single/naive-onnx-duties/{IRIS}": {"requests_per_s": duties},
+        }
+
+    rounds = [figures(800, 1000, 900), figures(1000, 1000, 950), figures(990, 1100, 1000)]
+    goals = bench_rows.goal_rows(bench_rows.median_figures(rounds), [IRIS])
+    each = [bench_rows.goal_rows(one, [IRIS]) for one in rounds]
+    p1 = next(row for row in bench_rows.with_round_ratios(goals, each) if row.goal == "P1")
+    assert p1.ratio == pytest.approx(990 / 1000)  # the medians' ratio
+    assert p1.round_ratios == pytest.approx([0.8, 1.0, 0.9])
+    assert p1.round_bounds == pytest.approx([0.9, 0.95, 1000 / 1100])
+    assert bench_report.format_row(p1.as_json()).endswith("; by round 0.80, 1.00, 0.90")
+    # A goal no round measured has no figure there; one round alone gives none at all.
+    m = next(row for row in goals if row.goal == "M" and row.key.endswith(IRIS))
+    assert m.round_ratios == [None, None, None]
+    single = bench_rows.goal_rows(rounds[0], [IRIS])
+    assert all(row.round_ratios == [] for row in bench_rows.with_round_ratios(single, each[:1]))
+    assert "by round" not in bench_report.format_row(single[0].as_json())
 
 
 @pytest.mark.integration

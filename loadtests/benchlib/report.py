@@ -54,6 +54,10 @@ def format_row(row: dict[str, Any]) -> str:
     result = {True: "pass", False: "FAIL", None: "-"}[row["passed"]] if row["goal"] else ""
     if row.get("bound") is not None:
         result += f" ({row.get('bound_label', 'bound')} {row['bound']:.2f})"
+    if row.get("round_ratios"):
+        result += "; by round " + ", ".join(
+            f"{value:.2f}" if value is not None else "-" for value in row["round_ratios"]
+        )
     cells = [
         label,
         row["backend"],

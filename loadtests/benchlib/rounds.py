@@ -1,5 +1,7 @@
-"""One round of `make bench`: every stack started one after the other (so they never
-compete for the CPUs), its loads run, and each figure recorded under a key."""
+"""One round of `make bench`: the stacks started one after the other, and each figure
+recorded under a key. Only one stack is loaded at a time; the service's stack waits idle
+while each model's reference handlers are loaded, so that a goal's two figures are taken
+a minute apart."""
 
 from __future__ import annotations
 
@@ -356,6 +358,7 @@ class Round:
             self.memory("memory/hello", stack)
 
     def naive(self) -> None:
+        """The naive handler on each model's pickle: a reference, not a goal's."""
         for payload in self.payloads.values():
             env = {NAIVE_MODEL_ENV: str(payload.pickle_path)}
             with self.stack(f"naive-{payload.name}", app=NAIVE_APP, env=env) as stack:
@@ -368,58 +371,65 @@ class Round:
                 self.batch(f"batch/naive/{payload.name}", stack.url, batch)
                 warm_up(stack.url, naive_request(payload, 1))
                 self.memory(f"memory/naive/{payload.name}", stack)
-            if payload.onnx_path is not None:
-                # P1 and P3's reference: the same onnxruntime call, orjson in and out, with
-                # none of the service's work.
-                env = {NAIVE_ONNX_ENV: str(payload.onnx_path)}
-                with self.stack(f"{BARE}-{payload.name}", app=NAIVE_ONNX_APP, env=env) as stack:
-                    single = naive_request(payload, 1)
-                    self.load(f"single/{BARE}/{payload.name}", stack.url, single)
-                    batch = naive_request(payload, BATCH_ROWS)
-                    self.batch(f"batch/{BARE}/{payload.name}", stack.url, batch)
-                # P1's bound, and P3 native's: the same call doing the duties P1 names, at
-                # their least, on one row and on the bare handler's 1,000-row body.
-                name = f"{DUTIES}-{payload.name}"
-                log = self.workdir / f"round-{self.number}" / f"{name}-requests.log"
-                log.parent.mkdir(parents=True, exist_ok=True)
-                duties_env = {**env, DUTIES_LOG_ENV: str(log)}
-                with self.stack(name, app=DUTIES_APP, env=duties_env) as stack:
-                    self.load(f"single/{DUTIES}/{payload.name}", stack.url, single)
-                    self.batch(f"batch/{DUTIES}/{payload.name}", stack.url, batch)
-                    # P3 v2 binary's: the same on the service's own v2 binary body.
-                    binary = service_request(V2_BINARY, payload, BATCH_ROWS)
-                    binary = dataclasses.replace(binary, path=DUTIES_BINARY_PATH)
-                    self.batch(f"batch/{DUTIES_BINARY}/{payload.name}", stack.url, binary)
-                if payload.answers_probabilities:
-                    # The same handler and call, answering what the service answers.
-                    env = {**env, NAIVE_ONNX_PROBABILITIES_ENV: "1"}
-                    name = f"{BARE_WITH_PROBABILITIES}-{payload.name}"
-                    with self.stack(name, app=NAIVE_ONNX_APP, env=env) as stack:
-                        # The same 1,000-row body as the labels-only handler's.
-                        key = f"batch/{BARE_WITH_PROBABILITIES}/{payload.name}"
-                        self.batch(key, stack.url, batch)
+
+    def bare_references(self, payload: DemoPayload) -> None:
+        """P1's and P3's references for one model, each stack stopped before the next."""
+        if payload.onnx_path is None:
+            return
+        # The same onnxruntime call, orjson in and out, with none of the service's work.
+        env = {NAIVE_ONNX_ENV: str(payload.onnx_path)}
+        single = naive_request(payload, 1)
+        batch = naive_request(payload, BATCH_ROWS)
+        with self.stack(f"{BARE}-{payload.name}", app=NAIVE_ONNX_APP, env=env) as stack:
+            self.load(f"single/{BARE}/{payload.name}", stack.url, single)
+            self.batch(f"batch/{BARE}/{payload.name}", stack.url, batch)
+        # P1's bound, and P3 native's: the same call doing the duties P1 names, at their
+        # least, on one row and on the bare handler's 1,000-row body.
+        name = f"{DUTIES}-{payload.name}"
+        log = self.workdir / f"round-{self.number}" / f"{name}-requests.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        duties_env = {**env, DUTIES_LOG_ENV: str(log)}
+        with self.stack(name, app=DUTIES_APP, env=duties_env) as stack:
+            self.load(f"single/{DUTIES}/{payload.name}", stack.url, single)
+            self.batch(f"batch/{DUTIES}/{payload.name}", stack.url, batch)
+            # P3 v2 binary's: the same on the service's own v2 binary body.
+            binary = service_request(V2_BINARY, payload, BATCH_ROWS)
+            binary = dataclasses.replace(binary, path=DUTIES_BINARY_PATH)
+            self.batch(f"batch/{DUTIES_BINARY}/{payload.name}", stack.url, binary)
+        if payload.answers_probabilities:
+            # The same handler and call, answering what the service answers, on the same
+            # 1,000-row body as the labels-only handler's.
+            env = {**env, NAIVE_ONNX_PROBABILITIES_ENV: "1"}
+            name = f"{BARE_WITH_PROBABILITIES}-{payload.name}"
+            with self.stack(name, app=NAIVE_ONNX_APP, env=env) as stack:
+                self.batch(f"batch/{BARE_WITH_PROBABILITIES}/{payload.name}", stack.url, batch)
 
     def service(self) -> None:
         iris = self.payloads[IRIS]
         with self.stack("model-service") as stack:
             for payload in self.payloads.values():
+                # Each goal's two figures a minute apart, not several: a model's references
+                # run while the service's stack waits (idle, it takes under 1 % of a core),
+                # then the service's own loads of that model, so that the machine's slow
+                # drifts in speed touch both sides of a ratio alike.
+                self.bare_references(payload)
                 self.load(
                     f"single/service/{payload.name}",
                     stack.url,
                     service_request(NATIVE, payload, 1),
                 )
+                for protocol in BATCH_PROTOCOLS:
+                    request = service_request(protocol, payload, BATCH_ROWS)
+                    self.batch(f"batch/{protocol}/{payload.name}", stack.url, request)
             peak = self.figures[f"single/service/{IRIS}"]
             self.paced(f"paced/service/{IRIS}", stack.url, service_request(NATIVE, iris, 1), peak)
             for protocol in SINGLE_ROW_PROTOCOLS:
                 self.load(
                     f"single/{protocol}/{IRIS}", stack.url, service_request(protocol, iris, 1)
                 )
-            for payload in self.payloads.values():
-                for protocol in BATCH_PROTOCOLS:
-                    request = service_request(protocol, payload, BATCH_ROWS)
-                    self.batch(f"batch/{protocol}/{payload.name}", stack.url, request)
             # A worker recycled by max_requests during the load has touched little yet:
-            # let the workers serve every model again before their memory is read.
+            # let the workers serve every model again before their memory is read (the
+            # references' stacks have stopped by now: PSS shares pages among processes).
             for payload in self.payloads.values():
                 warm_up(stack.url, service_request(NATIVE, payload, 1))
             self.memory("memory/service", stack)

@@ -78,6 +78,10 @@ class Row:
     # Gunicorn instances weigh.
     bound: float | None = None
     bound_label: str = "bound"
+    # A goal's ratio and bound in each round, when there were several: the figures above
+    # are medians, and these show how far one round of this machine moved from the next.
+    round_ratios: list[float | None] = dataclasses.field(default_factory=list)
+    round_bounds: list[float | None] = dataclasses.field(default_factory=list)
     note: str = ""
     figures: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -344,6 +348,18 @@ def goal_rows(figures: dict[str, dict[str, Any]], names: list[str]) -> list[Row]
             row.bound = p4_bound(figures)
         rows.append(row)
     return rows
+
+
+def with_round_ratios(goals: list[Row], each_round: list[list[Row]]) -> list[Row]:
+    """The goals (of the medians) with each one's ratio and bound in every round."""
+    if len(each_round) < 2:
+        return goals
+    by_round = [{(row.goal, row.key): row for row in rows} for rows in each_round]
+    for row in goals:
+        found = [rows.get((row.goal, row.key)) for rows in by_round]
+        row.round_ratios = [one.ratio if one else None for one in found]
+        row.round_bounds = [one.bound if one else None for one in found]
+    return goals
 
 
 def p1_bound(figures: dict[str, dict[str, Any]], name: str) -> tuple[float | None, str]:
