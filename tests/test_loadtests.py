@@ -17,6 +17,7 @@ import sys
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 from prometheus_client import Histogram
 
@@ -621,6 +622,36 @@ def test_the_duties_handler_observes_a_regressors_values_a_batch_at_once(
     filled = [n for (kind, le), n in samples(expected).items() if kind == "bucket" and n]
     assert len(set(filled)) > 1
     assert samples(module.value_histogram) == pytest.approx(samples(expected))
+
+
+def test_the_duties_handler_bins_each_feature_against_its_own_edges(
+    trained_store_dir, tmp_path, monkeypatch
+):
+    """A value's bin is how many of its feature's inner edges lie at or below it: values
+    on an edge, between edges, below the first and above the last, on a model with many
+    features (breast-cancer's 30) whose histograms need not have the same bin count."""
+    from loadtests import request_cost
+
+    monkeypatch.setenv("BENCH_DUTIES_LOG", str(tmp_path / "requests.log"))
+    onnx_path, _ = request_cost.naive_onnx_requests(trained_store_dir)[CANCER]
+    monkeypatch.setenv("BENCH_NAIVE_ONNX", str(onnx_path))
+    module = request_cost.reference_module("duties_app.py", onnx_path)
+    edges = [
+        np.asarray(f["stats"]["histogram"]["edges"], dtype=np.float64) for f in module.features
+    ]
+    rows = np.array(
+        [[e[0] - 1.0 for e in edges], [e[-1] + 1.0 for e in edges]]
+        + [[e[i % (len(e) - 2) + 1] for e in edges] for i in range(5)]
+        + [[(e[1] + e[2]) / 2 for e in edges]]
+    )
+    module.drift_counts[:] = 0
+    module.count_bins(rows)
+    expected = np.zeros_like(module.drift_counts)
+    for column, feature_edges in enumerate(edges):
+        for value in rows[:, column]:
+            expected[column * module.BINS + int((value >= feature_edges[1:-1]).sum())] += 1
+    assert module.drift_counts.tolist() == expected.tolist()
+    assert expected[:: module.BINS].sum() == module.WIDTH  # the row below every first edge
 
 
 @pytest.mark.integration
