@@ -190,13 +190,26 @@ def test_bench_quick_reports_every_goal_and_row(tmp_path):
     p4 = by_goal[("P4", "memory/service-4w")]
     floor = figures["memory/service-2w-2i"]["value"] / figures["memory/service-1w"]["value"]
     assert p4["bound"] == pytest.approx(floor)
-    # Each model's references are loaded right before the service's own load of it: the
-    # loads in between are of that model only.
-    loads = [line.split()[-1] for line in done.stderr.splitlines() if "load single/" in line]
+    # Each model's references are loaded right before the service's own loads of it: the
+    # loads in between are of that model only. Every single-row load of the service comes
+    # before its 1,000-row ones (as on the stack with monitoring off that M compares with).
+    loads = [
+        word
+        for line in done.stderr.splitlines()
+        if " load " in line
+        for word in line.split()
+        if word.startswith(("single/", "batch/"))
+    ]
     for name in DEMO_MODEL_NAMES:
         first = loads.index(f"single/naive-onnx/{name}")
         between = loads[first : loads.index(f"single/service/{name}")]
         assert between == [f"single/naive-onnx/{name}", f"single/naive-onnx-duties/{name}"]
+        first = loads.index(f"batch/naive-onnx/{name}")
+        between = loads[first : loads.index(f"batch/native-lists/{name}")]
+        assert {key.split("/")[2] for key in between} == {name}, between
+        assert f"batch/naive-onnx-duties-v2-binary/{name}" in between
+    last_single = max(i for i, key in enumerate(loads) if key.startswith("single/service/"))
+    assert last_single < min(i for i, key in enumerate(loads) if key.startswith("batch/native-"))
     paced = by_goal[("P5", f"paced/service/{IRIS}")]
     # The pacing itself: at 80 % of the closed-loop rate of P1, and never above that.
     target_rate = paced["figures"]["target_requests_per_s"]

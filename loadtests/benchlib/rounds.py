@@ -372,25 +372,41 @@ class Round:
                 warm_up(stack.url, naive_request(payload, 1))
                 self.memory(f"memory/naive/{payload.name}", stack)
 
-    def bare_references(self, payload: DemoPayload) -> None:
-        """P1's and P3's references for one model, each stack stopped before the next."""
-        if payload.onnx_path is None:
-            return
-        # The same onnxruntime call, orjson in and out, with none of the service's work.
+    @contextlib.contextmanager
+    def bare_stack(self, payload: DemoPayload) -> Iterator[LocalStack]:
+        """The same onnxruntime call, orjson in and out, with none of the service's work."""
         env = {NAIVE_ONNX_ENV: str(payload.onnx_path)}
-        single = naive_request(payload, 1)
-        batch = naive_request(payload, BATCH_ROWS)
         with self.stack(f"{BARE}-{payload.name}", app=NAIVE_ONNX_APP, env=env) as stack:
-            self.load(f"single/{BARE}/{payload.name}", stack.url, single)
-            self.batch(f"batch/{BARE}/{payload.name}", stack.url, batch)
-        # P1's bound, and P3 native's: the same call doing the duties P1 names, at their
-        # least, on one row and on the bare handler's 1,000-row body.
+            yield stack
+
+    @contextlib.contextmanager
+    def duties_stack(self, payload: DemoPayload) -> Iterator[LocalStack]:
+        """The same call doing the duties P1 names, at their least (P1's bound, and P3's)."""
         name = f"{DUTIES}-{payload.name}"
         log = self.workdir / f"round-{self.number}" / f"{name}-requests.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        duties_env = {**env, DUTIES_LOG_ENV: str(log)}
-        with self.stack(name, app=DUTIES_APP, env=duties_env) as stack:
+        env = {NAIVE_ONNX_ENV: str(payload.onnx_path), DUTIES_LOG_ENV: str(log)}
+        with self.stack(name, app=DUTIES_APP, env=env) as stack:
+            yield stack
+
+    def single_row_references(self, payload: DemoPayload) -> None:
+        """P1's reference and its bound for one model, one stack after the other."""
+        if payload.onnx_path is None:
+            return
+        single = naive_request(payload, 1)
+        with self.bare_stack(payload) as stack:
+            self.load(f"single/{BARE}/{payload.name}", stack.url, single)
+        with self.duties_stack(payload) as stack:
             self.load(f"single/{DUTIES}/{payload.name}", stack.url, single)
+
+    def batch_references(self, payload: DemoPayload) -> None:
+        """P3's reference and its bounds for one model, on the same 1,000-row bodies."""
+        if payload.onnx_path is None:
+            return
+        batch = naive_request(payload, BATCH_ROWS)
+        with self.bare_stack(payload) as stack:
+            self.batch(f"batch/{BARE}/{payload.name}", stack.url, batch)
+        with self.duties_stack(payload) as stack:
             self.batch(f"batch/{DUTIES}/{payload.name}", stack.url, batch)
             # P3 v2 binary's: the same on the service's own v2 binary body.
             binary = service_request(V2_BINARY, payload, BATCH_ROWS)
@@ -399,7 +415,7 @@ class Round:
         if payload.answers_probabilities:
             # The same handler and call, answering what the service answers, on the same
             # 1,000-row body as the labels-only handler's.
-            env = {**env, NAIVE_ONNX_PROBABILITIES_ENV: "1"}
+            env = {NAIVE_ONNX_ENV: str(payload.onnx_path), NAIVE_ONNX_PROBABILITIES_ENV: "1"}
             name = f"{BARE_WITH_PROBABILITIES}-{payload.name}"
             with self.stack(name, app=NAIVE_ONNX_APP, env=env) as stack:
                 self.batch(f"batch/{BARE_WITH_PROBABILITIES}/{payload.name}", stack.url, batch)
@@ -407,26 +423,30 @@ class Round:
     def service(self) -> None:
         iris = self.payloads[IRIS]
         with self.stack("model-service") as stack:
+            # Each goal's two figures a minute apart, not several: a model's references
+            # run while the service's stack waits (idle, it takes under 1 % of a core),
+            # then the service's own load of that model, so that the machine's slower
+            # drifts in speed touch both sides of a ratio alike. Every single-row load
+            # comes before any 1,000-row one, as on the stack with monitoring off that M
+            # compares with: the service's state database holds few served rows yet.
             for payload in self.payloads.values():
-                # Each goal's two figures a minute apart, not several: a model's references
-                # run while the service's stack waits (idle, it takes under 1 % of a core),
-                # then the service's own loads of that model, so that the machine's slow
-                # drifts in speed touch both sides of a ratio alike.
-                self.bare_references(payload)
+                self.single_row_references(payload)
                 self.load(
                     f"single/service/{payload.name}",
                     stack.url,
                     service_request(NATIVE, payload, 1),
                 )
-                for protocol in BATCH_PROTOCOLS:
-                    request = service_request(protocol, payload, BATCH_ROWS)
-                    self.batch(f"batch/{protocol}/{payload.name}", stack.url, request)
             peak = self.figures[f"single/service/{IRIS}"]
             self.paced(f"paced/service/{IRIS}", stack.url, service_request(NATIVE, iris, 1), peak)
             for protocol in SINGLE_ROW_PROTOCOLS:
                 self.load(
                     f"single/{protocol}/{IRIS}", stack.url, service_request(protocol, iris, 1)
                 )
+            for payload in self.payloads.values():
+                self.batch_references(payload)
+                for protocol in BATCH_PROTOCOLS:
+                    request = service_request(protocol, payload, BATCH_ROWS)
+                    self.batch(f"batch/{protocol}/{payload.name}", stack.url, request)
             # A worker recycled by max_requests during the load has touched little yet:
             # let the workers serve every model again before their memory is read (the
             # references' stacks have stopped by now: PSS shares pages among processes).
