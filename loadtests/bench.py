@@ -4,8 +4,8 @@ Every stack runs on 127.0.0.1 behind the same Nginx and Gunicorn settings (worke
 count, worker class and threads from the command line), loaded one after the other so
 they never compete for the CPUs, and is stopped by pid. The service's stack waits idle
 while each model's reference handlers are loaded, then serves that model's load (single
-rows for every model first, then 1,000 rows): a goal's two figures are a minute apart. One table comes out, in sections,
-and the same rows as JSON with ``--json``:
+rows for every model first, then 1,000 rows): a goal's two figures are a minute apart.
+One table comes out, in sections, and the same rows as JSON with ``--json``:
 
 Goals (each a ratio of two figures measured in this run, with its target):
   P1  single-row predictions of each demo model, req/s ÷ the bare onnxruntime handler
