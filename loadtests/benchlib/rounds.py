@@ -373,10 +373,18 @@ class Round:
                 self.memory(f"memory/naive/{payload.name}", stack)
 
     @contextlib.contextmanager
-    def bare_stack(self, payload: DemoPayload) -> Iterator[LocalStack]:
-        """The same onnxruntime call, orjson in and out, with none of the service's work."""
+    def bare_stack(
+        self, payload: DemoPayload, *, probabilities: bool = False
+    ) -> Iterator[LocalStack]:
+        """The same onnxruntime call, orjson in and out, with none of the service's work;
+        with ``probabilities``, answering a classifier's probabilities too, as the service
+        does."""
         env = {NAIVE_ONNX_ENV: str(payload.onnx_path)}
-        with self.stack(f"{BARE}-{payload.name}", app=NAIVE_ONNX_APP, env=env) as stack:
+        who = BARE
+        if probabilities:
+            env[NAIVE_ONNX_PROBABILITIES_ENV] = "1"
+            who = BARE_WITH_PROBABILITIES
+        with self.stack(f"{who}-{payload.name}", app=NAIVE_ONNX_APP, env=env) as stack:
             yield stack
 
     @contextlib.contextmanager
@@ -415,9 +423,7 @@ class Round:
         if payload.answers_probabilities:
             # The same handler and call, answering what the service answers, on the same
             # 1,000-row body as the labels-only handler's.
-            env = {NAIVE_ONNX_ENV: str(payload.onnx_path), NAIVE_ONNX_PROBABILITIES_ENV: "1"}
-            name = f"{BARE_WITH_PROBABILITIES}-{payload.name}"
-            with self.stack(name, app=NAIVE_ONNX_APP, env=env) as stack:
+            with self.bare_stack(payload, probabilities=True) as stack:
                 self.batch(f"batch/{BARE_WITH_PROBABILITIES}/{payload.name}", stack.url, batch)
 
     def service(self) -> None:
