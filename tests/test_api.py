@@ -448,6 +448,34 @@ def test_may_hold_booleans_is_false_only_without_a_boolean_literal():
     assert not native.may_hold_booleans(b'{"instances": [{"a": 1, "bl": 2}]}')
 
 
+def test_may_hold_text_is_false_only_without_a_quote_after_the_first_bracket():
+    assert not native.may_hold_text(b'{"instances": [[1, 2.5, null]]}')
+    assert native.may_hold_text(b'{"instances": [[1, "2"]]}')
+    assert native.may_hold_text(b'{"instances": [{"a": 1}]}')
+    assert native.may_hold_text(b'{"instances": [[1, 2]], "parameters": {}}')
+    assert native.may_hold_text(b'{"a[": 1, "instances": [[1, 2]]}')
+
+
+@pytest.mark.parametrize(
+    "bad_row, problem",
+    [
+        ([5.1, None, 1.4, 0.2], "does not allow missing values"),
+        ([5.1, [3.5], 1.4, 0.2], "expected a number"),
+        ([5.1, 3.5, 1.4], "has 3 values"),
+        ([5.1, 3.5, 1.4, 0.2, 1.0], "has 5 values"),
+    ],
+)
+def test_a_bad_row_among_many_rows_of_numbers_is_named(client, bad_row, problem):
+    # Many rows with no text in them are read flat; the one bad row is still named.
+    rows = [IRIS_ROW] * 60
+    rows[37] = bad_row
+    response = post(client, f"/v1/models/{IRIS}/predict", {"instances": rows})
+    assert response.status_code == 422
+    (detail,) = response.json["error"]["details"]
+    assert detail["instance"] == 37
+    assert problem in detail["problem"]
+
+
 # -- hostile bytes and values -------------------------------------------------------
 
 

@@ -503,5 +503,44 @@ def test_anything_but_lists_of_valid_numbers_is_left_to_the_checks_that_name_it(
     assert NUMERIC.from_number_lists(rows) is None
 
 
+# Enough rows for the flat read (schema._FLAT_READ_VALUES values), the bad one among them.
+MANY_GOOD_ROWS = [[5.1, 3.5, 2], [4, 3, 0]] * 40
+
+
+def test_many_rows_without_text_read_flat_give_the_same_matrix():
+    flat = NUMERIC.from_number_lists(MANY_GOOD_ROWS, may_hold_text=False)
+    np.testing.assert_array_equal(flat, NUMERIC.from_number_lists(MANY_GOOD_ROWS))
+    assert flat.dtype == np.float64 and flat.shape == (80, 3)
+
+
+@pytest.mark.parametrize(
+    "bad_row",
+    [
+        [5.1, None, 2],
+        [5.1, [3.5], 2],
+        [5.1, 10**400, 2],
+        [5.1, 3.5],
+        [5.1, 3.5, 2, 1],
+        [5.1, math.inf, 2],
+        [5.1, math.nan, 2],
+        [5.1, 3.5, 2.5],  # petals is an integer feature
+        [[5.1, 3.5, 2]],
+        5.1,
+    ],
+)
+def test_the_flat_read_leaves_every_bad_row_to_the_checks_that_name_it(bad_row):
+    # What a body with no quote after its first bracket can hold, besides good numbers.
+    rows = [*MANY_GOOD_ROWS[:41], bad_row, *MANY_GOOD_ROWS[41:]]
+    assert NUMERIC.from_number_lists(rows, may_hold_text=False) is None
+
+
+def test_ragged_rows_adding_up_to_whole_rows_are_not_read_flat():
+    # Two short rows and one long one hold as many values as three good ones; all floats,
+    # so no integer feature would catch the values shifted into the wrong columns.
+    floats = InputSchema([FeatureSpec(name, "float64") for name in "abc"])
+    rows = [*MANY_GOOD_ROWS, [5.1, 3.5], [5.1, 3.5], [5.1, 3.5, 2, 1, 0]]
+    assert floats.from_number_lists(rows, may_hold_text=False) is None
+
+
 def test_a_model_of_categories_takes_no_matrix():
     assert MIXED.from_number_lists([[1.0, 2.0, 3.0]]) is None

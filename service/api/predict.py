@@ -66,7 +66,11 @@ def predict(model_ref: str):
     instances = native.instances_from(
         payload, service.settings.max_instances, service.registry.key_fields(model.name)
     )
-    prediction = model.predict(instances, may_hold_booleans=native.may_hold_booleans(body))
+    prediction = model.predict(
+        instances,
+        may_hold_booleans=native.may_hold_booleans(body),
+        may_hold_text=native.may_hold_text(body),
+    )
     return json_response(
         native.encode_prediction(model, prediction, request_ids.current(), assignment)
     )

@@ -242,6 +242,14 @@ def may_hold_booleans(body: bytes) -> bool:
     return b"true" in body or b"false" in body
 
 
+def may_hold_text(body: bytes) -> bool:
+    """Whether a value inside an array of this JSON text can be a string (or an object,
+    whose keys are strings): not when no quote follows its first "[", as in a body of
+    numbers in lists, whose only string is the key before them."""
+    start = body.find(b"[")
+    return start != -1 and body.find(b'"', start) != -1
+
+
 def instances_from(
     payload: Any, max_instances: int, key_fields: frozenset[str] = frozenset()
 ) -> list[Any]:

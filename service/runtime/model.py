@@ -77,15 +77,20 @@ class LoadedModel:
         *,
         with_proba: bool = True,
         may_hold_booleans: bool = True,
+        may_hold_text: bool = True,
     ) -> Prediction:
         """Validate instances (objects, lists or a 2-D array) and predict. Raises InvalidInput.
 
         ``may_hold_booleans=False`` when the instances were parsed from JSON text with no
-        true or false in it: the numbers are then checked faster (``InputSchema.to_array``).
+        true or false in it: the numbers are then checked faster (``InputSchema.to_array``);
+        ``may_hold_text=False`` too when no string can be among them: faster still for
+        many rows (``InputSchema.from_number_lists``).
         The observers of the registry that loaded it (monitoring) and those of the
         process (``runtime.hooks``) see every prediction served this way."""
         started = time.perf_counter()
-        values = self.validate(instances, may_hold_booleans=may_hold_booleans)
+        values = self.validate(
+            instances, may_hold_booleans=may_hold_booleans, may_hold_text=may_hold_text
+        )
         prediction = self.predict_prepared(values, with_proba=with_proba)
         # predict_prepared returns onnxruntime's outputs only when they are all finite: the
         # pickle's are the ones left to check (a pass over every output, per request).
@@ -110,14 +115,18 @@ class LoadedModel:
         return prediction
 
     def validate(
-        self, instances: list[Any] | np.ndarray, *, may_hold_booleans: bool = True
+        self,
+        instances: list[Any] | np.ndarray,
+        *,
+        may_hold_booleans: bool = True,
+        may_hold_text: bool = True,
     ) -> np.ndarray | list[np.ndarray]:
         """Checked instances in feature order: a float matrix, or one array per feature.
         Raises InvalidInput."""
         if isinstance(instances, np.ndarray):
             return self.schema.from_matrix(instances)
         if not may_hold_booleans:
-            matrix = self.schema.from_number_lists(instances)
+            matrix = self.schema.from_number_lists(instances, may_hold_text=may_hold_text)
             if matrix is not None:
                 return matrix
         rows = self.schema.rows(instances)
