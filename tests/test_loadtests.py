@@ -192,7 +192,7 @@ def test_bench_quick_reports_every_goal_and_row(tmp_path):
     assert p4["bound"] == pytest.approx(floor)
     # Each model's references are loaded right before the service's own loads of it: the
     # loads in between are of that model only. Every single-row load of the service comes
-    # before its 1,000-row ones (as on the stack with monitoring off that M compares with).
+    # before its 1,000-row ones (as on the stacks with monitoring off that M compares with).
     loads = [
         word
         for line in done.stderr.splitlines()
@@ -208,6 +208,10 @@ def test_bench_quick_reports_every_goal_and_row(tmp_path):
         between = loads[first : loads.index(f"batch/native-lists/{name}")]
         assert {key.split("/")[2] for key in between} == {name}, between
         assert f"batch/naive-onnx-duties-v2-binary/{name}" in between
+    # M's two sides: the service's single-row load of a model, then monitoring off's.
+    for name in (IRIS, DIABETES):
+        after = loads[loads.index(f"single/service/{name}") + 1]
+        assert after == f"single/monitoring-off/{name}"
     last_single = max(i for i, key in enumerate(loads) if key.startswith("single/service/"))
     assert last_single < min(i for i, key in enumerate(loads) if key.startswith("batch/native-"))
     paced = by_goal[("P5", f"paced/service/{IRIS}")]

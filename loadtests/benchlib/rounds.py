@@ -218,7 +218,6 @@ class Round:
         self.hello()
         self.naive()
         self.service()
-        self.monitoring_off()
         self.backend_forced()
         for workers in MEMORY_WORKERS:
             self.memory_stack(workers)
@@ -432,9 +431,10 @@ class Round:
             # Each goal's two figures a minute apart, not several: a model's references
             # run while the service's stack waits (idle, it takes under 1 % of a core),
             # then the service's own load of that model, so that the machine's slower
-            # drifts in speed touch both sides of a ratio alike. Every single-row load
-            # comes before any 1,000-row one, as on the stack with monitoring off that M
-            # compares with: the service's state database holds few served rows yet.
+            # drifts in speed touch both sides of a ratio alike. M's other side, the
+            # service with monitoring off, follows the service's load of that model.
+            # Every single-row load comes before any 1,000-row one, as on the stack with
+            # monitoring off: the service's state database holds few served rows yet.
             for payload in self.payloads.values():
                 self.single_row_references(payload)
                 self.load(
@@ -442,6 +442,8 @@ class Round:
                     stack.url,
                     service_request(NATIVE, payload, 1),
                 )
+                if payload.name in MONITORING_OFF_MODELS:
+                    self.monitoring_off(payload)
             peak = self.figures[f"single/service/{IRIS}"]
             self.paced(f"paced/service/{IRIS}", stack.url, service_request(NATIVE, iris, 1), peak)
             for protocol in SINGLE_ROW_PROTOCOLS:
@@ -460,11 +462,13 @@ class Round:
                 warm_up(stack.url, service_request(NATIVE, payload, 1))
             self.memory("memory/service", stack)
 
-    def monitoring_off(self) -> None:
-        with self.stack("model-service-monitoring-off", env=MONITORING_OFF_ENV) as stack:
-            for name in MONITORING_OFF_MODELS:
-                request = service_request(NATIVE, self.payloads[name], 1)
-                self.load(f"single/monitoring-off/{name}", stack.url, request)
+    def monitoring_off(self, payload: DemoPayload) -> None:
+        """M's reference for one model: the service with monitoring off, on its own stack,
+        under the same single-row load."""
+        name = f"model-service-monitoring-off-{payload.name}"
+        with self.stack(name, env=MONITORING_OFF_ENV) as stack:
+            request = service_request(NATIVE, payload, 1)
+            self.load(f"single/monitoring-off/{payload.name}", stack.url, request)
 
     def backend_forced(self) -> None:
         """The service with the unpickled estimator forced, when answers name a backend
