@@ -209,7 +209,7 @@ def test_bench_quick_reports_every_goal_and_row(tmp_path):
         assert {key.split("/")[2] for key in between} == {name}, between
         assert f"batch/naive-onnx-duties-v2-binary/{name}" in between
     # M's two sides: the service's single-row load of a model, then monitoring off's.
-    for name in (IRIS, DIABETES):
+    for name in bench_rows.MONITORING_OFF_MODELS:
         after = loads[loads.index(f"single/service/{name}") + 1]
         assert after == f"single/monitoring-off/{name}"
     last_single = max(i for i, key in enumerate(loads) if key.startswith("single/service/"))

@@ -433,7 +433,7 @@ class Round:
             # then the service's own load of that model, so that the machine's slower
             # drifts in speed touch both sides of a ratio alike. M's other side, the
             # service with monitoring off, follows the service's load of that model.
-            # Every single-row load comes before any 1,000-row one, as on the stack with
+            # Every single-row load comes before any 1,000-row one, as on the stacks with
             # monitoring off: the service's state database holds few served rows yet.
             for payload in self.payloads.values():
                 self.single_row_references(payload)

@@ -176,8 +176,9 @@ class InputSchema:
         row ends, so every row's length is checked first. None when any of it fails."""
         width = self.width
         try:
+            # An instance that is a number has no len(): the TypeError below.
             if set(map(len, instances)) != {width}:
-                return None  # ragged, or an instance that is a number
+                return None  # ragged
             flat = np.fromiter(
                 itertools.chain.from_iterable(instances),
                 dtype=np.float64,
