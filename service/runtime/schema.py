@@ -157,17 +157,21 @@ class InputSchema:
             return None
         if not may_hold_text and len(instances) * self.width >= _FLAT_READ_VALUES:
             values = self._read_flat(instances)
-            if values is None:
-                return None
         else:
-            try:
-                matrix = np.array(instances)
-            except (ValueError, TypeError, OverflowError):
-                return None  # ragged, or values numpy cannot take
-            if matrix.ndim != 2 or matrix.shape[1] != self.width or matrix.dtype.kind not in "fi":
-                return None  # text, null, objects or nested lists among the values
-            values = matrix.astype(np.float64, copy=False)
-        return values if self._valid_matrix(values) else None
+            values = self._read_typed(instances)
+        return values if values is not None and self._valid_matrix(values) else None
+
+    def _read_typed(self, instances: list[Any]) -> np.ndarray | None:
+        """Instances holding no booleans, as a float matrix, when numpy, discovering the
+        values' types and the rows' shape, finds only numbers in rows of the model's
+        width. None otherwise."""
+        try:
+            matrix = np.array(instances)
+        except (ValueError, TypeError, OverflowError):
+            return None  # ragged, or values numpy cannot take
+        if matrix.ndim != 2 or matrix.shape[1] != self.width or matrix.dtype.kind not in "fi":
+            return None  # text, null, objects or nested lists among the values
+        return matrix.astype(np.float64, copy=False)
 
     def _read_flat(self, instances: list[Any]) -> np.ndarray | None:
         """Instances holding neither text nor booleans, as a float matrix: every value
